@@ -1,0 +1,277 @@
+"""`gsv`: the command line of the project (fit, render, info).
+
+Each subcommand parses its flags into the library's dataclass, calls one library function and says
+where the output went. Bad inputs print one line `error: <file>: <problem>` and give a non-zero exit;
+a multi-image fit still fits and writes every other image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger("gsv")
+
+
+def _error(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
+def _device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(_error("--device cuda: no CUDA device is visible; use --device cpu") or 2)
+    return torch.device(name)
+
+
+def _unique_names(paths: list[Path]) -> list[str]:
+    """Output stems: the file stem, with -1, -2, … added where two inputs share one."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        stem = p.stem
+        k = seen.get(stem, 0)
+        seen[stem] = k + 1
+        out.append(stem if k == 0 else f"{stem}-{k}")
+    return out
+
+
+def cmd_fit(args) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .fitting.fit import FitConfig, fit_images, psnr
+    from .fitting.render import render
+    from .image_io import ImageLoadError, load_image
+    from .report import text_table
+    from .splat_io import RAW_RGB_BYTES, as_stored, payload_bytes, save_splats
+
+    try:
+        cfg = FitConfig(
+            num_gaussians=args.num_gaussians,
+            iters=args.iters,
+            init=args.init,
+            lambda_l1=args.lambda_l1,
+            tau=args.tau,
+            finetune_iters=args.finetune_iters,
+            target_psnr=args.target_psnr,
+            seed=args.seed,
+        )
+        if cfg.num_gaussians > args.size * args.size:
+            raise ValueError(f"--num-gaussians {cfg.num_gaussians} exceeds the {args.size}×{args.size} canvas's pixel count")
+    except ValueError as e:
+        _error(str(e))
+        return 2
+    if args.batch_size < 1:
+        _error(f"--batch-size must be ≥ 1, got {args.batch_size}")
+        return 2
+    device = _device(args.device)
+    torch.set_grad_enabled(True)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in args.images]
+    names = _unique_names(paths)
+    failures: list[tuple[str, str]] = []
+    rows = []
+    todo: list[tuple[Path, str]] = []
+    for p, name in zip(paths, names, strict=True):
+        if not args.overwrite and (out_dir / f"{name}.gs.npy").exists():
+            print(f"skip {p}: {out_dir / name}.gs.npy exists (use --overwrite to refit)")
+            continue
+        todo.append((p, name))
+    batches = [todo[i : i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
+    progress = not args.quiet and sys.stderr.isatty()
+    for batch in tqdm(batches, desc="batches", unit="batch", disable=not progress or len(batches) < 2):
+        loaded, kept = [], []
+        for p, name in batch:
+            try:
+                loaded.append(load_image(p, args.size, args.resize, args.background, args.max_pixels))
+                kept.append((p, name))
+            except ImageLoadError as e:
+                _error(str(e))
+                failures.append((str(p), str(e)))
+        if not loaded:
+            continue
+        images = torch.stack(loaded).to(device)
+        results = fit_images(images, cfg, progress=progress)
+        for (p, name), r, target in zip(kept, results, images.cpu(), strict=True):
+            with torch.no_grad():  # the PSNR of what the file holds: fp16-rounded splats
+                stored_psnr = float(psnr(render(as_stored(r.splats), size=args.size), target))
+            meta = {
+                "source": str(p),
+                "canvas": args.size,
+                "resize": args.resize,
+                "num_gaussians_initial": r.num_initial,
+                "num_gaussians": r.num_gaussians,
+                "psnr": round(stored_psnr, 4),
+                "psnr_fp32": round(r.psnr, 4),
+                "psnr_unpruned": round(r.psnr_unpruned, 4),
+                "fit_iters": r.iters,
+                "finetune_iters": cfg.finetune_iters if cfg.tau is not None else 0,
+                "init": cfg.init,
+                "lambda_l1": cfg.lambda_l1,
+                "tau": cfg.tau,
+                "backend": "torch",
+                "device": str(device),
+                "seconds": round(r.seconds, 3),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            out = save_splats(out_dir / f"{name}.gs.npy", r.splats, meta)
+            nbytes = payload_bytes(r.num_gaussians)
+            raw = args.size * args.size * 3
+            rows.append([name, r.num_initial, r.num_gaussians, stored_psnr, nbytes, f"{raw / nbytes:.2f}×", r.seconds])
+            logger.info("wrote %s", out)
+    if rows:
+        headers = ["image", "N init", "N", "PSNR dB", "bytes", f"vs raw {args.size}²", "seconds"]
+        print(text_table(headers, rows))
+        if args.size != 224:
+            print(f"(raw 224² RGB is {RAW_RGB_BYTES:,} bytes; the ratio above is against the {args.size}² canvas)")
+        print(f"wrote {len(rows)} splat file(s) to {out_dir}")
+    if failures:
+        print(f"{len(failures)} image(s) failed; see the errors above", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_render(args) -> int:
+    import torch
+
+    from .fitting.fit import psnr
+    from .fitting.render import render
+    from .image_io import ImageLoadError, load_image
+    from .splat_io import SplatFileError, load_splats
+    from .viz import compare_panel, draw_ellipses, to_pil
+
+    if args.size < 1:
+        _error(f"--size must be ≥ 1, got {args.size}")
+        return 2
+    try:
+        splats, meta = load_splats(args.splats, with_meta=True)
+    except SplatFileError as e:
+        _error(str(e))
+        return 1
+    meta = meta or {}
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        if args.compare:
+            canvas = int(meta.get("canvas", args.canvas))
+            mode = meta.get("resize", args.resize)
+            try:
+                original = load_image(args.compare, canvas, mode)
+            except ImageLoadError as e:
+                _error(str(e))
+                return 1
+            rendered = render(splats, size=canvas, clamp=True)
+            score = float(psnr(rendered, original))
+            caption = f"PSNR {score:.2f} dB · {splats.shape[0]} Gaussians · {canvas}² canvas ({mode})"
+            pil = compare_panel(original, rendered, args.size, caption)
+            print(f"PSNR {score:.2f} dB")
+        else:
+            pil = to_pil(render(splats, size=args.size, clamp=True))
+            if args.ellipses:
+                pil = draw_ellipses(pil, splats)
+    pil.save(out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _env_info() -> None:
+    import torch
+
+    print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
+    if torch.cuda.is_available():
+        print(f"device: {torch.cuda.get_device_name(0)}")
+    print("render backends: torch (CPU/GPU pure-torch path)")
+
+
+def cmd_info(args) -> int:
+    from .fitting.fit import luminance
+    from .splat_io import SplatFileError, load_splats, payload_bytes
+
+    if not args.splats:
+        _env_info()
+        return 0
+    status = 0
+    for path in args.splats:
+        try:
+            s, meta = load_splats(path, with_meta=True)
+        except SplatFileError as e:
+            _error(str(e))
+            status = 1
+            continue
+        n = s.shape[0]
+        sig = s[:, [2, 4]]
+        print(f"{path}")
+        print(f"  Gaussians      {n}")
+        print(f"  x range        [{s[:, 0].min():.4f}, {s[:, 0].max():.4f}]")
+        print(f"  y range        [{s[:, 1].min():.4f}, {s[:, 1].max():.4f}]")
+        print(f"  l11/l22 range  [{sig.min():.5f}, {sig.max():.5f}] (canvas units)")
+        print(f"  colour range   [{s[:, 5:].min():.4f}, {s[:, 5:].max():.4f}]")
+        print(f"  luminosity     mean {luminance(s[:, 5:]).mean():.4f}")
+        print(f"  payload        {payload_bytes(n):,} bytes (fp16), file {Path(path).stat().st_size:,} bytes")
+        if meta:
+            keys = ("canvas", "resize", "num_gaussians_initial", "psnr", "fit_iters", "source")
+            print("  sidecar        " + ", ".join(f"{k}={meta[k]}" for k in keys if k in meta))
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .image_io import DEFAULT_MAX_PIXELS, RESIZE_MODES
+
+    parser = argparse.ArgumentParser(prog="gsv", description="GaussianVision: images as 2D Gaussian splats")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="fit splat sets to images")
+    fit.add_argument("images", nargs="+", help="image files (any format PIL reads)")
+    fit.add_argument("-o", "--output", required=True, help="output folder for <name>.gs.npy + <name>.json")
+    fit.add_argument("--num-gaussians", type=int, default=3136, help="N per image (default 3136 = 56²)")
+    fit.add_argument("--iters", type=int, default=3000, help="Adam iterations (default 3000)")
+    fit.add_argument("--size", type=int, default=224, help="canvas side S in pixels (default 224)")
+    fit.add_argument("--resize", choices=RESIZE_MODES, default="pad", help="how the image meets the square canvas")
+    fit.add_argument("--init", choices=("structured", "random"), default="structured")
+    fit.add_argument("--lambda-l1", type=float, default=0.0, help="L1 weight on colours (sparsifies for pruning)")
+    fit.add_argument("--tau", type=float, default=None, help="prune Gaussians with luminosity below this")
+    fit.add_argument("--finetune-iters", type=int, default=0, help="iterations after pruning")
+    fit.add_argument("--target-psnr", type=float, default=None, help="stop an image early at this PSNR (dB)")
+    fit.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    fit.add_argument("--batch-size", type=int, default=8, help="images fitted together")
+    fit.add_argument("--background", choices=("white", "mean"), default="white", help="under transparent pixels")
+    fit.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the random init")
+    fit.add_argument("--overwrite", action="store_true", help="refit images whose output exists")
+    fit.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    fit.set_defaults(func=cmd_fit)
+
+    ren = sub.add_parser("render", help="render a splat file to PNG")
+    ren.add_argument("splats", help="a .gs.npy file")
+    ren.add_argument("-o", "--output", required=True, help="output PNG")
+    ren.add_argument("--size", type=int, default=512, help="output side (per panel with --compare)")
+    ren.add_argument("--ellipses", action="store_true", help="outline each Gaussian's 1σ ellipse")
+    ren.add_argument("--compare", metavar="IMAGE", help="original | render | error, with PSNR")
+    ren.add_argument("--canvas", type=int, default=224, help="canvas of the comparison when there is no sidecar")
+    ren.add_argument("--resize", choices=RESIZE_MODES, default="pad", help="resize of the comparison without sidecar")
+    ren.set_defaults(func=cmd_render)
+
+    info = sub.add_parser("info", help="describe splat files (no files: the environment)")
+    info.add_argument("splats", nargs="*", help=".gs.npy files")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Fitting splat sets to images: initialisation, the renderer and the optimisation loop."""

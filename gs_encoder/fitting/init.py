@@ -1,0 +1,99 @@
+"""Initial splat sets for fitting (CONTRACTS.md §3).
+
+Structured: centres on a near-square grid of cells of side s, isotropic σ = s/2 (the circle inscribed
+in the cell), colour = cell-mean colour / (cell-mean of the grid's coverage), where the coverage is the
+grid rendered with unit colours. In the interior that is CONTRACTS.md §3's s²/(2πσ²), divided by
+m_Q = 1 − (1 + Q_MAX)·e^{−Q_MAX} = 0.939, the mass the 3-sigma cut-off leaves in a Gaussian; at the
+border it also makes up for the mass that falls off the canvas. So the summed grid starts at the
+image's brightness (docs/format.md).
+Random: the GaussianImage initialisation: centres uniform on the canvas, l11, l22 ∈ [0.5, 1.5] px,
+l21 ∈ [0, 1] px, colours uniform in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .render import render_torch
+
+__all__ = ["grid_shape", "random_init", "structured_init"]
+
+MAX_GAUSSIANS = 1_000_000  # far beyond any useful budget; guards against typos such as 3136000
+
+
+def _check_count(num_gaussians: int, size: int) -> None:
+    if not isinstance(num_gaussians, int) or isinstance(num_gaussians, bool):
+        raise TypeError(f"num_gaussians must be an int, got {type(num_gaussians).__name__}")
+    if num_gaussians < 1:
+        raise ValueError(f"num_gaussians must be ≥ 1, got {num_gaussians}")
+    if num_gaussians > MAX_GAUSSIANS or num_gaussians > size * size:
+        raise ValueError(
+            f"num_gaussians={num_gaussians} is absurd for a {size}×{size} canvas "
+            f"(at most min({MAX_GAUSSIANS}, {size * size}), one per pixel)"
+        )
+
+
+def grid_shape(num_gaussians: int) -> tuple[int, int]:
+    """(rows, cols) of the near-square grid: rows·cols ≥ N, as square as possible; exact for N = g²."""
+    rows = max(1, int(math.floor(math.sqrt(num_gaussians))))
+    cols = math.ceil(num_gaussians / rows)
+    return rows, cols
+
+
+def structured_init(images: torch.Tensor, num_gaussians: int) -> torch.Tensor:
+    """Grid initialisation of CONTRACTS.md §3.
+
+    Args:
+        images: [B, 3, S, S] targets in [0, 1].
+        num_gaussians: N per image. When N is not a full rows×cols grid, the first N cells in row-major
+            order are used (the last row is partly empty, and the nearest Gaussians grow to cover it
+            during fitting).
+    Returns:
+        [B, N, 8] splats in canvas units.
+    """
+    b, _, size, _ = images.shape
+    _check_count(num_gaussians, size)
+    rows, cols = grid_shape(num_gaussians)
+    sx, sy = 1.0 / cols, 1.0 / rows
+    # Cell-mean colour: area-average the image onto the grid (exact box filter, any S).
+    cell = F.adaptive_avg_pool2d(images, (rows, cols))  # [B, 3, rows, cols]
+    ys = (torch.arange(rows, dtype=images.dtype, device=images.device) + 0.5) * sy
+    xs = (torch.arange(cols, dtype=images.dtype, device=images.device) + 0.5) * sx
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    splats = images.new_zeros(b, rows * cols, 8)
+    splats[:, :, 0] = gx.reshape(-1)
+    splats[:, :, 1] = gy.reshape(-1)
+    # σ = s/2 per axis; for non-square cells the inscribed ellipse keeps the coverage argument
+    sigma_x, sigma_y = sx / 2.0, sy / 2.0
+    splats[:, :, 2] = sigma_x
+    splats[:, :, 4] = sigma_y
+    splats = splats[:, :num_gaussians].contiguous()
+    # coverage of the grid (the same for every image): Σ_g w_g(p) with unit colours
+    unit = splats[0].clone()
+    unit[:, 5:8] = 1.0
+    coverage = render_torch(unit, size=size)[0:1]  # [1, S, S]
+    cell_cov = F.adaptive_avg_pool2d(coverage[None], (rows, cols)).flatten(1)[0, :num_gaussians]  # [N]
+    cell_rgb = cell.flatten(2).transpose(1, 2)[:, :num_gaussians]  # [B, N, 3]
+    splats[:, :, 5:8] = cell_rgb / cell_cov[None, :, None].clamp_min(1e-6)
+    return splats
+
+
+def random_init(
+    images: torch.Tensor, num_gaussians: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """GaussianImage's random initialisation (see module docstring); returns [B, N, 8]."""
+    b, _, size, _ = images.shape
+    _check_count(num_gaussians, size)
+    shape = (b, num_gaussians)
+    opts = {"dtype": images.dtype, "device": images.device, "generator": generator}
+    rand = lambda *s: torch.rand(*s, **opts)  # noqa: E731
+    splats = images.new_zeros(b, num_gaussians, 8)
+    splats[..., 0:2] = rand(*shape, 2)
+    splats[..., 2] = (0.5 + rand(*shape)) / size
+    splats[..., 3] = rand(*shape) / size
+    splats[..., 4] = (0.5 + rand(*shape)) / size
+    splats[..., 5:8] = rand(*shape, 3)
+    return splats

@@ -1,0 +1,159 @@
+"""Loading raster images onto the square fitting canvas (CONTRACTS.md §3).
+
+Any image PIL can open becomes an RGB float tensor [3, S, S] in [0, 1]:
+- EXIF orientation applied; grayscale, palette, CMYK, 16-bit and float modes converted;
+- transparency (RGBA, LA, palette with transparency) composited on white or on the image's mean colour;
+- `pad` keeps the aspect ratio and pads with CLIP's mean colour (LLaVA's `image_aspect_ratio=pad`),
+  `crop` is CLIP's resize-short-side + centre crop, `resize` squashes to S×S;
+- a size guard: JPEGs are decoded at reduced scale when much larger than S, and images over
+  `max_pixels` are refused with an error that names the flag to raise.
+Every failure raises `ImageLoadError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["CLIP_MEAN", "RESIZE_MODES", "ImageLoadError", "load_image", "to_canvas"]
+
+RESIZE_MODES = ("pad", "crop", "resize")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's image mean, LLaVA's pad colour
+DEFAULT_MAX_PIXELS = 200_000_000  # decoded pixels; above this, refuse instead of exhausting memory
+
+
+class ImageLoadError(ValueError):
+    """An image file that cannot be used; the message names the file and the reason."""
+
+
+def _to_rgb_array(im: Image.Image, background: str) -> np.ndarray:
+    """Any PIL mode → float32 [H, W, 3] in [0, 1]."""
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(im, dtype=np.float32) / 65535.0
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if im.mode in ("I", "F"):
+        arr = np.asarray(im, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise ValueError("image contains NaN or Inf values")
+        top = 1.0 if arr.max() <= 1.0 else (65535.0 if arr.max() <= 65535 else float(arr.max()))
+        arr = np.clip(arr / top, 0.0, 1.0)
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+        rgb, alpha = rgba[:, :, :3], rgba[:, :, 3:4]
+        if background == "white":
+            bg = np.ones(3, dtype=np.float32)
+        else:  # mean colour of the visible pixels
+            weight = alpha.sum()
+            bg = (rgb * alpha).sum((0, 1)) / weight if weight > 0 else np.full(3, 0.5, np.float32)
+        return rgb * alpha + bg * (1.0 - alpha)
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def to_canvas(rgb: np.ndarray | torch.Tensor, size: int, mode: str = "pad") -> torch.Tensor:
+    """[H, W, 3] float in [0, 1] → [3, S, S] on the square canvas with the given resize mode."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {mode!r}; valid: {', '.join(RESIZE_MODES)}")
+    t = torch.as_tensor(np.asarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]  # [1, 3, H, W]
+    h, w = t.shape[-2:]
+
+    def resample(x, hw):
+        if tuple(x.shape[-2:]) == tuple(hw):
+            return x
+        down = hw[0] < x.shape[-2] or hw[1] < x.shape[-1]
+        return torch.nn.functional.interpolate(x, size=hw, mode="bicubic", antialias=down, align_corners=False)
+
+    if mode == "resize":
+        out = resample(t, (size, size))
+    elif mode == "crop":
+        scale = size / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        r = resample(t, (nh, nw))
+        top, left = (nh - size) // 2, (nw - size) // 2
+        out = r[..., top : top + size, left : left + size]
+    else:
+        scale = size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        r = resample(t, (nh, nw))
+        out = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1).repeat(1, 1, size, size)
+        top, left = (size - nh) // 2, (size - nw) // 2
+        out[..., top : top + nh, left : left + nw] = r
+    return out[0].clamp(0.0, 1.0).contiguous()
+
+
+@contextlib.contextmanager
+def _no_pil_pixel_limit():
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def load_image(
+    path: str | os.PathLike,
+    size: int = 224,
+    mode: str = "pad",
+    background: str = "white",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """Load an image file onto the S×S canvas.
+
+    Args:
+        path: any format PIL reads.
+        size: canvas side S in pixels.
+        mode: "pad", "crop" or "resize" (module docstring).
+        background: "white" or "mean": what transparent pixels are composited on.
+        max_pixels: refuse images with more decoded pixels than this.
+    Returns:
+        [3, S, S] float32 in [0, 1].
+    Raises:
+        ImageLoadError naming the file and the problem.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {mode!r}; valid: {', '.join(RESIZE_MODES)}")
+    if background not in ("white", "mean"):
+        raise ValueError(f"unknown background {background!r}; valid: white, mean")
+    if size < 1:
+        raise ValueError(f"size must be ≥ 1, got {size}")
+    path = Path(path)
+    if not path.exists():
+        raise ImageLoadError(f"{path}: file not found")
+    if path.is_dir():
+        raise ImageLoadError(f"{path}: is a directory, not an image")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(f"{path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # our own max_pixels check below replaces PIL's global decompression-bomb limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _no_pil_pixel_limit(), Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ImageLoadError(
+                        f"{path}: {w}×{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,}; "
+                        "downscale it first or raise --max-pixels"
+                    )
+                if im.format == "JPEG" and min(w, h) > 4 * size:
+                    im.draft("RGB", (2 * size, 2 * size))  # DCT-domain downscale: fast, still ≥ 2·S
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                rgb = _to_rgb_array(im, background)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError as e:
+        raise ImageLoadError(f"{path}: not an image PIL can read") from e
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
+        raise ImageLoadError(f"{path}: cannot decode ({e})") from e
+    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise ImageLoadError(f"{path}: image has no pixels")
+    return to_canvas(rgb, size, mode)

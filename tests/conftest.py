@@ -1,0 +1,43 @@
+"""Test-wide settings: offline hubs, few threads, and shared fixtures (real photographs from scikit-image)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def photo():
+    """Return a loader: photo(name, size, mode) → [3, S, S] from scikit-image's bundled photographs."""
+    import skimage.data
+
+    from gs_encoder.image_io import to_canvas
+
+    def load(name="chelsea", size=32, mode="crop"):
+        return to_canvas(getattr(skimage.data, name)() / 255.0, size, mode)
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def photo_path():
+    """Path of a real photograph file shipped inside scikit-image."""
+    from pathlib import Path
+
+    import skimage
+
+    return lambda name="chelsea.png": Path(skimage.data_dir) / name

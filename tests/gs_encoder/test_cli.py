@@ -1,0 +1,109 @@
+"""`gsv` end to end: fit, render, info, and every bad input giving one error line and a non-zero exit."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gs_encoder.cli import build_parser, main
+
+FAST = ["--num-gaussians", "64", "--iters", "30", "--size", "32", "-q"]
+
+
+def test_every_subcommand_has_help():
+    parser = build_parser()
+    for cmd in ("fit", "render", "info"):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args([cmd, "--help"])
+        assert e.value.code == 0
+
+
+def test_console_script_runs():
+    exe = __import__("shutil").which("gsv") or None
+    cmd = [exe] if exe else [sys.executable, "-m", "gs_encoder.cli"]
+    out = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "fit" in out.stdout
+
+
+def test_fit_render_info(tmp_path, photo_path, capsys):
+    out = tmp_path / "out"
+    assert main(["fit", str(photo_path("chelsea.png")), str(photo_path("rocket.jpg")), "-o", str(out), *FAST]) == 0
+    table = capsys.readouterr().out
+    assert "chelsea" in table and "PSNR" in table
+    meta = json.loads((out / "chelsea.json").read_text())
+    assert meta["canvas"] == 32 and meta["num_gaussians"] == 64 and meta["psnr"] > 15
+    assert np.load(out / "rocket.gs.npy").shape == (64, 8)
+
+    png = tmp_path / "cmp.png"
+    assert main(["render", str(out / "chelsea.gs.npy"), "-o", str(png), "--size", "96", "--compare", str(photo_path("chelsea.png"))]) == 0
+    printed = capsys.readouterr().out
+    assert f"{meta['psnr']:.2f}" in printed  # the comparison recomputes the same PSNR from the file
+    w, h = Image.open(png).size
+    assert w == 3 * 96 and h > 96
+
+    ell = tmp_path / "ell.png"
+    assert main(["render", str(out / "chelsea.gs.npy"), "-o", str(ell), "--size", "64", "--ellipses"]) == 0
+    assert Image.open(ell).size == (64, 64)
+    assert main(["info", str(out / "chelsea.gs.npy")]) == 0
+    assert "Gaussians      64" in capsys.readouterr().out
+
+    # rerun skips finished outputs
+    assert main(["fit", str(photo_path("chelsea.png")), "-o", str(out), *FAST]) == 0
+    assert "skip" in capsys.readouterr().out
+
+
+def test_multi_image_fit_survives_bad_inputs(tmp_path, photo_path, capsys):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    trunc = tmp_path / "trunc.jpg"
+    trunc.write_bytes(photo_path("rocket.jpg").read_bytes()[:2000])
+    missing = tmp_path / "missing.png"
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.array([[[1, 2, 3]]], np.uint8)).save(tiny)
+    out = tmp_path / "out"
+    inputs = [empty, text, photo_path("coffee.png"), trunc, missing, tiny]
+    code = main(["fit", *map(str, inputs), "-o", str(out), *FAST])
+    err = capsys.readouterr().err
+    assert code == 1
+    for bad in (empty, text, trunc, missing):
+        assert sum(str(bad) in line for line in err.splitlines()) == 1
+    assert (out / "coffee.gs.npy").exists() and (out / "tiny.gs.npy").exists()
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("n", ["0", "-5", "100000000"])
+def test_bad_gaussian_counts(tmp_path, photo_path, capsys, n):
+    code = main(["fit", str(photo_path("coffee.png")), "-o", str(tmp_path), "--num-gaussians", n, "--size", "32"])
+    assert code == 2 and "num_gaussians" in capsys.readouterr().err.replace("-", "_")
+
+
+def test_huge_image_refused_with_flag_named(tmp_path, capsys):
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((400, 500, 3), np.uint8)).save(big)
+    assert main(["fit", str(big), "-o", str(tmp_path), *FAST, "--max-pixels", "100000"]) == 1
+    assert "--max-pixels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["nan", "shape", "dtype", "truncated", "missing"])
+def test_bad_splat_files(tmp_path, capsys, kind):
+    path = tmp_path / f"{kind}.gs.npy"
+    if kind == "nan":
+        a = np.ones((4, 8), np.float16)
+        a[1, 0] = np.nan
+        np.save(path, a)
+    elif kind == "shape":
+        np.save(path, np.ones((4, 6), np.float16))
+    elif kind == "dtype":
+        np.save(path, np.ones((4, 8), np.int64))
+    elif kind == "truncated":
+        np.save(path, np.ones((400, 8), np.float16))
+        path.write_bytes(path.read_bytes()[:1000])
+    for argv in (["render", str(path), "-o", str(tmp_path / "x.png")], ["info", str(path)]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(path) in err[0] and err[0].startswith("error:")

@@ -64,7 +64,9 @@ def cmd_fit(args) -> int:
             seed=args.seed,
         )
         if cfg.num_gaussians > args.size * args.size:
-            raise ValueError(f"--num-gaussians {cfg.num_gaussians} exceeds the {args.size}×{args.size} canvas's pixel count")
+            raise ValueError(
+                f"--num-gaussians {cfg.num_gaussians} exceeds the {args.size}×{args.size} canvas's pixel count"
+            )
     except ValueError as e:
         _error(str(e))
         return 2
@@ -125,13 +127,17 @@ def cmd_fit(args) -> int:
             out = save_splats(out_dir / f"{name}.gs.npy", r.splats, meta)
             nbytes = payload_bytes(r.num_gaussians)
             raw = args.size * args.size * 3
-            rows.append([name, r.num_initial, r.num_gaussians, stored_psnr, nbytes, f"{raw / nbytes:.2f}×", r.seconds])
+            rows.append(
+                [name, r.num_initial, r.num_gaussians, stored_psnr, nbytes, f"{raw / nbytes:.2f}×", r.seconds]
+            )
             logger.info("wrote %s", out)
     if rows:
         headers = ["image", "N init", "N", "PSNR dB", "bytes", f"vs raw {args.size}²", "seconds"]
         print(text_table(headers, rows))
         if args.size != 224:
-            print(f"(raw 224² RGB is {RAW_RGB_BYTES:,} bytes; the ratio above is against the {args.size}² canvas)")
+            print(
+                f"(raw 224² RGB is {RAW_RGB_BYTES:,} bytes; the ratio above is against the {args.size}² canvas)"
+            )
         print(f"wrote {len(rows)} splat file(s) to {out_dir}")
     if failures:
         print(f"{len(failures)} image(s) failed; see the errors above", file=sys.stderr)
@@ -235,15 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--num-gaussians", type=int, default=3136, help="N per image (default 3136 = 56²)")
     fit.add_argument("--iters", type=int, default=3000, help="Adam iterations (default 3000)")
     fit.add_argument("--size", type=int, default=224, help="canvas side S in pixels (default 224)")
-    fit.add_argument("--resize", choices=RESIZE_MODES, default="pad", help="how the image meets the square canvas")
+    fit.add_argument(
+        "--resize", choices=RESIZE_MODES, default="pad", help="how the image meets the square canvas"
+    )
     fit.add_argument("--init", choices=("structured", "random"), default="structured")
-    fit.add_argument("--lambda-l1", type=float, default=0.0, help="L1 weight on colours (sparsifies for pruning)")
+    fit.add_argument(
+        "--lambda-l1", type=float, default=0.0, help="L1 weight on colours (sparsifies for pruning)"
+    )
     fit.add_argument("--tau", type=float, default=None, help="prune Gaussians with luminosity below this")
     fit.add_argument("--finetune-iters", type=int, default=0, help="iterations after pruning")
     fit.add_argument("--target-psnr", type=float, default=None, help="stop an image early at this PSNR (dB)")
     fit.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     fit.add_argument("--batch-size", type=int, default=8, help="images fitted together")
-    fit.add_argument("--background", choices=("white", "mean"), default="white", help="under transparent pixels")
+    fit.add_argument(
+        "--background", choices=("white", "mean"), default="white", help="under transparent pixels"
+    )
     fit.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
     fit.add_argument("--seed", type=int, default=0, help="seed of the random init")
     fit.add_argument("--overwrite", action="store_true", help="refit images whose output exists")
@@ -256,8 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--size", type=int, default=512, help="output side (per panel with --compare)")
     ren.add_argument("--ellipses", action="store_true", help="outline each Gaussian's 1σ ellipse")
     ren.add_argument("--compare", metavar="IMAGE", help="original | render | error, with PSNR")
-    ren.add_argument("--canvas", type=int, default=224, help="canvas of the comparison when there is no sidecar")
-    ren.add_argument("--resize", choices=RESIZE_MODES, default="pad", help="resize of the comparison without sidecar")
+    ren.add_argument(
+        "--canvas", type=int, default=224, help="canvas of the comparison when there is no sidecar"
+    )
+    ren.add_argument(
+        "--resize", choices=RESIZE_MODES, default="pad", help="resize of the comparison without sidecar"
+    )
     ren.set_defaults(func=cmd_render)
 
     info = sub.add_parser("info", help="describe splat files (no files: the environment)")

@@ -69,7 +69,9 @@ def to_canvas(rgb: np.ndarray | torch.Tensor, size: int, mode: str = "pad") -> t
         if tuple(x.shape[-2:]) == tuple(hw):
             return x
         down = hw[0] < x.shape[-2] or hw[1] < x.shape[-1]
-        return torch.nn.functional.interpolate(x, size=hw, mode="bicubic", antialias=down, align_corners=False)
+        return torch.nn.functional.interpolate(
+            x, size=hw, mode="bicubic", antialias=down, align_corners=False
+        )
 
     if mode == "resize":
         out = resample(t, (size, size))

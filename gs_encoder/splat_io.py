@@ -61,7 +61,9 @@ def validate_splats(arr: np.ndarray | torch.Tensor, source: str = "splats") -> N
     """Raise SplatFileError unless `arr` is a valid [N, 8] splat set (N ≥ 1, finite, l11 > 0, l22 > 0)."""
     a = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
     if a.ndim != 2 or a.shape[1] != 8:
-        raise SplatFileError(f"{source}: expected shape [N, 8] (x, y, l11, l21, l22, r, g, b), got {list(a.shape)}")
+        raise SplatFileError(
+            f"{source}: expected shape [N, 8] (x, y, l11, l21, l22, r, g, b), got {list(a.shape)}"
+        )
     if a.shape[0] < 1:
         raise SplatFileError(f"{source}: holds no Gaussians (N = 0); a splat set needs at least one")
     if not np.issubdtype(a.dtype, np.floating):
@@ -69,11 +71,15 @@ def validate_splats(arr: np.ndarray | torch.Tensor, source: str = "splats") -> N
     bad = ~np.isfinite(a)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise SplatFileError(f"{source}: {int(bad.sum())} NaN/Inf values (first at row {row}, column {COLUMNS[col]})")
+        raise SplatFileError(
+            f"{source}: {int(bad.sum())} NaN/Inf values (first at row {row}, column {COLUMNS[col]})"
+        )
     for col in (2, 4):
         if (a[:, col] <= 0).any():
             row = int(np.argmax(a[:, col] <= 0))
-            raise SplatFileError(f"{source}: {COLUMNS[col]} must be > 0 (Cholesky diagonal), row {row} has {a[row, col]}")
+            raise SplatFileError(
+                f"{source}: {COLUMNS[col]} must be > 0 (Cholesky diagonal), row {row} has {a[row, col]}"
+            )
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -17,7 +17,9 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-def draw_ellipses(pil: Image.Image, splats: torch.Tensor, sigmas: float = 1.0, points: int = 20) -> Image.Image:
+def draw_ellipses(
+    pil: Image.Image, splats: torch.Tensor, sigmas: float = 1.0, points: int = 20
+) -> Image.Image:
     """Outline each Gaussian's `sigmas`-σ ellipse on a copy of `pil` (coordinates scaled to its size)."""
     out = pil.copy()
     draw = ImageDraw.Draw(out)
@@ -50,7 +52,10 @@ def compare_panel(original: torch.Tensor, rendered: torch.Tensor, panel: int, ca
     err = (rendered.clamp(0, 1) - original).abs().mean(0).cpu().numpy()
     vmax = float(np.quantile(err, 0.99)) if err.size else 1.0
     tiles = [to_pil(original), to_pil(rendered), _heatmap(err, vmax)]
-    tiles = [t.resize((panel, panel), Image.Resampling.NEAREST if t.size[0] < panel else Image.Resampling.BICUBIC) for t in tiles]
+    tiles = [
+        t.resize((panel, panel), Image.Resampling.NEAREST if t.size[0] < panel else Image.Resampling.BICUBIC)
+        for t in tiles
+    ]
     font = ImageFont.load_default(size=max(12, panel // 28))
     band = max(24, panel // 10)
     out = Image.new("RGB", (3 * panel, panel + band), (255, 255, 255))
@@ -59,6 +64,8 @@ def compare_panel(original: torch.Tensor, rendered: torch.Tensor, panel: int, ca
     labels = ("original", "render", f"|error| (0 to {vmax:.3f})")
     draw = ImageDraw.Draw(out)
     for i, label in enumerate(labels):
-        draw.text((i * panel + 6, 4), label, fill=(255, 255, 0), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+        draw.text(
+            (i * panel + 6, 4), label, fill=(255, 255, 0), font=font, stroke_width=2, stroke_fill=(0, 0, 0)
+        )
     draw.text((6, panel + band // 4), caption, fill=(0, 0, 0), font=font)
     return out

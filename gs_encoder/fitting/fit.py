@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..splat_io import validate_splats
 from .init import random_init, structured_init
 from .render import render_flat
 
@@ -141,11 +142,15 @@ def _optimise(params, image_ids, targets, iters, cfg: FitConfig, progress: bool,
     plan = None
     bar = tqdm(range(iters), desc=desc, disable=not progress, leave=False, unit="it")
     for it in bar:
-        image, plan = render_flat(p[:, 0:2], p[:, 2:5], p[:, 5:8], image_ids, num_images, size, plan, cfg.plan_margin)
+        image, plan = render_flat(
+            p[:, 0:2], p[:, 2:5], p[:, 5:8], image_ids, num_images, size, plan, cfg.plan_margin
+        )
         mse = (image - targets).pow(2).mean(dim=(1, 2, 3))  # [B]
         loss = mse.sum()
         if cfg.lambda_l1 > 0:
-            l1 = torch.zeros(num_images, dtype=p.dtype, device=p.device).index_add(0, image_ids, p[:, 5:8].abs().sum(1))
+            l1 = torch.zeros(num_images, dtype=p.dtype, device=p.device).index_add(
+                0, image_ids, p[:, 5:8].abs().sum(1)
+            )
             loss = loss + cfg.lambda_l1 * (l1 / (3 * counts)).sum()
         (grad,) = torch.autograd.grad(loss, p)
         with torch.no_grad():
@@ -178,7 +183,9 @@ def _optimise(params, image_ids, targets, iters, cfg: FitConfig, progress: bool,
 
 def _render_psnr(params, image_ids, targets) -> torch.Tensor:
     with torch.no_grad():
-        image, _ = render_flat(params[:, 0:2], params[:, 2:5], params[:, 5:8], image_ids, targets.shape[0], targets.shape[1])
+        image, _ = render_flat(
+            params[:, 0:2], params[:, 2:5], params[:, 5:8], image_ids, targets.shape[0], targets.shape[1]
+        )
         return psnr(image, targets)
 
 
@@ -193,7 +200,12 @@ def _check_images(images: torch.Tensor) -> None:
         raise ValueError("images contain NaN or Inf")
 
 
-def fit_images(images: torch.Tensor, cfg: FitConfig | None = None, progress: bool = False) -> list[FitResult]:
+def fit_images(
+    images: torch.Tensor,
+    cfg: FitConfig | None = None,
+    progress: bool = False,
+    initial: list[torch.Tensor] | None = None,
+) -> list[FitResult]:
     """Fit one splat set per image.
 
     Args:
@@ -201,6 +213,8 @@ def fit_images(images: torch.Tensor, cfg: FitConfig | None = None, progress: boo
             the fit runs.
         cfg: FitConfig (defaults if None).
         progress: show a tqdm bar over iterations.
+        initial: optional starting splat sets, one [N_b, 8] per image (N_b may differ), instead of
+            cfg.init; for refining or fine-tuning after pruning.
     Returns:
         One FitResult per image, in order.
     Raises:
@@ -212,22 +226,32 @@ def fit_images(images: torch.Tensor, cfg: FitConfig | None = None, progress: boo
     images = images.float()
     num_images, size = images.shape[0], images.shape[-1]
     targets = images.permute(0, 2, 3, 1).contiguous()  # [B, S, S, 3]
-    if cfg.init == "structured":
-        splats = structured_init(images, cfg.num_gaussians)
+    if initial is not None:
+        if len(initial) != num_images:
+            raise ValueError(f"initial must hold one splat set per image ({num_images}), got {len(initial)}")
+        for k, s in enumerate(initial):
+            validate_splats(s, f"initial[{k}]")
+        sets = [s.to(images.device, torch.float32) for s in initial]
+    elif cfg.init == "structured":
+        sets = list(structured_init(images, cfg.num_gaussians))
     else:
         gen = torch.Generator(device=images.device).manual_seed(cfg.seed)
-        splats = random_init(images, cfg.num_gaussians, gen)
-    n = splats.shape[1]
-    params = splats.reshape(-1, 8).clone()
+        sets = list(random_init(images, cfg.num_gaussians, gen))
+    counts = [s.shape[0] for s in sets]
+    params = torch.cat(sets).clone()
     params[:, 0:5] *= size
-    image_ids = torch.arange(num_images, device=images.device).repeat_interleave(n)
+    image_ids = torch.repeat_interleave(
+        torch.arange(num_images, device=images.device), torch.tensor(counts, device=images.device)
+    )
     params, iters_run, history = _optimise(params, image_ids, targets, cfg.iters, cfg, progress, "fit")
     score_full = _render_psnr(params, image_ids, targets)
     score = score_full
     if cfg.tau is not None:
         kept = [prune(params[image_ids == b], cfg.tau * 1.0) for b in range(num_images)]
         params = torch.cat(kept)
-        image_ids = torch.cat([torch.full((k.shape[0],), b, device=images.device) for b, k in enumerate(kept)])
+        image_ids = torch.cat(
+            [torch.full((k.shape[0],), b, device=images.device) for b, k in enumerate(kept)]
+        )
         if cfg.finetune_iters > 0:
             ft = FitConfig(**{**cfg.__dict__, "target_psnr": None})
             params, _, _ = _optimise(params, image_ids, targets, cfg.finetune_iters, ft, progress, "finetune")
@@ -238,7 +262,7 @@ def fit_images(images: torch.Tensor, cfg: FitConfig | None = None, progress: boo
             splats=_canonical(params[image_ids == b], size).cpu(),
             psnr=float(score[b]),
             psnr_unpruned=float(score_full[b]),
-            num_initial=n,
+            num_initial=counts[b],
             iters=iters_run[b],
             seconds=seconds,
             history=history[b],

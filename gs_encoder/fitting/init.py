@@ -89,7 +89,10 @@ def random_init(
     _check_count(num_gaussians, size)
     shape = (b, num_gaussians)
     opts = {"dtype": images.dtype, "device": images.device, "generator": generator}
-    rand = lambda *s: torch.rand(*s, **opts)  # noqa: E731
+
+    def rand(*s):
+        return torch.rand(*s, **opts)
+
     splats = images.new_zeros(b, num_gaussians, 8)
     splats[..., 0:2] = rand(*shape, 2)
     splats[..., 2] = (0.5 + rand(*shape)) / size

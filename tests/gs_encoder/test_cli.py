@@ -30,7 +30,10 @@ def test_console_script_runs():
 
 def test_fit_render_info(tmp_path, photo_path, capsys):
     out = tmp_path / "out"
-    assert main(["fit", str(photo_path("chelsea.png")), str(photo_path("rocket.jpg")), "-o", str(out), *FAST]) == 0
+    assert (
+        main(["fit", str(photo_path("chelsea.png")), str(photo_path("rocket.jpg")), "-o", str(out), *FAST])
+        == 0
+    )
     table = capsys.readouterr().out
     assert "chelsea" in table and "PSNR" in table
     meta = json.loads((out / "chelsea.json").read_text())
@@ -38,7 +41,21 @@ def test_fit_render_info(tmp_path, photo_path, capsys):
     assert np.load(out / "rocket.gs.npy").shape == (64, 8)
 
     png = tmp_path / "cmp.png"
-    assert main(["render", str(out / "chelsea.gs.npy"), "-o", str(png), "--size", "96", "--compare", str(photo_path("chelsea.png"))]) == 0
+    assert (
+        main(
+            [
+                "render",
+                str(out / "chelsea.gs.npy"),
+                "-o",
+                str(png),
+                "--size",
+                "96",
+                "--compare",
+                str(photo_path("chelsea.png")),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"{meta['psnr']:.2f}" in printed  # the comparison recomputes the same PSNR from the file
     w, h = Image.open(png).size
@@ -78,7 +95,9 @@ def test_multi_image_fit_survives_bad_inputs(tmp_path, photo_path, capsys):
 
 @pytest.mark.parametrize("n", ["0", "-5", "100000000"])
 def test_bad_gaussian_counts(tmp_path, photo_path, capsys, n):
-    code = main(["fit", str(photo_path("coffee.png")), "-o", str(tmp_path), "--num-gaussians", n, "--size", "32"])
+    code = main(
+        ["fit", str(photo_path("coffee.png")), "-o", str(tmp_path), "--num-gaussians", n, "--size", "32"]
+    )
     assert code == 2 and "num_gaussians" in capsys.readouterr().err.replace("-", "_")
 
 

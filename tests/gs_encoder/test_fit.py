@@ -29,8 +29,10 @@ def test_structured_init_geometry():
     # interior: the contract's 2/π gain divided by the mass the 3σ cut-off keeps, m_Q = 1 − 5.5e^{−4.5}
     m_q = 1 - 5.5 * math.exp(-4.5)
     interior = s.view(4, 4, 8)[1:3, 1:3, 5:8]
-    torch.testing.assert_close(interior, torch.full_like(interior, 0.5 * 2 / math.pi / m_q), rtol=0.03, atol=0)
-    assert (s.view(4, 4, 8)[0, 0, 5] > interior.max()) # border cells make up for mass off the canvas
+    torch.testing.assert_close(
+        interior, torch.full_like(interior, 0.5 * 2 / math.pi / m_q), rtol=0.03, atol=0
+    )
+    assert s.view(4, 4, 8)[0, 0, 5] > interior.max()  # border cells make up for mass off the canvas
     assert abs(float(render(s, size=16).mean()) - 0.5) < 0.01
     assert structured_init(img, 10).shape == (1, 10, 8)
 

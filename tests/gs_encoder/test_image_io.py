@@ -66,7 +66,9 @@ def test_rgba_composited(tmp_path):
 def test_one_pixel_image(tmp_path):
     path = save(tmp_path, "one.png", np.array([[[10, 200, 30]]], np.uint8))
     x = load_image(path, 16, "crop")
-    torch.testing.assert_close(x, torch.tensor([10, 200, 30]).float().div(255).view(3, 1, 1).expand(3, 16, 16))
+    torch.testing.assert_close(
+        x, torch.tensor([10, 200, 30]).float().div(255).view(3, 1, 1).expand(3, 16, 16)
+    )
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "text", "truncated_png", "truncated_jpg", "directory"])

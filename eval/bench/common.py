@@ -1,0 +1,66 @@
+"""Shared pieces of the benchmarks: the photographs, timing, and writing results with machine and date."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from gs_encoder.image_io import to_canvas
+from gs_encoder.report import machine_info, markdown_table
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+def photos(size: int = 224, names=PHOTOS, mode: str = "crop") -> torch.Tensor:
+    """The colour photographs shipped in scikit-image on the S×S canvas, [B, 3, S, S].
+
+    `crop` (CLIP's centre crop) so no flat padding band makes the fit look easier than it is.
+    """
+    import skimage.data
+
+    return torch.stack([to_canvas(getattr(skimage.data, n)() / 255.0, size, mode) for n in names])
+
+
+def timed(fn, repeat: int, warmup: int = 1) -> float:
+    """Median seconds of `fn()` over `repeat` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def write_results(
+    name: str,
+    title: str,
+    sections: list[tuple[str, list[str], list[list]]],
+    data: dict,
+    notes: str = "",
+    out_dir: Path = RESULTS,
+) -> Path:
+    """Write eval/results/<name>.json and <name>.md: each section is (heading, headers, rows)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    payload = {"benchmark": name, "machine": info, **data}
+    (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [
+        f"# {title}",
+        "",
+        f"Measured {info['date']} on {info['cpu']} ({info['torch_threads']} torch threads"
+        + (f", GPU {info['gpu']}" if info["gpu"] else ", no GPU")
+        + f"), torch {info['torch']}, commit {info['git']}.",
+        "",
+    ]
+    if notes:
+        lines += [notes.strip(), ""]
+    for heading, headers, rows in sections:
+        lines += [f"## {heading}", "", markdown_table(headers, rows), ""]
+    (out_dir / f"{name}.md").write_text("\n".join(lines))
+    return out_dir / f"{name}.md"

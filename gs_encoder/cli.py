@@ -8,6 +8,7 @@ a multi-image fit still fits and writes every other image.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -23,10 +24,12 @@ def _error(msg: str) -> None:
 
 
 def _device(name: str):
+    """torch.device for --device, or None (after printing the error) when it is not available."""
     import torch
 
     if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(_error("--device cuda: no CUDA device is visible; use --device cpu") or 2)
+        _error("--device cuda: no CUDA device is visible; use --device cpu")
+        return None
     return torch.device(name)
 
 
@@ -46,35 +49,20 @@ def cmd_fit(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .fitting.fit import FitConfig, fit_images, psnr
+    from .fitting.fit import fit_images, psnr
     from .fitting.render import render
     from .image_io import ImageLoadError, load_image
     from .report import text_table
     from .splat_io import RAW_RGB_BYTES, as_stored, payload_bytes, save_splats
 
     try:
-        cfg = FitConfig(
-            num_gaussians=args.num_gaussians,
-            iters=args.iters,
-            init=args.init,
-            lambda_l1=args.lambda_l1,
-            tau=args.tau,
-            finetune_iters=args.finetune_iters,
-            target_psnr=args.target_psnr,
-            seed=args.seed,
-        )
-        if cfg.num_gaussians > args.size * args.size:
-            raise ValueError(
-                f"--num-gaussians {cfg.num_gaussians} exceeds the {args.size}×{args.size} canvas's pixel count"
-            )
+        cfg = _fit_config(args)
     except ValueError as e:
         _error(str(e))
         return 2
-    if args.batch_size < 1:
-        _error(f"--batch-size must be ≥ 1, got {args.batch_size}")
-        return 2
     device = _device(args.device)
-    torch.set_grad_enabled(True)
+    if device is None:
+        return 2
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in args.images]
@@ -228,8 +216,88 @@ def cmd_info(args) -> int:
     return status
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_fit_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     from .image_io import DEFAULT_MAX_PIXELS, RESIZE_MODES
+
+    p.add_argument("--num-gaussians", type=int, default=3136, help="N per image (default 3136 = 56²)")
+    p.add_argument("--iters", type=int, default=3000, help="Adam iterations (default 3000)")
+    p.add_argument("--size", type=int, default=224, help="canvas side S in pixels (default 224)")
+    p.add_argument(
+        "--resize", choices=RESIZE_MODES, default="pad", help="how the image meets the square canvas"
+    )
+    p.add_argument("--init", choices=("structured", "random"), default="structured")
+    p.add_argument(
+        "--lambda-l1", type=float, default=0.0, help="L1 weight on colours (sparsifies for pruning)"
+    )
+    p.add_argument("--tau", type=float, default=None, help="prune Gaussians with luminosity below this")
+    p.add_argument("--finetune-iters", type=int, default=0, help="iterations after pruning")
+    p.add_argument("--target-psnr", type=float, default=None, help="stop an image early at this PSNR (dB)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="images fitted together")
+    p.add_argument(
+        "--background", choices=("white", "mean"), default="white", help="under transparent pixels"
+    )
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _fit_config(args):
+    """FitConfig from the shared fit flags; raises ValueError naming the bad flag."""
+    from .fitting.fit import FitConfig
+
+    cfg = FitConfig(
+        num_gaussians=args.num_gaussians,
+        iters=args.iters,
+        init=args.init,
+        lambda_l1=args.lambda_l1,
+        tau=args.tau,
+        finetune_iters=args.finetune_iters,
+        target_psnr=args.target_psnr,
+        seed=args.seed,
+    )
+    if cfg.num_gaussians > args.size * args.size:
+        raise ValueError(
+            f"--num-gaussians {cfg.num_gaussians} exceeds the {args.size}×{args.size} canvas's pixel count"
+        )
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+    return cfg
+
+
+def cmd_fit_shards(args) -> int:
+    from .shards import ShardJobConfig, run_shard_job
+
+    try:
+        cfg = ShardJobConfig(
+            fit=_fit_config(args),
+            size=args.size,
+            resize=args.resize,
+            background=args.background,
+            max_pixels=args.max_pixels,
+            batch_size=args.batch_size,
+            shard_size=args.shard_size,
+            device=args.device,
+        )
+    except ValueError as e:
+        _error(str(e))
+        return 2
+    if _device(args.device) is None:
+        return 2
+    try:
+        summary = run_shard_job(
+            args.inputs, args.output, cfg, progress=not args.quiet and sys.stderr.isatty()
+        )
+    except (FileNotFoundError, ValueError) as e:
+        _error(str(e))
+        return 2
+    print(json.dumps(summary, indent=2))
+    print(f"wrote splat shards and summary.json to {args.output}")
+    return 1 if summary["failures"] else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .image_io import RESIZE_MODES
 
     parser = argparse.ArgumentParser(prog="gsv", description="GaussianVision: images as 2D Gaussian splats")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -238,29 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="fit splat sets to images")
     fit.add_argument("images", nargs="+", help="image files (any format PIL reads)")
     fit.add_argument("-o", "--output", required=True, help="output folder for <name>.gs.npy + <name>.json")
-    fit.add_argument("--num-gaussians", type=int, default=3136, help="N per image (default 3136 = 56²)")
-    fit.add_argument("--iters", type=int, default=3000, help="Adam iterations (default 3000)")
-    fit.add_argument("--size", type=int, default=224, help="canvas side S in pixels (default 224)")
-    fit.add_argument(
-        "--resize", choices=RESIZE_MODES, default="pad", help="how the image meets the square canvas"
-    )
-    fit.add_argument("--init", choices=("structured", "random"), default="structured")
-    fit.add_argument(
-        "--lambda-l1", type=float, default=0.0, help="L1 weight on colours (sparsifies for pruning)"
-    )
-    fit.add_argument("--tau", type=float, default=None, help="prune Gaussians with luminosity below this")
-    fit.add_argument("--finetune-iters", type=int, default=0, help="iterations after pruning")
-    fit.add_argument("--target-psnr", type=float, default=None, help="stop an image early at this PSNR (dB)")
-    fit.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    fit.add_argument("--batch-size", type=int, default=8, help="images fitted together")
-    fit.add_argument(
-        "--background", choices=("white", "mean"), default="white", help="under transparent pixels"
-    )
-    fit.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
-    fit.add_argument("--seed", type=int, default=0, help="seed of the random init")
+    _add_fit_args(fit, batch_size=8)
     fit.add_argument("--overwrite", action="store_true", help="refit images whose output exists")
-    fit.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     fit.set_defaults(func=cmd_fit)
+
+    shards = sub.add_parser("fit-shards", help="fit image shards or folders into splat shards (resumable)")
+    shards.add_argument(
+        "inputs", nargs="+", help="webdataset .tar shards, folders of them, or folders of images"
+    )
+    shards.add_argument("-o", "--output", required=True, help="output folder: one .tar per input tar")
+    _add_fit_args(shards, batch_size=16)
+    shards.add_argument("--shard-size", type=int, default=1000, help="images per output tar for folder input")
+    shards.set_defaults(func=cmd_fit_shards)
 
     ren = sub.add_parser("render", help="render a splat file to PNG")
     ren.add_argument("splats", help="a .gs.npy file")

@@ -13,6 +13,7 @@ Every failure raises `ImageLoadError` naming the file and the problem.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["CLIP_MEAN", "RESIZE_MODES", "ImageLoadError", "load_image", "to_canvas"]
+__all__ = ["CLIP_MEAN", "RESIZE_MODES", "ImageLoadError", "decode_image", "load_image", "to_canvas"]
 
 RESIZE_MODES = ("pad", "crop", "resize")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's image mean, LLaVA's pad colour
@@ -101,6 +102,44 @@ def _no_pil_pixel_limit():
         Image.MAX_IMAGE_PIXELS = old
 
 
+def _check_args(size: int, mode: str, background: str) -> None:
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {mode!r}; valid: {', '.join(RESIZE_MODES)}")
+    if background not in ("white", "mean"):
+        raise ValueError(f"unknown background {background!r}; valid: white, mean")
+    if size < 1:
+        raise ValueError(f"size must be ≥ 1, got {size}")
+
+
+def _decode(source, name: str, size: int, mode: str, background: str, max_pixels: int) -> torch.Tensor:
+    """Decode a path or file object (named `name` in errors) onto the canvas."""
+    try:
+        with warnings.catch_warnings():
+            # our own max_pixels check below replaces PIL's global decompression-bomb limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _no_pil_pixel_limit(), Image.open(source) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ImageLoadError(
+                        f"{name}: {w}×{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,}; "
+                        "downscale it first or raise --max-pixels"
+                    )
+                if im.format == "JPEG" and min(w, h) > 4 * size:
+                    im.draft("RGB", (2 * size, 2 * size))  # DCT-domain downscale: fast, still ≥ 2·S
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                rgb = _to_rgb_array(im, background)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError as e:
+        raise ImageLoadError(f"{name}: not an image PIL can read") from e
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
+        raise ImageLoadError(f"{name}: cannot decode ({e})") from e
+    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise ImageLoadError(f"{name}: image has no pixels")
+    return to_canvas(rgb, size, mode)
+
+
 def load_image(
     path: str | os.PathLike,
     size: int = 224,
@@ -121,12 +160,7 @@ def load_image(
     Raises:
         ImageLoadError naming the file and the problem.
     """
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"unknown resize mode {mode!r}; valid: {', '.join(RESIZE_MODES)}")
-    if background not in ("white", "mean"):
-        raise ValueError(f"unknown background {background!r}; valid: white, mean")
-    if size < 1:
-        raise ValueError(f"size must be ≥ 1, got {size}")
+    _check_args(size, mode, background)
     path = Path(path)
     if not path.exists():
         raise ImageLoadError(f"{path}: file not found")
@@ -134,28 +168,19 @@ def load_image(
         raise ImageLoadError(f"{path}: is a directory, not an image")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            # our own max_pixels check below replaces PIL's global decompression-bomb limit
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _no_pil_pixel_limit(), Image.open(path) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageLoadError(
-                        f"{path}: {w}×{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,}; "
-                        "downscale it first or raise --max-pixels"
-                    )
-                if im.format == "JPEG" and min(w, h) > 4 * size:
-                    im.draft("RGB", (2 * size, 2 * size))  # DCT-domain downscale: fast, still ≥ 2·S
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                rgb = _to_rgb_array(im, background)
-    except ImageLoadError:
-        raise
-    except UnidentifiedImageError as e:
-        raise ImageLoadError(f"{path}: not an image PIL can read") from e
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
-        raise ImageLoadError(f"{path}: cannot decode ({e})") from e
-    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
-        raise ImageLoadError(f"{path}: image has no pixels")
-    return to_canvas(rgb, size, mode)
+    return _decode(path, str(path), size, mode, background, max_pixels)
+
+
+def decode_image(
+    data: bytes,
+    name: str,
+    size: int = 224,
+    mode: str = "pad",
+    background: str = "white",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """`load_image` for encoded bytes (e.g. a member of a tar shard); `name` identifies it in errors."""
+    _check_args(size, mode, background)
+    if not data:
+        raise ImageLoadError(f"{name}: empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, size, mode, background, max_pixels)

@@ -26,6 +26,7 @@ __all__ = [
     "payload_bytes",
     "save_splats",
     "sidecar_path",
+    "splat_npy_bytes",
     "splat_stem",
     "validate_splats",
 ]
@@ -108,6 +109,17 @@ def as_stored(splats: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(_to_fp16(splats.detach().cpu().numpy()).astype(np.float32))
 
 
+def splat_npy_bytes(splats: torch.Tensor | np.ndarray, source: str = "splats") -> bytes:
+    """The bytes of a `.gs.npy` file (float16 [N, 8]) for valid splats; raises SplatFileError otherwise."""
+    a = splats.detach().cpu().numpy() if isinstance(splats, torch.Tensor) else np.asarray(splats)
+    validate_splats(a, source)
+    if np.abs(a).max() > FP16_MAX:
+        raise SplatFileError(f"{source}: values beyond the float16 range (±{FP16_MAX}) cannot be stored")
+    buf = io.BytesIO()
+    np.save(buf, _to_fp16(a), allow_pickle=False)
+    return buf.getvalue()
+
+
 def save_splats(path: str | os.PathLike, splats: torch.Tensor | np.ndarray, meta: dict | None = None) -> Path:
     """Save [N, 8] splats as float16 `<name>.gs.npy` (+ `<name>.json` when `meta` is given).
 
@@ -117,15 +129,9 @@ def save_splats(path: str | os.PathLike, splats: torch.Tensor | np.ndarray, meta
     path = Path(path)
     if not path.name.endswith(SUFFIX):
         path = path.with_name(path.name + SUFFIX)
-    a = splats.detach().cpu().numpy() if isinstance(splats, torch.Tensor) else np.asarray(splats)
-    validate_splats(a, str(path))
-    if np.abs(a).max() > FP16_MAX:
-        raise SplatFileError(f"{path}: values beyond the float16 range (±{FP16_MAX}) cannot be stored")
-    a16 = _to_fp16(a)
-    buf = io.BytesIO()
-    np.save(buf, a16, allow_pickle=False)
+    data = splat_npy_bytes(splats, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, data)
     if meta is not None:
         atomic_write_bytes(sidecar_path(path), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return path

@@ -143,7 +143,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     iters = args.iters or (3000 if args.device == "cuda" else 1000)
     budgets = [400, 900, 1600, 3136, 4900]
-    prune_budgets, lambdas, taus = [1600, 3136], [0.0, 0.002, 0.01], [0.02, 0.05, 0.1]
+    prune_budgets, lambdas, taus = [1600, 3136], [0.0, 0.01, 0.05], [0.01, 0.02, 0.05]
     size, names = 224, PHOTOS
     if args.quick:
         iters, budgets, prune_budgets, lambdas, taus, size, names = (

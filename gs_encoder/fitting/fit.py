@@ -38,9 +38,9 @@ class FitConfig:
     lambda_l1: float = 0.0  # weight of mean |colour| in the loss; drives dim Gaussians towards 0 for pruning
     tau: float | None = None  # luminosity pruning threshold after the fit; None: no pruning
     finetune_iters: int = 0  # Adam steps after pruning
-    lr_xy: float = 0.05  # Adam step size of centres, pixels
-    lr_chol: float = 0.02  # Adam step size of the Cholesky factor, pixels
-    lr_rgb: float = 0.01  # Adam step size of colours
+    lr_xy: float = 0.1  # Adam step size of centres, pixels
+    lr_chol: float = 0.04  # Adam step size of the Cholesky factor, pixels
+    lr_rgb: float = 0.02  # Adam step size of colours
     lr_final: float = 0.05  # cosine decay of every step size to this fraction at the end
     target_psnr: float | None = None  # stop an image early once its PSNR reaches this (dB)
     check_every: int = 50  # iterations between PSNR checks (early stop, progress bar)

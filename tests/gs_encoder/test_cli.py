@@ -126,3 +126,12 @@ def test_bad_splat_files(tmp_path, capsys, kind):
         assert main(argv) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and str(path) in err[0] and err[0].startswith("error:")
+
+
+def test_cuda_device_without_gpu(tmp_path, photo_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert main(["fit", str(photo_path("coffee.png")), "-o", str(tmp_path), *FAST, "--device", "cuda"]) == 2
+    assert "--device cpu" in capsys.readouterr().err

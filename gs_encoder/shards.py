@@ -1,0 +1,308 @@
+"""Dataset-scale fitting: image shards (or folders) in, splat shards out, resumable and multi-worker.
+
+Work is split into units; each unit becomes one output tar:
+- an input tar in the img2dataset / DataComp webdataset layout (`<key>.jpg|png|…`, `<key>.txt`,
+  `<key>.json`, …) → a tar of the same name with, per sample, `<key>.gs.npy` (float16 [N, 8]),
+  `<key>.json` (the input json's fields plus the fit's: canvas, resize, N, PSNR, iterations, source id)
+  and every other field passed through unchanged; the image itself is dropped;
+- a folder of images → tars of `shard_size` images each (`images-000000.tar`, …), keys = relative paths.
+
+Resumability: a unit is written to a hidden temporary name and renamed when complete, together with
+`<name>.errors.jsonl` (undecodable samples: key and reason) and `<name>.stats.json`, written before the
+rename. A finished unit is its tar; a rerun skips those and redoes the rest, so killing the job at any
+moment and rerunning yields every sample exactly once. Workers (torchrun ranks, `RANK`/`WORLD_SIZE`)
+take units `rank, rank + world, …`: disjoint, and each worker needs no communication.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .fitting.fit import FitConfig, fit_images
+from .image_io import DEFAULT_MAX_PIXELS, RESIZE_MODES, ImageLoadError, decode_image
+from .splat_io import atomic_write_bytes, splat_npy_bytes
+
+__all__ = ["IMAGE_EXTS", "ShardJobConfig", "Unit", "plan_units", "read_samples", "run_shard_job"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
+
+
+@dataclass
+class ShardJobConfig:
+    """Settings of a `gsv fit-shards` job."""
+
+    fit: FitConfig = field(default_factory=FitConfig)  # the per-image fit
+    size: int = 224  # canvas side S
+    resize: str = "pad"  # pad | crop | resize
+    background: str = "white"  # under transparent pixels
+    max_pixels: int = DEFAULT_MAX_PIXELS  # refuse larger images (recorded as errors)
+    batch_size: int = 16  # images fitted together
+    shard_size: int = 1000  # images per output tar when the input is a folder
+    device: str = "cpu"  # cpu | cuda (cuda:LOCAL_RANK under torchrun)
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.batch_size < 1 or self.shard_size < 1 or self.size < 1:
+            raise ValueError("batch_size, shard_size and size must be ≥ 1")
+
+
+@dataclass
+class Unit:
+    """One output tar and where its samples come from."""
+
+    name: str  # output file name, e.g. 00000012.tar
+    tar: Path | None = None  # an input tar, or
+    files: list[Path] | None = None  # image files
+    root: Path | None = None  # the folder keys of `files` are relative to
+
+
+def _split_key(member_name: str) -> tuple[str, str]:
+    """webdataset's rule: the key is the path up to the first dot of the basename."""
+    head, base = os.path.split(member_name)
+    stem, _, ext = base.partition(".")
+    return (f"{head}/{stem}" if head else stem), ext
+
+
+def plan_units(inputs: list[str | os.PathLike], shard_size: int = 1000) -> list[Unit]:
+    """Units of work for the given tars and/or folders (sorted, so every worker sees the same list)."""
+    units: list[Unit] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_file() and p.suffix == ".tar":
+            units.append(Unit(p.name, tar=p))
+        elif p.is_dir():
+            tars = sorted(p.glob("*.tar"))
+            if tars:
+                units += [Unit(t.name, tar=t) for t in tars]
+                continue
+            images = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower().lstrip(".") in IMAGE_EXTS
+            )
+            if not images:
+                raise FileNotFoundError(f"{p}: no .tar shards and no images inside")
+            for k in range(0, len(images), shard_size):
+                units.append(
+                    Unit(f"{p.name}-{k // shard_size:06d}.tar", files=images[k : k + shard_size], root=p)
+                )
+        else:
+            raise FileNotFoundError(f"{p}: not a .tar file or a folder")
+    names = [u.name for u in units]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"two inputs would write the same output shard(s) {dup}; give them distinct names")
+    return units
+
+
+def read_samples(unit: Unit) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) for each sample of a unit, in order."""
+    if unit.files is not None:
+        for f in unit.files:
+            rel = f.relative_to(unit.root).with_suffix("")
+            key = str(rel).replace(".", "_")  # a dot would split the key when read back
+            fields = {f.suffix.lower().lstrip("."): f.read_bytes()}
+            caption = f.with_suffix(".txt")
+            if caption.exists():
+                fields["txt"] = caption.read_bytes()
+            yield key, fields
+        return
+    try:
+        with tarfile.open(unit.tar) as tf:
+            key, fields = None, {}
+            for member in tf:
+                if not member.isfile():
+                    continue
+                k, ext = _split_key(member.name)
+                if key is not None and k != key:
+                    yield key, fields
+                    fields = {}
+                key = k
+                fields[ext] = tf.extractfile(member).read()
+            if key is not None:
+                yield key, fields
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ImageLoadError(f"{unit.tar}: unreadable tar shard ({e})") from e
+
+
+def _tar_add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0  # reproducible archives
+    tf.addfile(info, io.BytesIO(data))
+
+
+def _fit_batch(batch, cfg: ShardJobConfig, device) -> list[tuple[str, dict, dict[str, bytes]]]:
+    images = torch.stack([img for _, img, _ in batch]).to(device)
+    results = fit_images(images, cfg.fit)
+    out = []
+    for (key, _, fields), r in zip(batch, results, strict=True):
+        meta = {}
+        if "json" in fields:
+            try:
+                meta = json.loads(fields["json"])
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                meta = {}
+        meta.update(
+            {
+                "canvas": cfg.size,
+                "resize": cfg.resize,
+                "num_gaussians_initial": r.num_initial,
+                "num_gaussians": r.num_gaussians,
+                "psnr": round(r.psnr, 4),
+                "fit_iters": r.iters,
+                "source": key,
+            }
+        )
+        fields["gs.npy"] = splat_npy_bytes(r.splats, f"{key}.gs.npy")
+        out.append((key, meta, fields))
+    return out
+
+
+def _process_unit(unit: Unit, out_dir: Path, cfg: ShardJobConfig, device, bar) -> dict:
+    start = time.perf_counter()
+    errors: list[dict] = []
+    written, psnrs, nbytes = 0, [], 0
+    tmp = out_dir / f".{unit.name}.{os.getpid()}.tmp"
+    with tarfile.open(tmp, "w") as tf:
+        pending: list = []
+
+        def flush():
+            nonlocal written, nbytes
+            for key, meta, fields in _fit_batch(pending, cfg, device):
+                _tar_add(tf, f"{key}.gs.npy", fields["gs.npy"])
+                _tar_add(tf, f"{key}.json", (json.dumps(meta, sort_keys=True) + "\n").encode())
+                for ext, data in fields.items():
+                    if ext not in ("gs.npy", "json") and ext not in IMAGE_EXTS:
+                        _tar_add(tf, f"{key}.{ext}", data)
+                written += 1
+                psnrs.append(meta["psnr"])
+                nbytes += meta["num_gaussians"] * 16
+            bar.update(len(pending))
+            pending.clear()
+
+        try:
+            for key, fields in read_samples(unit):
+                ext = next((e for e in IMAGE_EXTS if e in fields), None)
+                try:
+                    if ext is None:
+                        raise ImageLoadError(
+                            f"{key}: sample has no image field (looked for {', '.join(IMAGE_EXTS)})"
+                        )
+                    img = decode_image(
+                        fields[ext],
+                        f"{unit.name}:{key}.{ext}",
+                        cfg.size,
+                        cfg.resize,
+                        cfg.background,
+                        cfg.max_pixels,
+                    )
+                except ImageLoadError as e:
+                    errors.append({"key": key, "reason": str(e)})
+                    logger.warning("skipped %s", e)
+                    bar.update(1)
+                    continue
+                pending.append((key, img, fields))
+                if len(pending) >= cfg.batch_size:
+                    flush()
+        except ImageLoadError as e:  # the shard itself is damaged (truncated tar): keep what was read
+            errors.append({"key": None, "reason": str(e)})
+            logger.warning("%s; keeping the samples read before the damage", e)
+        if pending:
+            flush()
+    stats = {
+        "shard": unit.name,
+        "images": written,
+        "failures": len(errors),
+        "mean_psnr": float(np.mean(psnrs)) if psnrs else None,
+        "payload_bytes": nbytes,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    atomic_write_bytes(
+        out_dir / f"{unit.name}.errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors).encode()
+    )
+    atomic_write_bytes(out_dir / f"{unit.name}.stats.json", (json.dumps(stats, indent=2) + "\n").encode())
+    os.replace(tmp, out_dir / unit.name)  # the unit is finished exactly when its tar appears
+    return stats
+
+
+def summarize(out_dir: Path, units: list[Unit]) -> dict:
+    """Aggregate the stats files of the finished units (all workers') into one summary."""
+    done = [
+        json.loads((out_dir / f"{u.name}.stats.json").read_text())
+        for u in units
+        if (out_dir / u.name).exists()
+    ]
+    images = sum(s["images"] for s in done)
+    psnr_sum = sum(s["mean_psnr"] * s["images"] for s in done if s["mean_psnr"] is not None)
+    return {
+        "shards_total": len(units),
+        "shards_done": len(done),
+        "images": images,
+        "failures": sum(s["failures"] for s in done),
+        "mean_psnr": psnr_sum / images if images else None,
+        "payload_bytes": sum(s["payload_bytes"] for s in done),
+        "seconds": round(sum(s["seconds"] for s in done), 3),
+    }
+
+
+def run_shard_job(
+    inputs: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    cfg: ShardJobConfig,
+    rank: int | None = None,
+    world: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Fit every image of `inputs` into splat shards under `out_dir` (this worker's share).
+
+    Args:
+        inputs: tar shards, folders of tars, or folders of images.
+        rank, world: this worker and the number of workers (default: RANK / WORLD_SIZE, else 0 / 1).
+    Returns:
+        The job summary (also written to out_dir/summary.json): shards done, images, failures,
+        mean PSNR, payload bytes, fitting seconds.
+    """
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in [0, {world})")
+    device = torch.device(cfg.device)
+    if cfg.device == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    units = plan_units(inputs, cfg.shard_size)
+    mine = units[rank::world]
+    for stale in out.glob(".*.tmp"):  # left by a killed run; its unit is redone below
+        if any(stale.name.startswith(f".{u.name}.") for u in mine):
+            stale.unlink(missing_ok=True)
+    todo = [u for u in mine if not (out / u.name).exists()]
+    logger.info(
+        "rank %d/%d: %d of %d shards to do (%d already finished)",
+        rank,
+        world,
+        len(todo),
+        len(mine),
+        len(mine) - len(todo),
+    )
+    with tqdm(desc=f"fit-shards[{rank}]", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for u in todo:
+            bar.set_postfix(shard=u.name)
+            _process_unit(u, out, cfg, device, bar)
+    summary = summarize(out, units)
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    return summary

@@ -1,0 +1,128 @@
+"""Reading splat shards for training: webdataset samples → padded batches (CONTRACTS.md §1).
+
+A batch is a dict with `splats [B, Nmax, 8]` float32 (padded rows zero), `mask [B, Nmax]` bool,
+`captions` (list of str or None), `teacher [B, D]` float32 when every sample carries a teacher embedding
+(`<key>.t16.npy`), and `keys`. A sample whose splats are missing, unreadable or invalid is skipped with a
+warning naming the shard and key; the stream goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import warnings
+
+import numpy as np
+import torch
+
+from .splat_io import SplatFileError, validate_splats
+
+__all__ = ["collate_splats", "decode_sample", "splat_dataset", "splat_loader"]
+
+logger = logging.getLogger(__name__)
+
+TEACHER_KEY = "t16.npy"
+
+
+def _npy(data: bytes, what: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise SplatFileError(f"{what}: not a readable .npy ({e})") from e
+
+
+def decode_sample(sample: dict) -> dict:
+    """Raw webdataset sample ({'__key__', 'gs.npy': bytes, …}) → {'key', 'splats', 'caption', 'teacher'}.
+
+    Raises SplatFileError (naming shard and key) for a missing or invalid splat field.
+    """
+    where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+    if "gs.npy" not in sample:
+        raise SplatFileError(f"{where}: sample has no gs.npy field")
+    arr = _npy(sample["gs.npy"], f"{where}.gs.npy")
+    validate_splats(arr, f"{where}.gs.npy")
+    out = {
+        "key": sample.get("__key__"),
+        "splats": torch.from_numpy(arr.astype(np.float32)),
+        "caption": None,
+        "teacher": None,
+    }
+    if "txt" in sample:
+        out["caption"] = (
+            sample["txt"].decode("utf-8", errors="replace")
+            if isinstance(sample["txt"], bytes)
+            else str(sample["txt"])
+        )
+    if TEACHER_KEY in sample:
+        t = _npy(sample[TEACHER_KEY], f"{where}.{TEACHER_KEY}")
+        if t.ndim != 1 or not np.isfinite(t).all():
+            raise SplatFileError(
+                f"{where}.{TEACHER_KEY}: teacher embedding must be a finite 1-D vector, got shape {list(t.shape)}"
+            )
+        out["teacher"] = torch.from_numpy(t.astype(np.float32))
+    return out
+
+
+def collate_splats(samples: list[dict]) -> dict:
+    """Pad a list of decoded samples to the batch's largest N; see the module docstring for the fields."""
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    nmax = max(s["splats"].shape[0] for s in samples)
+    splats = torch.zeros(len(samples), nmax, 8)
+    mask = torch.zeros(len(samples), nmax, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        n = s["splats"].shape[0]
+        splats[i, :n] = s["splats"]
+        mask[i, :n] = True
+    teachers = [s["teacher"] for s in samples]
+    teacher = torch.stack(teachers) if all(t is not None for t in teachers) else None
+    return {
+        "splats": splats,
+        "mask": mask,
+        "captions": [s["caption"] for s in samples],
+        "teacher": teacher,
+        "keys": [s["key"] for s in samples],
+    }
+
+
+def _warn_and_continue(exn) -> bool:
+    warnings.warn(f"skipped a bad sample: {exn}", stacklevel=2)
+    logger.warning("skipped a bad sample: %s", exn)
+    return True
+
+
+def splat_dataset(urls, shuffle: int = 0, resampled: bool = False, seed: int = 0):
+    """A webdataset pipeline of decoded splat samples.
+
+    Args:
+        urls: shard paths (list, or a brace pattern string such as "out/{00000000..00000099}.tar").
+        shuffle: sample shuffle buffer (0: keep order); shards are shuffled too when > 0.
+        resampled: sample shards with replacement forever (DataComp's fixed-samples-seen regime).
+    """
+    import webdataset as wds
+
+    urls = [str(u) for u in urls] if isinstance(urls, list | tuple) else str(urls)
+    ds = wds.WebDataset(
+        urls,
+        resampled=resampled,
+        shardshuffle=bool(shuffle) and not resampled,
+        nodesplitter=wds.split_by_node,
+        detshuffle=True,  # shard order depends on the epoch only: reproducible
+        handler=_warn_and_continue,
+    )
+    if shuffle:
+        ds = ds.shuffle(shuffle, rng=random.Random(seed))
+    return ds.map(decode_sample, handler=_warn_and_continue)
+
+
+def splat_loader(
+    urls, batch_size: int, num_workers: int = 0, shuffle: int = 0, resampled: bool = False, seed: int = 0
+):
+    """A DataLoader of padded batches from splat shards (the last partial batch is kept)."""
+    import webdataset as wds
+
+    ds = splat_dataset(urls, shuffle=shuffle, resampled=resampled, seed=seed).batched(
+        batch_size, collation_fn=collate_splats, partial=True
+    )
+    return wds.WebLoader(ds, batch_size=None, num_workers=num_workers)

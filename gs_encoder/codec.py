@@ -1,0 +1,164 @@
+"""`.gsq`: a quantised, entropy-coded splat file (beyond the paper; the reference format stays `.gs.npy`).
+
+Encoding of one [N, 8] set:
+1. Gaussians are sorted along a Morton (Z-order) curve of their quantised centres, so neighbours in the
+   file are neighbours in the image (sets are unordered, so this loses nothing);
+2. each quantity is quantised against the set's own range: x, y with `xy_bits` (default 11: 1/9 px at
+   224²), log l11 and log l22 with `scale_bits`, the shear l21/l22 with `scale_bits`, colours with
+   `color_bits` per channel (defaults 7 and 7);
+3. centres are delta-coded along the curve, every column is stored as a separate plane (byte-split for
+   16-bit planes), and the planes are compressed with LZMA.
+Decoding inverts 3 and 2 exactly: `encode(decode(b)) == b` for any b that `encode` produced, i.e. the
+codec is lossless on its own quantised values; the only loss is the quantisation in step 2.
+
+Layout: magic `GSQ1`, u32 N, u8 xy_bits, scale_bits, color_bits, then 8 (lo, hi) float32 ranges, then
+the LZMA stream of the planes.
+"""
+
+from __future__ import annotations
+
+import lzma
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .splat_io import SplatFileError, atomic_write_bytes, validate_splats
+
+__all__ = ["decode_gsq", "encode_gsq", "load_gsq", "save_gsq"]
+
+MAGIC = b"GSQ1"
+_HEADER = struct.Struct("<4sIBBB")
+_RANGES = struct.Struct("<16f")
+
+
+def _morton(ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
+    """Interleave the bits of two ≤16-bit integer arrays into Z-order keys."""
+
+    def spread(v):
+        v = v.astype(np.uint64) & 0xFFFF
+        v = (v | (v << 8)) & 0x00FF00FF
+        v = (v | (v << 4)) & 0x0F0F0F0F
+        v = (v | (v << 2)) & 0x33333333
+        return (v | (v << 1)) & 0x55555555
+
+    return spread(ix) | (spread(iy) << np.uint64(1))
+
+
+def _features(a: np.ndarray) -> np.ndarray:
+    """[N, 8] splats → the 8 quantities that get quantised: x, y, log l11, l21/l22, log l22, r, g, b."""
+    f = a.astype(np.float64).copy()
+    f[:, 2] = np.log(a[:, 2])
+    f[:, 3] = a[:, 3] / a[:, 4]
+    f[:, 4] = np.log(a[:, 4])
+    return f
+
+
+def _unfeatures(f: np.ndarray) -> np.ndarray:
+    a = f.copy()
+    a[:, 2] = np.exp(f[:, 2])
+    a[:, 4] = np.exp(f[:, 4])
+    a[:, 3] = f[:, 3] * a[:, 4]
+    return a.astype(np.float32)
+
+
+def _bits(xy_bits, scale_bits, color_bits):
+    return [xy_bits, xy_bits, scale_bits, scale_bits, scale_bits, color_bits, color_bits, color_bits]
+
+
+def _planes(q: np.ndarray, bits: list[int]) -> bytes:
+    """Column planes; centres delta-coded (mod 2^bits), 16-bit planes split into high and low bytes."""
+    out = []
+    for c, b in enumerate(bits):
+        col = q[:, c].astype(np.int64)
+        if c < 2:
+            col = np.diff(col, prepend=0) % (1 << b)
+        col = col.astype(np.uint16)
+        out += (
+            [(col >> 8).astype(np.uint8).tobytes(), (col & 0xFF).astype(np.uint8).tobytes()]
+            if b > 8
+            else [col.astype(np.uint8).tobytes()]
+        )
+    return b"".join(out)
+
+
+def _unplanes(data: bytes, n: int, bits: list[int]) -> np.ndarray:
+    q = np.zeros((n, 8), np.int64)
+    pos = 0
+    for c, b in enumerate(bits):
+        if b > 8:
+            hi = np.frombuffer(data, np.uint8, n, pos).astype(np.int64)
+            lo = np.frombuffer(data, np.uint8, n, pos + n).astype(np.int64)
+            col, pos = (hi << 8) | lo, pos + 2 * n
+        else:
+            col, pos = np.frombuffer(data, np.uint8, n, pos).astype(np.int64), pos + n
+        if c < 2:
+            col = np.cumsum(col) % (1 << b)
+        q[:, c] = col
+    if pos != len(data):
+        raise ValueError(f"payload holds {len(data)} bytes, expected {pos}")
+    return q
+
+
+def encode_gsq(
+    splats: torch.Tensor | np.ndarray, xy_bits: int = 11, scale_bits: int = 7, color_bits: int = 7
+) -> bytes:
+    """Quantise and compress one splat set [N, 8]; returns the .gsq bytes."""
+    for name, b in (("xy_bits", xy_bits), ("scale_bits", scale_bits), ("color_bits", color_bits)):
+        if not 1 <= b <= 16:
+            raise ValueError(f"{name} must be in [1, 16], got {b}")
+    a = splats.detach().cpu().numpy() if isinstance(splats, torch.Tensor) else np.asarray(splats)
+    validate_splats(a)
+    f = _features(a)
+    bits = _bits(xy_bits, scale_bits, color_bits)
+    lo, hi = f.min(0), f.max(0)
+    levels = np.array([(1 << b) - 1 for b in bits], np.float64)
+    lo32, hi32 = lo.astype(np.float32), hi.astype(np.float32)
+    span = np.maximum(hi32.astype(np.float64) - lo32.astype(np.float64), 1e-30)
+    q = np.clip(np.rint((f - lo32) / span * levels), 0, levels).astype(np.int64)
+    order = np.argsort(
+        _morton(q[:, 0] >> max(0, xy_bits - 16), q[:, 1] >> max(0, xy_bits - 16)), kind="stable"
+    )
+    q = q[order]
+    payload = lzma.compress(_planes(q, bits), preset=9 | lzma.PRESET_EXTREME)
+    ranges = np.stack([lo32, hi32], 1).reshape(-1)
+    return _HEADER.pack(MAGIC, a.shape[0], xy_bits, scale_bits, color_bits) + _RANGES.pack(*ranges) + payload
+
+
+def decode_gsq(data: bytes, source: str = "gsq") -> torch.Tensor:
+    """Inverse of `encode_gsq` (up to the quantisation): float32 [N, 8]. Raises SplatFileError."""
+    if len(data) < _HEADER.size + _RANGES.size:
+        raise SplatFileError(f"{source}: too short for a .gsq file ({len(data)} bytes)")
+    magic, n, xy_bits, scale_bits, color_bits = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise SplatFileError(f"{source}: not a .gsq file (magic {magic!r})")
+    bits = _bits(xy_bits, scale_bits, color_bits)
+    ranges = np.array(_RANGES.unpack_from(data, _HEADER.size), np.float32).reshape(8, 2)
+    try:
+        q = _unplanes(lzma.decompress(data[_HEADER.size + _RANGES.size :]), n, bits)
+    except (lzma.LZMAError, ValueError) as e:
+        raise SplatFileError(f"{source}: damaged .gsq payload ({e})") from e
+    levels = np.array([(1 << b) - 1 for b in bits], np.float64)
+    lo, hi = ranges[:, 0].astype(np.float64), ranges[:, 1].astype(np.float64)
+    f = lo + q / levels * np.maximum(hi - lo, 1e-30)
+    f = np.where(hi > lo, f, lo)
+    out = _unfeatures(f)
+    validate_splats(out, source)
+    return torch.from_numpy(out)
+
+
+def save_gsq(path: str | os.PathLike, splats, **bits) -> Path:
+    """Write `encode_gsq(splats)` to path (atomically)."""
+    path = Path(path)
+    atomic_write_bytes(path, encode_gsq(splats, **bits))
+    return path
+
+
+def load_gsq(path: str | os.PathLike) -> torch.Tensor:
+    """Read a .gsq file; SplatFileError names the file when it is missing or damaged."""
+    path = Path(path)
+    if not path.is_file():
+        raise SplatFileError(f"{path}: file not found")
+    return decode_gsq(path.read_bytes(), str(path))

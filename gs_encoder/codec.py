@@ -12,7 +12,7 @@ Decoding inverts 3 and 2 exactly: `encode(decode(b)) == b` for any b that `encod
 codec is lossless on its own quantised values; the only loss is the quantisation in step 2.
 
 Layout: magic `GSQ1`, u32 N, u8 xy_bits, scale_bits, color_bits, then 8 (lo, hi) float32 ranges, then
-the LZMA stream of the planes.
+the raw LZMA2 stream of the planes.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from .splat_io import SplatFileError, atomic_write_bytes, validate_splats
 __all__ = ["decode_gsq", "encode_gsq", "load_gsq", "save_gsq"]
 
 MAGIC = b"GSQ1"
+# raw LZMA2 (no .xz container: its ~60 bytes of framing matter at a few KB per image)
+_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 _HEADER = struct.Struct("<4sIBBB")
 _RANGES = struct.Struct("<16f")
 
@@ -122,7 +124,7 @@ def encode_gsq(
         _morton(q[:, 0] >> max(0, xy_bits - 16), q[:, 1] >> max(0, xy_bits - 16)), kind="stable"
     )
     q = q[order]
-    payload = lzma.compress(_planes(q, bits), preset=9 | lzma.PRESET_EXTREME)
+    payload = lzma.compress(_planes(q, bits), format=lzma.FORMAT_RAW, filters=_FILTERS)
     ranges = np.stack([lo32, hi32], 1).reshape(-1)
     return _HEADER.pack(MAGIC, a.shape[0], xy_bits, scale_bits, color_bits) + _RANGES.pack(*ranges) + payload
 
@@ -137,7 +139,11 @@ def decode_gsq(data: bytes, source: str = "gsq") -> torch.Tensor:
     bits = _bits(xy_bits, scale_bits, color_bits)
     ranges = np.array(_RANGES.unpack_from(data, _HEADER.size), np.float32).reshape(8, 2)
     try:
-        q = _unplanes(lzma.decompress(data[_HEADER.size + _RANGES.size :]), n, bits)
+        q = _unplanes(
+            lzma.decompress(data[_HEADER.size + _RANGES.size :], format=lzma.FORMAT_RAW, filters=_FILTERS),
+            n,
+            bits,
+        )
     except (lzma.LZMAError, ValueError) as e:
         raise SplatFileError(f"{source}: damaged .gsq payload ({e})") from e
     levels = np.array([(1 << b) - 1 for b in bits], np.float64)

@@ -286,7 +286,11 @@ def cmd_fit_shards(args) -> int:
         return 2
     try:
         summary = run_shard_job(
-            args.inputs, args.output, cfg, progress=not args.quiet and sys.stderr.isatty()
+            args.inputs,
+            args.output,
+            cfg,
+            progress=not args.quiet and sys.stderr.isatty(),
+            image_folder=args.image_folder,
         )
     except (FileNotFoundError, ValueError) as e:
         _error(str(e))
@@ -310,13 +314,21 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--overwrite", action="store_true", help="refit images whose output exists")
     fit.set_defaults(func=cmd_fit)
 
-    shards = sub.add_parser("fit-shards", help="fit image shards or folders into splat shards (resumable)")
+    shards = sub.add_parser(
+        "fit-shards",
+        help="fit image shards, folders or LLaVA data into splat shards / a splat cache (resumable)",
+    )
     shards.add_argument(
-        "inputs", nargs="+", help="webdataset .tar shards, folders of them, or folders of images"
+        "inputs",
+        nargs="+",
+        help="webdataset .tar shards, folders of them, folders of images, or LLaVA .json files",
     )
     shards.add_argument("-o", "--output", required=True, help="output folder: one .tar per input tar")
     _add_fit_args(shards, batch_size=16)
-    shards.add_argument("--shard-size", type=int, default=1000, help="images per output tar for folder input")
+    shards.add_argument("--shard-size", type=int, default=1000, help="images per output tar (or cache chunk)")
+    shards.add_argument(
+        "--image-folder", help="with a LLaVA .json input: the folder its image paths are relative to"
+    )
     shards.set_defaults(func=cmd_fit_shards)
 
     ren = sub.add_parser("render", help="render a splat file to PNG")

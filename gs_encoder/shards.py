@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .fitting.fit import FitConfig, fit_images
 from .image_io import DEFAULT_MAX_PIXELS, RESIZE_MODES, ImageLoadError, decode_image
-from .splat_io import atomic_write_bytes, splat_npy_bytes
+from .splat_io import atomic_write_bytes, sidecar_path, splat_npy_bytes
 
 __all__ = ["IMAGE_EXTS", "ShardJobConfig", "Unit", "plan_units", "read_samples", "run_shard_job"]
 
@@ -63,12 +63,17 @@ class ShardJobConfig:
 
 @dataclass
 class Unit:
-    """One output tar and where its samples come from."""
+    """One piece of work: an output tar, or (LLaVA input) a chunk of the splat-cache folder."""
 
-    name: str  # output file name, e.g. 00000012.tar
+    name: str  # output file name (e.g. 00000012.tar) or chunk name (llava-000003)
     tar: Path | None = None  # an input tar, or
-    files: list[Path] | None = None  # image files
-    root: Path | None = None  # the folder keys of `files` are relative to
+    files: list[Path] | None = None  # image files, keyed by their path relative to `root`, or
+    root: Path | None = None
+    images: list[tuple[str, Path]] | None = None  # (key, image path) of a LLaVA chunk → cache files
+
+    @property
+    def to_cache(self) -> bool:
+        return self.images is not None
 
 
 def _split_key(member_name: str) -> tuple[str, str]:
@@ -78,12 +83,41 @@ def _split_key(member_name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext
 
 
-def plan_units(inputs: list[str | os.PathLike], shard_size: int = 1000) -> list[Unit]:
-    """Units of work for the given tars and/or folders (sorted, so every worker sees the same list)."""
+def _llava_units(json_path: Path, image_folder: Path | None, shard_size: int) -> list[Unit]:
+    """Chunks of the distinct raster images a LLaVA-1.5 JSON file names (keys: the path without suffix)."""
+    if image_folder is None:
+        raise ValueError(
+            f"{json_path}: LLaVA JSON input needs --image-folder (the folder its 'image' paths are relative to)"
+        )
+    try:
+        records = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{json_path}: not valid JSON ({e})") from e
+    if not isinstance(records, list):
+        raise ValueError(f"{json_path}: expected a list of LLaVA records, got {type(records).__name__}")
+    names = set()
+    for r in records:
+        img = r.get("image") if isinstance(r, dict) else None
+        for name in [img] if isinstance(img, str) else (img or []):
+            if not str(name).endswith(".gs.npy"):  # already splats: nothing to fit
+                names.add(str(name))
+    images = [(str(Path(n).with_suffix("")), image_folder / n) for n in sorted(names)]
+    return [
+        Unit(f"{json_path.stem}-{k // shard_size:06d}", images=images[k : k + shard_size])
+        for k in range(0, len(images), shard_size)
+    ]
+
+
+def plan_units(
+    inputs: list[str | os.PathLike], shard_size: int = 1000, image_folder: str | os.PathLike | None = None
+) -> list[Unit]:
+    """Units of work for the given tars, folders or LLaVA JSON files (sorted: every worker sees one list)."""
     units: list[Unit] = []
     for item in inputs:
         p = Path(item)
-        if p.is_file() and p.suffix == ".tar":
+        if p.is_file() and p.suffix == ".json":
+            units += _llava_units(p, Path(image_folder) if image_folder else None, shard_size)
+        elif p.is_file() and p.suffix == ".tar":
             units.append(Unit(p.name, tar=p))
         elif p.is_dir():
             tars = sorted(p.glob("*.tar"))
@@ -100,7 +134,7 @@ def plan_units(inputs: list[str | os.PathLike], shard_size: int = 1000) -> list[
                     Unit(f"{p.name}-{k // shard_size:06d}.tar", files=images[k : k + shard_size], root=p)
                 )
         else:
-            raise FileNotFoundError(f"{p}: not a .tar file or a folder")
+            raise FileNotFoundError(f"{p}: not a .tar file, a LLaVA .json file or a folder")
     names = [u.name for u in units]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -109,7 +143,14 @@ def plan_units(inputs: list[str | os.PathLike], shard_size: int = 1000) -> list[
 
 
 def read_samples(unit: Unit) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) for each sample of a unit, in order."""
+    """(key, {ext: bytes}) for each sample of a unit, in order; a missing LLaVA image yields {} (an error)."""
+    if unit.images is not None:
+        for key, path in unit.images:
+            yield (
+                key,
+                ({path.suffix.lower().lstrip(".") or "img": path.read_bytes()} if path.is_file() else {}),
+            )
+        return
     if unit.files is not None:
         for f in unit.files:
             rel = f.relative_to(unit.root).with_suffix("")
@@ -172,70 +213,125 @@ def _fit_batch(batch, cfg: ShardJobConfig, device) -> list[tuple[str, dict, dict
     return out
 
 
+class _TarSink:
+    """Samples into a hidden temporary tar, renamed to the unit's name on commit."""
+
+    def __init__(self, out_dir: Path, unit: Unit):
+        self.final = out_dir / unit.name
+        self.tmp = out_dir / f".{unit.name}.{os.getpid()}.tmp"
+        self.tf = tarfile.open(self.tmp, "w")
+
+    def has(self, key: str) -> bool:
+        return False
+
+    def add(self, key: str, meta: dict, fields: dict[str, bytes]) -> None:
+        _tar_add(self.tf, f"{key}.gs.npy", fields["gs.npy"])
+        _tar_add(self.tf, f"{key}.json", (json.dumps(meta, sort_keys=True) + "\n").encode())
+        for ext, data in fields.items():
+            if ext not in ("gs.npy", "json") and ext not in IMAGE_EXTS:
+                _tar_add(self.tf, f"{key}.{ext}", data)
+
+    def close(self) -> None:
+        self.tf.close()
+
+    def commit(self) -> None:
+        os.replace(self.tmp, self.final)  # the unit is finished exactly when its tar appears
+
+
+class _CacheSink:
+    """Samples into `<out>/<key>.gs.npy` + `<key>.json` (LLaVA splat cache), each file atomic."""
+
+    def __init__(self, out_dir: Path, unit: Unit):
+        self.out = out_dir
+
+    def has(self, key: str) -> bool:
+        return (self.out / f"{key}.gs.npy").exists()
+
+    def add(self, key: str, meta: dict, fields: dict[str, bytes]) -> None:
+        path = self.out / f"{key}.gs.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # sidecar first: a present .gs.npy always has its sidecar
+        atomic_write_bytes(sidecar_path(path), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(path, fields["gs.npy"])
+
+    def close(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass  # the unit's stats file, written last, marks it done
+
+
+def _done_marker(out_dir: Path, unit: Unit) -> Path:
+    return out_dir / (f"{unit.name}.stats.json" if unit.to_cache else unit.name)
+
+
+def _image_of(unit: Unit, key: str, fields: dict[str, bytes]) -> str:
+    """The field holding the image, or raise ImageLoadError saying why there is none."""
+    if unit.to_cache:
+        if not fields:
+            raise ImageLoadError(f"{dict(unit.images)[key]}: file not found")
+        return next(iter(fields))
+    ext = next((e for e in IMAGE_EXTS if e in fields), None)
+    if ext is None:
+        raise ImageLoadError(
+            f"{unit.name}:{key}: sample has no image field (looked for {', '.join(IMAGE_EXTS)})"
+        )
+    return ext
+
+
 def _process_unit(unit: Unit, out_dir: Path, cfg: ShardJobConfig, device, bar) -> dict:
     start = time.perf_counter()
     errors: list[dict] = []
-    written, psnrs, nbytes = 0, [], 0
-    tmp = out_dir / f".{unit.name}.{os.getpid()}.tmp"
-    with tarfile.open(tmp, "w") as tf:
-        pending: list = []
+    written, skipped, psnrs, nbytes = 0, 0, [], 0
+    sink = _CacheSink(out_dir, unit) if unit.to_cache else _TarSink(out_dir, unit)
+    pending: list = []
 
-        def flush():
-            nonlocal written, nbytes
-            for key, meta, fields in _fit_batch(pending, cfg, device):
-                _tar_add(tf, f"{key}.gs.npy", fields["gs.npy"])
-                _tar_add(tf, f"{key}.json", (json.dumps(meta, sort_keys=True) + "\n").encode())
-                for ext, data in fields.items():
-                    if ext not in ("gs.npy", "json") and ext not in IMAGE_EXTS:
-                        _tar_add(tf, f"{key}.{ext}", data)
-                written += 1
-                psnrs.append(meta["psnr"])
-                nbytes += meta["num_gaussians"] * 16
-            bar.update(len(pending))
-            pending.clear()
+    def flush():
+        nonlocal written, nbytes
+        for key, meta, fields in _fit_batch(pending, cfg, device):
+            sink.add(key, meta, fields)
+            written += 1
+            psnrs.append(meta["psnr"])
+            nbytes += meta["num_gaussians"] * 16
+        bar.update(len(pending))
+        pending.clear()
 
-        try:
-            for key, fields in read_samples(unit):
-                ext = next((e for e in IMAGE_EXTS if e in fields), None)
-                try:
-                    if ext is None:
-                        raise ImageLoadError(
-                            f"{key}: sample has no image field (looked for {', '.join(IMAGE_EXTS)})"
-                        )
-                    img = decode_image(
-                        fields[ext],
-                        f"{unit.name}:{key}.{ext}",
-                        cfg.size,
-                        cfg.resize,
-                        cfg.background,
-                        cfg.max_pixels,
-                    )
-                except ImageLoadError as e:
-                    errors.append({"key": key, "reason": str(e)})
-                    logger.warning("skipped %s", e)
-                    bar.update(1)
-                    continue
-                pending.append((key, img, fields))
-                if len(pending) >= cfg.batch_size:
-                    flush()
-        except ImageLoadError as e:  # the shard itself is damaged (truncated tar): keep what was read
-            errors.append({"key": None, "reason": str(e)})
-            logger.warning("%s; keeping the samples read before the damage", e)
-        if pending:
-            flush()
+    try:
+        for key, fields in read_samples(unit):
+            if sink.has(key):  # written by an earlier, interrupted run
+                skipped += 1
+                bar.update(1)
+                continue
+            try:
+                ext = _image_of(unit, key, fields)
+                name = f"{unit.name}:{key}.{ext}"
+                img = decode_image(fields[ext], name, cfg.size, cfg.resize, cfg.background, cfg.max_pixels)
+            except ImageLoadError as e:
+                errors.append({"key": key, "reason": str(e)})
+                logger.warning("skipped %s", e)
+                bar.update(1)
+                continue
+            pending.append((key, img, fields))
+            if len(pending) >= cfg.batch_size:
+                flush()
+    except ImageLoadError as e:  # the shard itself is damaged (truncated tar): keep what was read
+        errors.append({"key": None, "reason": str(e)})
+        logger.warning("%s; keeping the samples read before the damage", e)
+    if pending:
+        flush()
+    sink.close()
     stats = {
         "shard": unit.name,
-        "images": written,
+        "images": written + skipped,
         "failures": len(errors),
         "mean_psnr": float(np.mean(psnrs)) if psnrs else None,
         "payload_bytes": nbytes,
         "seconds": round(time.perf_counter() - start, 3),
     }
-    atomic_write_bytes(
-        out_dir / f"{unit.name}.errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors).encode()
-    )
+    errors_blob = "".join(json.dumps(e) + "\n" for e in errors).encode()
+    atomic_write_bytes(out_dir / f"{unit.name}.errors.jsonl", errors_blob)
     atomic_write_bytes(out_dir / f"{unit.name}.stats.json", (json.dumps(stats, indent=2) + "\n").encode())
-    os.replace(tmp, out_dir / unit.name)  # the unit is finished exactly when its tar appears
+    sink.commit()  # last: a tar unit is done when its tar appears, a cache unit when its stats file does
     return stats
 
 
@@ -244,7 +340,7 @@ def summarize(out_dir: Path, units: list[Unit]) -> dict:
     done = [
         json.loads((out_dir / f"{u.name}.stats.json").read_text())
         for u in units
-        if (out_dir / u.name).exists()
+        if _done_marker(out_dir, u).exists()
     ]
     images = sum(s["images"] for s in done)
     psnr_sum = sum(s["mean_psnr"] * s["images"] for s in done if s["mean_psnr"] is not None)
@@ -266,11 +362,14 @@ def run_shard_job(
     rank: int | None = None,
     world: int | None = None,
     progress: bool = True,
+    image_folder: str | os.PathLike | None = None,
 ) -> dict:
     """Fit every image of `inputs` into splat shards under `out_dir` (this worker's share).
 
     Args:
-        inputs: tar shards, folders of tars, or folders of images.
+        inputs: tar shards, folders of tars, folders of images, or LLaVA JSON files (then the output is a
+            splat cache mirroring the image paths: `<out_dir>/<image path without suffix>.gs.npy`).
+        image_folder: the folder LLaVA 'image' paths are relative to.
         rank, world: this worker and the number of workers (default: RANK / WORLD_SIZE, else 0 / 1).
     Returns:
         The job summary (also written to out_dir/summary.json): shards done, images, failures,
@@ -285,12 +384,12 @@ def run_shard_job(
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    units = plan_units(inputs, cfg.shard_size)
+    units = plan_units(inputs, cfg.shard_size, image_folder)
     mine = units[rank::world]
     for stale in out.glob(".*.tmp"):  # left by a killed run; its unit is redone below
         if any(stale.name.startswith(f".{u.name}.") for u in mine):
             stale.unlink(missing_ok=True)
-    todo = [u for u in mine if not (out / u.name).exists()]
+    todo = [u for u in mine if not _done_marker(out, u).exists()]
     logger.info(
         "rank %d/%d: %d of %d shards to do (%d already finished)",
         rank,

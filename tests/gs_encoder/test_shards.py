@@ -189,3 +189,66 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no .tar shards and no images"):
         plan_units([tmp_path / "empty"])
+
+
+def test_llava_json_to_splat_cache(tmp_path, capsys):
+    from gs_encoder.cli import main
+    from gs_encoder.splat_io import load_splats
+
+    folder = tmp_path / "images"
+    (folder / "coco" / "train2017").mkdir(parents=True)
+    (folder / "coco" / "train2017" / "000001.jpg").write_bytes(jpeg_bytes("astronaut"))
+    (folder / "gqa").mkdir()
+    (folder / "gqa" / "n1.v2.jpg").write_bytes(jpeg_bytes("coffee"))
+    (folder / "gqa" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    records = [
+        {"id": "a", "image": "coco/train2017/000001.jpg", "conversations": []},
+        {"id": "b", "image": "coco/train2017/000001.jpg", "conversations": []},  # same image twice
+        {"id": "c", "image": "gqa/n1.v2.jpg", "conversations": []},
+        {"id": "d", "conversations": []},  # text-only
+        {"id": "e", "image": "gqa/broken.jpg", "conversations": []},
+        {"id": "f", "image": "gqa/missing.jpg", "conversations": []},
+    ]
+    data = tmp_path / "llava_mix.json"
+    data.write_text(json.dumps(records))
+    cache = tmp_path / "cache"
+    argv = [
+        "fit-shards",
+        str(data),
+        "--image-folder",
+        str(folder),
+        "-o",
+        str(cache),
+        "--num-gaussians",
+        "16",
+        "--iters",
+        "10",
+        "--size",
+        "24",
+        "--shard-size",
+        "2",
+        "-q",
+    ]
+    assert main(argv) == 1  # two images failed, the rest were written
+    summary = json.loads(capsys.readouterr().out.split("\nwrote")[0])
+    assert summary["images"] == 2 and summary["failures"] == 2 and summary["shards_done"] == 2
+    s, meta = load_splats(cache / "coco" / "train2017" / "000001.gs.npy", with_meta=True)
+    assert s.shape == (16, 8) and meta["source"] == "coco/train2017/000001"
+    assert (cache / "gqa" / "n1.v2.gs.npy").exists()
+    errors = "".join(p.read_text() for p in cache.glob("*.errors.jsonl"))
+    assert "broken" in errors and "missing.jpg: file not found" in errors
+    # resume: delete one unit's marker and one of its files; the rerun refits only that file
+    (cache / "gqa" / "n1.v2.gs.npy").unlink()
+    for marker in cache.glob("llava_mix-*.stats.json"):
+        marker.unlink()
+    kept = (cache / "coco" / "train2017" / "000001.gs.npy").stat().st_mtime_ns
+    assert main(argv) == 1
+    assert (cache / "gqa" / "n1.v2.gs.npy").exists()
+    assert (cache / "coco" / "train2017" / "000001.gs.npy").stat().st_mtime_ns == kept
+
+
+def test_llava_json_needs_image_folder(tmp_path):
+    data = tmp_path / "d.json"
+    data.write_text("[]")
+    with pytest.raises(ValueError, match="--image-folder"):
+        plan_units([data])

@@ -133,20 +133,60 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def _load_any(path: str):
+    """(splats, meta) from a .gs.npy (with its sidecar) or a .gsq file; raises SplatFileError."""
+    from .splat_io import load_splats
+
+    if str(path).endswith(".gsq"):
+        from .codec import load_gsq
+
+        return load_gsq(path), None
+    return load_splats(path, with_meta=True)
+
+
+def cmd_convert(args) -> int:
+    from .codec import save_gsq
+    from .splat_io import SplatFileError, save_splats
+
+    try:
+        splats, meta = _load_any(args.source)
+        if args.output.endswith(".gsq"):
+            out = save_gsq(
+                args.output,
+                splats,
+                xy_bits=args.xy_bits,
+                scale_bits=args.scale_bits,
+                color_bits=args.color_bits,
+            )
+        elif args.output.endswith(".gs.npy"):
+            out = save_splats(args.output, splats, meta)
+        else:
+            _error(f"{args.output}: output must end in .gsq or .gs.npy")
+            return 2
+    except SplatFileError as e:
+        _error(str(e))
+        return 1
+    except ValueError as e:
+        _error(str(e))
+        return 2
+    print(f"wrote {out} ({Path(out).stat().st_size:,} bytes, from {Path(args.source).stat().st_size:,})")
+    return 0
+
+
 def cmd_render(args) -> int:
     import torch
 
     from .fitting.fit import psnr
     from .fitting.render import render
     from .image_io import ImageLoadError, load_image
-    from .splat_io import SplatFileError, load_splats
+    from .splat_io import SplatFileError
     from .viz import compare_panel, draw_ellipses, to_pil
 
     if args.size < 1:
         _error(f"--size must be ≥ 1, got {args.size}")
         return 2
     try:
-        splats, meta = load_splats(args.splats, with_meta=True)
+        splats, meta = _load_any(args.splats)
     except SplatFileError as e:
         _error(str(e))
         return 1
@@ -187,7 +227,7 @@ def _env_info() -> None:
 
 def cmd_info(args) -> int:
     from .fitting.fit import luminance
-    from .splat_io import SplatFileError, load_splats, payload_bytes
+    from .splat_io import SplatFileError, payload_bytes
 
     if not args.splats:
         _env_info()
@@ -195,7 +235,7 @@ def cmd_info(args) -> int:
     status = 0
     for path in args.splats:
         try:
-            s, meta = load_splats(path, with_meta=True)
+            s, meta = _load_any(path)
         except SplatFileError as e:
             _error(str(e))
             status = 1
@@ -332,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     shards.set_defaults(func=cmd_fit_shards)
 
     ren = sub.add_parser("render", help="render a splat file to PNG")
-    ren.add_argument("splats", help="a .gs.npy file")
+    ren.add_argument("splats", help="a .gs.npy or .gsq file")
     ren.add_argument("-o", "--output", required=True, help="output PNG")
     ren.add_argument("--size", type=int, default=512, help="output side (per panel with --compare)")
     ren.add_argument("--ellipses", action="store_true", help="outline each Gaussian's 1σ ellipse")
@@ -345,8 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ren.set_defaults(func=cmd_render)
 
+    conv = sub.add_parser("convert", help="convert between .gs.npy (fp16) and .gsq (quantised) splat files")
+    conv.add_argument("source", help="a .gs.npy or .gsq file")
+    conv.add_argument("-o", "--output", required=True, help="target path ending in .gsq or .gs.npy")
+    conv.add_argument("--xy-bits", type=int, default=11, help=".gsq bits per centre coordinate")
+    conv.add_argument("--scale-bits", type=int, default=7, help=".gsq bits per covariance quantity")
+    conv.add_argument("--color-bits", type=int, default=7, help=".gsq bits per colour channel")
+    conv.set_defaults(func=cmd_convert)
+
     info = sub.add_parser("info", help="describe splat files (no files: the environment)")
-    info.add_argument("splats", nargs="*", help=".gs.npy files")
+    info.add_argument("splats", nargs="*", help=".gs.npy or .gsq files")
     info.set_defaults(func=cmd_info)
     return parser
 

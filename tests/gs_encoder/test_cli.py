@@ -15,7 +15,7 @@ FAST = ["--num-gaussians", "64", "--iters", "30", "--size", "32", "-q"]
 
 def test_every_subcommand_has_help():
     parser = build_parser()
-    for cmd in ("fit", "fit-shards", "render", "info"):
+    for cmd in ("fit", "fit-shards", "render", "info", "convert"):
         with pytest.raises(SystemExit) as e:
             parser.parse_args([cmd, "--help"])
         assert e.value.code == 0
@@ -135,3 +135,20 @@ def test_cuda_device_without_gpu(tmp_path, photo_path, capsys):
         pytest.skip("a CUDA device is present")
     assert main(["fit", str(photo_path("coffee.png")), "-o", str(tmp_path), *FAST, "--device", "cuda"]) == 2
     assert "--device cpu" in capsys.readouterr().err
+
+
+def test_convert_to_gsq_and_back(tmp_path, photo_path, capsys):
+    out = tmp_path / "out"
+    assert main(["fit", str(photo_path("coffee.png")), "-o", str(out), *FAST]) == 0
+    gsq = tmp_path / "coffee.gsq"
+    assert main(["convert", str(out / "coffee.gs.npy"), "-o", str(gsq)]) == 0
+    assert gsq.stat().st_size * 1.5 < (out / "coffee.gs.npy").stat().st_size
+    assert main(["info", str(gsq)]) == 0 and "Gaussians      64" in capsys.readouterr().out
+    assert main(["render", str(gsq), "-o", str(tmp_path / "q.png"), "--size", "32"]) == 0
+    back = tmp_path / "back.gs.npy"
+    assert main(["convert", str(gsq), "-o", str(back)]) == 0
+    assert np.load(back).shape == (64, 8)
+    assert main(["convert", str(gsq), "-o", str(tmp_path / "x.png")]) == 2
+    (tmp_path / "bad.gsq").write_bytes(b"GSQ1 broken")
+    assert main(["convert", str(tmp_path / "bad.gsq"), "-o", str(tmp_path / "y.gs.npy")]) == 1
+    assert "bad.gsq" in capsys.readouterr().err

@@ -252,3 +252,36 @@ def test_llava_json_needs_image_folder(tmp_path):
     data.write_text("[]")
     with pytest.raises(ValueError, match="--image-folder"):
         plan_units([data])
+
+
+def test_torchrun_two_workers(tmp_path):
+    keys = make_shards(tmp_path / "in", 4, 2)
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29731",
+        "-m",
+        "gs_encoder.cli",
+        "fit-shards",
+        str(tmp_path / "in"),
+        "-o",
+        str(out),
+        "--num-gaussians",
+        "9",
+        "--iters",
+        "5",
+        "--size",
+        "16",
+        "-q",
+    ]
+    run = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    seen = [k for t in sorted(out.glob("*.tar")) for k in read_tar(t)]
+    assert sorted(seen) == sorted(keys)

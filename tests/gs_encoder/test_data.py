@@ -2,13 +2,14 @@
 
 import io
 import json
-import tarfile
 
 import numpy as np
 import pytest
 import torch
 
 from gs_encoder.data import collate_splats, splat_loader
+
+from .test_shards import make_shards, make_tar
 
 
 def npy(arr):
@@ -22,15 +23,6 @@ def splats(n, seed):
     a = rng.random((n, 8)).astype(np.float16)
     a[:, 2:5] = 0.01 + 0.05 * a[:, 2:5]
     return a
-
-
-def write(path, samples):
-    with tarfile.open(path, "w") as tf:
-        for key, fields in samples:
-            for ext, data in fields.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
 
 
 def test_batches_pad_and_mask(tmp_path):
@@ -47,7 +39,7 @@ def test_batches_pad_and_mask(tmp_path):
         )
         for i, n in enumerate(counts)
     ]
-    write(tmp_path / "a.tar", samples)
+    make_tar(tmp_path / "a.tar", samples)
     batches = list(splat_loader([tmp_path / "a.tar"], batch_size=2))
     assert [b["splats"].shape[0] for b in batches] == [2, 2, 1]
     b0 = batches[0]
@@ -70,7 +62,7 @@ def test_bad_samples_are_skipped_with_a_warning(tmp_path):
         ("nosplat", {"txt": b"only a caption"}),
         ("good1", {"gs.npy": npy(splats(2, 1))}),
     ]
-    write(tmp_path / "b.tar", samples)
+    make_tar(tmp_path / "b.tar", samples)
     with pytest.warns(UserWarning, match="skipped a bad sample") as rec:
         batches = list(splat_loader([tmp_path / "b.tar"], batch_size=8))
     assert len(batches) == 1 and batches[0]["keys"] == ["good0", "good1"]
@@ -81,8 +73,6 @@ def test_bad_samples_are_skipped_with_a_warning(tmp_path):
 def test_reads_fit_shards_output(tmp_path):
     from gs_encoder.fitting.fit import FitConfig
     from gs_encoder.shards import ShardJobConfig, run_shard_job
-
-    from .test_shards import make_shards
 
     make_shards(tmp_path / "in", 2, 3)
     run_shard_job(
@@ -102,7 +92,7 @@ def test_collate_empty_raises():
 
 
 def test_shuffle_is_a_seeded_permutation(tmp_path):
-    write(tmp_path / "c.tar", [(f"k{i:02d}", {"gs.npy": npy(splats(3, i))}) for i in range(20)])
+    make_tar(tmp_path / "c.tar", [(f"k{i:02d}", {"gs.npy": npy(splats(3, i))}) for i in range(20)])
 
     def keys(seed):
         return [k for b in splat_loader([tmp_path / "c.tar"], 5, shuffle=20, seed=seed) for k in b["keys"]]

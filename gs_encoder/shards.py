@@ -179,6 +179,19 @@ def read_samples(unit: Unit) -> Iterator[tuple[str, dict[str, bytes]]]:
         raise ImageLoadError(f"{unit.tar}: unreadable tar shard ({e})") from e
 
 
+def count_samples(unit: Unit) -> int:
+    """Samples in a unit (tar headers only are read), for the progress bar's ETA; 0 if unreadable."""
+    if unit.images is not None:
+        return len(unit.images)
+    if unit.files is not None:
+        return len(unit.files)
+    try:
+        with tarfile.open(unit.tar) as tf:
+            return len({_split_key(m.name)[0] for m in tf.getmembers() if m.isfile()})
+    except (tarfile.TarError, EOFError, OSError):
+        return 0
+
+
 def _tar_add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -398,7 +411,10 @@ def run_shard_job(
         len(mine),
         len(mine) - len(todo),
     )
-    with tqdm(desc=f"fit-shards[{rank}]", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+    total = sum(count_samples(u) for u in todo) if progress else None
+    with tqdm(
+        total=total, desc=f"fit-shards[{rank}]", unit="img", disable=not progress, dynamic_ncols=True
+    ) as bar:
         for u in todo:
             bar.set_postfix(shard=u.name)
             _process_unit(u, out, cfg, device, bar)

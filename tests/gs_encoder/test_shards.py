@@ -285,3 +285,10 @@ def test_torchrun_two_workers(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     seen = [k for t in sorted(out.glob("*.tar")) for k in read_tar(t)]
     assert sorted(seen) == sorted(keys)
+
+
+def test_count_samples_for_progress(tmp_path):
+    from gs_encoder.shards import count_samples
+
+    make_shards(tmp_path / "in", 2, 3)
+    assert [count_samples(u) for u in plan_units([tmp_path / "in"])] == [3, 3]

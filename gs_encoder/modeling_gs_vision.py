@@ -1,0 +1,232 @@
+"""GSVisionModel: splats → visual tokens through an open_clip ViT (CONTRACTS.md §5), and its RGB twin.
+
+    splats [B, Nmax, 8], mask [B, Nmax] ─ GSStem ─▶ [B, N, D] ─ PerceiverResampler ─▶ [B, K, D]
+        ─ + CLS, + position embedding [1 + K, D], ln_pre ─▶ the open_clip ViT blocks ─▶ hidden states
+        ─ ln_post(CLS) @ proj ─▶ image embedding (the CLIP space)
+
+`RGBVisionModel` is the same ViT on pixels with the same outputs, so experiments switch GS ↔ RGB with one
+flag. Both save with `save_pretrained` (config.json + model.safetensors) and load with `from_pretrained`;
+`from_open_clip("ViT-B-16", pretrained=...)` starts from real open_clip weights when the user has them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .resampler import PerceiverResampler
+from .stem import GSStem
+
+__all__ = ["GSVisionConfig", "GSVisionModel", "RGBVisionModel", "VisionOutput"]
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+@dataclass
+class GSVisionConfig:
+    """Architecture of a GS (or RGB twin) vision encoder; saved with every checkpoint."""
+
+    vision_cfg: dict = field(
+        default_factory=lambda: {"image_size": 224, "layers": 12, "width": 768, "patch_size": 16}
+    )
+    embed_dim: int = 512  # CLIP embedding size (ViT-B/16: 512)
+    quick_gelu: bool = False  # OpenAI CLIP weights need quick GELU
+    num_tokens: int = 196  # K resampled tokens (196 or 98 in the paper)
+    fourier_bands: int = 16  # Fourier frequencies per coordinate in the stem
+    resampler_depth: int = 2
+    resampler_heads: int = 8
+    input: str = "gs"  # "gs" or "rgb" (the twin)
+
+    def __post_init__(self):
+        if self.input not in ("gs", "rgb"):
+            raise ValueError(f"input must be 'gs' or 'rgb', got {self.input!r}")
+        if self.num_tokens < 1 or self.resampler_depth < 0 or self.fourier_bands < 1:
+            raise ValueError("num_tokens ≥ 1, resampler_depth ≥ 0 and fourier_bands ≥ 1 are required")
+
+    @property
+    def width(self) -> int:
+        return int(self.vision_cfg["width"])
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GSVisionConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"unknown GSVisionConfig keys {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**d)
+
+    @classmethod
+    def from_open_clip(cls, name: str, **overrides) -> GSVisionConfig:
+        """The config of an open_clip architecture (e.g. "ViT-B-16"), with GS fields overridden."""
+        import open_clip
+
+        cfg = open_clip.get_model_config(name)
+        if cfg is None:
+            raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
+        quick = name.endswith("quickgelu") or bool(cfg.get("quick_gelu", False))
+        return cls(
+            vision_cfg=dict(cfg["vision_cfg"]), embed_dim=cfg["embed_dim"], quick_gelu=quick, **overrides
+        )
+
+
+@dataclass
+class VisionOutput:
+    """What both encoders return."""
+
+    hidden_states: tuple[torch.Tensor, ...]  # (embeddings, block 1, …, block L), each [B, 1 + K, D]
+    image_embeds: torch.Tensor  # [B, embed_dim], not normalised (CLIP normalises before the logits)
+
+    @property
+    def last_hidden_state(self) -> torch.Tensor:
+        return self.hidden_states[-1]
+
+
+class _Base(nn.Module):
+    def __init__(self, config: GSVisionConfig):
+        super().__init__()
+        from open_clip.model import _build_vision_tower
+
+        self.config = config
+        self.visual = _build_vision_tower(
+            config.embed_dim, dict(config.vision_cfg), quick_gelu=config.quick_gelu
+        )
+
+    def _run_vit(self, x: torch.Tensor) -> VisionOutput:
+        """x [B, 1 + K, D] embeddings (CLS first, positions added) → all hidden states and the embedding."""
+        v = self.visual
+        x = v.ln_pre(x)
+        hidden = [x]
+        for block in v.transformer.resblocks:
+            x = block(x)
+            hidden.append(x)
+        pooled = v.ln_post(x[:, 0])
+        return VisionOutput(tuple(hidden), pooled @ v.proj)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        from safetensors.torch import save_model
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        save_model(self, str(path / WEIGHTS_NAME))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu"):
+        """Load a folder written by save_pretrained; config.json decides the class (GS or RGB)."""
+        from safetensors.torch import load_model
+
+        path = Path(path)
+        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(
+                f"{path}: expected {CONFIG_NAME} and {WEIGHTS_NAME} (written by save_pretrained)"
+            )
+        config = GSVisionConfig.from_dict(json.loads((path / CONFIG_NAME).read_text()))
+        model = (GSVisionModel if config.input == "gs" else RGBVisionModel)(config)
+        load_model(model, str(path / WEIGHTS_NAME), strict=True, device=str(device))
+        return model.to(device)
+
+
+class GSVisionModel(_Base):
+    """forward(splats [B, Nmax, 8] float32, mask [B, Nmax] bool) → VisionOutput (CONTRACTS.md §5)."""
+
+    def __init__(self, config: GSVisionConfig):
+        super().__init__(config)
+        d, k = config.width, config.num_tokens
+        self.stem = GSStem(d, config.fourier_bands)
+        self.resampler = PerceiverResampler(d, config.resampler_depth, config.resampler_heads, k)
+        self.class_embedding = nn.Parameter(self.visual.class_embedding.detach().clone())
+        self.positional_embedding = nn.Parameter(
+            _resample_positions(self.visual.positional_embedding.detach(), k)
+        )
+
+    def forward(self, splats: torch.Tensor, mask: torch.Tensor | None = None) -> VisionOutput:
+        if splats.dim() != 3 or splats.shape[-1] != 8:
+            raise ValueError(f"splats must be [B, Nmax, 8], got {list(splats.shape)}")
+        if mask is None:
+            mask = torch.ones(splats.shape[:2], dtype=torch.bool, device=splats.device)
+        if mask.shape != splats.shape[:2] or mask.dtype != torch.bool:
+            raise ValueError(
+                f"mask must be bool [B, Nmax] = {list(splats.shape[:2])}, got {mask.dtype} {list(mask.shape)}"
+            )
+        if not mask.any(1).all():
+            raise ValueError("every splat set needs at least one real Gaussian (a mask row is all False)")
+        tokens = self.stem(torch.where(mask[..., None], splats, 0.0))
+        latents = self.resampler(tokens.to(self.resampler.latents.dtype), mask)
+        cls = self.class_embedding.to(latents.dtype).expand(latents.shape[0], 1, -1)
+        x = torch.cat([cls, latents], dim=1) + self.positional_embedding.to(latents.dtype)
+        return self._run_vit(x)
+
+    def init_from_visual(self) -> None:
+        """Copy the ViT's CLS and (resampled) position embeddings into the GS ones (after loading weights)."""
+        with torch.no_grad():
+            self.class_embedding.copy_(self.visual.class_embedding)
+            self.positional_embedding.copy_(
+                _resample_positions(self.visual.positional_embedding, self.config.num_tokens)
+            )
+
+    @classmethod
+    def from_open_clip(
+        cls, name: str = "ViT-B-16", pretrained: str | None = None, **overrides
+    ) -> GSVisionModel:
+        """A GS encoder around open_clip's `name`, with its pretrained vision weights when given."""
+        return _from_open_clip(cls, name, pretrained, overrides)
+
+
+class RGBVisionModel(_Base):
+    """The RGB twin: forward(pixels [B, 3, H, W], CLIP-normalised) → VisionOutput."""
+
+    def forward(self, pixels: torch.Tensor, mask: torch.Tensor | None = None) -> VisionOutput:
+        v = self.visual
+        x = v.conv1(pixels)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        return self._run_vit(x)
+
+    @classmethod
+    def from_open_clip(
+        cls, name: str = "ViT-B-16", pretrained: str | None = None, **overrides
+    ) -> RGBVisionModel:
+        return _from_open_clip(cls, name, pretrained, {**overrides, "input": "rgb"})
+
+
+def _from_open_clip(cls, name, pretrained, overrides):
+    import open_clip
+
+    config = GSVisionConfig.from_open_clip(name, **overrides)
+    model = cls(config)
+    if pretrained:
+        clip = open_clip.create_model(name, pretrained=pretrained)
+        model.visual.load_state_dict(clip.visual.state_dict(), strict=True)
+        if isinstance(model, GSVisionModel):
+            model.init_from_visual()
+    return model
+
+
+def _resample_positions(pos: torch.Tensor, k: int) -> torch.Tensor:
+    """[1 + G², D] ViT position embeddings → [1 + K, D]: CLS row kept, the G×G grid resized to K tokens.
+
+    K = G² copies the grid; K = 98 (the paper's half budget) resizes it to 7×14 by area averaging;
+    other K fall back to linear interpolation of the flattened grid.
+    """
+    cls, grid = pos[:1], pos[1:]
+    g = int(round(grid.shape[0] ** 0.5))
+    if grid.shape[0] == k:
+        return pos.clone()
+    side = int(round(k**0.5))
+    img = grid.T.reshape(1, -1, g, g)
+    if side * side == k:
+        out = torch.nn.functional.interpolate(img, size=(side, side), mode="bilinear", align_corners=False)
+    elif k % 2 == 0 and int(round((k // 2) ** 0.5)) ** 2 * 2 == k:
+        h = int(round((k // 2) ** 0.5))
+        out = torch.nn.functional.adaptive_avg_pool2d(img, (h, 2 * h))
+    else:
+        out = torch.nn.functional.interpolate(grid.T[None], size=k, mode="linear", align_corners=False)
+        return torch.cat([cls, out[0].T], dim=0)
+    return torch.cat([cls, out.flatten(2)[0].T], dim=0)

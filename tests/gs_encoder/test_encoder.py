@@ -1,0 +1,115 @@
+"""The GS vision encoder: masking, permutation invariance, shapes, fp32 stem, save/load, RGB twin."""
+
+import pytest
+import torch
+
+from gs_encoder.modeling_gs_vision import GSVisionConfig, GSVisionModel, RGBVisionModel
+from gs_encoder.stem import GSStem
+
+TINY = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8}  # 4×4 grid
+
+
+def tiny(num_tokens=16, **kw):
+    torch.manual_seed(0)
+    return GSVisionModel(
+        GSVisionConfig(vision_cfg=TINY, embed_dim=32, num_tokens=num_tokens, resampler_heads=2, **kw)
+    ).eval()
+
+
+def splats(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.rand(n, 8, generator=g)
+    s[:, 2:5] = 0.02 + 0.05 * s[:, 2:5]
+    s[:, 3] -= 0.04
+    return s
+
+
+@pytest.mark.parametrize("k", [16, 8])
+def test_shapes(k):
+    m = tiny(k)
+    out = m(torch.stack([splats(10, 0), splats(10, 1)]))
+    assert len(out.hidden_states) == 3  # embeddings + 2 blocks
+    assert all(h.shape == (2, 1 + k, 64) for h in out.hidden_states)
+    assert out.image_embeds.shape == (2, 32)
+
+
+def test_padding_does_not_change_outputs():
+    m = tiny()
+    a, b = splats(7, 0), splats(12, 1)
+    batch = torch.zeros(2, 12, 8)
+    batch[0, :7], batch[1] = a, b
+    batch[0, 7:] = 123.0  # garbage in padded rows
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[0, :7], mask[1] = True, True
+    with torch.no_grad():
+        out = m(batch, mask)
+        alone = m(a[None])
+    torch.testing.assert_close(out.image_embeds[0], alone.image_embeds[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.hidden_states[-2][0], alone.hidden_states[-2][0], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # and the mask matters: without it the garbage changes the result
+        unmasked = m(batch, torch.ones_like(mask))
+    assert not torch.allclose(unmasked.image_embeds[0], alone.image_embeds[0], atol=1e-3)
+
+
+def test_permutation_invariance_and_one_gaussian():
+    m = tiny()
+    s = splats(20, 3)
+    perm = torch.randperm(20, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            m(s[None]).image_embeds, m(s[perm][None]).image_embeds, atol=1e-5, rtol=1e-5
+        )
+        one = m(s[:1][None])
+    assert torch.isfinite(one.image_embeds).all()
+    with pytest.raises(ValueError, match="at least one"):
+        m(s[None], torch.zeros(1, 20, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"\[B, Nmax, 8\]"):
+        m(s)
+
+
+def test_stem_runs_in_float32_under_autocast():
+    stem = GSStem(16, fourier_bands=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = stem(splats(5, 0)[None])
+    assert out.dtype == torch.float32
+
+
+def test_stem_uses_colour():
+    stem = GSStem(16, fourier_bands=4)
+    a = splats(3, 0)
+    b = a.clone()
+    b[:, 5:8] = 1 - b[:, 5:8]
+    assert (stem(a[None]) - stem(b[None])).abs().mean() > 0.05
+
+
+def test_save_load_round_trip(tmp_path):
+    m = tiny(8)
+    m.save_pretrained(tmp_path / "enc")
+    back = GSVisionModel.from_pretrained(tmp_path / "enc").eval()
+    s = splats(9, 4)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(back(s).image_embeds, m(s).image_embeds, atol=0, rtol=0)
+    assert back.config.num_tokens == 8
+
+
+def test_rgb_twin_same_interface(tmp_path):
+    torch.manual_seed(0)
+    rgb = RGBVisionModel(GSVisionConfig(vision_cfg=TINY, embed_dim=32, input="rgb")).eval()
+    out = rgb(torch.rand(2, 3, 32, 32))
+    assert out.image_embeds.shape == (2, 32) and out.hidden_states[-1].shape == (2, 17, 64)
+    rgb.save_pretrained(tmp_path / "rgb")
+    assert isinstance(GSVisionModel.from_pretrained(tmp_path / "rgb"), RGBVisionModel)
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown GSVisionConfig keys"):
+        GSVisionConfig.from_dict({"widht": 3})
+    with pytest.raises(ValueError, match="input"):
+        GSVisionConfig(input="depth")
+    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+        GSVisionModel.from_pretrained(tmp_path)
+
+
+def test_vit_b16_config_builds_from_open_clip_name():
+    cfg = GSVisionConfig.from_open_clip("ViT-B-16", num_tokens=98)
+    assert cfg.width == 768 and cfg.embed_dim == 512 and cfg.vision_cfg["layers"] == 12

@@ -340,6 +340,66 @@ def cmd_fit_shards(args) -> int:
     return 1 if summary["failures"] else 0
 
 
+def cmd_encoder_params(args) -> int:
+    import open_clip
+    import torch
+
+    from .modeling_gs_vision import GSVisionConfig, GSVisionModel
+    from .report import text_table
+
+    torch.manual_seed(0)
+    try:
+        cfg = GSVisionConfig.from_open_clip(
+            args.model,
+            num_tokens=args.num_tokens,
+            resampler_depth=args.resampler_depth,
+            fourier_bands=args.fourier_bands,
+        )
+    except ValueError as e:
+        _error(str(e))
+        return 2
+    clip = open_clip.create_model(args.model, pretrained=None)  # random weights: only the counts matter
+    gs = GSVisionModel(cfg)
+
+    def count(params):
+        return sum(p.numel() for p in params)
+
+    clip_total = count(clip.parameters())
+    gs_new = (
+        count(gs.stem.parameters())
+        + count(gs.resampler.parameters())
+        + gs.class_embedding.numel()
+        + gs.positional_embedding.numel()
+    )
+    total = clip_total + gs_new  # the CLIP model with its GS input head
+    text_blocks = clip.transformer.resblocks[: args.vit_blocks]
+    text_extra = count(text_blocks.parameters()) + clip.text_projection.numel()
+    rows = []
+    paper = {1: None, 2: 9.7, 3: 13.8}
+    for stage, label in (
+        (1, "stage 1: stem + resampler"),
+        (2, f"stage 2: + first {args.vit_blocks} ViT blocks + proj"),
+        (3, "stage 2 + symmetric text layers"),
+    ):
+        gs.set_stage(min(stage, 2), args.vit_blocks)
+        trainable = count(p for p in gs.parameters() if p.requires_grad) + (text_extra if stage == 3 else 0)
+        clip_part = trainable - gs_new  # what is trained inside the pretrained CLIP model
+        rows.append(
+            [
+                label,
+                f"{trainable / 1e6:.2f} M",
+                f"{100 * trainable / total:.2f}%",
+                f"{100 * clip_part / clip_total:.2f}%",
+                "" if paper[stage] is None else f"{paper[stage]}%",
+            ]
+        )
+    print(
+        f"{args.model}: CLIP {clip_total / 1e6:.2f} M parameters, GS head (stem + resampler + embeddings) {gs_new / 1e6:.2f} M, total {total / 1e6:.2f} M"
+    )
+    print(text_table(["stage", "trainable", "of CLIP + GS head", "CLIP part, of CLIP", "paper"], rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .image_io import RESIZE_MODES
 
@@ -392,6 +452,16 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--scale-bits", type=int, default=7, help=".gsq bits per covariance quantity")
     conv.add_argument("--color-bits", type=int, default=7, help=".gsq bits per colour channel")
     conv.set_defaults(func=cmd_convert)
+
+    ep = sub.add_parser(
+        "encoder-params", help="total / trainable parameters of the GS encoder per training stage"
+    )
+    ep.add_argument("--model", default="ViT-B-16", help="open_clip architecture")
+    ep.add_argument("--num-tokens", type=int, default=196, help="K resampled tokens")
+    ep.add_argument("--resampler-depth", type=int, default=2)
+    ep.add_argument("--fourier-bands", type=int, default=16)
+    ep.add_argument("--vit-blocks", type=int, default=2, help="ViT (and text) blocks unfrozen in stage 2")
+    ep.set_defaults(func=cmd_encoder_params)
 
     info = sub.add_parser("info", help="describe splat files (no files: the environment)")
     info.add_argument("splats", nargs="*", help=".gs.npy or .gsq files")

@@ -162,6 +162,26 @@ class GSVisionModel(_Base):
         x = torch.cat([cls, latents], dim=1) + self.positional_embedding.to(latents.dtype)
         return self._run_vit(x)
 
+    def set_stage(self, stage: int, vit_blocks: int = 2) -> None:
+        """Freeze everything except what a training stage trains.
+
+        Stage 1 (RGB→GS distillation): the stem, the resampler and the GS CLS/position embeddings.
+        Stage 2 (CLIP adaptation): stage 1 plus the first `vit_blocks` ViT blocks and the final projection.
+        (The symmetric text layers of stage 2 live on the text tower: gs_encoder.train.)
+        """
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage}")
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for m in (self.stem, self.resampler):
+            m.requires_grad_(True)
+        self.class_embedding.requires_grad_(True)
+        self.positional_embedding.requires_grad_(True)
+        if stage == 2:
+            for block in self.visual.transformer.resblocks[:vit_blocks]:
+                block.requires_grad_(True)
+            self.visual.proj.requires_grad_(True)
+
     def init_from_visual(self) -> None:
         """Copy the ViT's CLS and (resampled) position embeddings into the GS ones (after loading weights)."""
         with torch.no_grad():

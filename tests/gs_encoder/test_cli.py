@@ -15,7 +15,7 @@ FAST = ["--num-gaussians", "64", "--iters", "30", "--size", "32", "-q"]
 
 def test_every_subcommand_has_help():
     parser = build_parser()
-    for cmd in ("fit", "fit-shards", "render", "info", "convert"):
+    for cmd in ("fit", "fit-shards", "render", "info", "convert", "encoder-params"):
         with pytest.raises(SystemExit) as e:
             parser.parse_args([cmd, "--help"])
         assert e.value.code == 0

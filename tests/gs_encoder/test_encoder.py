@@ -113,3 +113,27 @@ def test_config_errors(tmp_path):
 def test_vit_b16_config_builds_from_open_clip_name():
     cfg = GSVisionConfig.from_open_clip("ViT-B-16", num_tokens=98)
     assert cfg.width == 768 and cfg.embed_dim == 512 and cfg.vision_cfg["layers"] == 12
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_frozen_parameters_stay_and_trainable_ones_move(stage):
+    m = tiny().train()
+    m.set_stage(stage, vit_blocks=1)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
+    m(torch.stack([splats(6, 0), splats(6, 1)])).image_embeds.pow(2).sum().backward()
+    opt.step()
+    changed = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
+    assert any(n.startswith("stem.") for n in changed) and any(n.startswith("resampler.") for n in changed)
+    assert ("visual.proj" in changed) == (stage == 2)
+    assert any(n.startswith("visual.transformer.resblocks.0.") for n in changed) == (stage == 2)
+    assert not any(n.startswith("visual.transformer.resblocks.1.") for n in changed)
+    assert not any(n.startswith(("visual.conv1", "visual.ln_post")) for n in changed)
+
+
+def test_encoder_params_command(capsys):
+    from gs_encoder.cli import main
+
+    assert main(["encoder-params"]) == 0
+    out = capsys.readouterr().out
+    assert "9.74%" in out and "14.13%" in out  # ViT-B/16: 2 blocks + proj of 149.62 M; + 2 text blocks + proj

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import random
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .splat_io import SplatFileError, validate_splats
 
-__all__ = ["collate_splats", "decode_sample", "splat_dataset", "splat_loader"]
+__all__ = ["SplatFolder", "collate_splats", "decode_sample", "splat_dataset", "splat_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +66,13 @@ def decode_sample(sample: dict) -> dict:
     return out
 
 
-def collate_splats(samples: list[dict]) -> dict:
-    """Pad a list of decoded samples to the batch's largest N; see the module docstring for the fields."""
+def collate_splats(samples: list[dict | None]) -> dict:
+    """Pad a list of decoded samples to the batch's largest N; see the module docstring for the fields.
+
+    None entries (samples a map-style dataset could not read) are dropped; `images` [B, 3, S, S] is
+    added when every sample carries its source image.
+    """
+    samples = [s for s in samples if s is not None]
     if not samples:
         raise ValueError("cannot collate an empty batch")
     nmax = max(s["splats"].shape[0] for s in samples)
@@ -77,13 +84,65 @@ def collate_splats(samples: list[dict]) -> dict:
         mask[i, :n] = True
     teachers = [s["teacher"] for s in samples]
     teacher = torch.stack(teachers) if all(t is not None for t in teachers) else None
+    images = [s.get("image") for s in samples]
     return {
         "splats": splats,
         "mask": mask,
         "captions": [s["caption"] for s in samples],
         "teacher": teacher,
+        "images": torch.stack(images) if all(i is not None for i in images) else None,
         "keys": [s["key"] for s in samples],
     }
+
+
+class SplatFolder(torch.utils.data.Dataset):
+    """A folder of `<name>.gs.npy` files (e.g. `gsv fit` output) as a map-style dataset.
+
+    Per sample: splats, caption (`<name>.txt`, else the sidecar's "caption"), teacher embedding
+    (`<name>.t16.npy`) and, with `load_images=True` and no teacher file, the source image named in the
+    sidecar on the same canvas (for a teacher run on the fly). Unreadable samples give None (a warning),
+    which `collate_splats` drops.
+    """
+
+    def __init__(self, root: str | os.PathLike, load_images: bool = False):
+        self.root = Path(root)
+        self.files = sorted(self.root.rglob("*.gs.npy"))
+        if not self.files:
+            raise FileNotFoundError(
+                f"{self.root}: no .gs.npy files (fit some with `gsv fit IMAGES -o {self.root}`)"
+            )
+        self.load_images = load_images
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict | None:
+        from .image_io import ImageLoadError, load_image
+        from .splat_io import load_splats, splat_stem
+
+        path = self.files[i]
+        stem = path.with_name(splat_stem(path))
+        try:
+            splats, meta = load_splats(path, with_meta=True)
+            meta = meta or {}
+            key = str(path.relative_to(self.root))
+            out = {"key": key, "splats": splats, "caption": meta.get("caption"), "teacher": None}
+            caption = stem.with_name(stem.name + ".txt")
+            if caption.exists():
+                out["caption"] = caption.read_text().strip()
+            teacher = stem.with_name(stem.name + "." + TEACHER_KEY)
+            if teacher.exists():
+                out["teacher"] = torch.from_numpy(_npy(teacher.read_bytes(), str(teacher)).astype(np.float32))
+            elif self.load_images:
+                if "source" not in meta:
+                    raise SplatFileError(f"{path}: no teacher file and no 'source' image in the sidecar")
+                src = Path(meta["source"])
+                src = src if src.is_absolute() or src.exists() else self.root / src
+                out["image"] = load_image(src, int(meta.get("canvas", 224)), meta.get("resize", "pad"))
+            return out
+        except (SplatFileError, ImageLoadError) as e:
+            _warn_and_continue(e)
+            return None
 
 
 def _warn_and_continue(exn) -> bool:

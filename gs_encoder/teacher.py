@@ -1,0 +1,69 @@
+"""The frozen open_clip teacher (RGB) and the open_clip model helpers training needs.
+
+`build_clip(name, pretrained)` creates an open_clip CLIP model, with weights when `pretrained` is a tag or
+a local checkpoint (loaded strictly by open_clip) and random otherwise. `register_model_config(path)`
+adds a JSON architecture (tiny test models, custom towers) under its file stem.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["CLIP_STD", "ClipTeacher", "build_clip", "register_model_config"]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def register_model_config(path: str | os.PathLike) -> str:
+    """Register an open_clip architecture JSON; returns its name (the file stem)."""
+    import open_clip
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: open_clip model config not found")
+    open_clip.add_model_config(path)
+    return path.stem
+
+
+def build_clip(name: str, pretrained: str | None = None) -> nn.Module:
+    """An open_clip CLIP model; `pretrained` is an open_clip tag or a checkpoint path (None: random)."""
+    import open_clip
+
+    if open_clip.get_model_config(name) is None:
+        raise ValueError(
+            f"unknown open_clip model {name!r}; register a JSON config or see open_clip.list_models()"
+        )
+    return open_clip.create_model(name, pretrained=pretrained or None)
+
+
+def clip_normalise(images: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, 3, S, S] in [0, 1] → CLIP input at `size` (bicubic resize when needed, mean/std normalised)."""
+    if images.shape[-1] != size or images.shape[-2] != size:
+        images = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    mean = images.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (images.clamp(0, 1) - mean) / std
+
+
+class ClipTeacher(nn.Module):
+    """A frozen open_clip image tower; `forward(images in [0, 1])` → L2-normalised embeddings [B, E]."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.visual = clip.visual
+        self.visual.requires_grad_(False)
+        size = self.visual.image_size
+        self.image_size = int(size[0] if isinstance(size, tuple | list) else size)
+
+    def train(self, mode: bool = True):  # always in eval mode
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.visual(clip_normalise(images, self.image_size)).float(), dim=-1)

@@ -1,0 +1,318 @@
+"""`python -m gs_encoder.train --stage 1|2`: the two-stage transfer of a CLIP ViT to splat input.
+
+Stage 1 (RGB→GS distillation): MSE between the L2-normalised CLIP embeddings of the frozen RGB teacher
+(open_clip on the image the splats were fitted to, or teacher embeddings stored beside the splats) and
+of the GS student; the stem, the resampler and the GS embeddings train.
+Stage 2 (CLIP adaptation): open_clip's contrastive `ClipLoss` against the text tower, with the first
+ViT blocks and the projection unfrozen (and optionally the symmetric text layers).
+
+Runs on accelerate (multi-GPU with `accelerate launch` or torchrun, bf16, gradient accumulation), with a
+cosine schedule after a linear warm-up, checkpoints every `--save-every` steps (written under a
+temporary name, then renamed) and automatic resume from the newest one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import SplatFolder, collate_splats, splat_loader
+from .modeling_gs_vision import GSVisionConfig, GSVisionModel
+from .teacher import ClipTeacher, build_clip, register_model_config
+
+__all__ = ["DistillConfig", "main", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DistillConfig:
+    """Settings of one training stage."""
+
+    stage: int  # 1: distillation, 2: CLIP adaptation
+    data: list[str] = field(default_factory=list)  # folders of .gs.npy files and/or splat .tar shards
+    output_dir: str = "runs/gs_encoder"  # checkpoints/ and final/ go here
+    clip_model: str = "ViT-B-16"  # open_clip architecture of the teacher and the ViT
+    clip_pretrained: str | None = None  # open_clip tag or checkpoint path (None: random, for tests)
+    model_config: str | None = None  # an open_clip architecture JSON to register first (e.g. a tiny model)
+    encoder: str | None = None  # a saved GS encoder to start from (stage 2: stage 1's final/)
+    num_tokens: int = 196  # K resampled tokens
+    resampler_depth: int = 2  # Perceiver layers
+    vit_blocks: int = 2  # ViT (and text) blocks unfrozen in stage 2
+    unfreeze_text: bool = False  # stage 2: also train the first text blocks and the text projection
+    batch_size: int = 32  # per device
+    grad_accum: int = 1  # gradient accumulation steps
+    lr: float = 1e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.05
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to 0 at max_steps
+    max_steps: int = 1000  # optimiser steps
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    num_workers: int = 2  # data-loader workers
+    seed: int = 0
+    save_every: int = 500  # steps between checkpoints (0: only the final one)
+    log_every: int = 10  # steps between logged losses
+    report_to: str = "none"  # none | tensorboard | wandb
+
+    def __post_init__(self):
+        if self.stage not in (1, 2):
+            raise ValueError(f"--stage must be 1 or 2, got {self.stage}")
+        if not self.data:
+            raise ValueError("--data: give at least one folder of .gs.npy files or splat .tar shard")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.report_to not in ("none", "tensorboard", "wandb"):
+            raise ValueError(f"--report-to must be none, tensorboard or wandb, got {self.report_to!r}")
+        for name in ("batch_size", "grad_accum", "max_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
+
+
+def _cosine_with_warmup(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _loader(cfg: DistillConfig, need_images: bool):
+    folders = [d for d in cfg.data if Path(d).is_dir() and not list(Path(d).glob("*.tar"))]
+    if folders and len(folders) == len(cfg.data):
+        ds = torch.utils.data.ConcatDataset([SplatFolder(d, load_images=need_images) for d in folders])
+        return torch.utils.data.DataLoader(
+            ds,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            collate_fn=collate_splats,
+            num_workers=cfg.num_workers,
+            drop_last=len(ds) >= cfg.batch_size,
+        ), len(ds)
+    tars = []
+    for d in cfg.data:
+        p = Path(d)
+        tars += sorted(p.glob("*.tar")) if p.is_dir() else [p]
+    return splat_loader(
+        tars, cfg.batch_size, num_workers=cfg.num_workers, shuffle=1000, resampled=True, seed=cfg.seed
+    ), None
+
+
+def _build_student(cfg: DistillConfig, clip) -> GSVisionModel:
+    if cfg.encoder:
+        return GSVisionModel.from_pretrained(cfg.encoder)
+    config = GSVisionConfig.from_open_clip(
+        cfg.clip_model, num_tokens=cfg.num_tokens, resampler_depth=cfg.resampler_depth
+    )
+    student = GSVisionModel(config)
+    student.visual.load_state_dict(clip.visual.state_dict(), strict=True)
+    student.init_from_visual()
+    return student
+
+
+class _TextTower(torch.nn.Module):
+    """open_clip's text tower and logit scale, with the stage-2 trainable set."""
+
+    def __init__(self, clip, unfreeze: bool, blocks: int):
+        super().__init__()
+        self.clip = clip
+        clip.requires_grad_(False)
+        if unfreeze:
+            clip.transformer.resblocks[:blocks].requires_grad_(True)
+            clip.text_projection.requires_grad_(True)
+        clip.logit_scale.requires_grad_(True)
+
+    def forward(self, ids):
+        return F.normalize(self.clip.encode_text(ids), dim=-1), self.clip.logit_scale.exp()
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / "checkpoints").glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def train(cfg: DistillConfig) -> Path:
+    """Run one stage; returns the folder of the final encoder (loadable with GSVisionModel.from_pretrained)."""
+    import open_clip
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from open_clip.loss import ClipLoss
+
+    if cfg.model_config:
+        register_model_config(cfg.model_config)
+    out = Path(cfg.output_dir)
+    acc = Accelerator(
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision=cfg.mixed_precision,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_dir=str(out),
+    )
+    set_seed(cfg.seed)
+    clip = build_clip(cfg.clip_model, cfg.clip_pretrained)
+    student = _build_student(cfg, clip)
+    student.set_stage(cfg.stage, cfg.vit_blocks)
+    modules = [student]
+    if cfg.stage == 1:
+        teacher = ClipTeacher(clip).to(acc.device)
+    else:
+        text = _TextTower(clip, cfg.unfreeze_text, cfg.vit_blocks)
+        tokenizer = open_clip.get_tokenizer(cfg.clip_model)
+        loss_fn = ClipLoss(
+            local_loss=True, gather_with_grad=True, rank=acc.process_index, world_size=acc.num_processes
+        )
+        modules.append(text)
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_with_warmup(cfg.warmup_steps, cfg.max_steps))
+    loader, size = _loader(cfg, need_images=cfg.stage == 1)
+    if size is not None:  # map-style: accelerate shards it across processes
+        prepared = acc.prepare(*modules, opt, sched, loader)
+        loader = prepared[-1]
+        prepared = prepared[:-1]
+    else:  # webdataset splits shards by node itself
+        prepared = acc.prepare(*modules, opt, sched)
+    student, opt, sched = prepared[0], prepared[-2], prepared[-1]
+    text = prepared[1] if cfg.stage == 2 else None
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "distill_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    if cfg.report_to != "none":
+        acc.init_trackers(
+            "gs_encoder", config={k: v for k, v in asdict(cfg).items() if not isinstance(v, list)}
+        )
+
+    step = 0
+    latest = _latest_checkpoint(out)
+    if latest is not None:
+        acc.load_state(str(latest))
+        step = json.loads((latest / "trainer_state.json").read_text())["step"]
+        logger.info("resumed from %s (step %d)", latest, step)
+    bar = tqdm(
+        total=cfg.max_steps, initial=step, desc=f"stage {cfg.stage}", disable=not acc.is_local_main_process
+    )
+    history = []
+    epoch, skip = 0, 0
+    if size is not None and step:  # continue inside the epoch the checkpoint was taken in
+        epoch, skip = divmod(step * cfg.grad_accum, len(loader))
+    while step < cfg.max_steps:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)  # seedable sampler: an epoch's order is the same after a resume
+        batches = acc.skip_first_batches(loader, skip) if skip else loader
+        skip = 0
+        for batch in batches:
+            with acc.accumulate(student):
+                splats, mask = batch["splats"].to(acc.device), batch["mask"].to(acc.device)
+                emb = F.normalize(student(splats, mask).image_embeds.float(), dim=-1)
+                if cfg.stage == 1:
+                    if batch["teacher"] is not None:
+                        target = F.normalize(batch["teacher"].to(acc.device).float(), dim=-1)
+                    elif batch["images"] is not None:
+                        target = teacher(batch["images"].to(acc.device))
+                    else:
+                        raise ValueError(
+                            "stage 1 needs teacher embeddings (<key>.t16.npy) or the source images"
+                        )
+                    loss = F.mse_loss(emb, target)
+                else:
+                    if any(c is None for c in batch["captions"]):
+                        raise ValueError("stage 2 needs a caption for every sample (<key>.txt)")
+                    txt, scale = text(tokenizer(batch["captions"]).to(acc.device))
+                    loss = loss_fn(emb, txt.float(), scale)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+            if not acc.sync_gradients:
+                continue
+            step += 1
+            value = float(acc.gather(loss.detach()[None]).mean())
+            history.append(value)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                acc.log({"loss": value, "lr": sched.get_last_lr()[0]}, step=step)
+                logger.info("step %d loss %.5f", step, value)
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+                _save_checkpoint(acc, out, step)
+            if step >= cfg.max_steps:
+                break
+        epoch += 1
+    bar.close()
+    final = out / "final"
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        acc.unwrap_model(student).save_pretrained(final)
+        if cfg.stage == 2:
+            from safetensors.torch import save_model
+
+            save_model(acc.unwrap_model(text).clip, str(final / "clip_text.safetensors"))
+        (final / "train_log.json").write_text(
+            json.dumps({"stage": cfg.stage, "steps": step, "loss": history}) + "\n"
+        )
+    acc.end_training()
+    return final
+
+
+def _save_checkpoint(acc, out: Path, step: int) -> None:
+    target = out / "checkpoints" / f"step-{step}"
+    tmp = out / "checkpoints" / f".step-{step}.tmp"
+    if acc.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    if acc.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}) + "\n")
+        os.replace(tmp, target)
+    acc.wait_for_everyone()
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m gs_encoder.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for f in fields(DistillConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "data":
+            ap.add_argument(
+                flag, nargs="+", required=True, help="folders of .gs.npy files and/or splat .tar shards"
+            )
+        elif f.type in ("bool", bool):
+            ap.add_argument(flag, action="store_true")
+        elif f.name == "stage":
+            ap.add_argument(flag, type=int, required=True, choices=(1, 2))
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            ap.add_argument(flag, type=kind, default=f.default)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = DistillConfig(**vars(args))
+    except ValueError as e:
+        print(f"error: {e}")
+        return 2
+    final = train(cfg)
+    print(f"wrote {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""Both training stages on a tiny open_clip model and real photographs, from the command line, with resume."""
+
+import json
+
+import pytest
+
+from gs_encoder.cli import main as gsv
+from gs_encoder.modeling_gs_vision import GSVisionModel
+from gs_encoder.train import main as train
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+PHOTOS = [
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "motorcycle_left.png",
+    "color.png",
+]
+
+
+@pytest.fixture(scope="module")
+def splat_folder(tmp_path_factory, photo_path):
+    root = tmp_path_factory.mktemp("enc")
+    cfg = root / "tiny-gs-clip.json"
+    cfg.write_text(json.dumps(TINY_CLIP))
+    data = root / "splats"
+    photos = [str(photo_path(p)) for p in PHOTOS]
+    assert (
+        gsv(["fit", *photos, "-o", str(data), "--num-gaussians", "64", "--iters", "40", "--size", "32", "-q"])
+        == 0
+    )
+    for p in PHOTOS:
+        stem = p.split(".")[0]
+        (data / f"{stem}.txt").write_text(f"a photo of {stem.replace('_', ' ')}")
+    return root, cfg, data
+
+
+def common(root, cfg, data, out, *extra):
+    return [
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--clip-model",
+        "tiny-gs-clip",
+        "--model-config",
+        str(cfg),
+        "--num-tokens",
+        "8",
+        "--num-workers",
+        "0",
+        "--warmup-steps",
+        "2",
+        "--log-every",
+        "5",
+        *extra,
+    ]
+
+
+def test_stage1_distillation_reduces_the_loss(splat_folder):
+    root, cfg, data = splat_folder
+    out = root / "s1"
+    assert (
+        train(
+            [
+                "--stage",
+                "1",
+                *common(root, cfg, data, out, "--batch-size", "8", "--max-steps", "40", "--lr", "2e-3"),
+            ]
+        )
+        == 0
+    )
+    log = json.loads((out / "final" / "train_log.json").read_text())
+    first, last = sum(log["loss"][:5]) / 5, sum(log["loss"][-5:]) / 5
+    assert last < 0.5 * first, (first, last)
+    enc = GSVisionModel.from_pretrained(out / "final")
+    assert enc.config.num_tokens == 8
+
+
+def test_stage2_with_text_tower_and_resume(splat_folder):
+    root, cfg, data = splat_folder
+    s1 = root / "s1_short"
+    assert train(["--stage", "1", *common(root, cfg, data, s1, "--batch-size", "4", "--max-steps", "3")]) == 0
+    out = root / "s2"
+    args = common(
+        root,
+        cfg,
+        data,
+        out,
+        "--batch-size",
+        "4",
+        "--encoder",
+        str(s1 / "final"),
+        "--unfreeze-text",
+        "--save-every",
+        "3",
+    )
+    assert train(["--stage", "2", *args, "--max-steps", "4"]) == 0
+    assert (out / "checkpoints" / "step-3" / "trainer_state.json").exists()
+    assert (out / "final" / "clip_text.safetensors").exists()
+    # a longer run resumes from step 3 and does only the missing steps
+    assert train(["--stage", "2", *args, "--max-steps", "6"]) == 0
+    log = json.loads((out / "final" / "train_log.json").read_text())
+    assert log["steps"] == 6 and len(log["loss"]) == 3
+
+
+def test_bad_flags(splat_folder, tmp_path):
+    root, cfg, data = splat_folder
+    assert train(["--stage", "1", *common(root, cfg, data, tmp_path, "--mixed-precision", "fp8")]) == 2
+    with pytest.raises(FileNotFoundError, match="no .gs.npy"):
+        train(["--stage", "1", *common(root, cfg, tmp_path, tmp_path / "o")])

@@ -22,7 +22,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["CLIP_MEAN", "RESIZE_MODES", "ImageLoadError", "decode_image", "load_image", "to_canvas"]
+__all__ = [
+    "CLIP_MEAN",
+    "RESIZE_MODES",
+    "ImageLoadError",
+    "canvas_from_pil",
+    "decode_image",
+    "load_image",
+    "to_canvas",
+]
 
 RESIZE_MODES = ("pad", "crop", "resize")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's image mean, LLaVA's pad colour
@@ -57,6 +65,11 @@ def _to_rgb_array(im: Image.Image, background: str) -> np.ndarray:
             bg = (rgb * alpha).sum((0, 1)) / weight if weight > 0 else np.full(3, 0.5, np.float32)
         return rgb * alpha + bg * (1.0 - alpha)
     return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def canvas_from_pil(im: Image.Image, size: int, mode: str = "pad", background: str = "white") -> torch.Tensor:
+    """An already-open PIL image (any mode, EXIF applied) → [3, S, S] canvas; for dataset transforms."""
+    return to_canvas(_to_rgb_array(ImageOps.exif_transpose(im), background), size, mode)
 
 
 def to_canvas(rgb: np.ndarray | torch.Tensor, size: int, mode: str = "pad") -> torch.Tensor:

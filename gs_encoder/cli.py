@@ -318,6 +318,8 @@ def cmd_fit_shards(args) -> int:
             batch_size=args.batch_size,
             shard_size=args.shard_size,
             device=args.device,
+            teacher=args.teacher,
+            teacher_config=args.teacher_config,
         )
     except ValueError as e:
         _error(str(e))
@@ -428,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--shard-size", type=int, default=1000, help="images per output tar (or cache chunk)")
     shards.add_argument(
         "--image-folder", help="with a LLaVA .json input: the folder its image paths are relative to"
+    )
+    shards.add_argument(
+        "--teacher", help="ARCH[:TAG_OR_PATH]: also store the open_clip teacher embedding (<key>.t16.npy)"
+    )
+    shards.add_argument(
+        "--teacher-config", help="open_clip architecture JSON for --teacher (custom or tiny models)"
     )
     shards.set_defaults(func=cmd_fit_shards)
 

@@ -53,6 +53,10 @@ class ShardJobConfig:
     batch_size: int = 16  # images fitted together
     shard_size: int = 1000  # images per output tar when the input is a folder
     device: str = "cpu"  # cpu | cuda (cuda:LOCAL_RANK under torchrun)
+    teacher: str | None = (
+        None  # "ARCH[:TAG_OR_PATH]": store the open_clip teacher's embedding as <key>.t16.npy
+    )
+    teacher_config: str | None = None  # an open_clip architecture JSON to register for the teacher
 
     def __post_init__(self):
         if self.resize not in RESIZE_MODES:
@@ -199,9 +203,19 @@ def _tar_add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(info, io.BytesIO(data))
 
 
-def _fit_batch(batch, cfg: ShardJobConfig, device) -> list[tuple[str, dict, dict[str, bytes]]]:
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _fit_batch(batch, cfg: ShardJobConfig, device, teacher=None) -> list[tuple[str, dict, dict[str, bytes]]]:
     images = torch.stack([img for _, img, _ in batch]).to(device)
     results = fit_images(images, cfg.fit)
+    if teacher is not None:  # the teacher sees the same canvas image the splats were fitted to
+        embeds = teacher(images).cpu().numpy().astype(np.float16)
+        for (_, _, fields), e in zip(batch, embeds, strict=True):
+            fields["t16.npy"] = _npy_bytes(e)
     out = []
     for (key, _, fields), r in zip(batch, results, strict=True):
         meta = {}
@@ -265,6 +279,8 @@ class _CacheSink:
         path.parent.mkdir(parents=True, exist_ok=True)
         # sidecar first: a present .gs.npy always has its sidecar
         atomic_write_bytes(sidecar_path(path), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+        if "t16.npy" in fields:
+            atomic_write_bytes(self.out / f"{key}.t16.npy", fields["t16.npy"])
         atomic_write_bytes(path, fields["gs.npy"])
 
     def close(self) -> None:
@@ -292,7 +308,7 @@ def _image_of(unit: Unit, key: str, fields: dict[str, bytes]) -> str:
     return ext
 
 
-def _process_unit(unit: Unit, out_dir: Path, cfg: ShardJobConfig, device, bar) -> dict:
+def _process_unit(unit: Unit, out_dir: Path, cfg: ShardJobConfig, device, bar, teacher=None) -> dict:
     start = time.perf_counter()
     errors: list[dict] = []
     written, skipped, psnrs, nbytes = 0, 0, [], 0
@@ -301,7 +317,7 @@ def _process_unit(unit: Unit, out_dir: Path, cfg: ShardJobConfig, device, bar) -
 
     def flush():
         nonlocal written, nbytes
-        for key, meta, fields in _fit_batch(pending, cfg, device):
+        for key, meta, fields in _fit_batch(pending, cfg, device, teacher):
             sink.add(key, meta, fields)
             written += 1
             psnrs.append(meta["psnr"])
@@ -411,13 +427,21 @@ def run_shard_job(
         len(mine),
         len(mine) - len(todo),
     )
+    teacher = None
+    if cfg.teacher and todo:
+        from .teacher import ClipTeacher, build_clip, register_model_config
+
+        if cfg.teacher_config:
+            register_model_config(cfg.teacher_config)
+        arch, _, weights = cfg.teacher.partition(":")
+        teacher = ClipTeacher(build_clip(arch, weights or None)).to(device)
     total = sum(count_samples(u) for u in todo) if progress else None
     with tqdm(
         total=total, desc=f"fit-shards[{rank}]", unit="img", disable=not progress, dynamic_ncols=True
     ) as bar:
         for u in todo:
             bar.set_postfix(shard=u.name)
-            _process_unit(u, out, cfg, device, bar)
+            _process_unit(u, out, cfg, device, bar, teacher)
     summary = summarize(out, units)
     atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary

@@ -116,3 +116,52 @@ def test_bad_flags(splat_folder, tmp_path):
     assert train(["--stage", "1", *common(root, cfg, data, tmp_path, "--mixed-precision", "fp8")]) == 2
     with pytest.raises(FileNotFoundError, match="no .gs.npy"):
         train(["--stage", "1", *common(root, cfg, tmp_path, tmp_path / "o")])
+
+
+def test_stage1_from_shards_with_stored_teacher_embeddings(splat_folder, tmp_path):
+    import io
+    import tarfile
+
+    import numpy as np
+
+    from .test_shards import make_shards
+
+    root, cfg, _ = splat_folder
+    make_shards(tmp_path / "in", 2, 3)
+    argv = [
+        "fit-shards",
+        str(tmp_path / "in"),
+        "-o",
+        str(tmp_path / "gs"),
+        "--num-gaussians",
+        "16",
+        "--iters",
+        "10",
+        "--size",
+        "32",
+        "-q",
+        "--teacher",
+        "tiny-gs-clip",
+        "--teacher-config",
+        str(cfg),
+    ]
+    assert gsv(argv) == 0
+    with tarfile.open(tmp_path / "gs" / "00000000.tar") as tf:
+        t16 = np.load(io.BytesIO(tf.extractfile("000000000000.t16.npy").read()))
+    assert (
+        t16.dtype == np.float16
+        and t16.shape == (32,)
+        and abs(float(np.linalg.norm(t16.astype(np.float32))) - 1) < 1e-2
+    )
+    out = tmp_path / "s1"
+    assert (
+        train(
+            [
+                "--stage",
+                "1",
+                *common(root, cfg, tmp_path / "gs", out, "--batch-size", "3", "--max-steps", "4"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((out / "final" / "train_log.json").read_text())["steps"] == 4

@@ -22,14 +22,14 @@ from .common import RESULTS, photos, timed, write_results
 TARGET_ITER_MS, TARGET_RENDER_MS = 30.0, 20.0  # issue 3, 224², N = 3136, 2 cores
 
 
-def ms_per_iteration(images, initial, k1=5, k2=45, **cfg) -> float:
+def ms_per_iteration(images, initial, k1=5, k2=45, backend="torch", **cfg) -> float:
     """Marginal ms per fit iteration per image: time(k2) − time(k1), divided by (k2 − k1) and B."""
 
     def run(k):
         t = time.perf_counter()
         fit_images(
             images,
-            FitConfig(num_gaussians=initial[0].shape[0], iters=k, check_every=10**6, **cfg),
+            FitConfig(num_gaussians=initial[0].shape[0], iters=k, check_every=10**6, backend=backend, **cfg),
             initial=initial,
         )
         return time.perf_counter() - t
@@ -119,6 +119,23 @@ def main(argv=None):
         data["margin"][str(margin)] = ms
         margin_rows.append([str(margin), ms])
 
+    cpp_rows = []
+    import cuda_ext
+
+    if cuda_ext.available():  # issue 4's C++ CPU op, side by side with the pure-torch path
+        data["cpp"] = {}
+        for n in budgets:
+            row = [n]
+            for state, sets in (("init", list(structured_init(images[:1], n))), ("fitted", fitted[n][:1])):
+                t_ms = data["iterations"][f"{n}/1/{state}"]
+                c_ms = ms_per_iteration(images[:1], sets, backend="cpp")
+                data["cpp"][f"{n}/{state}"] = c_ms
+                row += [t_ms, c_ms, f"{t_ms / c_ms:.1f}×"]
+            cpp_rows.append(row)
+            print("cpp vs torch", row, flush=True)
+    else:
+        data["cpp"] = {"error": cuda_ext.load_error()}
+
     key = f"{n_m}/1/fitted"
     notes = (
         f"Canvas {size}², scikit-image photos (astronaut, chelsea, coffee, rocket), {args.threads} threads, pure-torch CPU path. "
@@ -142,6 +159,14 @@ def main(argv=None):
             margin_rows,
         ),
     ]
+    if cpp_rows:
+        sections.append(
+            (
+                "Compiled C++/OpenMP CPU op (cuda_ext) vs the pure-torch path, fit iteration, one image, ms",
+                ["N", "torch init", "C++ init", "speed-up", "torch fitted", "C++ fitted", "speed-up"],
+                cpp_rows,
+            )
+        )
     name = "fit_speed_quick" if args.quick else "fit_speed"
     md = write_results(name, "Fitting speed on CPU (issue 3)", sections, data, notes)
     plot(data, budgets, batches, RESULTS / f"{name}.png")

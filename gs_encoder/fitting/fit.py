@@ -47,6 +47,7 @@ class FitConfig:
     min_scale_px: float = 0.3  # lower bound on l11 and l22, pixels: narrower Gaussians fall between pixels
     plan_margin: float = 0.0  # extra window radius (px) so the render plan survives more steps
     seed: int = 0  # seed of the random initialisation
+    backend: str = "auto"  # renderer: auto (compiled CPU op when built, else torch) | torch | cpp
 
     def __post_init__(self):
         if not isinstance(self.num_gaussians, int) or self.num_gaussians < 1:
@@ -64,6 +65,8 @@ class FitConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 < self.lr_final <= 1:
             raise ValueError(f"lr_final must be in (0, 1], got {self.lr_final}")
+        if self.backend not in ("auto", "torch", "cpp"):
+            raise ValueError(f"unknown backend {self.backend!r}; valid: auto, torch, cpp")
         if self.check_every < 1:
             raise ValueError(f"check_every must be ≥ 1, got {self.check_every}")
 
@@ -143,7 +146,7 @@ def _optimise(params, image_ids, targets, iters, cfg: FitConfig, progress: bool,
     bar = tqdm(range(iters), desc=desc, disable=not progress, leave=False, unit="it")
     for it in bar:
         image, plan = render_flat(
-            p[:, 0:2], p[:, 2:5], p[:, 5:8], image_ids, num_images, size, plan, cfg.plan_margin
+            p[:, 0:2], p[:, 2:5], p[:, 5:8], image_ids, num_images, size, plan, cfg.plan_margin, cfg.backend
         )
         mse = (image - targets).pow(2).mean(dim=(1, 2, 3))  # [B]
         loss = mse.sum()

@@ -234,6 +234,31 @@ def _quad_coefficients(xy_px: torch.Tensor, chol_px: torch.Tensor, anchor: torch
     return torch.stack([k0, k1, k2, 0.5 * a, b, 0.5 * c], dim=-1)
 
 
+BACKENDS = ("auto", "torch", "cpp")
+_announced: set[str] = set()
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """ "auto" → "cpp" on CPU when the compiled op (cuda_ext) loads, else "torch"; logs the choice once."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if backend == "auto":
+        import cuda_ext
+
+        backend = "cpp" if device.type == "cpu" and cuda_ext.available() else "torch"
+        if backend not in _announced:
+            _announced.add(backend)
+            reason = "" if backend == "cpp" else f" ({cuda_ext.load_error() or 'inputs not on the CPU'})"
+            logger.info("splat renderer: %s backend%s", backend, reason)
+    elif backend == "cpp":
+        from cuda_ext import _backend
+
+        _backend.cpu_module()  # raises ImportError with the reason
+        if device.type != "cpu":
+            raise ValueError(f"backend 'cpp' runs on the CPU, got tensors on {device}")
+    return backend
+
+
 def render_flat(
     xy_px: torch.Tensor,  # [Nt, 2] centres, pixel units
     chol_px: torch.Tensor,  # [Nt, 3] Cholesky factor, pixel units
@@ -243,12 +268,18 @@ def render_flat(
     size: int,
     plan: RenderPlan | None = None,
     margin: float = 0.0,
-) -> tuple[torch.Tensor, RenderPlan]:
-    """Differentiable CPU render of Gaussians in a flat layout; returns (images [B, S, S, 3], plan).
+    backend: str = "torch",
+) -> tuple[torch.Tensor, RenderPlan | None]:
+    """Differentiable render of Gaussians in a flat layout; returns (images [B, S, S, 3], plan).
 
-    `plan` from an earlier call is reused when it still covers every Gaussian, else rebuilt. Gradients
-    flow to xy_px, chol_px and rgb.
+    backend "torch": the windowed pair list; `plan` from an earlier call is reused when it still covers
+    every Gaussian, else rebuilt. "cpp": the compiled OpenMP op (no plan). "auto": see resolve_backend.
+    Gradients flow to xy_px, chol_px and rgb.
     """
+    if backend != "torch" and resolve_backend(backend, xy_px.device) == "cpp":
+        from cuda_ext.ops import render_cpu
+
+        return render_cpu(xy_px, chol_px, rgb, image_ids, num_images, size), None
     if plan is None or plan.dtype != xy_px.dtype or not plan.covers(xy_px.detach(), chol_px.detach()):
         plan = build_plan(xy_px.detach(), chol_px.detach(), image_ids, num_images, size, margin)
     o = plan.order
@@ -272,7 +303,9 @@ def _check_splats(splats: torch.Tensor, mask: torch.Tensor | None):
         )
 
 
-def render_torch(splats: torch.Tensor, mask: torch.Tensor | None = None, size: int = 224) -> torch.Tensor:
+def render_torch(
+    splats: torch.Tensor, mask: torch.Tensor | None = None, size: int = 224, backend: str = "torch"
+) -> torch.Tensor:
     """Pure-torch render (CONTRACTS.md §2), unclamped and differentiable.
 
     Args:
@@ -291,7 +324,9 @@ def render_torch(splats: torch.Tensor, mask: torch.Tensor | None = None, size: i
     m = m if batched or mask is None else m[None]
     b_idx, g_idx = m.nonzero(as_tuple=True)
     rows = s3[b_idx, g_idx]  # [Nt, 8]
-    image, _ = render_flat(rows[:, 0:2] * size, rows[:, 2:5] * size, rows[:, 5:8], b_idx, s3.shape[0], size)
+    image, _ = render_flat(
+        rows[:, 0:2] * size, rows[:, 2:5] * size, rows[:, 5:8], b_idx, s3.shape[0], size, backend=backend
+    )
     image = image.permute(0, 3, 1, 2)
     return image if batched else image[0]
 
@@ -303,13 +338,13 @@ def render(
     backend: str = "auto",
     clamp: bool = False,
 ) -> torch.Tensor:
-    """Render splat sets; picks the backend (only "torch" exists on this build: "auto" → torch).
+    """Render splat sets with the chosen backend ("auto": the compiled CPU op when built, else pure torch).
 
-    Args: as `render_torch`, plus `backend` in {"auto", "torch"} and `clamp` to [0, 1] for viewing.
+    Args: as `render_torch`, plus `backend` in {"auto", "torch", "cpp"} and `clamp` to [0, 1] for viewing.
     """
-    if backend not in ("auto", "torch"):
-        raise ValueError(f"unknown backend {backend!r}; valid: 'auto', 'torch'")
-    image = render_torch(splats, mask, size)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    image = render_torch(splats, mask, size, backend=backend)
     return image.clamp(0.0, 1.0) if clamp else image
 
 

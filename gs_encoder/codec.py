@@ -8,8 +8,8 @@ Encoding of one [N, 8] set:
    `color_bits` per channel (defaults 7 and 7);
 3. centres are delta-coded along the curve, every column is stored as a separate plane (byte-split for
    16-bit planes), and the planes are compressed with LZMA.
-Decoding inverts 3 and 2 exactly: `encode(decode(b)) == b` for any b that `encode` produced, i.e. the
-codec is lossless on its own quantised values; the only loss is the quantisation in step 2.
+Step 3 is lossless: `pack(*unpack(b)) == b`, and `unpack` returns exactly the codes and ranges that
+`quantise` produced; the only loss is the quantisation in step 2 (float reconstruction of the codes).
 
 Layout: magic `GSQ1`, u32 N, u8 xy_bits, scale_bits, color_bits, then 8 (lo, hi) float32 ranges, then
 the raw LZMA2 stream of the planes.
@@ -27,7 +27,7 @@ import torch
 
 from .splat_io import SplatFileError, atomic_write_bytes, validate_splats
 
-__all__ = ["decode_gsq", "encode_gsq", "load_gsq", "save_gsq"]
+__all__ = ["decode_gsq", "dequantise", "encode_gsq", "load_gsq", "pack", "quantise", "save_gsq", "unpack"]
 
 MAGIC = b"GSQ1"
 # raw LZMA2 (no .xz container: its ~60 bytes of framing matter at a few KB per image)
@@ -104,33 +104,46 @@ def _unplanes(data: bytes, n: int, bits: list[int]) -> np.ndarray:
     return q
 
 
-def encode_gsq(
-    splats: torch.Tensor | np.ndarray, xy_bits: int = 11, scale_bits: int = 7, color_bits: int = 7
-) -> bytes:
-    """Quantise and compress one splat set [N, 8]; returns the .gsq bytes."""
+def _check_bits(xy_bits: int, scale_bits: int, color_bits: int) -> list[int]:
     for name, b in (("xy_bits", xy_bits), ("scale_bits", scale_bits), ("color_bits", color_bits)):
         if not 1 <= b <= 16:
             raise ValueError(f"{name} must be in [1, 16], got {b}")
+    return _bits(xy_bits, scale_bits, color_bits)
+
+
+def quantise(splats: torch.Tensor | np.ndarray, xy_bits: int = 11, scale_bits: int = 7, color_bits: int = 7):
+    """Splats [N, 8] → (codes int64 [N, 8] in Morton order, ranges float32 [8, 2], bits)."""
+    bits = _check_bits(xy_bits, scale_bits, color_bits)
     a = splats.detach().cpu().numpy() if isinstance(splats, torch.Tensor) else np.asarray(splats)
     validate_splats(a)
     f = _features(a)
-    bits = _bits(xy_bits, scale_bits, color_bits)
-    lo, hi = f.min(0), f.max(0)
     levels = np.array([(1 << b) - 1 for b in bits], np.float64)
-    lo32, hi32 = lo.astype(np.float32), hi.astype(np.float32)
-    span = np.maximum(hi32.astype(np.float64) - lo32.astype(np.float64), 1e-30)
-    q = np.clip(np.rint((f - lo32) / span * levels), 0, levels).astype(np.int64)
-    order = np.argsort(
-        _morton(q[:, 0] >> max(0, xy_bits - 16), q[:, 1] >> max(0, xy_bits - 16)), kind="stable"
-    )
-    q = q[order]
+    ranges = np.stack([f.min(0), f.max(0)], 1).astype(np.float32)
+    lo = ranges[:, 0].astype(np.float64)
+    span = np.maximum(ranges[:, 1].astype(np.float64) - lo, 1e-30)
+    q = np.clip(np.rint((f - lo) / span * levels), 0, levels).astype(np.int64)
+    shift = max(0, xy_bits - 16)
+    order = np.argsort(_morton(q[:, 0] >> shift, q[:, 1] >> shift), kind="stable")
+    return q[order], ranges, bits
+
+
+def dequantise(q: np.ndarray, ranges: np.ndarray, bits: list[int]) -> torch.Tensor:
+    """Codes and ranges → float32 splats [N, 8]."""
+    levels = np.array([(1 << b) - 1 for b in bits], np.float64)
+    lo, hi = ranges[:, 0].astype(np.float64), ranges[:, 1].astype(np.float64)
+    f = np.where(hi > lo, lo + q / levels * np.maximum(hi - lo, 1e-30), lo)
+    return torch.from_numpy(_unfeatures(f))
+
+
+def pack(q: np.ndarray, ranges: np.ndarray, bits: list[int]) -> bytes:
+    """Codes + ranges → .gsq bytes (lossless)."""
     payload = lzma.compress(_planes(q, bits), format=lzma.FORMAT_RAW, filters=_FILTERS)
-    ranges = np.stack([lo32, hi32], 1).reshape(-1)
-    return _HEADER.pack(MAGIC, a.shape[0], xy_bits, scale_bits, color_bits) + _RANGES.pack(*ranges) + payload
+    head = _HEADER.pack(MAGIC, q.shape[0], bits[0], bits[2], bits[5])
+    return head + _RANGES.pack(*ranges.astype(np.float32).reshape(-1)) + payload
 
 
-def decode_gsq(data: bytes, source: str = "gsq") -> torch.Tensor:
-    """Inverse of `encode_gsq` (up to the quantisation): float32 [N, 8]. Raises SplatFileError."""
+def unpack(data: bytes, source: str = "gsq"):
+    """.gsq bytes → (codes, ranges, bits), exactly what `pack` was given. Raises SplatFileError."""
     if len(data) < _HEADER.size + _RANGES.size:
         raise SplatFileError(f"{source}: too short for a .gsq file ({len(data)} bytes)")
     magic, n, xy_bits, scale_bits, color_bits = _HEADER.unpack_from(data)
@@ -139,20 +152,25 @@ def decode_gsq(data: bytes, source: str = "gsq") -> torch.Tensor:
     bits = _bits(xy_bits, scale_bits, color_bits)
     ranges = np.array(_RANGES.unpack_from(data, _HEADER.size), np.float32).reshape(8, 2)
     try:
-        q = _unplanes(
-            lzma.decompress(data[_HEADER.size + _RANGES.size :], format=lzma.FORMAT_RAW, filters=_FILTERS),
-            n,
-            bits,
-        )
+        raw = lzma.decompress(data[_HEADER.size + _RANGES.size :], format=lzma.FORMAT_RAW, filters=_FILTERS)
+        q = _unplanes(raw, n, bits)
     except (lzma.LZMAError, ValueError) as e:
         raise SplatFileError(f"{source}: damaged .gsq payload ({e})") from e
-    levels = np.array([(1 << b) - 1 for b in bits], np.float64)
-    lo, hi = ranges[:, 0].astype(np.float64), ranges[:, 1].astype(np.float64)
-    f = lo + q / levels * np.maximum(hi - lo, 1e-30)
-    f = np.where(hi > lo, f, lo)
-    out = _unfeatures(f)
+    return q, ranges, bits
+
+
+def encode_gsq(
+    splats: torch.Tensor | np.ndarray, xy_bits: int = 11, scale_bits: int = 7, color_bits: int = 7
+) -> bytes:
+    """Quantise and compress one splat set [N, 8]; returns the .gsq bytes."""
+    return pack(*quantise(splats, xy_bits, scale_bits, color_bits))
+
+
+def decode_gsq(data: bytes, source: str = "gsq") -> torch.Tensor:
+    """Inverse of `encode_gsq` up to the quantisation: float32 [N, 8]. Raises SplatFileError."""
+    out = dequantise(*unpack(data, source))
     validate_splats(out, source)
-    return torch.from_numpy(out)
+    return out
 
 
 def save_gsq(path: str | os.PathLike, splats, **bits) -> Path:

@@ -222,7 +222,13 @@ def _env_info() -> None:
     print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
     if torch.cuda.is_available():
         print(f"device: {torch.cuda.get_device_name(0)}")
-    print("render backends: torch (CPU/GPU pure-torch path)")
+    import cuda_ext
+
+    err = cuda_ext.load_error()
+    print(
+        "render backends: torch (pure-torch, CPU/GPU); cpp (compiled CPU op): "
+        + ("available" if err is None else f"not available: {err}")
+    )
 
 
 def cmd_info(args) -> int:

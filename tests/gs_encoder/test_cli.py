@@ -152,3 +152,9 @@ def test_convert_to_gsq_and_back(tmp_path, photo_path, capsys):
     (tmp_path / "bad.gsq").write_bytes(b"GSQ1 broken")
     assert main(["convert", str(tmp_path / "bad.gsq"), "-o", str(tmp_path / "y.gs.npy")]) == 1
     assert "bad.gsq" in capsys.readouterr().err
+
+
+def test_info_without_files_reports_environment(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "cpp (compiled CPU op)" in out

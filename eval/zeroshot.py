@@ -139,6 +139,18 @@ def run_clip_benchmark(argv: list[str]) -> None:
         sys.argv = saved
 
 
+def expand_datasets(items: list[str]) -> list[str]:
+    """Dataset names, where `@FILE` stands for the names listed in FILE (one per line, # comments)."""
+    out = []
+    for item in items:
+        if item.startswith("@"):
+            lines = Path(item[1:]).read_text().splitlines()
+            out += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        else:
+            out.append(item)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m eval.zeroshot",
@@ -164,6 +176,7 @@ def main(argv=None) -> int:
     ap.add_argument("--num-workers", type=int, default=2)
     ap.add_argument("-o", "--output-dir", required=True)
     args = ap.parse_args(argv)
+    args.datasets = expand_datasets(args.datasets)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.model_config:

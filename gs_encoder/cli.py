@@ -475,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--resampler-depth", type=int, default=2)
     ep.add_argument("--fourier-bands", type=int, default=16)
     ep.add_argument("--vit-blocks", type=int, default=2, help="ViT (and text) blocks unfrozen in stage 2")
+    ep.add_argument("--output", help="also write the table as Markdown to this file")
     ep.set_defaults(func=cmd_encoder_params)
 
     info = sub.add_parser("info", help="describe splat files (no files: the environment)")

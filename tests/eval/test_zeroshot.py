@@ -73,3 +73,12 @@ def test_model_spec_parsing():
         assert "gaussians" in str(e)
     else:
         raise AssertionError("an unknown option must raise")
+
+
+def test_datacomp_task_list():
+    from pathlib import Path
+
+    from eval.zeroshot import expand_datasets
+
+    names = expand_datasets(["@" + str(Path(__file__).resolve().parents[2] / "eval" / "datacomp_tasks.txt")])
+    assert len(names) == 37 and len(set(names)) == 37 and all(n.startswith("wds/") for n in names)

@@ -131,9 +131,10 @@ def test_frozen_parameters_stay_and_trainable_ones_move(stage):
     assert not any(n.startswith(("visual.conv1", "visual.ln_post")) for n in changed)
 
 
-def test_encoder_params_command(capsys):
+def test_encoder_params_command(capsys, tmp_path):
     from gs_encoder.cli import main
 
-    assert main(["encoder-params"]) == 0
+    assert main(["encoder-params", "--output", str(tmp_path / "p.md")]) == 0
+    assert "| stage 2: + first 2 ViT blocks + proj |" in (tmp_path / "p.md").read_text()
     out = capsys.readouterr().out
     assert "9.74%" in out and "14.13%" in out  # ViT-B/16: 2 blocks + proj of 149.62 M; + 2 text blocks + proj

@@ -204,7 +204,7 @@ def cmd_render(args) -> int:
                 return 1
             rendered = render(splats, size=canvas, clamp=True)
             score = float(psnr(rendered, original))
-            caption = f"PSNR {score:.2f} dB · {splats.shape[0]} Gaussians · {canvas}² canvas ({mode})"
+            caption = f"PSNR {score:.2f} dB · {splats.shape[0]} Gaussians · {canvas}x{canvas} canvas ({mode})"
             pil = compare_panel(original, rendered, args.size, caption)
             print(f"PSNR {score:.2f} dB")
         else:

@@ -486,9 +486,15 @@ def build_parser() -> argparse.ArgumentParser:
     conv = sub.add_parser("convert", help="convert between .gs.npy (fp16) and .gsq (quantised) splat files")
     conv.add_argument("source", help="a .gs.npy or .gsq file")
     conv.add_argument("-o", "--output", required=True, help="target path ending in .gsq or .gs.npy")
-    conv.add_argument("--xy-bits", type=int, default=11, help=".gsq bits per centre coordinate")
-    conv.add_argument("--scale-bits", type=int, default=7, help=".gsq bits per covariance quantity")
-    conv.add_argument("--color-bits", type=int, default=7, help=".gsq bits per colour channel")
+    conv.add_argument(
+        "--xy-bits", type=int, default=None, help=".gsq bits per centre coordinate (default: by N)"
+    )
+    conv.add_argument(
+        "--scale-bits", type=int, default=None, help=".gsq bits per covariance quantity (default: by N)"
+    )
+    conv.add_argument(
+        "--color-bits", type=int, default=None, help=".gsq bits per colour channel (default: by N)"
+    )
     conv.set_defaults(func=cmd_convert)
 
     ep = sub.add_parser(

@@ -67,3 +67,12 @@ def test_degenerate_sets():
     torch.testing.assert_close(decode_gsq(encode_gsq(same)), same, rtol=1e-6, atol=1e-6)
     with pytest.raises(SplatFileError):
         encode_gsq(np.full((3, 8), np.nan, np.float32))
+
+
+def test_default_bits_follow_density():
+    from gs_encoder.codec import default_bits, unpack
+
+    assert default_bits(400) == (11, 7, 7) and default_bits(3136) == (12, 8, 8)
+    dense = torch.rand(2000, 8)
+    dense[:, 2:5] = 0.01 + 0.01 * dense[:, 2:5]
+    assert unpack(encode_gsq(dense))[2][:3] == [12, 12, 8]

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .image_io import CLIP_MEAN
+
 __all__ = ["CLIP_STD", "ClipTeacher", "build_clip", "register_model_config"]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 

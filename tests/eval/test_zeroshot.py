@@ -9,11 +9,7 @@ from eval.zeroshot import main, parse_model_spec
 from gs_encoder.modeling_gs_vision import GSVisionConfig, GSVisionModel, RGBVisionModel
 from gs_encoder.teacher import register_model_config
 
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
+from ..gs_encoder.test_train import TINY_CLIP
 
 
 def test_zeroshot_gs_vs_rgb_on_mini_dataset(tmp_path):

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -307,7 +308,7 @@ def main(argv=None) -> int:
     try:
         cfg = DistillConfig(**vars(args))
     except ValueError as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 2
     final = train(cfg)
     print(f"wrote {final}")

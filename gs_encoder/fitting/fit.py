@@ -250,7 +250,7 @@ def fit_images(
     score_full = _render_psnr(params, image_ids, targets)
     score = score_full
     if cfg.tau is not None:
-        kept = [prune(params[image_ids == b], cfg.tau * 1.0) for b in range(num_images)]
+        kept = [prune(params[image_ids == b], cfg.tau) for b in range(num_images)]
         params = torch.cat(kept)
         image_ids = torch.cat(
             [torch.full((k.shape[0],), b, device=images.device) for b, k in enumerate(kept)]

@@ -158,3 +158,50 @@ def test_info_without_files_reports_environment(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "cpp (compiled CPU op)" in out
+
+
+def test_fit_with_l1_pruning_and_early_stop(tmp_path, photo_path, capsys):
+    out = tmp_path / "out"
+    argv = [
+        "fit",
+        str(photo_path("coffee.png")),
+        "-o",
+        str(out),
+        "--num-gaussians",
+        "100",
+        "--iters",
+        "60",
+        "--size",
+        "32",
+        "--lambda-l1",
+        "0.05",
+        "--tau",
+        "0.05",
+        "--finetune-iters",
+        "10",
+        "-q",
+    ]
+    assert main(argv) == 0
+    meta = json.loads((out / "coffee.json").read_text())
+    assert meta["num_gaussians_initial"] == 100 and 1 <= meta["num_gaussians"] < 100
+    assert np.load(out / "coffee.gs.npy").shape == (meta["num_gaussians"], 8)
+    assert meta["finetune_iters"] == 10 and meta["tau"] == 0.05
+    capsys.readouterr()
+    argv = [
+        "fit",
+        str(photo_path("coffee.png")),
+        "-o",
+        str(tmp_path / "es"),
+        "--num-gaussians",
+        "64",
+        "--iters",
+        "500",
+        "--size",
+        "16",
+        "--target-psnr",
+        "20",
+        "-q",
+    ]
+    assert main(argv) == 0
+    es = json.loads((tmp_path / "es" / "coffee.json").read_text())
+    assert es["fit_iters"] < 500 and es["psnr"] >= 19.9

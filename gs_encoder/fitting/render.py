@@ -246,10 +246,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         import cuda_ext
 
         backend = "cpp" if device.type == "cpu" and cuda_ext.available() else "torch"
-        if backend not in _announced:
-            _announced.add(backend)
-            reason = "" if backend == "cpp" else f" ({cuda_ext.load_error() or 'inputs not on the CPU'})"
-            logger.info("splat renderer: %s backend%s", backend, reason)
+        key = f"{backend}/{device.type}"
+        if key not in _announced:
+            _announced.add(key)
+            if device.type == "cuda":  # no CUDA kernels in this build yet (issue 4)
+                logger.warning("splat renderer: no CUDA kernels in cuda_ext; using the pure-torch path on the GPU")
+            else:
+                reason = "" if backend == "cpp" else f" ({cuda_ext.load_error()})"
+                logger.info("splat renderer: %s backend%s", backend, reason)
     elif backend == "cpp":
         from cuda_ext import _backend
 

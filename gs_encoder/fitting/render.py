@@ -250,7 +250,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if key not in _announced:
             _announced.add(key)
             if device.type == "cuda":  # no CUDA kernels in this build yet (issue 4)
-                logger.warning("splat renderer: no CUDA kernels in cuda_ext; using the pure-torch path on the GPU")
+                logger.warning(
+                    "splat renderer: no CUDA kernels in cuda_ext; using the pure-torch path on the GPU"
+                )
             else:
                 reason = "" if backend == "cpp" else f" ({cuda_ext.load_error()})"
                 logger.info("splat renderer: %s backend%s", backend, reason)

@@ -1,0 +1,124 @@
+"""Conversation templates (LLaVA-1.5's `plain` and `vicuna_v1`) and the one function that turns a dialogue
+into (input_ids, labels) with everything but the assistant replies masked.
+
+Tokenisation is done segment by segment (prompt parts and reply parts separately), so the label mask is
+exact by construction: no "tokenization mismatch" between a whole-string tokenisation and per-turn
+lengths, the failure that silently trained original LLaVA runs on masked-out samples.
+Each `<image>` in a human turn becomes `num_image_tokens` copies of the image token (CONTRACTS.md §6);
+a sample whose `<image>` count differs from its number of images raises, naming the sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["IGNORE_INDEX", "IMAGE_TOKEN", "TEMPLATES", "Template", "get_template", "tokenize_conversation"]
+
+IGNORE_INDEX = -100
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass(frozen=True)
+class Template:
+    """How a dialogue is laid out as text."""
+
+    name: str
+    system: str  # text before the first turn ("" for none)
+    roles: tuple[str, str]  # (human, assistant) prefixes
+    sep: str  # after a human turn and after the system text
+    sep2: str  # after an assistant reply (vicuna_v1: the end-of-sequence text)
+
+
+TEMPLATES = {
+    # pretraining: "<image>" then the caption; the human text is dropped, as LLaVA's preprocess_plain does
+    "plain": Template("plain", system="", roles=("", ""), sep="", sep2="\n"),
+    "vicuna_v1": Template(
+        "vicuna_v1",
+        system="A chat between a curious human and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the human's questions.",
+        roles=("USER", "ASSISTANT"),
+        sep=" ",
+        sep2="</s>",
+    ),
+}
+
+
+def get_template(name: str) -> Template:
+    """The template called `name`; raises ValueError listing the valid names (never a silent default)."""
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown conversation template {name!r}; valid: {', '.join(sorted(TEMPLATES))}")
+    return TEMPLATES[name]
+
+
+def _segments(conversations: list[dict], template: Template, sample_id: str) -> list[tuple[str, bool]]:
+    """[(text, is_target)] in order; raises on a malformed dialogue."""
+    if not conversations or len(conversations) % 2:
+        raise ValueError(
+            f"sample {sample_id}: expected alternating human/gpt turns, got {len(conversations)} turns"
+        )
+    for k, turn in enumerate(conversations):
+        want = ("human", "gpt")[k % 2]
+        if turn.get("from") != want or not isinstance(turn.get("value"), str):
+            raise ValueError(
+                f"sample {sample_id}: turn {k} should be from {want!r} with a text value, got {turn!r}"
+            )
+    if template.name == "plain":
+        human, gpt = conversations[0]["value"], conversations[1]["value"]
+        prefix = IMAGE_TOKEN if IMAGE_TOKEN in human else ""
+        return [(prefix, False), (gpt + template.sep2, True)]
+    out = [(template.system + template.sep if template.system else "", False)]
+    for k in range(0, len(conversations), 2):
+        human = conversations[k]["value"]
+        out.append((f"{template.roles[0]}: {human}{template.sep}{template.roles[1]}:", False))
+        out.append((" " + conversations[k + 1]["value"] + template.sep2, True))
+    return out
+
+
+def tokenize_conversation(
+    conversations: list[dict],
+    tokenizer,
+    template: Template | str,
+    num_images: int,
+    num_image_tokens: int,
+    max_length: int | None = None,
+    sample_id: str = "?",
+) -> tuple[list[int], list[int]]:
+    """Dialogue → (input_ids, labels); labels are IGNORE_INDEX except on assistant replies.
+
+    Args:
+        conversations: LLaVA-1.5 turns [{"from": "human"|"gpt", "value": str}, ...].
+        tokenizer: a transformers tokenizer holding `<image>` as a special token.
+        template: a Template or its name.
+        num_images: images this sample carries; must equal its `<image>` count.
+        num_image_tokens: K tokens each `<image>` becomes.
+        max_length: longest allowed sequence; a longer sample raises (truncating would cut image tokens
+            or every target).
+    Raises:
+        ValueError naming the sample on a malformed dialogue, an `<image>` count mismatch or an
+        over-long sample.
+    """
+    template = get_template(template) if isinstance(template, str) else template
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if image_id is None or image_id == tokenizer.unk_token_id:
+        raise ValueError(f"the tokenizer has no {IMAGE_TOKEN!r} token; add it as a special token first")
+    segments = _segments(conversations, template, sample_id)
+    found = sum(text.count(IMAGE_TOKEN) for text, _ in segments)
+    if found != num_images:
+        raise ValueError(
+            f"sample {sample_id}: {found} {IMAGE_TOKEN} token(s) in the text but {num_images} image(s)"
+        )
+    ids: list[int] = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    labels: list[int] = [IGNORE_INDEX] * len(ids)
+    for text, is_target in segments:
+        pieces = text.split(IMAGE_TOKEN)
+        for k, piece in enumerate(pieces):
+            if k:
+                ids += [image_id] * num_image_tokens
+                labels += [IGNORE_INDEX] * num_image_tokens
+            if piece:
+                tok = tokenizer(piece, add_special_tokens=False)["input_ids"]
+                ids += tok
+                labels += tok if is_target else [IGNORE_INDEX] * len(tok)
+    if max_length is not None and len(ids) > max_length:
+        raise ValueError(f"sample {sample_id}: {len(ids)} tokens exceed max_length {max_length}")
+    return ids, labels

@@ -1,0 +1,76 @@
+"""Templates and the masking tokenisation, with a tiny tokenizer trained offline."""
+
+import pytest
+
+from llava_gs.conversation import IGNORE_INDEX, get_template, tokenize_conversation
+
+K = 5
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    text = [
+        "A chat between a curious human and an artificial intelligence assistant.",
+        "USER: What is in the image? ASSISTANT: A cat sitting on a red sofa.",
+        "the quick brown fox jumps over the lazy dog " * 20,
+    ]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<s>", "</s>", "<image>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(text, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<unk>",
+        additional_special_tokens=["<image>"],
+    )
+
+
+def decode_targets(tok, ids, labels):
+    return tok.decode([i for i, lab in zip(ids, labels, strict=True) if lab != IGNORE_INDEX])
+
+
+def test_vicuna_masks_all_but_replies(tokenizer):
+    conv = [
+        {"from": "human", "value": "<image>\nWhat is in the image?"},
+        {"from": "gpt", "value": "A cat."},
+        {"from": "human", "value": "What colour?"},
+        {"from": "gpt", "value": "Orange."},
+    ]
+    ids, labels = tokenize_conversation(conv, tokenizer, "vicuna_v1", num_images=1, num_image_tokens=K)
+    assert len(ids) == len(labels)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    assert ids.count(image_id) == K and ids[0] == tokenizer.bos_token_id
+    assert all(labels[i] == IGNORE_INDEX for i, t in enumerate(ids) if t == image_id)
+    assert decode_targets(tokenizer, ids, labels) == " A cat.</s> Orange.</s>"
+    text = tokenizer.decode(ids)
+    assert text.startswith("<s>A chat between") and "USER: " in text and "ASSISTANT: Orange.</s>" in text
+
+
+def test_plain_keeps_only_the_caption(tokenizer):
+    conv = [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "a red sofa"}]
+    ids, labels = tokenize_conversation(conv, tokenizer, "plain", num_images=1, num_image_tokens=K)
+    assert decode_targets(tokenizer, ids, labels) == "a red sofa\n"
+    assert ids[1 : 1 + K] == [tokenizer.convert_tokens_to_ids("<image>")] * K
+
+
+def test_errors_name_the_sample(tokenizer):
+    conv = [{"from": "human", "value": "no image here"}, {"from": "gpt", "value": "ok"}]
+    with pytest.raises(ValueError, match=r"sample 42: 0 <image> token\(s\) in the text but 1 image"):
+        tokenize_conversation(conv, tokenizer, "vicuna_v1", num_images=1, num_image_tokens=K, sample_id="42")
+    with pytest.raises(ValueError, match="sample 7: turn 1"):
+        tokenize_conversation([conv[0], conv[0]], tokenizer, "vicuna_v1", 0, K, sample_id="7")
+    with pytest.raises(ValueError, match="exceed max_length"):
+        tokenize_conversation(conv, tokenizer, "vicuna_v1", 0, K, max_length=5, sample_id="9")
+    with pytest.raises(ValueError, match="unknown conversation template 'llama_2'; valid: plain, vicuna_v1"):
+        get_template("llama_2")

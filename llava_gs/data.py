@@ -1,0 +1,135 @@
+"""LLaVA-1.5 JSON data for GS-LLaVA: records → (input_ids, labels, splats), and the batch collator.
+
+A record's `image` names a raster file (looked up in a splat cache written by
+`gsv fit-shards data.json --image-folder DIR -o CACHE`, i.e. `CACHE/<path without suffix>.gs.npy`, or
+fitted on the fly when `fit_missing` is set) or a `.gs.npy` file. Batches follow CONTRACTS.md §6:
+`input_ids` with K image tokens per image, `gaussians [B_img, Nmax, 8]`, `gaussians_mask [B_img, Nmax]`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from gs_encoder import FitConfig, fit_images, load_image, load_splats
+from gs_encoder.data import collate_splats
+
+from .conversation import IGNORE_INDEX, get_template, tokenize_conversation
+
+__all__ = ["LlavaGSDataset", "collate_llava"]
+
+
+class LlavaGSDataset(torch.utils.data.Dataset):
+    """A LLaVA-1.5 JSON file as a dataset of tokenised samples with their splat sets."""
+
+    def __init__(
+        self,
+        data_path: str | os.PathLike,
+        tokenizer,
+        template: str,
+        num_image_tokens: int,
+        splat_folder: str | os.PathLike | None = None,
+        image_folder: str | os.PathLike | None = None,
+        fit_missing: bool = False,
+        fit: FitConfig | None = None,
+        canvas: int = 224,
+        resize: str = "pad",
+        max_length: int = 2048,
+    ):
+        path = Path(data_path)
+        try:
+            self.records = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: cannot read LLaVA JSON ({e})") from e
+        if not isinstance(self.records, list):
+            raise ValueError(f"{path}: expected a list of records")
+        self.tokenizer, self.template = tokenizer, get_template(template)
+        self.k, self.max_length = num_image_tokens, max_length
+        self.splat_folder = Path(splat_folder) if splat_folder else None
+        self.image_folder = Path(image_folder) if image_folder else None
+        self.fit_missing, self.fit = fit_missing, fit or FitConfig()
+        self.canvas, self.resize = canvas, resize
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _images(self, record) -> list[str]:
+        img = record.get("image")
+        return [] if img is None else [img] if isinstance(img, str) else list(img)
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        """LLaVA's group_by_modality_length key: word count, negative for text-only samples."""
+        out = []
+        for r in self.records:
+            n = sum(len(t.get("value", "").split()) for t in r.get("conversations", []))
+            out.append(n if self._images(r) else -n)
+        return out
+
+    def _splats(self, name: str, sample_id: str) -> torch.Tensor:
+        if name.endswith(".gs.npy"):
+            base = self.image_folder or self.splat_folder or Path(".")
+            return load_splats(base / name)
+        if self.splat_folder is not None:
+            cached = self.splat_folder / Path(name).with_suffix(".gs.npy")
+            if cached.exists():
+                return load_splats(cached)
+        if self.fit_missing and self.image_folder is not None:
+            img = load_image(self.image_folder / name, self.canvas, self.resize)
+            return fit_images(img[None], self.fit)[0].splats
+        where = (
+            self.splat_folder / Path(name).with_suffix(".gs.npy")
+            if self.splat_folder
+            else "(no --splat_folder)"
+        )
+        raise FileNotFoundError(
+            f"sample {sample_id}: no splats for image {name!r} at {where}; fit them with "
+            f"`gsv fit-shards DATA.json --image-folder IMAGES -o SPLATS` or allow fitting on the fly"
+        )
+
+    def __getitem__(self, i: int) -> dict:
+        record = self.records[i]
+        sample_id = str(record.get("id", i))
+        images = self._images(record)
+        ids, labels = tokenize_conversation(
+            record.get("conversations", []),
+            self.tokenizer,
+            self.template,
+            len(images),
+            self.k,
+            self.max_length,
+            sample_id,
+        )
+        return {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "splats": [self._splats(name, sample_id) for name in images],
+            "id": sample_id,
+        }
+
+
+def collate_llava(samples: list[dict], pad_token_id: int) -> dict:
+    """Right-padded input_ids / labels / attention_mask and the padded splat sets of every image, in order."""
+    t = max(len(s["input_ids"]) for s in samples)
+    ids = torch.full((len(samples), t), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(samples), t), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros(len(samples), t, dtype=torch.bool)
+    for b, s in enumerate(samples):
+        n = len(s["input_ids"])
+        ids[b, :n], labels[b, :n], attention[b, :n] = s["input_ids"], s["labels"], True
+    batch = {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": attention,
+        "ids": [s["id"] for s in samples],
+    }
+    sets = [sp for s in samples for sp in s["splats"]]
+    if sets:
+        padded = collate_splats(
+            [{"splats": sp, "caption": None, "teacher": None, "key": None} for sp in sets]
+        )
+        batch["gaussians"], batch["gaussians_mask"] = padded["splats"], padded["mask"]
+    return batch

@@ -4,6 +4,7 @@ The public surface of the fitting side. Everything here imports only torch, nump
 job needs neither transformers nor open_clip.
 """
 
+from .data import collate_splats
 from .fitting.fit import FitConfig, FitResult, fit_images, luminance, prune, psnr
 from .fitting.init import random_init, structured_init
 from .fitting.render import Q_MAX, render, render_dense, render_torch
@@ -16,6 +17,7 @@ __all__ = [
     "FitResult",
     "ImageLoadError",
     "SplatFileError",
+    "collate_splats",
     "fit_images",
     "load_image",
     "load_splats",

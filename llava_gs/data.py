@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from gs_encoder import FitConfig, fit_images, load_image, load_splats
-from gs_encoder.data import collate_splats
+from gs_encoder import FitConfig, collate_splats, fit_images, load_image, load_splats
 
 from .conversation import IGNORE_INDEX, get_template, tokenize_conversation
 

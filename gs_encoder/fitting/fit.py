@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..splat_io import validate_splats
 from .init import random_init, structured_init
-from .render import render_flat
+from .render import BACKENDS, render_flat
 
 __all__ = ["FitConfig", "FitResult", "fit_images", "luminance", "prune", "psnr"]
 
@@ -65,8 +65,8 @@ class FitConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 < self.lr_final <= 1:
             raise ValueError(f"lr_final must be in (0, 1], got {self.lr_final}")
-        if self.backend not in ("auto", "torch", "cpp"):
-            raise ValueError(f"unknown backend {self.backend!r}; valid: auto, torch, cpp")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
         if self.check_every < 1:
             raise ValueError(f"check_every must be ≥ 1, got {self.check_every}")
 

@@ -282,7 +282,7 @@ def render_flat(
     every Gaussian, else rebuilt. "cpp": the compiled OpenMP op (no plan). "auto": see resolve_backend.
     Gradients flow to xy_px, chol_px and rgb.
     """
-    if backend != "torch" and resolve_backend(backend, xy_px.device) == "cpp":
+    if resolve_backend(backend, xy_px.device) == "cpp":
         from cuda_ext.ops import render_cpu
 
         return render_cpu(xy_px, chol_px, rgb, image_ids, num_images, size), None
@@ -309,18 +309,8 @@ def _check_splats(splats: torch.Tensor, mask: torch.Tensor | None):
         )
 
 
-def render_torch(
-    splats: torch.Tensor, mask: torch.Tensor | None = None, size: int = 224, backend: str = "torch"
-) -> torch.Tensor:
-    """Pure-torch render (CONTRACTS.md §2), unclamped and differentiable.
-
-    Args:
-        splats: [N, 8] or [B, Nmax, 8] rows (x, y, l11, l21, l22, r, g, b) in canvas units.
-        mask: [B, Nmax] bool, True for real Gaussians (None: all real).
-        size: output side in pixels; the canvas is resolution-free.
-    Returns:
-        [3, size, size] or [B, 3, size, size] image (not clamped).
-    """
+def _render(splats: torch.Tensor, mask: torch.Tensor | None, size: int, backend: str) -> torch.Tensor:
+    """Shared body of render_torch and render: flatten the real rows, render, back to [B, 3, S, S]."""
     _check_splats(splats, mask)
     if size < 1:
         raise ValueError(f"size must be ≥ 1, got {size}")
@@ -337,6 +327,19 @@ def render_torch(
     return image if batched else image[0]
 
 
+def render_torch(splats: torch.Tensor, mask: torch.Tensor | None = None, size: int = 224) -> torch.Tensor:
+    """Pure-torch render (CONTRACTS.md §2), unclamped and differentiable.
+
+    Args:
+        splats: [N, 8] or [B, Nmax, 8] rows (x, y, l11, l21, l22, r, g, b) in canvas units.
+        mask: [B, Nmax] bool, True for real Gaussians (None: all real).
+        size: output side in pixels; the canvas is resolution-free.
+    Returns:
+        [3, size, size] or [B, 3, size, size] image (not clamped).
+    """
+    return _render(splats, mask, size, "torch")
+
+
 def render(
     splats: torch.Tensor,
     mask: torch.Tensor | None = None,
@@ -346,11 +349,10 @@ def render(
 ) -> torch.Tensor:
     """Render splat sets with the chosen backend ("auto": the compiled CPU op when built, else pure torch).
 
-    Args: as `render_torch`, plus `backend` in {"auto", "torch", "cpp"} and `clamp` to [0, 1] for viewing.
+    Args: as `render_torch`, plus `backend` in BACKENDS (an unknown name raises ValueError) and `clamp`
+    to [0, 1] for viewing.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    image = render_torch(splats, mask, size, backend=backend)
+    image = _render(splats, mask, size, backend)
     return image.clamp(0.0, 1.0) if clamp else image
 
 

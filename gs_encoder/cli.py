@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 __all__ = ["build_parser", "main"]
@@ -49,11 +48,10 @@ def cmd_fit(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .fitting.fit import fit_images, psnr
-    from .fitting.render import render
+    from .fitting.fit import fit_images, fit_sidecar
     from .image_io import ImageLoadError, load_image
     from .report import text_table
-    from .splat_io import RAW_RGB_BYTES, as_stored, payload_bytes, save_splats
+    from .splat_io import RAW_RGB_BYTES, payload_bytes, save_splats
 
     try:
         cfg = _fit_config(args)
@@ -90,33 +88,21 @@ def cmd_fit(args) -> int:
             continue
         images = torch.stack(loaded).to(device)
         results = fit_images(images, cfg, progress=progress)
-        for (p, name), r, target in zip(kept, results, images.cpu(), strict=True):
-            with torch.no_grad():  # the PSNR of what the file holds: fp16-rounded splats
-                stored_psnr = float(psnr(render(as_stored(r.splats), size=args.size), target))
-            meta = {
-                "source": str(p),
-                "canvas": args.size,
-                "resize": args.resize,
-                "num_gaussians_initial": r.num_initial,
-                "num_gaussians": r.num_gaussians,
-                "psnr": round(stored_psnr, 4),
-                "psnr_fp32": round(r.psnr, 4),
-                "psnr_unpruned": round(r.psnr_unpruned, 4),
-                "fit_iters": r.iters,
-                "finetune_iters": cfg.finetune_iters if cfg.tau is not None else 0,
-                "init": cfg.init,
-                "lambda_l1": cfg.lambda_l1,
-                "tau": cfg.tau,
-                "backend": "torch",
-                "device": str(device),
-                "seconds": round(r.seconds, 3),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
+        for (p, name), r, target in zip(kept, results, images, strict=True):
+            meta = fit_sidecar(r, target, cfg, args.resize, str(p))
             out = save_splats(out_dir / f"{name}.gs.npy", r.splats, meta)
             nbytes = payload_bytes(r.num_gaussians)
             raw = args.size * args.size * 3
             rows.append(
-                [name, r.num_initial, r.num_gaussians, stored_psnr, nbytes, f"{raw / nbytes:.2f}×", r.seconds]
+                [
+                    name,
+                    r.num_initial,
+                    r.num_gaussians,
+                    meta["psnr"],
+                    nbytes,
+                    f"{raw / nbytes:.2f}×",
+                    r.seconds,
+                ]
             )
             logger.info("wrote %s", out)
     if rows:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .fitting.fit import FitConfig, fit_images
+from .fitting.fit import FitConfig, fit_images, fit_sidecar
 from .image_io import DEFAULT_MAX_PIXELS, RESIZE_MODES, ImageLoadError, decode_image
 from .splat_io import atomic_write_bytes, sidecar_path, splat_npy_bytes
 
@@ -217,24 +217,14 @@ def _fit_batch(batch, cfg: ShardJobConfig, device, teacher=None) -> list[tuple[s
         for (_, _, fields), e in zip(batch, embeds, strict=True):
             fields["t16.npy"] = _npy_bytes(e)
     out = []
-    for (key, _, fields), r in zip(batch, results, strict=True):
+    for (key, img, fields), r in zip(batch, results, strict=True):
         meta = {}
         if "json" in fields:
             try:
                 meta = json.loads(fields["json"])
             except (json.JSONDecodeError, UnicodeDecodeError):
                 meta = {}
-        meta.update(
-            {
-                "canvas": cfg.size,
-                "resize": cfg.resize,
-                "num_gaussians_initial": r.num_initial,
-                "num_gaussians": r.num_gaussians,
-                "psnr": round(r.psnr, 4),
-                "fit_iters": r.iters,
-                "source": key,
-            }
-        )
+        meta.update(fit_sidecar(r, img, cfg.fit, cfg.resize, key))
         fields["gs.npy"] = splat_npy_bytes(r.splats, f"{key}.gs.npy")
         out.append((key, meta, fields))
     return out

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..splat_io import validate_splats
+from ..splat_io import as_stored, validate_splats
 from .init import random_init, structured_init
-from .render import BACKENDS, render_flat
+from .render import BACKENDS, render, render_flat, resolve_backend
 
-__all__ = ["FitConfig", "FitResult", "fit_images", "luminance", "prune", "psnr"]
+__all__ = ["FitConfig", "FitResult", "fit_images", "fit_sidecar", "luminance", "prune", "psnr"]
 
 logger = logging.getLogger(__name__)
 
@@ -272,3 +272,32 @@ def fit_images(
         )
         for b in range(num_images)
     ]
+
+
+def fit_sidecar(result: FitResult, target: torch.Tensor, cfg: FitConfig, resize: str, source: str) -> dict:
+    """The `<name>.json` fields of one fitted image (docs/format.md).
+
+    `psnr` is that of the stored fp16 splats against `target` [3, S, S] (`psnr_fp32` before rounding).
+    """
+    size = target.shape[-1]
+    with torch.no_grad():
+        stored = float(psnr(render(as_stored(result.splats), size=size, backend=cfg.backend), target.cpu()))
+    return {
+        "source": source,
+        "canvas": size,
+        "resize": resize,
+        "num_gaussians_initial": result.num_initial,
+        "num_gaussians": result.num_gaussians,
+        "psnr": round(stored, 4),
+        "psnr_fp32": round(result.psnr, 4),
+        "psnr_unpruned": round(result.psnr_unpruned, 4),
+        "fit_iters": result.iters,
+        "finetune_iters": cfg.finetune_iters if cfg.tau is not None else 0,
+        "init": cfg.init,
+        "lambda_l1": cfg.lambda_l1,
+        "tau": cfg.tau,
+        "backend": resolve_backend(cfg.backend, target.device),
+        "device": str(target.device),
+        "seconds": round(result.seconds, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

@@ -38,6 +38,9 @@ def test_fit_render_info(tmp_path, photo_path, capsys):
     assert "chelsea" in table and "PSNR" in table
     meta = json.loads((out / "chelsea.json").read_text())
     assert meta["canvas"] == 32 and meta["num_gaussians"] == 64 and meta["psnr"] > 15
+    import cuda_ext
+
+    assert meta["backend"] == ("cpp" if cuda_ext.available() else "torch")  # the renderer that really ran
     assert np.load(out / "rocket.gs.npy").shape == (64, 8)
 
     png = tmp_path / "cmp.png"

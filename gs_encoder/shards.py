@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .fitting.fit import FitConfig, fit_images, fit_sidecar
 from .image_io import DEFAULT_MAX_PIXELS, RESIZE_MODES, ImageLoadError, decode_image
-from .splat_io import atomic_write_bytes, sidecar_path, splat_npy_bytes
+from .splat_io import atomic_write_bytes, npy_bytes, sidecar_path, splat_npy_bytes
 
 __all__ = ["IMAGE_EXTS", "ShardJobConfig", "Unit", "plan_units", "read_samples", "run_shard_job"]
 
@@ -203,19 +203,13 @@ def _tar_add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(info, io.BytesIO(data))
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
 def _fit_batch(batch, cfg: ShardJobConfig, device, teacher=None) -> list[tuple[str, dict, dict[str, bytes]]]:
     images = torch.stack([img for _, img, _ in batch]).to(device)
     results = fit_images(images, cfg.fit)
     if teacher is not None:  # the teacher sees the same canvas image the splats were fitted to
         embeds = teacher(images).cpu().numpy().astype(np.float16)
         for (_, _, fields), e in zip(batch, embeds, strict=True):
-            fields["t16.npy"] = _npy_bytes(e)
+            fields["t16.npy"] = npy_bytes(e)
     out = []
     for (key, img, fields), r in zip(batch, results, strict=True):
         meta = {}

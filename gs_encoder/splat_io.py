@@ -26,6 +26,7 @@ __all__ = [
     "payload_bytes",
     "save_splats",
     "sidecar_path",
+    "npy_bytes",
     "splat_npy_bytes",
     "splat_stem",
     "validate_splats",
@@ -109,15 +110,20 @@ def as_stored(splats: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(_to_fp16(splats.detach().cpu().numpy()).astype(np.float32))
 
 
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """The bytes of a `.npy` file holding `arr` (no pickle)."""
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
 def splat_npy_bytes(splats: torch.Tensor | np.ndarray, source: str = "splats") -> bytes:
     """The bytes of a `.gs.npy` file (float16 [N, 8]) for valid splats; raises SplatFileError otherwise."""
     a = splats.detach().cpu().numpy() if isinstance(splats, torch.Tensor) else np.asarray(splats)
     validate_splats(a, source)
     if np.abs(a).max() > FP16_MAX:
         raise SplatFileError(f"{source}: values beyond the float16 range (±{FP16_MAX}) cannot be stored")
-    buf = io.BytesIO()
-    np.save(buf, _to_fp16(a), allow_pickle=False)
-    return buf.getvalue()
+    return npy_bytes(_to_fp16(a))
 
 
 def save_splats(path: str | os.PathLike, splats: torch.Tensor | np.ndarray, meta: dict | None = None) -> Path:

@@ -4,7 +4,7 @@ The public surface of the fitting side. Everything here imports only torch, nump
 job needs neither transformers nor open_clip.
 """
 
-from .data import collate_splats
+from .data import collate_splats, pad_splat_sets
 from .fitting.fit import FitConfig, FitResult, fit_images, luminance, prune, psnr
 from .fitting.init import random_init, structured_init
 from .fitting.render import Q_MAX, render, render_dense, render_torch
@@ -18,6 +18,7 @@ __all__ = [
     "ImageLoadError",
     "SplatFileError",
     "collate_splats",
+    "pad_splat_sets",
     "fit_images",
     "load_image",
     "load_splats",

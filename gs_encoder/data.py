@@ -20,7 +20,14 @@ import torch
 
 from .splat_io import SplatFileError, validate_splats
 
-__all__ = ["SplatFolder", "collate_splats", "decode_sample", "splat_dataset", "splat_loader"]
+__all__ = [
+    "SplatFolder",
+    "collate_splats",
+    "decode_sample",
+    "pad_splat_sets",
+    "splat_dataset",
+    "splat_loader",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +73,22 @@ def decode_sample(sample: dict) -> dict:
     return out
 
 
+def pad_splat_sets(sets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N_b, 8] splat sets → (splats [B, Nmax, 8] float32 zero-padded, mask [B, Nmax] bool), CONTRACTS.md §1."""
+    if not sets:
+        raise ValueError("cannot pad an empty list of splat sets")
+    for i, sp in enumerate(sets):
+        if sp.dim() != 2 or sp.shape[-1] != 8 or sp.shape[0] < 1:
+            raise ValueError(f"splat set {i} must be [N ≥ 1, 8], got {list(sp.shape)}")
+    nmax = max(sp.shape[0] for sp in sets)
+    splats = torch.zeros(len(sets), nmax, 8)
+    mask = torch.zeros(len(sets), nmax, dtype=torch.bool)
+    for i, sp in enumerate(sets):
+        splats[i, : sp.shape[0]] = sp.float()
+        mask[i, : sp.shape[0]] = True
+    return splats, mask
+
+
 def collate_splats(samples: list[dict | None]) -> dict:
     """Pad a list of decoded samples to the batch's largest N; see the module docstring for the fields.
 
@@ -75,13 +98,7 @@ def collate_splats(samples: list[dict | None]) -> dict:
     samples = [s for s in samples if s is not None]
     if not samples:
         raise ValueError("cannot collate an empty batch")
-    nmax = max(s["splats"].shape[0] for s in samples)
-    splats = torch.zeros(len(samples), nmax, 8)
-    mask = torch.zeros(len(samples), nmax, dtype=torch.bool)
-    for i, s in enumerate(samples):
-        n = s["splats"].shape[0]
-        splats[i, :n] = s["splats"]
-        mask[i, :n] = True
+    splats, mask = pad_splat_sets([s["splats"] for s in samples])
     teachers = [s["teacher"] for s in samples]
     teacher = torch.stack(teachers) if all(t is not None for t in teachers) else None
     images = [s.get("image") for s in samples]

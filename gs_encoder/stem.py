@@ -60,5 +60,7 @@ class GSStem(nn.Module):
     def forward(self, splats: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=splats.device.type, enabled=False):
             pos, shape, colour = splat_features(splats, self.fourier_bands)
-            h = self.pos(pos) + self.shape(shape) + self.colour(colour)
+            # features are computed in float32; weights cast to bf16 (DeepSpeed, LLaVA) take them in theirs
+            dt = self.pos.weight.dtype
+            h = self.pos(pos.to(dt)) + self.shape(shape.to(dt)) + self.colour(colour.to(dt))
             return self.norm(h + self.mlp(h))

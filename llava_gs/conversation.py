@@ -34,8 +34,8 @@ TEMPLATES = {
     "plain": Template("plain", system="", roles=("", ""), sep="", sep2="\n"),
     "vicuna_v1": Template(
         "vicuna_v1",
-        system="A chat between a curious human and an artificial intelligence assistant. "
-        "The assistant gives helpful, detailed, and polite answers to the human's questions.",
+        system="A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the user's questions.",
         roles=("USER", "ASSISTANT"),
         sep=" ",
         sep2="</s>",
@@ -50,12 +50,18 @@ def get_template(name: str) -> Template:
     return TEMPLATES[name]
 
 
-def _segments(conversations: list[dict], template: Template, sample_id: str) -> list[tuple[str, bool]]:
-    """[(text, is_target)] in order; raises on a malformed dialogue."""
-    if not conversations or len(conversations) % 2:
-        raise ValueError(
-            f"sample {sample_id}: expected alternating human/gpt turns, got {len(conversations)} turns"
+def _segments(
+    conversations: list[dict], template: Template, sample_id: str, generation: bool = False
+) -> list[tuple[str, bool]]:
+    """[(text, is_target)] in order; raises on a malformed dialogue.
+
+    With `generation`, the dialogue ends with a human turn and the segments end with the assistant's
+    prefix (the prompt a model continues)."""
+    if not conversations or len(conversations) % 2 != int(generation):
+        want = (
+            "an odd number of turns ending with a human one" if generation else "alternating human/gpt turns"
         )
+        raise ValueError(f"sample {sample_id}: expected {want}, got {len(conversations)} turns")
     for k, turn in enumerate(conversations):
         want = ("human", "gpt")[k % 2]
         if turn.get("from") != want or not isinstance(turn.get("value"), str):
@@ -63,14 +69,17 @@ def _segments(conversations: list[dict], template: Template, sample_id: str) -> 
                 f"sample {sample_id}: turn {k} should be from {want!r} with a text value, got {turn!r}"
             )
     if template.name == "plain":
-        human, gpt = conversations[0]["value"], conversations[1]["value"]
+        human = conversations[0]["value"]
         prefix = IMAGE_TOKEN if IMAGE_TOKEN in human else ""
-        return [(prefix, False), (gpt + template.sep2, True)]
+        if generation:
+            return [(prefix, False)]
+        return [(prefix, False), (conversations[1]["value"] + template.sep2, True)]
     out = [(template.system + template.sep if template.system else "", False)]
     for k in range(0, len(conversations), 2):
         human = conversations[k]["value"]
         out.append((f"{template.roles[0]}: {human}{template.sep}{template.roles[1]}:", False))
-        out.append((" " + conversations[k + 1]["value"] + template.sep2, True))
+        if k + 1 < len(conversations):
+            out.append((" " + conversations[k + 1]["value"] + template.sep2, True))
     return out
 
 
@@ -82,6 +91,7 @@ def tokenize_conversation(
     num_image_tokens: int,
     max_length: int | None = None,
     sample_id: str = "?",
+    add_generation_prompt: bool = False,
 ) -> tuple[list[int], list[int]]:
     """Dialogue → (input_ids, labels); labels are IGNORE_INDEX except on assistant replies.
 
@@ -93,6 +103,9 @@ def tokenize_conversation(
         num_image_tokens: K tokens each `<image>` becomes.
         max_length: longest allowed sequence; a longer sample raises (truncating would cut image tokens
             or every target).
+        add_generation_prompt: the dialogue ends with a human turn; the ids end with the assistant's
+            prefix, ready for `generate` (the chat CLI and lmms-eval use this, so inference prompts are
+            built by the same code as training ones).
     Raises:
         ValueError naming the sample on a malformed dialogue, an `<image>` count mismatch or an
         over-long sample.
@@ -101,7 +114,7 @@ def tokenize_conversation(
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     if image_id is None or image_id == tokenizer.unk_token_id:
         raise ValueError(f"the tokenizer has no {IMAGE_TOKEN!r} token; add it as a special token first")
-    segments = _segments(conversations, template, sample_id)
+    segments = _segments(conversations, template, sample_id, add_generation_prompt)
     found = sum(text.count(IMAGE_TOKEN) for text, _ in segments)
     if found != num_images:
         raise ValueError(

@@ -3,7 +3,10 @@
 A record's `image` names a raster file (looked up in a splat cache written by
 `gsv fit-shards data.json --image-folder DIR -o CACHE`, i.e. `CACHE/<path without suffix>.gs.npy`, or
 fitted on the fly when `fit_missing` is set) or a `.gs.npy` file. Batches follow CONTRACTS.md §6:
-`input_ids` with K image tokens per image, `gaussians [B_img, Nmax, 8]`, `gaussians_mask [B_img, Nmax]`.
+`input_ids` with K image tokens per image, `gaussians [B_img, Nmax, 8]`, `gaussians_mask [B_img, Nmax]`
+and `image_flags [B_img]`. A batch without any image gets one dummy splat set with its flag False, so the
+vision tower runs on every step (LLaVA's zero image; keeps ZeRO-3 ranks in step). With an RGB-twin tower
+(`tower_input="rgb"`) the images are read as CLIP-normalised `pixel_values` instead.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from gs_encoder import FitConfig, collate_splats, fit_images, load_image, load_splats
+from gs_encoder import FitConfig, fit_images, load_image, load_splats, pad_splat_sets
 
 from .conversation import IGNORE_INDEX, get_template, tokenize_conversation
 
@@ -37,6 +40,7 @@ class LlavaGSDataset(torch.utils.data.Dataset):
         canvas: int = 224,
         resize: str = "pad",
         max_length: int = 2048,
+        tower_input: str = "gs",
     ):
         path = Path(data_path)
         try:
@@ -51,6 +55,11 @@ class LlavaGSDataset(torch.utils.data.Dataset):
         self.image_folder = Path(image_folder) if image_folder else None
         self.fit_missing, self.fit = fit_missing, fit or FitConfig()
         self.canvas, self.resize = canvas, resize
+        if tower_input not in ("gs", "rgb"):
+            raise ValueError(f"tower_input must be 'gs' or 'rgb', got {tower_input!r}")
+        if tower_input == "rgb" and self.image_folder is None:
+            raise ValueError("an RGB vision tower reads images: give image_folder")
+        self.tower_input = tower_input
 
     def __len__(self) -> int:
         return len(self.records)
@@ -102,33 +111,45 @@ class LlavaGSDataset(torch.utils.data.Dataset):
             self.max_length,
             sample_id,
         )
-        return {
-            "input_ids": torch.tensor(ids),
-            "labels": torch.tensor(labels),
-            "splats": [self._splats(name, sample_id) for name in images],
-            "id": sample_id,
-        }
+        sample = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "id": sample_id}
+        if self.tower_input == "rgb":
+            sample["pixels"] = [
+                load_image(self.image_folder / name, self.canvas, self.resize) for name in images
+            ]
+        else:
+            sample["splats"] = [self._splats(name, sample_id) for name in images]
+        return sample
 
 
-def collate_llava(samples: list[dict], pad_token_id: int) -> dict:
-    """Right-padded input_ids / labels / attention_mask and the padded splat sets of every image, in order."""
+def collate_llava(samples: list[dict], pad_token_id: int, image_size: int | None = None) -> dict:
+    """Right-padded input_ids / labels / attention_mask and the vision inputs of every image, in order.
+
+    GS samples give `gaussians` + `gaussians_mask`; RGB samples (`pixels`) give CLIP-normalised
+    `pixel_values` at `image_size` (default: the canvas). `image_flags` marks real images; a batch with
+    none gets one dummy input flagged False.
+    """
     t = max(len(s["input_ids"]) for s in samples)
     ids = torch.full((len(samples), t), pad_token_id, dtype=torch.long)
     labels = torch.full((len(samples), t), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros(len(samples), t, dtype=torch.bool)
+    attention = torch.zeros(len(samples), t, dtype=torch.long)
     for b, s in enumerate(samples):
         n = len(s["input_ids"])
-        ids[b, :n], labels[b, :n], attention[b, :n] = s["input_ids"], s["labels"], True
-    batch = {
-        "input_ids": ids,
-        "labels": labels,
-        "attention_mask": attention,
-        "ids": [s["id"] for s in samples],
-    }
-    sets = [sp for s in samples for sp in s["splats"]]
-    if sets:
-        padded = collate_splats(
-            [{"splats": sp, "caption": None, "teacher": None, "key": None} for sp in sets]
-        )
-        batch["gaussians"], batch["gaussians_mask"] = padded["splats"], padded["mask"]
+        ids[b, :n], labels[b, :n], attention[b, :n] = s["input_ids"], s["labels"], 1
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": attention}
+    if "pixels" in samples[0]:
+        from gs_encoder.teacher import clip_normalise
+
+        pixels = [p for s in samples for p in s["pixels"]]
+        flags = [True] * len(pixels)
+        if not pixels:
+            pixels, flags = [torch.zeros(3, image_size or 224, image_size or 224)], [False]
+        stacked = torch.stack(pixels)
+        batch["pixel_values"] = clip_normalise(stacked, image_size or stacked.shape[-1])
+    else:
+        sets = [sp for s in samples for sp in s["splats"]]
+        flags = [True] * len(sets)
+        if not sets:  # a dummy set: one small grey Gaussian in the centre
+            sets, flags = [torch.tensor([[0.5, 0.5, 0.1, 0.0, 0.1, 0.5, 0.5, 0.5]])], [False]
+        batch["gaussians"], batch["gaussians_mask"] = pad_splat_sets(sets)
+    batch["image_flags"] = torch.tensor(flags)
     return batch

@@ -13,7 +13,7 @@ def tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     text = [
-        "A chat between a curious human and an artificial intelligence assistant.",
+        "A chat between a curious user and an artificial intelligence assistant.",
         "USER: What is in the image? ASSISTANT: A cat sitting on a red sofa.",
         "the quick brown fox jumps over the lazy dog " * 20,
     ]

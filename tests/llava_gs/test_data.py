@@ -71,8 +71,21 @@ def test_dataset_and_collator(llava_data, tokenizer):  # noqa: F811
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     assert batch["gaussians"].shape == (2, 16, 8) and batch["gaussians_mask"].all()
     assert int((batch["input_ids"] == image_id).sum()) == 2 * K
-    assert (batch["labels"][~batch["attention_mask"]] == IGNORE_INDEX).all()
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
     assert (batch["labels"][batch["input_ids"] == image_id] == IGNORE_INDEX).all()
+    assert batch["image_flags"].tolist() == [True, True]
+    # a text-only batch still feeds the tower one dummy set, flagged False (ZeRO-3 ranks stay in step)
+    text_only = collate_llava([ds[1]], tokenizer.pad_token_id)
+    assert text_only["gaussians"].shape == (1, 1, 8) and text_only["image_flags"].tolist() == [False]
+
+
+def test_rgb_tower_reads_pixels(llava_data, tokenizer):  # noqa: F811
+    data, images, _ = llava_data
+    ds = LlavaGSDataset(data, tokenizer, "vicuna_v1", K, image_folder=images, canvas=32, tower_input="rgb")
+    batch = collate_llava([ds[0], ds[1], ds[2]], tokenizer.pad_token_id)
+    assert batch["pixel_values"].shape == (2, 3, 32, 32) and "gaussians" not in batch
+    # CLIP-normalised: the chelsea photo is not in [0, 1] any more
+    assert batch["pixel_values"].min() < 0 and batch["image_flags"].all()
 
 
 def test_missing_splats_name_the_sample_and_the_fix(llava_data, tokenizer, tmp_path):  # noqa: F811

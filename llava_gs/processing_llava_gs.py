@@ -1,0 +1,220 @@
+"""Processor of GS-LLaVA: text + images (fitted to splats on the fly) or splat files → model inputs.
+
+`GaussianProcessor` is the image processor: photos (paths, PIL images, [3, H, W] tensors) are placed on the
+S×S canvas exactly as the offline fitter does (`gs_encoder.load_image`, LLaVA's `pad` by default) and fitted
+with `gs_encoder.fit_images`; `.gs.npy` files and [N, 8] tensors are used as they are. The batch is padded
+to `gaussians [B, Nmax, 8]` + `gaussians_mask` (CONTRACTS.md §6). For the RGB twin tower it returns CLIP-
+normalised `pixel_values` instead.
+
+`LlavaGSProcessor` expands each `<image>` in the text into K image tokens and tokenizes; `prompt()` builds
+an inference prompt with the training templates (`llava_gs.conversation`). Both save and load with
+`save_pretrained` / `AutoProcessor.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from transformers import BatchFeature, ProcessorMixin
+from transformers.image_processing_utils import BaseImageProcessor
+
+from gs_encoder import FitConfig, fit_images, load_image, load_splats, pad_splat_sets
+from gs_encoder.image_io import canvas_from_pil, to_canvas
+from gs_encoder.splat_io import validate_splats
+
+from .conversation import IMAGE_TOKEN, tokenize_conversation
+
+__all__ = ["GaussianProcessor", "LlavaGSProcessor", "processor_for"]
+
+
+def _is_splat_file(x) -> bool:
+    return isinstance(x, (str, os.PathLike)) and str(x).endswith(".gs.npy")
+
+
+class GaussianProcessor(BaseImageProcessor):
+    """Images or splat sets → `gaussians` + `gaussians_mask` (GS tower) or `pixel_values` (RGB tower)."""
+
+    model_input_names = ["gaussians", "gaussians_mask"]
+
+    def __init__(
+        self,
+        num_gaussians: int = 3136,
+        fit_iters: int = 3000,
+        canvas: int = 224,
+        resize: str = "pad",
+        tower_input: str = "gs",
+        image_size: int = 224,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if tower_input not in ("gs", "rgb"):
+            raise ValueError(f"tower_input must be 'gs' or 'rgb', got {tower_input!r}")
+        FitConfig(num_gaussians=num_gaussians, iters=fit_iters)  # validates
+        self.num_gaussians, self.fit_iters = num_gaussians, fit_iters
+        self.canvas, self.resize, self.tower_input, self.image_size = canvas, resize, tower_input, image_size
+        if tower_input == "rgb":
+            self.model_input_names = ["pixel_values"]
+
+    def fit_config(self, **overrides) -> FitConfig:
+        return FitConfig(
+            **{"num_gaussians": self.num_gaussians, "iters": self.fit_iters, "target_psnr": None, **overrides}
+        )
+
+    def to_canvas(self, image) -> torch.Tensor:
+        """A photo (path, PIL image, HWC uint8/float array or [3, H, W] tensor in [0, 1]) → [3, S, S]."""
+        from PIL import Image
+
+        if isinstance(image, (str, os.PathLike)):
+            return load_image(image, self.canvas, self.resize)
+        if isinstance(image, Image.Image):
+            return canvas_from_pil(image, self.canvas, self.resize)
+        if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] in (3, 4):
+            arr = image[..., :3]
+            arr = arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32)
+            return to_canvas(arr, self.canvas, self.resize)
+        if isinstance(image, torch.Tensor) and image.dim() == 3 and image.shape[0] == 3:
+            return to_canvas(image.permute(1, 2, 0).float(), self.canvas, self.resize)
+        raise TypeError(
+            f"cannot use {type(image).__name__} as an image: give a path, a PIL image, an HWC array "
+            "or a [3, H, W] tensor in [0, 1]"
+        )
+
+    def fit(self, canvases: torch.Tensor, progress: bool = False, **overrides) -> list[torch.Tensor]:
+        """[B, 3, S, S] canvases → one fitted [N, 8] splat set each (batched)."""
+        return [r.splats for r in fit_images(canvases, self.fit_config(**overrides), progress=progress)]
+
+    def __call__(self, images=None, splats=None, progress: bool = False, **kwargs) -> BatchFeature:
+        return self.preprocess(images, splats, progress=progress)
+
+    def preprocess(self, images=None, splats=None, progress: bool = False, **kwargs) -> BatchFeature:
+        """`images` (list or single) and/or `splats` (list of [N, 8] tensors or .gs.npy paths) → a batch.
+
+        Images come first in the batch, then splat sets, matching the order of `<image>` in the text when
+        the caller passes them that way; pass one of the two for an unambiguous order.
+        """
+        images = [] if images is None else images if isinstance(images, (list, tuple)) else [images]
+        splats = [] if splats is None else splats if isinstance(splats, (list, tuple)) else [splats]
+        if not images and not splats:
+            raise ValueError("give images or splats")
+        if self.tower_input == "rgb":
+            if splats:
+                raise ValueError("an RGB vision tower takes images, not splat sets")
+            from gs_encoder.teacher import clip_normalise
+
+            canvases = torch.stack([self.to_canvas(im) for im in images])
+            return BatchFeature({"pixel_values": clip_normalise(canvases, self.image_size)})
+        sets: list[torch.Tensor | None] = []
+        photos = []
+        for im in images:
+            if _is_splat_file(im):
+                sets.append(load_splats(im))
+            else:
+                sets.append(None)
+                photos.append(self.to_canvas(im))
+        if photos:
+            fitted = iter(self.fit(torch.stack(photos), progress=progress))
+            sets = [s if s is not None else next(fitted) for s in sets]
+        for k, sp in enumerate(splats):
+            if _is_splat_file(sp):
+                sets.append(load_splats(sp))
+            else:
+                sp = torch.as_tensor(sp, dtype=torch.float32)
+                validate_splats(sp, f"splat set {k}")
+                sets.append(sp)
+        gaussians, mask = pad_splat_sets(sets)
+        return BatchFeature({"gaussians": gaussians, "gaussians_mask": mask})
+
+
+class LlavaGSProcessor(ProcessorMixin):
+    """Tokenizer + GaussianProcessor; `<image>` → `num_image_tokens` image tokens (CONTRACTS.md §6)."""
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        num_image_tokens: int = 196,
+        template: str = "vicuna_v1",
+        chat_template=None,
+        **kwargs,
+    ):
+        self.num_image_tokens, self.template = num_image_tokens, template
+        self.image_token = IMAGE_TOKEN
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(
+                f"the tokenizer has no {IMAGE_TOKEN!r} token; run llava_gs.tokenizer.add_image_token"
+            )
+
+    def _vision(self, images, splats, progress) -> dict:
+        if images is None and splats is None:
+            return {}
+        return dict(self.image_processor(images=images, splats=splats, progress=progress))
+
+    def __call__(
+        self,
+        text: str | list[str] | None = None,
+        images=None,
+        splats=None,
+        padding: bool | str = True,
+        return_tensors: str = "pt",
+        progress: bool = False,
+        **kwargs,
+    ) -> BatchFeature:
+        """Text with `<image>` placeholders (one per image, in order) + images/splats → model inputs."""
+        if text is None:
+            raise ValueError("give text (with one <image> per image)")
+        texts = [text] if isinstance(text, str) else list(text)
+        vision = self._vision(images, splats, progress)
+        n_sets = next(iter(vision.values())).shape[0] if vision else 0
+        n_tags = sum(t.count(IMAGE_TOKEN) for t in texts)
+        if n_tags != n_sets:
+            raise ValueError(
+                f"the text holds {n_tags} {IMAGE_TOKEN} but {n_sets} image(s)/splat set(s) were given"
+            )
+        expanded = [t.replace(IMAGE_TOKEN, IMAGE_TOKEN * self.num_image_tokens) for t in texts]
+        enc = self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs)
+        return BatchFeature({**enc, **vision})
+
+    def prompt(
+        self,
+        conversations: list[dict],
+        images=None,
+        splats=None,
+        template: str | None = None,
+        progress: bool = False,
+    ) -> BatchFeature:
+        """One dialogue (LLaVA turns, the last from the human) → inputs for `generate`, built by the
+        training tokenisation (`tokenize_conversation(..., add_generation_prompt=True)`)."""
+        vision = self._vision(images, splats, progress)
+        n_sets = next(iter(vision.values())).shape[0] if vision else 0
+        ids, _ = tokenize_conversation(
+            conversations,
+            self.tokenizer,
+            template or self.template,
+            n_sets,
+            self.num_image_tokens,
+            add_generation_prompt=True,
+        )
+        input_ids = torch.tensor([ids])
+        return BatchFeature({"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), **vision})
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    @property
+    def model_input_names(self):
+        return list(self.tokenizer.model_input_names) + list(self.image_processor.model_input_names)
+
+
+def processor_for(model_config, tokenizer, **image_kwargs) -> LlavaGSProcessor:
+    """The processor matching a LlavaGSConfig (K tokens, tower input, canvas = the tower's image size)."""
+    v = model_config.vision_config
+    image_kwargs.setdefault("canvas", v.image_size)
+    image_processor = GaussianProcessor(tower_input=v.input, image_size=v.image_size, **image_kwargs)
+    return LlavaGSProcessor(image_processor, tokenizer, num_image_tokens=model_config.image_seq_length)

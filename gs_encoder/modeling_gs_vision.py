@@ -140,10 +140,12 @@ class GSVisionModel(_Base):
         d, k = config.width, config.num_tokens
         self.stem = GSStem(d, config.fourier_bands)
         self.resampler = PerceiverResampler(d, config.resampler_depth, config.resampler_heads, k)
-        self.class_embedding = nn.Parameter(self.visual.class_embedding.detach().clone())
-        self.positional_embedding = nn.Parameter(
-            _resample_positions(self.visual.positional_embedding.detach(), k)
-        )
+        self.class_embedding = nn.Parameter(torch.zeros(d))
+        self.positional_embedding = nn.Parameter(torch.zeros(k + 1, d))
+        # start from the ViT's own embeddings; under DeepSpeed ZeRO-3 construction the ViT's parameters are
+        # already partitioned (empty) here, and the values come from the checkpoint that is loaded next
+        if self.visual.positional_embedding.numel():
+            self.init_from_visual()
 
     def forward(self, splats: torch.Tensor, mask: torch.Tensor | None = None) -> VisionOutput:
         if splats.dim() != 3 or splats.shape[-1] != 8:
@@ -240,13 +242,13 @@ def _resample_positions(pos: torch.Tensor, k: int) -> torch.Tensor:
     if grid.shape[0] == k:
         return pos.clone()
     side = int(round(k**0.5))
-    img = grid.T.reshape(1, -1, g, g)
+    img = grid.mT.reshape(1, -1, g, g)
     if side * side == k:
         out = torch.nn.functional.interpolate(img, size=(side, side), mode="bilinear", align_corners=False)
     elif k % 2 == 0 and int(round((k // 2) ** 0.5)) ** 2 * 2 == k:
         h = int(round((k // 2) ** 0.5))
         out = torch.nn.functional.adaptive_avg_pool2d(img, (h, 2 * h))
     else:
-        out = torch.nn.functional.interpolate(grid.T[None], size=k, mode="linear", align_corners=False)
-        return torch.cat([cls, out[0].T], dim=0)
-    return torch.cat([cls, out.flatten(2)[0].T], dim=0)
+        out = torch.nn.functional.interpolate(grid.mT[None], size=k, mode="linear", align_corners=False)
+        return torch.cat([cls, out[0].mT], dim=0)
+    return torch.cat([cls, out.flatten(2)[0].mT], dim=0)

@@ -67,6 +67,11 @@ class GSVisionTower(PreTrainedModel):
     input_modalities = ("image",)
     _no_split_modules = ["ResidualAttentionBlock", "PerceiverResampler", "GSStem"]
     supports_gradient_checkpointing = False
+    # the tower's attention (open_clip blocks, SDPA resampler) does not depend on attn_implementation
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
 
     def __init__(self, config: GSVisionTowerConfig):
         super().__init__(config)

@@ -1,6 +1,7 @@
 """Init checkpoint, LLaVA-flag training (in process), the sampler and projector lr, and DeepSpeed runs of
 scripts/pretrain.sh + scripts/finetune.sh (2 CPU processes, gloo) under ZeRO-2 and ZeRO-3."""
 
+import json
 import os
 import subprocess
 import sys
@@ -288,3 +289,36 @@ def test_deepspeed_pretrain_then_finetune(tiny_parts, tmp_path, zero):
     fs, ss = final.state_dict(), start.state_dict()
     assert all(torch.equal(fs[k], ss[k]) for k in fs if "vision_tower" in k)  # tower frozen
     assert any(not torch.equal(fs[k], ss[k]) for k in fs if "language_model.layers" in k)  # LLM trained
+    if zero == "zero3":  # LoRA instruction tuning through its script, ZeRO-3 like LLaVA's
+        lora = tmp_path / "lora"
+        _run(
+            ["bash", "scripts/finetune_lora.sh"],
+            env
+            | {
+                "DATA_PATH": str(tiny_parts / "data/finetune.json"),
+                "OUTPUT_DIR": str(lora),
+                "PROJECTOR": str(pre / "mm_projector.safetensors"),
+                "MASTER_PORT": str(port + 2),
+                "LORA_R": "4",
+                "LORA_ALPHA": "8",
+            },
+            tmp_path / "lora.log",
+        )
+        cfg = json.loads((lora / "adapter_config.json").read_text())
+        assert cfg["r"] == 4 and "multi_modal_projector" in cfg["modules_to_save"]
+        merged = tmp_path / "merged"
+        _run(
+            [
+                sys.executable,
+                "scripts/merge_lora.py",
+                "--adapter",
+                str(lora),
+                "--output",
+                str(merged),
+                "--dtype",
+                "float32",
+            ],
+            _env(),
+            tmp_path / "merge.log",
+        )
+        assert isinstance(AutoModelForImageTextToText.from_pretrained(merged), type(final))

@@ -149,11 +149,23 @@ def build_model(margs: ModelArguments, targs):
             num_visual_tokens=margs.num_visual_tokens,
             attn_implementation=margs.attn_implementation,
         )
+        logger.info(
+            "GS encoder loaded from %s: Σ|w| = %.6e", margs.vision_tower, _abs_sum(model.model.vision_tower)
+        )
     if margs.pretrain_mm_mlp_adapter:
         load_projector(model, margs.pretrain_mm_mlp_adapter)
     tokenizer.model_max_length = targs.model_max_length
     tokenizer.padding_side = "right"
     return model, tokenizer
+
+
+def _abs_sum(module) -> float:
+    """Σ|w| over a module's parameters (gathered under ZeRO-3): a fingerprint that its weights loaded."""
+    from .builder import gathered
+
+    params = list(module.parameters())
+    with gathered(params, modifier_rank=None):
+        return float(sum(p.detach().double().abs().sum() for p in params))
 
 
 def set_trainable(model, margs: ModelArguments, targs) -> None:

@@ -29,6 +29,13 @@ grad_accum() {
   echo $((global / denom))
 }
 
+# --model_name_or_path, and --vision_tower when VISION_TOWER is set (MODEL is then a Llama checkpoint)
+model_args() {
+  MODEL_ARGS=(--model_name_or_path "$MODEL")
+  [[ -n "${VISION_TOWER:-}" ]] && MODEL_ARGS+=(--vision_tower "$VISION_TOWER")
+  return 0
+}
+
 launch() {
   local splat_args=()
   [[ -n "$SPLAT_FOLDER" ]] && splat_args=(--splat_folder "$SPLAT_FOLDER")

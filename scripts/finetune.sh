@@ -8,21 +8,19 @@
 #   MASTER_PORT, OUTPUT_DIR, DS_CONFIG (scripts/zero3.json), EXTRA_ARGS
 source "$(dirname "${BASH_SOURCE[0]}")/_train_common.sh"
 MODEL="${MODEL:-lmsys/vicuna-7b-v1.5}"
-VISION_TOWER="${VISION_TOWER:-}"
 PROJECTOR="${PROJECTOR:-./checkpoints/llava-gs-vicuna-7b-v1.5-pretrain/mm_projector.safetensors}"
 DATA_PATH="${DATA_PATH:-./playground/data/llava_v1_5_mix665k.json}"
 OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-gs-vicuna-7b-v1.5}"
 PER_DEVICE_BATCH="${PER_DEVICE_BATCH:-16}"
 GLOBAL_BATCH="${GLOBAL_BATCH:-128}"
 ACCUM="$(grad_accum "$GLOBAL_BATCH" "$PER_DEVICE_BATCH")"
-tower_args=()
-[[ -n "$VISION_TOWER" ]] && tower_args=(--vision_tower "$VISION_TOWER")
 lora_args=()
 if [[ "${LORA:-False}" == True ]]; then
   lora_args=(--lora_enable True --lora_r "${LORA_R:-128}" --lora_alpha "${LORA_ALPHA:-256}" --mm_projector_lr 2e-5)
 fi
+model_args
 launch --deepspeed "${DS_CONFIG:-scripts/zero3.json}" \
-  --model_name_or_path "$MODEL" "${tower_args[@]}" "${lora_args[@]}" \
+  "${MODEL_ARGS[@]}" "${lora_args[@]}" \
   --version v1 \
   --data_path "$DATA_PATH" \
   --fit_missing "${FIT_MISSING:-False}" \

@@ -9,16 +9,14 @@
 #   WORKERS (4), MASTER_PORT, OUTPUT_DIR, DS_CONFIG (scripts/zero2.json), EXTRA_ARGS (appended)
 source "$(dirname "${BASH_SOURCE[0]}")/_train_common.sh"
 MODEL="${MODEL:-lmsys/vicuna-7b-v1.5}"
-VISION_TOWER="${VISION_TOWER:-}"
 DATA_PATH="${DATA_PATH:-./playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json}"
 OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-gs-vicuna-7b-v1.5-pretrain}"
 PER_DEVICE_BATCH="${PER_DEVICE_BATCH:-32}"
 GLOBAL_BATCH="${GLOBAL_BATCH:-256}"
 ACCUM="$(grad_accum "$GLOBAL_BATCH" "$PER_DEVICE_BATCH")"
-tower_args=()
-[[ -n "$VISION_TOWER" ]] && tower_args=(--vision_tower "$VISION_TOWER")
+model_args
 launch --deepspeed "${DS_CONFIG:-scripts/zero2.json}" \
-  --model_name_or_path "$MODEL" "${tower_args[@]}" \
+  "${MODEL_ARGS[@]}" \
   --version plain \
   --data_path "$DATA_PATH" \
   --fit_missing "${FIT_MISSING:-False}" \

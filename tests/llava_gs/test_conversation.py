@@ -8,32 +8,8 @@ K = 5
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    text = [
-        "A chat between a curious user and an artificial intelligence assistant.",
-        "USER: What is in the image? ASSISTANT: A cat sitting on a red sofa.",
-        "the quick brown fox jumps over the lazy dog " * 20,
-    ]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<unk>", "<s>", "</s>", "<image>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(text, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<unk>",
-        additional_special_tokens=["<image>"],
-    )
+def tokenizer(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 def decode_targets(tok, ids, labels):

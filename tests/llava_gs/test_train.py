@@ -252,17 +252,27 @@ def test_deepspeed_pretrain_then_finetune(tiny_parts, tmp_path, zero):
     }
     env = _env() | common
     pre = tmp_path / "pretrain"
+    pre_env = {
+        "DATA_PATH": str(tiny_parts / "data/pretrain.json"),
+        "OUTPUT_DIR": str(pre),
+        "MASTER_PORT": str(port),
+    }
+    if zero == "zero3":  # LLaVA's way: a Llama checkpoint + --vision_tower, assembled under zero.Init
+        pre_env |= {"MODEL": str(tiny_parts / "lm"), "VISION_TOWER": str(tiny_parts / "encoder")}
     log = _run(
         ["bash", "scripts/pretrain.sh"],
-        env
-        | {
-            "DATA_PATH": str(tiny_parts / "data/pretrain.json"),
-            "OUTPUT_DIR": str(pre),
-            "MASTER_PORT": str(port),
-        },
+        env | pre_env,
         tmp_path / "pre.log",
     )
     stage = zero[-1]
+    if zero == "zero3":  # the encoder's weights really reached the partitioned tower
+        import re
+
+        logged = float(re.search(r"GS encoder loaded from .*: Σ\|w\| = (\S+)", log).group(1))
+        expect = sum(
+            float(v.double().abs().sum()) for v in _state(tiny_parts / "encoder/model.safetensors").values()
+        )
+        assert logged == pytest.approx(expect, rel=1e-5)
     assert f"ZeRO stage {stage}" in log and "world size 2" in log
     assert (pre / "mm_projector.safetensors").is_file() and not list(pre.glob("checkpoint-*"))
     ft = tmp_path / "finetune"

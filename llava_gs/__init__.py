@@ -37,5 +37,9 @@ AutoModel.register(GSVisionTowerConfig, GSVisionTower, exist_ok=True)
 AutoModel.register(LlavaGSConfig, LlavaGSModel, exist_ok=True)
 AutoModelForImageTextToText.register(LlavaGSConfig, LlavaGSForConditionalGeneration, exist_ok=True)
 AutoModelForCausalLM.register(LlavaGSConfig, LlavaGSForConditionalGeneration, exist_ok=True)
-AutoImageProcessor.register(LlavaGSConfig, image_processor_classes={"pil": GaussianProcessor}, exist_ok=True)
+AutoImageProcessor.register(
+    LlavaGSConfig,
+    image_processor_classes={"torchvision": GaussianProcessor, "pil": GaussianProcessor},
+    exist_ok=True,
+)
 AutoProcessor.register(LlavaGSConfig, LlavaGSProcessor, exist_ok=True)

@@ -25,6 +25,7 @@ import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
+from loguru import logger
 from tqdm import tqdm
 
 from llava_gs.builder import load_pretrained_model
@@ -172,6 +173,9 @@ class LlavaGSLmms(lmms):
                     )
                 bar.update(len(chunk))
         bar.close()
+        logger.info(
+            f"llava_gs splat cache: {self.cache.hits} hits, {self.cache.misses} fitted ({self.cache.folder})"
+        )
         return results
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:

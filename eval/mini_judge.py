@@ -24,7 +24,7 @@ __all__ = ["grade", "serve"]
 
 
 def _norm(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9.]+", text.lower()))
+    return " ".join(re.findall(r"[a-z0-9]+(?:\.[0-9]+)?", text.lower()))  # words and decimal numbers
 
 
 def _found(part: str, prediction: str) -> bool:

@@ -49,16 +49,18 @@ class ChatSession:
         self.turns = []
 
     def set_image(self, path: str) -> None:
+        fitted = self.cache.misses
         splats = self.cache.get([path], progress=True)[0]
-        self._switch(splats, path)
+        how = "fitted" if self.cache.misses > fitted else "from the splat cache"
+        self._switch(splats, path, how)
 
     def set_splats(self, path: str) -> None:
-        self._switch(load_splats(path), path)
+        self._switch(load_splats(path), path, "splat file")
 
-    def _switch(self, splats: torch.Tensor, source: str) -> None:
+    def _switch(self, splats: torch.Tensor, source: str, how: str) -> None:
         self.splats, self.source = splats, source
         self.reset()
-        self.say(f"[{source}: {splats.shape[0]} Gaussians; new conversation]")
+        self.say(f"[{source}: {splats.shape[0]} Gaussians, {how}; new conversation]")
 
     def render(self, path: str) -> None:
         from gs_encoder import render

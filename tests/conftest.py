@@ -41,3 +41,29 @@ def photo_path():
     import skimage
 
     return lambda name="chelsea.png": Path(skimage.data_dir) / name
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer with <image>, trained offline in well under a second."""
+    from llava_gs import train_bpe_tokenizer
+
+    from .tiny import TEXT
+
+    return train_bpe_tokenizer(TEXT * 20, vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_parts(tmp_path_factory, tiny_tokenizer, photo_path):
+    """A tiny Llama, GS encoder, LLaVA-format data and splat cache on disk (tests/tiny.py)."""
+    from .tiny import build_tiny_parts
+
+    return build_tiny_parts(tmp_path_factory.mktemp("tiny_llava"), tiny_tokenizer, photo_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_init(tiny_parts):
+    """The initial GS-LLaVA folder built from tiny_parts by scripts/build_init_checkpoint.py."""
+    from .tiny import build_init
+
+    return build_init(tiny_parts)

@@ -6,7 +6,7 @@ import torch
 from llava_gs import LlavaGSForConditionalGeneration
 from llava_gs.conversation import IGNORE_INDEX
 
-from .conftest import K, tiny_llava_config
+from ..tiny import K, tiny_llava_config
 
 IMG = 3  # <image> id of the tiny tokenizer
 

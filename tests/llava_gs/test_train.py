@@ -13,46 +13,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _build_init(root: Path) -> Path:
-    out = root / "init"
-    if not out.exists():
-        sys.path.insert(0, str(ROOT / "scripts"))
-        try:
-            import build_init_checkpoint
-        finally:
-            sys.path.pop(0)
-        rc = build_init_checkpoint.main(
-            [
-                "--lm",
-                str(root / "lm"),
-                "--encoder",
-                str(root / "encoder"),
-                "--output",
-                str(out),
-                "--dtype",
-                "float32",
-                "--num-gaussians",
-                "36",
-                "--fit-iters",
-                "20",
-            ]
-        )
-        assert rc == 0
-    return out
-
-
 def _state(path):
     from safetensors.torch import load_file
 
     return load_file(str(path))
 
 
-def test_init_checkpoint_holds_the_lm_and_the_encoder_exactly(tiny_parts):
+def test_init_checkpoint_holds_the_lm_and_the_encoder_exactly(tiny_parts, tiny_init):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import llava_gs  # noqa: F401  (registers the Auto classes)
 
-    init = _build_init(tiny_parts)
+    init = tiny_init
     lm, enc, full = (
         _state(tiny_parts / "lm/model.safetensors"),
         _state(tiny_parts / "encoder/model.safetensors"),
@@ -102,13 +74,13 @@ def test_modality_grouped_batches_are_single_modality():
     assert full >= 4 * n_full
 
 
-def test_projector_learning_rate_group(tiny_parts):
+def test_projector_learning_rate_group(tiny_parts, tiny_init):
     from transformers import AutoModelForImageTextToText
 
     from llava_gs.train import LlavaGSTrainingArguments
     from llava_gs.trainer import LlavaGSTrainer
 
-    model = AutoModelForImageTextToText.from_pretrained(_build_init(tiny_parts))
+    model = AutoModelForImageTextToText.from_pretrained(tiny_init)
     model.model.vision_tower.requires_grad_(False)
     args = LlavaGSTrainingArguments(
         output_dir=str(tiny_parts / "opt"),
@@ -144,11 +116,11 @@ def _run(cmd, env, log: Path):
     return res.stdout + res.stderr
 
 
-def test_train_in_process_lora_and_reload(tiny_parts, tmp_path):
+def test_train_in_process_lora_and_reload(tiny_parts, tmp_path, tiny_init):
     """python -m llava_gs.train (no launcher) with LoRA; the adapter folder reloads merged."""
     from llava_gs.builder import load_pretrained_model
 
-    init = _build_init(tiny_parts)
+    init = tiny_init
     out = tmp_path / "lora"
     cmd = [
         sys.executable,
@@ -232,12 +204,12 @@ def test_bad_flags_exit_with_a_message(tiny_parts, tmp_path):
 
 
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
-def test_deepspeed_pretrain_then_finetune(tiny_parts, tmp_path, zero):
+def test_deepspeed_pretrain_then_finetune(tiny_parts, tmp_path, zero, tiny_init):
     """Both LLaVA stages through the real scripts with `deepspeed --num_gpus 2` on CPU (gloo)."""
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
-    init = _build_init(tiny_parts)
+    init = tiny_init
     port = {"zero2": 29611, "zero3": 29631}[zero]
     common = {
         "MODEL": str(init),

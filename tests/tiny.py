@@ -1,8 +1,12 @@
-"""Tiny GS-LLaVA parts built offline: a BPE tokenizer, a random Llama, a GS encoder, LLaVA-format data."""
+"""Tiny GS-LLaVA parts built offline: a BPE tokenizer, a random Llama, a GS encoder, LLaVA-format data,
+and the initial GS-LLaVA folder assembled from them by scripts/build_init_checkpoint.py.
+
+The fixtures using these (tiny_tokenizer, tiny_parts, tiny_init) live in tests/conftest.py."""
 
 import json
+import sys
+from pathlib import Path
 
-import pytest
 import torch
 
 K = 16  # visual tokens of the tiny encoder
@@ -47,21 +51,15 @@ def tiny_llava_config(vocab_size=320, image_token_id=3, **kw):
     return LlavaGSConfig(vision_config=vision, text_config=text, image_token_id=image_token_id, **kw)
 
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer():
-    from llava_gs import train_bpe_tokenizer
-
-    return train_bpe_tokenizer(TEXT * 20, vocab_size=300)
+ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def tiny_parts(tmp_path_factory, tiny_tokenizer, photo_path):
+def build_tiny_parts(root: Path, tiny_tokenizer, photo_path) -> Path:
     """Folders on disk: lm/ (tiny Llama + tokenizer), encoder/, data/{pretrain,finetune}.json, images/, splats/."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from gs_encoder.cli import main as gsv
 
-    root = tmp_path_factory.mktemp("tiny_llava")
     torch.manual_seed(0)
     lm_cfg = LlamaConfig(
         vocab_size=len(tiny_tokenizer),
@@ -130,3 +128,22 @@ def tiny_parts(tmp_path_factory, tiny_tokenizer, photo_path):
     ]
     assert gsv(args + ["--num-gaussians", "36", "--iters", "20", "--size", str(CANVAS), "-q"]) == 0
     return root
+
+
+def build_init(root: Path) -> Path:
+    """root/init: the GS-LLaVA folder that scripts/build_init_checkpoint.py assembles from root's parts."""
+    out = root / "init"
+    if not out.exists():
+        sys.path.insert(0, str(ROOT / "scripts"))
+        try:
+            import build_init_checkpoint
+        finally:
+            sys.path.pop(0)
+        args = ["--lm", str(root / "lm"), "--encoder", str(root / "encoder"), "--output", str(out)]
+        assert (
+            build_init_checkpoint.main(
+                args + ["--dtype", "float32", "--num-gaussians", "36", "--fit-iters", "20"]
+            )
+            == 0
+        )
+    return out

@@ -1,0 +1,210 @@
+"""lmms-eval with the `llava_gs` plugin on the offline mini tasks (eval/tasks/mini), and the stand-in judge."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lmms_eval")
+
+ROOT = Path(__file__).resolve().parents[2]
+TASKS = ROOT / "eval" / "tasks" / "mini"
+METRICS = {
+    "gv_scienceqa_img": ["exact_match,none"],
+    "gv_textvqa_val": ["exact_match,none"],
+    "gv_pope": ["pope_accuracy,none", "pope_precision,none", "pope_recall,none", "pope_f1_score,none"],
+    "gv_mme": ["mme_perception_score,none", "mme_cognition_score,none"],
+    "gv_mmvet": ["gpt_eval_score,none"],
+    "gv_gqa": ["exact_match,none"],
+}
+
+
+@pytest.fixture(scope="module")
+def judge():
+    """The loopback MM-Vet judge; its URL is in the environment before lmms-eval's MM-Vet scorer loads."""
+    from eval.mini_judge import serve
+
+    with serve() as url:
+        old = {k: os.environ.get(k) for k in ("OPENAI_API_URL", "OPENAI_API_KEY")}
+        os.environ.update(OPENAI_API_URL=url, OPENAI_API_KEY="local")
+        yield url
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_judge_applies_the_mmvet_rule():
+    from eval.mini_judge import grade
+
+    head = "Compare ...\ngpt_query_prompt | Ground truth | Prediction | Correctness\n--- | --- | --- | ---\n"
+    assert grade(head + "What is it? | cat <AND> orange | An orange cat. |") == 1.0
+    assert grade(head + "What is it? | cat <AND> orange | A cat. |") == 0.5
+    assert grade(head + "Drink? | coffee <OR> latte | It is a latte |") == 1.0
+    assert grade(head + "Sign? | STOP | stopping |") == 0.0  # whole words only
+    with pytest.raises(ValueError):
+        grade("no table here")
+
+
+def _run_cli(model_dir, cache, out, env):
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmms_eval",
+        "--model",
+        "llava_gs",
+        "--model_args",
+        f"pretrained={model_dir},splat_cache={cache},progress=false",
+        "--tasks",
+        "gv_mini",
+        "--include_path",
+        str(TASKS),
+        "--batch_size",
+        "4",
+        "--output_path",
+        str(out),
+        "--verbosity",
+        "DEBUG",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    found = sorted(Path(out).rglob("*_results.json"))
+    assert found, (
+        f"lmms-eval wrote no results JSON (it exits 0 even when a task fails):\n{res.stderr[-3000:]}"
+    )
+    return json.loads(found[-1].read_text()), res.stdout + res.stderr
+
+
+def test_cli_runs_every_mini_task_and_reuses_the_splat_cache(tiny_init, tmp_path, judge):
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
+        PYTHONPATH=str(ROOT),
+    )
+    cache = tmp_path / "splats"
+    results, log = _run_cli(tiny_init, cache, tmp_path / "run1", env)
+    for task, keys in METRICS.items():
+        assert task in results["results"], task
+        for key in keys:
+            value = results["results"][task][key]
+            assert isinstance(value, (int, float)), (task, key, value)
+    n_images = len(list(cache.rglob("*.gs.npy")))
+    assert n_images >= 10  # the distinct mini-task images, fitted once each
+    _, log2 = _run_cli(tiny_init, cache, tmp_path / "run2", env)
+    counts = re.findall(r"llava_gs splat cache: (\d+) hits, (\d+) fitted", log2)
+    assert counts and all(int(fitted) == 0 for _, fitted in counts)  # every image came from the cache
+    assert int(counts[-1][0]) > 0
+    assert len(list(cache.rglob("*.gs.npy"))) == n_images
+
+
+def test_oracle_answers_score_full_marks(judge, tmp_path, monkeypatch):
+    """The mini tasks' data, YAMLs and the official scorers agree: true answers get full marks."""
+    from lmms_eval.api.model import lmms
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+
+    class Oracle(lmms):
+        def generate_until(self, requests):
+            out = []
+            for req in requests:
+                _, _, doc_to_visual, doc_id, task, split = req.args
+                doc = self.task_dict[task][split][doc_id]
+                assert all(im.mode == "RGB" for im in doc_to_visual(doc))
+                if task == "gv_scienceqa_img":
+                    out.append("ABC"[doc["answer"]])
+                else:
+                    out.append(str(doc["answer"]).replace("<AND>", " and ").replace("<OR>", " or "))
+            return out
+
+        def loglikelihood(self, requests):
+            raise NotImplementedError
+
+        def generate_until_multi_round(self, requests):
+            raise NotImplementedError
+
+    tm = TaskManager(include_path=str(TASKS), include_defaults=False)
+    res = simple_evaluate(model=Oracle(), tasks=["gv_mini"], task_manager=tm, log_samples=False)["results"]
+    assert res["gv_scienceqa_img"]["exact_match,none"] == 1.0
+    assert res["gv_textvqa_val"]["exact_match,none"] == 1.0
+    assert res["gv_gqa"]["exact_match,none"] == 1.0
+    assert res["gv_pope"]["pope_accuracy,none"] == 1.0 and res["gv_pope"]["pope_f1_score,none"] == 1.0
+    assert res["gv_mme"]["mme_perception_score,none"] == 600.0  # 3 perception categories × (acc + acc+)
+    assert res["gv_mme"]["mme_cognition_score,none"] == 200.0
+    assert res["gv_mmvet"]["gpt_eval_score,none"] == 100.0
+
+
+def test_loglikelihood_is_finite_and_greedy_flag_is_consistent(tiny_init, tmp_path):
+    from lmms_eval.api.instance import Instance
+    from PIL import Image
+
+    from eval.lmms_llava_gs import LlavaGSLmms
+
+    lm = LlavaGSLmms(pretrained=str(tiny_init), splat_cache="none", progress=False)
+    photo = Image.new("RGB", (40, 30), (200, 80, 20))
+    lm.task_dict = {"t": {"test": [{"q": "Colour?"}]}}
+    reqs = [
+        Instance(
+            "loglikelihood",
+            ("What colour is it?", target, lambda d: [photo], 0, "t", "test"),
+            0,
+            {"task": "t", "doc_id": 0, "repeats": 1},
+        )
+        for target in ("orange", "a blue car")
+    ]
+    scores = lm.loglikelihood(reqs)
+    assert all(isinstance(s, float) and s < 0 and s == s for s, _ in scores)
+    assert scores[1][0] < scores[0][0] or len(lm.tokenizer(" a blue car")["input_ids"]) <= 1
+    # generation on the same request type agrees with greedy decoding of the same prompt
+    gen = Instance(
+        "generate_until",
+        ("What colour is it?", {"max_new_tokens": 3, "until": []}, lambda d: [photo], 0, "t", "test"),
+        0,
+        {"task": "t", "doc_id": 0, "repeats": 1},
+    )
+    (answer,) = lm.generate_until([gen])
+    assert isinstance(answer, str)
+    assert lm.cache.misses == 1 and lm.cache.hits >= 2  # one fit, reused by every later request
+
+
+def test_vqa_table_matches_tasks_and_units(tmp_path):
+    from eval.vqa_table import build_table
+
+    gs = {"gv_pope": {"pope_f1_score,none": 0.8}, "gv_mme": {"mme_perception_score,none": 700.0}}
+    rgb = {"gv_pope": {"pope_f1_score,none": 0.9}, "gv_mme": {"mme_perception_score,none": 800.0}}
+    headers, rows, data = build_table(gs, rgb, "GS")
+    assert [r[0] for r in rows] == ["POPE (F1) (mini)", "MME (perception) (mini)"]
+    assert rows[0][1:4] == ["90.0", "80.0", "0.889"] and rows[1][4] == "not comparable"
+    _, rows, data = build_table({"pope": {"pope_f1_score,none": 0.859}}, None, "GS")
+    assert rows == [["POPE (F1)", "–", "85.9", "–", "85.9"]] and not data["POPE (F1)"]["mini"]
+
+
+def test_run_vqa_script_on_the_mini_tasks(tiny_init, tmp_path):
+    env = dict(
+        os.environ,
+        MODEL=str(tiny_init),
+        TASKS="mini",
+        OUT=str(tmp_path / "vqa"),
+        BATCH_SIZE="4",
+        JUDGE_PORT="18791",
+        MODEL_ARGS="splat_cache=none,progress=false",
+        HF_HOME=str(tmp_path / "hf"),
+        PYTHONPATH=str(ROOT),
+    )
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    res = subprocess.run(
+        ["bash", "eval/run_vqa.sh"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    table = json.loads((tmp_path / "vqa" / "table.json").read_text())["benchmarks"]
+    assert len(table) == 6 and all(v["mini"] and v["gs"] is not None for v in table.values())
+    assert (tmp_path / "vqa" / "table.png").stat().st_size > 0
+    assert "| SQA-IMG (mini) |" in (tmp_path / "vqa" / "table.md").read_text()

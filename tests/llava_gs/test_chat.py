@@ -1,0 +1,79 @@
+"""The chat CLI driven through stdin with a tiny random GS-LLaVA."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_chat_streams_switches_survives_bad_paths_and_renders(tiny_init, tiny_parts, photo_path, tmp_path):
+    png = tmp_path / "seen.png"
+    script = "\n".join(
+        [
+            "What is in the picture?",
+            "/image /no/such/photo.jpg",
+            "/splats " + str(tmp_path),  # a folder, not a splat file
+            f"/render {png}",
+            f"/splats {tiny_parts / 'splats' / 'coffee.gs.npy'}",
+            "And now?",
+            f"/image {photo_path('chelsea.png')}",  # the same photo again: a cache hit, no refit
+            "/frobnicate",
+            "/quit",
+            "never read",
+        ]
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    cmd = [
+        sys.executable,
+        "-m",
+        "llava_gs.chat",
+        "--model",
+        str(tiny_init),
+        "--image",
+        str(photo_path("chelsea.png")),
+        "--max-new-tokens",
+        "6",
+        "--temperature",
+        "0",
+        "--cache",
+        str(tmp_path / "cache"),
+    ]
+    res = subprocess.run(cmd, input=script, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    assert out.count("ASSISTANT: ") == 2  # two answers streamed, each after its prefix
+    assert "chelsea.png: 36 Gaussians, fitted; new conversation" in out
+    assert "error: /no/such/photo.jpg: file not found" in out
+    assert f"error: {tmp_path}: is a directory" in out
+    assert "coffee.gs.npy: 36 Gaussians, splat file; new conversation" in out
+    assert "error: unknown command /frobnicate" in out
+    assert png.is_file() and png.stat().st_size > 0
+    from PIL import Image
+
+    assert Image.open(png).size == (32, 32)  # the tiny tower's canvas
+    cached = list((tmp_path / "cache").rglob("*.gs.npy"))
+    assert len(cached) == 1  # chelsea fitted once, found in the cache the second time
+    assert "chelsea.png: 36 Gaussians, from the splat cache; new conversation" in out
+
+
+def test_chat_prompt_mode_keeps_the_dialogue(tiny_init, tiny_parts):
+    import io
+
+    from llava_gs.builder import load_pretrained_model
+    from llava_gs.chat import ChatSession
+    from llava_gs.splat_cache import SplatCache
+
+    model, processor = load_pretrained_model(tiny_init)
+    buf = io.StringIO()
+    chat = ChatSession(
+        model, processor, SplatCache(processor.image_processor), out=buf, temperature=0, max_new_tokens=4
+    )
+    chat.set_splats(str(tiny_parts / "splats" / "chelsea.gs.npy"))
+    first = chat.ask("What is it?")
+    chat.ask("Are you sure?")
+    assert [t["from"] for t in chat.turns] == ["human", "gpt", "human", "gpt"]
+    assert chat.turns[0]["value"].startswith("<image>\n") and "<image>" not in chat.turns[2]["value"]
+    assert chat.turns[1]["value"] == first
+    assert first in buf.getvalue().replace("\n", "") or first == ""

@@ -208,3 +208,32 @@ def test_run_vqa_script_on_the_mini_tasks(tiny_init, tmp_path):
     assert len(table) == 6 and all(v["mini"] and v["gs"] is not None for v in table.values())
     assert (tmp_path / "vqa" / "table.png").stat().st_size > 0
     assert "| SQA-IMG (mini) |" in (tmp_path / "vqa" / "table.md").read_text()
+
+
+def test_multi_round_carries_the_dialogue(tiny_init):
+    from lmms_eval.api.instance import Instance
+    from PIL import Image
+
+    from eval.lmms_llava_gs import LlavaGSLmms
+
+    lm = LlavaGSLmms(pretrained=str(tiny_init), splat_cache="none", progress=False)
+    lm.task_dict = {"t": {"test": [{"id": 0}]}}
+    photo = Image.new("RGB", (32, 32), (20, 90, 200))
+    seen = []
+
+    def doc_to_text(doc, previous_output, round_idx, previous_round_info):
+        seen.append((round_idx, list(previous_output), previous_round_info))
+        done = round_idx >= 3
+        return None, f"Question {round_idx}?", done, [previous_output], {"round": round_idx}
+
+    req = Instance(
+        "generate_until_multi_round",
+        ("Question 0?", {"max_new_tokens": 2}, lambda d: [photo], doc_to_text, 0, "t", "test"),
+        0,
+        {"task": "t", "doc_id": 0, "repeats": 1},
+    )
+    (answers,) = lm.generate_until_multi_round([req])
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
+    assert [r for r, _, _ in seen] == [1, 2, 3]
+    assert seen[1][1] == answers[:2] and seen[1][2] == {"round": 1}
+    assert lm.cache.misses == 1  # the picture is fitted once for the whole dialogue

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "CLIP_MEAN",
@@ -106,13 +106,16 @@ def to_canvas(rgb: np.ndarray | torch.Tensor, size: int, mode: str = "pad") -> t
 
 
 @contextlib.contextmanager
-def _no_pil_pixel_limit():
-    old = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
+def _strict_pil():
+    """PIL's global switches as this module needs them, whatever other libraries set (lmms-eval's task
+    code turns LOAD_TRUNCATED_IMAGES on, which would decode a truncated file into grey garbage)."""
+    old = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    Image.MAX_IMAGE_PIXELS = None  # our own max_pixels check replaces PIL's decompression-bomb limit
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         yield
     finally:
-        Image.MAX_IMAGE_PIXELS = old
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old
 
 
 def _check_args(size: int, mode: str, background: str) -> None:
@@ -130,7 +133,7 @@ def _decode(source, name: str, size: int, mode: str, background: str, max_pixels
         with warnings.catch_warnings():
             # our own max_pixels check below replaces PIL's global decompression-bomb limit
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _no_pil_pixel_limit(), Image.open(source) as im:
+            with _strict_pil(), Image.open(source) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise ImageLoadError(

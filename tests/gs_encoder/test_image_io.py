@@ -90,6 +90,17 @@ def test_bad_files_name_the_file(tmp_path, photo_path, kind):
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
+def test_truncated_files_fail_even_when_pil_is_told_to_load_them(tmp_path, photo_path, monkeypatch):
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as lmms-eval's task code sets it
+    path = tmp_path / "t.jpg"
+    path.write_bytes(photo_path("rocket.jpg").read_bytes()[:3000])
+    with pytest.raises(ImageLoadError, match="cannot decode"):
+        load_image(path, 32)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the global setting is left as it was
+
+
 def test_size_guard(tmp_path):
     path = save(tmp_path, "big.png", np.zeros((300, 400, 3), np.uint8))
     with pytest.raises(ImageLoadError, match="max-pixels"):

@@ -1,0 +1,406 @@
+"""A small visual world that needs real vision: coloured shapes and written words on 64² images, with
+captions and questions of the six LLaVA-1.5 benchmark kinds (issue 9's miniature reproduction).
+
+A scene holds 1–4 objects (shape × colour × size at a position, never overlapping) and, in some scenes, a
+word written on a white label. Everything is a pure function of a seed, so the same call gives the same
+scene, image bytes, caption and questions on every machine. Question kinds, each answerable from the image
+alone and checked against the scene description by the tests:
+
+- `sqa`    multiple choice (ScienceQA-IMG style): "Which shape is red?" + lettered options → a letter;
+- `text`   reading (TextVQA style): "What word is written in the image?" → the word;
+- `pope`   object existence yes/no (POPE style), balanced: "Is there a blue square in the image?";
+- `mme`    perception yes/no (MME style), asked in Yes/No pairs on colour, count and position;
+- `open`   open answers (MM-Vet style): "What shapes are in the image?" → "circle<AND>square";
+- `gqa`    compositional (GQA style): "What colour is the shape left of the square?" → "red".
+
+    python -m eval.mini.world --out data/mini --train 4000 --test 500
+writes images/ (PNG), pretrain.json (captions, LLaVA plain format), finetune.json (questions, vicuna_v1),
+test.json (questions with kind and answer), classes.json (zero-shot labels) and scenes.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = [
+    "COLOURS",
+    "KINDS",
+    "SHAPES",
+    "Obj",
+    "Scene",
+    "answer_style",
+    "caption",
+    "make_scene",
+    "questions",
+    "render",
+    "write_split",
+]
+
+SIZE = 64
+SHAPES = ("circle", "square", "triangle", "diamond")
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (150, 60, 190),
+    "orange": (245, 130, 20),
+}
+SIZES = {"small": 7, "large": 11}  # radius in pixels on the 64² canvas
+WORDS = ("CAT", "SUN", "BOX", "GO", "TOP", "MAP", "RED", "ZIP", "OWL", "FOX", "HAT", "JAM")
+KINDS = ("sqa", "text", "pope", "mme", "open", "gqa")
+SHORT = "\nAnswer the question using a single word or phrase."
+LETTER = "\nAnswer with the option's letter from the given choices directly."
+NUMBERS = ("zero", "one", "two", "three", "four")
+
+
+@dataclass(frozen=True)
+class Obj:
+    shape: str
+    colour: str
+    size: str
+    x: int  # centre, pixels
+    y: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+
+@dataclass
+class Scene:
+    seed: int
+    objects: list[Obj]
+    word: str | None = None
+    word_xy: tuple[int, int] | None = None  # label's top-left corner
+    background: tuple[int, int, int] = (235, 235, 235)
+    meta: dict = field(default_factory=dict)
+
+    def signature(self) -> str:
+        """Identity of the scene's content (used to keep train and test disjoint)."""
+        objs = sorted((o.shape, o.colour, o.size, o.x, o.y) for o in self.objects)
+        return json.dumps([objs, self.word, self.word_xy])
+
+
+def _overlaps(x, y, r, placed, label_box) -> bool:
+    for o in placed:
+        if (x - o.x) ** 2 + (y - o.y) ** 2 < (r + SIZES[o.size] + 3) ** 2:
+            return True
+    if label_box is not None:
+        x0, y0, x1, y1 = label_box
+        if x + r + 2 > x0 and x - r - 2 < x1 and y + r + 2 > y0 and y - r - 2 < y1:
+            return True
+    return False
+
+
+def make_scene(seed: int, text_prob: float = 0.35) -> Scene:
+    """The scene of `seed`: 1–4 non-overlapping objects with distinct (colour, shape), maybe a word."""
+    rng = random.Random(seed)
+    word = word_xy = None
+    label_box = None
+    if rng.random() < text_prob:
+        word = rng.choice(WORDS)
+        w = 8 * len(word) + 6
+        word_xy = (rng.randint(2, SIZE - w - 2), rng.choice([2, SIZE - 16]))
+        label_box = (word_xy[0], word_xy[1], word_xy[0] + w, word_xy[1] + 14)
+    n = rng.randint(1, 4)
+    objects: list[Obj] = []
+    used = set()
+    for _ in range(200):
+        if len(objects) == n:
+            break
+        shape, colour, size = rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(SIZES))
+        if (shape, colour) in used:
+            continue
+        r = SIZES[size]
+        x, y = rng.randint(r + 1, SIZE - r - 2), rng.randint(r + 1, SIZE - r - 2)
+        if _overlaps(x, y, r, objects, label_box):
+            continue
+        # left/right questions need a clear horizontal order
+        if any(abs(x - o.x) < 6 for o in objects):
+            continue
+        objects.append(Obj(shape, colour, size, x, y))
+        used.add((shape, colour))
+    shade = rng.randint(225, 245)
+    return Scene(seed, objects, word, word_xy, (shade, shade, shade))
+
+
+def render(scene: Scene, size: int = SIZE) -> Image.Image:
+    """The scene as an RGB image (drawn at 4× and downsampled, so edges are anti-aliased)."""
+    k = 4
+    im = Image.new("RGB", (SIZE * k, SIZE * k), scene.background)
+    d = ImageDraw.Draw(im)
+    for o in scene.objects:
+        r, x, y, c = SIZES[o.size] * k, o.x * k, o.y * k, COLOURS[o.colour]
+        if o.shape == "circle":
+            d.ellipse([x - r, y - r, x + r, y + r], fill=c)
+        elif o.shape == "square":
+            s = int(r * 0.85)
+            d.rectangle([x - s, y - s, x + s, y + s], fill=c)
+        elif o.shape == "triangle":
+            d.polygon([(x, y - r), (x + r, y + int(r * 0.8)), (x - r, y + int(r * 0.8))], fill=c)
+        else:  # diamond
+            d.polygon([(x, y - r), (x + r, y), (x, y + r), (x - r, y)], fill=c)
+    if scene.word:
+        x0, y0 = scene.word_xy
+        w = 8 * len(scene.word) + 6
+        d.rectangle(
+            [x0 * k, y0 * k, (x0 + w) * k, (y0 + 14) * k], fill=(255, 255, 255), outline=(0, 0, 0), width=k
+        )
+        font = ImageFont.load_default(size=11 * k)
+        d.text(((x0 + 3) * k, (y0 + 1) * k), scene.word, fill=(0, 0, 0), font=font)
+    im = im.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+    return im if size == SIZE else im.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def _list(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def caption(scene: Scene) -> str:
+    """A left-to-right description: 'a large red circle, a small blue square and the word CAT.'"""
+    objs = sorted(scene.objects, key=lambda o: o.x)
+    parts = [f"a {o.size} {o.colour} {o.shape}" for o in objs]
+    if scene.word:
+        parts.append(f"the word {scene.word}")
+    text = _list(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+def _letters(options: list[str]) -> str:
+    return "\n".join(f"{'ABCD'[i]}. {opt}" for i, opt in enumerate(options))
+
+
+def questions(scene: Scene) -> list[dict]:
+    """Questions about the scene, a few of each applicable kind: {kind, question, answer, ...}."""
+    rng = random.Random(scene.seed * 7919 + 17)
+    objs = scene.objects
+    out: list[dict] = []
+    # sqa: which shape has a colour / which colour has a shape, 3 lettered options (asked when unambiguous)
+    o = rng.choice(objs)
+    if rng.random() < 0.5:
+        q, truth = f"Which shape is {o.colour}?", o.shape
+        unique = sum(p.colour == o.colour for p in objs) == 1
+        wrong = [x for x in SHAPES if x != o.shape]
+    else:
+        q, truth = f"What colour is the {o.shape}?", o.colour
+        unique = sum(p.shape == o.shape for p in objs) == 1
+        wrong = [x for x in COLOURS if x != o.colour]
+    options = rng.sample(wrong, 2) + [truth]
+    rng.shuffle(options)
+    if unique:
+        out.append(
+            {
+                "kind": "sqa",
+                "question": f"{q}\n{_letters(options)}{LETTER}",
+                "answer": "ABCD"[options.index(truth)],
+                "choices": options,
+                "answer_index": options.index(truth),
+                "stem": q,
+            }
+        )
+    # text
+    if scene.word:
+        out.append(
+            {
+                "kind": "text",
+                "question": f"What word is written in the image?{SHORT}",
+                "answer": scene.word.lower(),
+            }
+        )
+    # pope: one present object, one absent (colour, shape) pair
+    present = {(p.colour, p.shape) for p in objs}
+    absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+    c, s = rng.choice(absent)
+    p = rng.choice(objs)
+    pope = [(p.colour, p.shape, "yes"), (c, s, "no")]
+    rng.shuffle(pope)
+    for colour, shape, ans in pope:
+        out.append({"kind": "pope", "question": f"Is there a {colour} {shape} in the image?", "answer": ans})
+    # mme: a Yes/No pair on one attribute
+    topic = rng.choice(["color", "count"] + (["position"] if len(objs) >= 2 else []))
+    if topic == "color":
+        o = rng.choice(objs)
+        other = rng.choice([c for c in COLOURS if c != o.colour])
+        pair = (f"Is the {o.shape} {o.colour}?", f"Is the {o.shape} {other}?")
+        if sum(q.shape == o.shape for q in objs) > 1:
+            pair = None
+    elif topic == "count":
+        n = len(objs)
+        wrong = rng.choice([k for k in range(1, 5) if k != n])
+        pair = tuple(
+            f"Is there {NUMBERS[k]} shape in the image?"
+            if k == 1
+            else f"Are there {NUMBERS[k]} shapes in the image?"
+            for k in (n, wrong)
+        )
+    else:
+        a, b = rng.sample(objs, 2)
+        left, right = (a, b) if a.x < b.x else (b, a)
+        pair = (
+            f"Is the {left.name} left of the {right.name}?",
+            f"Is the {right.name} left of the {left.name}?",
+        )
+    if pair is not None:
+        group = f"{scene.seed}/{topic}"
+        yn = " Please answer yes or no."
+        out.append(
+            {"kind": "mme", "question": pair[0] + yn, "answer": "Yes", "category": topic, "pair": group}
+        )
+        out.append(
+            {"kind": "mme", "question": pair[1] + yn, "answer": "No", "category": topic, "pair": group}
+        )
+    # open: list shapes, or count
+    if rng.random() < 0.5:
+        shapes = sorted({o.shape for o in objs})
+        out.append(
+            {
+                "kind": "open",
+                "question": "What shapes are in the image?",
+                "answer": "<AND>".join(shapes),
+                "reference": _list(shapes),
+            }
+        )
+    else:
+        out.append(
+            {
+                "kind": "open",
+                "question": "How many shapes are in the image?",
+                "answer": NUMBERS[len(objs)],
+                "reference": NUMBERS[len(objs)],
+            }
+        )
+    # gqa: relational colour / shape questions
+    if len(objs) >= 2:
+        a, b = rng.sample(objs, 2)
+        left, right = (a, b) if a.x < b.x else (b, a)
+        unique = (
+            sum(q.shape == right.shape for q in objs) == 1 and sum(q.shape == left.shape for q in objs) == 1
+        )
+        if unique and sum(q.x < right.x for q in objs) == 1:  # exactly one shape left of `right`
+            out.append(
+                {
+                    "kind": "gqa",
+                    "question": f"What colour is the shape left of the {right.shape}?{SHORT}",
+                    "answer": left.colour,
+                }
+            )
+        elif unique:
+            out.append(
+                {
+                    "kind": "gqa",
+                    "question": f"Which is further left, the {a.shape} or the {b.shape}?{SHORT}",
+                    "answer": left.shape,
+                }
+            )
+    else:
+        o = objs[0]
+        out.append({"kind": "gqa", "question": f"What colour is the {o.shape}?{SHORT}", "answer": o.colour})
+    return out
+
+
+def answer_style(q: dict) -> str:
+    """The answer text a model is trained to give (LLaVA-1.5's short-answer style)."""
+    if q["kind"] == "pope":
+        return q["answer"].capitalize()
+    if q["kind"] == "open":
+        return q["reference"].capitalize() + "."
+    if q["kind"] == "text":
+        return q["answer"].upper()
+    return q["answer"]
+
+
+def scenes_for(split: str, n: int, seed: int = 0, exclude: set[str] | None = None) -> list[Scene]:
+    """n scenes of a split; `test` seeds are drawn from a disjoint range and never repeat a train scene."""
+    base = {"train": 0, "test": 10_000_000}[split] + seed * 100_000_000
+    out, k = [], 0
+    while len(out) < n:
+        s = make_scene(base + k)
+        k += 1
+        if exclude is not None and s.signature() in exclude:
+            continue
+        out.append(s)
+    return out
+
+
+def write_split(out: Path, split: str, scenes: list[Scene]) -> dict:
+    """Images and LLaVA-format JSON for a split; returns counts. Files are written under temp names first."""
+    img_dir = out / "images" / split
+    img_dir.mkdir(parents=True, exist_ok=True)
+    pretrain, finetune, test = [], [], []
+    for s in scenes:
+        name = f"{split}/{s.seed}.png"
+        path = out / "images" / name
+        if not path.exists():
+            tmp = path.with_suffix(".tmp.png")
+            render(s).save(tmp)
+            tmp.replace(path)
+        qs = questions(s)
+        pretrain.append(
+            {
+                "id": f"{split}-{s.seed}-cap",
+                "image": name,
+                "conversations": [
+                    {"from": "human", "value": "<image>\n"},
+                    {"from": "gpt", "value": caption(s)},
+                ],
+            }
+        )
+        turns = []
+        for i, q in enumerate(qs):
+            value = ("<image>\n" if i == 0 else "") + q["question"]
+            turns += [{"from": "human", "value": value}, {"from": "gpt", "value": answer_style(q)}]
+        finetune.append({"id": f"{split}-{s.seed}", "image": name, "conversations": turns})
+        for i, q in enumerate(qs):
+            test.append({"id": f"{split}-{s.seed}-{i}", "image": name, **q})
+    for fname, data in (
+        (f"{split}_pretrain.json", pretrain),
+        (f"{split}_finetune.json", finetune),
+        (f"{split}_questions.json", test),
+    ):
+        tmp = out / (fname + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(out / fname)
+    with open(out / f"{split}_scenes.jsonl.tmp", "w") as f:
+        for s in scenes:
+            f.write(
+                json.dumps(
+                    {
+                        "seed": s.seed,
+                        "objects": [asdict(o) for o in s.objects],
+                        "word": s.word,
+                        "word_xy": s.word_xy,
+                        "caption": caption(s),
+                    }
+                )
+                + "\n"
+            )
+    (out / f"{split}_scenes.jsonl.tmp").replace(out / f"{split}_scenes.jsonl")
+    return {"scenes": len(scenes), "questions": len(test)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--train", type=int, default=4000)
+    ap.add_argument("--test", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    train = scenes_for("train", args.train, args.seed)
+    test = scenes_for("test", args.test, args.seed, exclude={s.signature() for s in train})
+    stats = {"train": write_split(out, "train", train), "test": write_split(out, "test", test)}
+    classes = {"shapes": list(SHAPES), "colours": list(COLOURS), "kinds": list(KINDS)}
+    (out / "classes.json").write_text(json.dumps(classes, indent=1))
+    print(json.dumps(stats))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""The miniature world: deterministic, answers checked against the scene description, disjoint splits."""
+
+import json
+import re
+
+import pytest
+
+from eval.mini.world import (
+    COLOURS,
+    NUMBERS,
+    SHAPES,
+    SIZES,
+    answer_style,
+    caption,
+    make_scene,
+    questions,
+    render,
+    scenes_for,
+    write_split,
+)
+
+
+def test_same_seed_same_scene_image_and_questions():
+    a, b = make_scene(123), make_scene(123)
+    assert a == b and render(a).tobytes() == render(b).tobytes()
+    assert questions(a) == questions(b) and caption(a) == caption(b)
+    assert render(make_scene(124)).tobytes() != render(a).tobytes()
+
+
+def _by_name(scene):
+    return {(o.colour, o.shape): o for o in scene.objects}
+
+
+def check(scene, q):
+    """Recompute q's answer from the scene description alone."""
+    objs, names = scene.objects, _by_name(scene)
+    text = q["question"]
+    if q["kind"] == "pope":
+        colour, shape = re.match(r"Is there a (\w+) (\w+) in the image\?", text).groups()
+        return "yes" if (colour, shape) in names else "no"
+    if q["kind"] == "text":
+        return scene.word.lower()
+    if q["kind"] == "sqa":
+        stem = q["stem"]
+        if m := re.match(r"Which shape is (\w+)\?", stem):
+            truth = [o.shape for o in objs if o.colour == m.group(1)]
+        else:
+            truth = [
+                o.colour for o in objs if o.shape == re.match(r"What colour is the (\w+)\?", stem).group(1)
+            ]
+        assert len(truth) == 1 and sum(c in truth for c in q["choices"]) == 1
+        return "ABC"[q["choices"].index(truth[0])]
+    if q["kind"] == "mme":
+        if m := re.match(r"(?:Is there|Are there) (\w+) shapes? in the image", text):
+            return "Yes" if NUMBERS.index(m.group(1)) == len(objs) else "No"
+        if m := re.match(r"Is the (\w+) (\w+) left of the (\w+) (\w+)\?", text):
+            a, b = names[(m.group(1), m.group(2))], names[(m.group(3), m.group(4))]
+            return "Yes" if a.x < b.x else "No"
+        shape, colour = re.match(r"Is the (\w+) (\w+)\?", text).groups()
+        (o,) = [o for o in objs if o.shape == shape]
+        return "Yes" if o.colour == colour else "No"
+    if q["kind"] == "open":
+        if text.startswith("How many"):
+            return NUMBERS[len(objs)]
+        return "<AND>".join(sorted({o.shape for o in objs}))
+    if q["kind"] == "gqa":
+        if m := re.match(r"What colour is the shape left of the (\w+)\?", text):
+            (right,) = [o for o in objs if o.shape == m.group(1)]
+            (left,) = [o for o in objs if o.x < right.x]
+            return left.colour
+        if m := re.match(r"Which is further left, the (\w+) or the (\w+)\?", text):
+            (a,), (b,) = ([o for o in objs if o.shape == m.group(k)] for k in (1, 2))
+            return (a if a.x < b.x else b).shape
+        (o,) = [o for o in objs if o.shape == re.match(r"What colour is the (\w+)\?", text).group(1)]
+        return o.colour
+    raise AssertionError(q["kind"])
+
+
+def test_answers_follow_from_the_scene():
+    kinds = {}
+    pope = {"yes": 0, "no": 0}
+    for seed in range(300):
+        scene = make_scene(seed)
+        assert 1 <= len(scene.objects) <= 4
+        assert len(_by_name(scene)) == len(scene.objects)  # (colour, shape) identifies an object
+        for o in scene.objects:
+            r = SIZES[o.size]
+            assert r <= o.x < 64 - r and r <= o.y < 64 - r and o.shape in SHAPES and o.colour in COLOURS
+        for q in questions(scene):
+            assert check(scene, q) == q["answer"], (seed, q)
+            kinds[q["kind"]] = kinds.get(q["kind"], 0) + 1
+            if q["kind"] == "pope":
+                pope[q["answer"]] += 1
+    assert set(kinds) == {"sqa", "text", "pope", "mme", "open", "gqa"} and min(kinds.values()) >= 50
+    assert pope["yes"] == pope["no"]  # balanced, as POPE is
+
+
+def test_objects_are_drawn_where_the_scene_says():
+    scene = make_scene(7)
+    im = render(scene)
+    for o in scene.objects:
+        assert max(abs(a - b) for a, b in zip(im.getpixel((o.x, o.y)), COLOURS[o.colour], strict=True)) < 40
+
+
+def test_splits_are_disjoint_and_written_in_llava_format(tmp_path, tiny_tokenizer):
+    from llava_gs.conversation import tokenize_conversation
+
+    train = scenes_for("train", 40)
+    test = scenes_for("test", 20, exclude={s.signature() for s in train})
+    assert not {s.signature() for s in train} & {s.signature() for s in test}
+    assert not {s.seed for s in train} & {s.seed for s in test}
+    stats = write_split(tmp_path, "train", train)
+    assert stats["scenes"] == 40 and len(list((tmp_path / "images" / "train").glob("*.png"))) == 40
+    finetune = json.loads((tmp_path / "train_finetune.json").read_text())
+    pretrain = json.loads((tmp_path / "train_pretrain.json").read_text())
+    for rec in finetune[:10]:
+        ids, labels = tokenize_conversation(rec["conversations"], tiny_tokenizer, "vicuna_v1", 1, 4)
+        assert any(lab != -100 for lab in labels)
+    for rec in pretrain[:10]:
+        tokenize_conversation(rec["conversations"], tiny_tokenizer, "plain", 1, 4)
+    q = json.loads((tmp_path / "train_questions.json").read_text())[0]
+    assert {"id", "image", "kind", "question", "answer"} <= set(q)
+
+
+@pytest.mark.parametrize("kind", ["pope", "open", "text"])
+def test_answer_style(kind):
+    for seed in range(50):
+        for q in questions(make_scene(seed)):
+            if q["kind"] == kind:
+                styled = answer_style(q)
+                assert styled and styled.lower().rstrip(".") in (q["answer"], q.get("reference", ""))
+                return
+    pytest.fail(f"no {kind} question in 50 scenes")

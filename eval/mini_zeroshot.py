@@ -36,12 +36,40 @@ def _photo(name: str) -> np.ndarray:
     return img[0] if isinstance(img, tuple) else img
 
 
-def build(root: str | Path, per_class: int = 4, size: int = 96, seed: int = 0) -> Path:
-    """Write the dataset under root; returns root."""
+def tar_add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add one member to an open tar (webdataset sample files)."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_classification(root: str | Path, samples, classnames: list[str], templates: list[str]) -> Path:
+    """CLIP_benchmark's local layout from (key, png bytes, label) samples; written to a temp tar, renamed."""
     root = Path(root)
     (root / "test").mkdir(parents=True, exist_ok=True)
+    tmp = root / "test" / "0.tar.tmp"
+    with tarfile.open(tmp, "w") as tf:
+        for key, data, label in samples:
+            tar_add(tf, f"{key}.png", data)
+            tar_add(tf, f"{key}.cls", str(label).encode())
+    tmp.replace(root / "test" / "0.tar")
+    (root / "test" / "nshards.txt").write_text("1\n")
+    (root / "classnames.txt").write_text("\n".join(classnames) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
+    return root
+
+
+def build(root: str | Path, per_class: int = 4, size: int = 96, seed: int = 0) -> Path:
+    """Write the dataset under root; returns root."""
     rng = np.random.default_rng(seed)
-    with tarfile.open(root / "test" / "0.tar", "w") as tf:
+
+    def samples():
         for label, photo in enumerate(CLASSES.values()):
             img = _photo(photo)
             h, w = img.shape[:2]
@@ -51,16 +79,10 @@ def build(root: str | Path, per_class: int = 4, size: int = 96, seed: int = 0) -
                 crop = img[top : top + side, left : left + side]
                 if rng.random() < 0.5:
                     crop = crop[:, ::-1]
-                buf = io.BytesIO()
-                Image.fromarray(np.ascontiguousarray(crop)).resize((size, size)).save(buf, format="PNG")
-                for ext, data in (("png", buf.getvalue()), ("cls", str(label).encode())):
-                    info = tarfile.TarInfo(f"{label:02d}{k:04d}.{ext}")
-                    info.size = len(data)
-                    tf.addfile(info, io.BytesIO(data))
-    (root / "test" / "nshards.txt").write_text("1\n")
-    (root / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
-    (root / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")
-    return root
+                im = Image.fromarray(np.ascontiguousarray(crop)).resize((size, size))
+                yield f"{label:02d}{k:04d}", png_bytes(im), label
+
+    return write_classification(root, samples(), list(CLASSES), TEMPLATES)
 
 
 def main(argv=None) -> int:

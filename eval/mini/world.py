@@ -14,8 +14,10 @@ alone and checked against the scene description by the tests:
 - `gqa`    compositional (GQA style): "What colour is the shape left of the square?" → "red".
 
     python -m eval.mini.world --out data/mini --train 4000 --test 500
-writes images/ (PNG), pretrain.json (captions, LLaVA plain format), finetune.json (questions, vicuna_v1),
-test.json (questions with kind and answer), classes.json (zero-shot labels) and scenes.jsonl.
+writes per split: images/<split>/ (PNG), <split>_pretrain.json (captions, LLaVA plain format),
+<split>_finetune.json (questions, vicuna_v1), <split>_questions.json (with kind and answer),
+<split>_scenes.jsonl, shards/<split>-NNNN.tar (png + caption, for open_clip and `gsv fit-shards`); and
+zeroshot/ (24 classes "<colour> <shape>" in CLIP_benchmark's layout) and classes.json.
 """
 
 from __future__ import annotations
@@ -99,8 +101,9 @@ def _overlaps(x, y, r, placed, label_box) -> bool:
     return False
 
 
-def make_scene(seed: int, text_prob: float = 0.35) -> Scene:
-    """The scene of `seed`: 1–4 non-overlapping objects with distinct (colour, shape), maybe a word."""
+def make_scene(seed: int, text_prob: float = 0.35, num_objects: int | None = None) -> Scene:
+    """The scene of `seed`: 1–4 (or `num_objects`) non-overlapping objects with distinct (colour, shape),
+    maybe a word."""
     rng = random.Random(seed)
     word = word_xy = None
     label_box = None
@@ -109,7 +112,7 @@ def make_scene(seed: int, text_prob: float = 0.35) -> Scene:
         w = 8 * len(word) + 6
         word_xy = (rng.randint(2, SIZE - w - 2), rng.choice([2, SIZE - 16]))
         label_box = (word_xy[0], word_xy[1], word_xy[0] + w, word_xy[1] + 14)
-    n = rng.randint(1, 4)
+    n = rng.randint(1, 4) if num_objects is None else num_objects
     objects: list[Obj] = []
     used = set()
     for _ in range(200):
@@ -385,17 +388,63 @@ def write_split(out: Path, split: str, scenes: list[Scene]) -> dict:
     return {"scenes": len(scenes), "questions": len(test)}
 
 
+def write_shards(out: Path, split: str, scenes: list[Scene], shard_size: int = 1000) -> list[Path]:
+    """img2dataset-style webdataset tars (<key>.png + <key>.txt caption) for open_clip and gsv fit-shards."""
+    import tarfile
+
+    from eval.mini_zeroshot import png_bytes, tar_add
+
+    folder = out / "shards"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(0, len(scenes), shard_size):
+        path = folder / f"{split}-{i // shard_size:04d}.tar"
+        tmp = path.with_suffix(".tar.tmp")
+        with tarfile.open(tmp, "w") as tf:
+            for s in scenes[i : i + shard_size]:
+                key = f"{s.seed:09d}"
+                tar_add(tf, f"{key}.png", png_bytes(render(s)))
+                tar_add(tf, f"{key}.txt", caption(s).encode())
+        tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
+ZS_TEMPLATES = ["a {c}.", "a picture of a {c}.", "a {c} on a grey background."]
+
+
+def write_zeroshot(root: Path, per_class: int = 10, seed: int = 0) -> Path:
+    """Zero-shot classification of single-object scenes: 24 classes '<colour> <shape>' (CLIP_benchmark layout)."""
+    from eval.mini_zeroshot import png_bytes, write_classification
+
+    classes = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+    counts = dict.fromkeys(classes, 0)
+    samples, k = [], 0
+    while min(counts.values()) < per_class:
+        scene = make_scene(20_000_000 + seed * 100_000_000 + k, text_prob=0.0, num_objects=1)
+        k += 1
+        label = scene.objects[0].name
+        if counts[label] >= per_class:
+            continue
+        counts[label] += 1
+        samples.append((f"{scene.seed:09d}", png_bytes(render(scene)), classes.index(label)))
+    return write_classification(root, samples, classes, ZS_TEMPLATES)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--train", type=int, default=4000)
     ap.add_argument("--test", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--zeroshot-per-class", type=int, default=10, help="single-object test scenes per class")
     args = ap.parse_args(argv)
     out = Path(args.out)
     train = scenes_for("train", args.train, args.seed)
     test = scenes_for("test", args.test, args.seed, exclude={s.signature() for s in train})
     stats = {"train": write_split(out, "train", train), "test": write_split(out, "test", test)}
+    stats["shards"] = [p.name for p in write_shards(out, "train", train) + write_shards(out, "test", test)]
+    write_zeroshot(out / "zeroshot", args.zeroshot_per_class, args.seed)
     classes = {"shapes": list(SHAPES), "colours": list(COLOURS), "kinds": list(KINDS)}
     (out / "classes.json").write_text(json.dumps(classes, indent=1))
     print(json.dumps(stats))

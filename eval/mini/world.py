@@ -201,6 +201,7 @@ def questions(scene: Scene) -> list[dict]:
         out.append(
             {
                 "kind": "sqa",
+                "raw": q,
                 "question": f"{q}\n{_letters(options)}{LETTER}",
                 "answer": "ABCD"[options.index(truth)],
                 "choices": options,
@@ -213,6 +214,7 @@ def questions(scene: Scene) -> list[dict]:
         out.append(
             {
                 "kind": "text",
+                "raw": "What word is written in the image?",
                 "question": f"What word is written in the image?{SHORT}",
                 "answer": scene.word.lower(),
             }
@@ -225,7 +227,8 @@ def questions(scene: Scene) -> list[dict]:
     pope = [(p.colour, p.shape, "yes"), (c, s, "no")]
     rng.shuffle(pope)
     for colour, shape, ans in pope:
-        out.append({"kind": "pope", "question": f"Is there a {colour} {shape} in the image?", "answer": ans})
+        raw = f"Is there a {colour} {shape} in the image?"
+        out.append({"kind": "pope", "raw": raw, "question": raw + SHORT, "answer": ans})
     # mme: a Yes/No pair on one attribute
     topic = rng.choice(["color", "count"] + (["position"] if len(objs) >= 2 else []))
     if topic == "color":
@@ -254,10 +257,24 @@ def questions(scene: Scene) -> list[dict]:
         group = f"{scene.seed}/{topic}"
         yn = " Please answer yes or no."
         out.append(
-            {"kind": "mme", "question": pair[0] + yn, "answer": "Yes", "category": topic, "pair": group}
+            {
+                "kind": "mme",
+                "raw": pair[0] + yn,
+                "question": pair[0] + SHORT,
+                "answer": "Yes",
+                "category": topic,
+                "pair": group,
+            }
         )
         out.append(
-            {"kind": "mme", "question": pair[1] + yn, "answer": "No", "category": topic, "pair": group}
+            {
+                "kind": "mme",
+                "raw": pair[1] + yn,
+                "question": pair[1] + SHORT,
+                "answer": "No",
+                "category": topic,
+                "pair": group,
+            }
         )
     # open: list shapes, or count
     if rng.random() < 0.5:
@@ -265,6 +282,7 @@ def questions(scene: Scene) -> list[dict]:
         out.append(
             {
                 "kind": "open",
+                "raw": "What shapes are in the image?",
                 "question": "What shapes are in the image?",
                 "answer": "<AND>".join(shapes),
                 "reference": _list(shapes),
@@ -274,6 +292,7 @@ def questions(scene: Scene) -> list[dict]:
         out.append(
             {
                 "kind": "open",
+                "raw": "How many shapes are in the image?",
                 "question": "How many shapes are in the image?",
                 "answer": NUMBERS[len(objs)],
                 "reference": NUMBERS[len(objs)],
@@ -290,6 +309,7 @@ def questions(scene: Scene) -> list[dict]:
             out.append(
                 {
                     "kind": "gqa",
+                    "raw": f"What colour is the shape left of the {right.shape}?",
                     "question": f"What colour is the shape left of the {right.shape}?{SHORT}",
                     "answer": left.colour,
                 }
@@ -298,13 +318,15 @@ def questions(scene: Scene) -> list[dict]:
             out.append(
                 {
                     "kind": "gqa",
+                    "raw": f"Which is further left, the {a.shape} or the {b.shape}?",
                     "question": f"Which is further left, the {a.shape} or the {b.shape}?{SHORT}",
                     "answer": left.shape,
                 }
             )
     else:
         o = objs[0]
-        out.append({"kind": "gqa", "question": f"What colour is the {o.shape}?{SHORT}", "answer": o.colour})
+        raw = f"What colour is the {o.shape}?"
+        out.append({"kind": "gqa", "raw": raw, "question": raw + SHORT, "answer": o.colour})
     return out
 
 

@@ -104,13 +104,9 @@ def test_cli_runs_every_mini_task_and_reuses_the_splat_cache(tiny_init, tmp_path
     assert len(list(cache.rglob("*.gs.npy"))) == n_images
 
 
-def test_oracle_answers_score_full_marks(judge, tmp_path, monkeypatch):
-    """The mini tasks' data, YAMLs and the official scorers agree: true answers get full marks."""
+def _oracle():
+    """An lmms model that answers every question with its ground truth."""
     from lmms_eval.api.model import lmms
-    from lmms_eval.evaluator import simple_evaluate
-    from lmms_eval.tasks import TaskManager
-
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
 
     class Oracle(lmms):
         def generate_until(self, requests):
@@ -119,7 +115,7 @@ def test_oracle_answers_score_full_marks(judge, tmp_path, monkeypatch):
                 _, _, doc_to_visual, doc_id, task, split = req.args
                 doc = self.task_dict[task][split][doc_id]
                 assert all(im.mode == "RGB" for im in doc_to_visual(doc))
-                if task == "gv_scienceqa_img":
+                if "choices" in doc:  # ScienceQA style: the option letter
                     out.append("ABC"[doc["answer"]])
                 else:
                     out.append(str(doc["answer"]).replace("<AND>", " and ").replace("<OR>", " or "))
@@ -131,8 +127,18 @@ def test_oracle_answers_score_full_marks(judge, tmp_path, monkeypatch):
         def generate_until_multi_round(self, requests):
             raise NotImplementedError
 
+    return Oracle()
+
+
+def test_oracle_answers_score_full_marks(judge, tmp_path, monkeypatch):
+    """The mini tasks' data, YAMLs and the official scorers agree: true answers get full marks."""
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+
     tm = TaskManager(include_path=str(TASKS), include_defaults=False)
-    res = simple_evaluate(model=Oracle(), tasks=["gv_mini"], task_manager=tm, log_samples=False)["results"]
+    res = simple_evaluate(model=_oracle(), tasks=["gv_mini"], task_manager=tm, log_samples=False)["results"]
     assert res["gv_scienceqa_img"]["exact_match,none"] == 1.0
     assert res["gv_textvqa_val"]["exact_match,none"] == 1.0
     assert res["gv_gqa"]["exact_match,none"] == 1.0
@@ -237,3 +243,24 @@ def test_multi_round_carries_the_dialogue(tiny_init):
     assert [r for r, _, _ in seen] == [1, 2, 3]
     assert seen[1][1] == answers[:2] and seen[1][2] == {"round": 1}
     assert lm.cache.misses == 1  # the picture is fitted once for the whole dialogue
+
+
+def test_mini_world_tasks_score_true_answers(judge, tmp_path, monkeypatch):
+    """eval.mini.tasks rows + the official scorers: the world's true answers get full marks."""
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from eval.mini.tasks import write_tasks
+    from eval.mini.world import scenes_for, write_split
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    write_split(tmp_path / "world", "test", scenes_for("test", 20))
+    write_tasks(tmp_path / "world", tmp_path / "tasks")
+    tm = TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False)
+    res = simple_evaluate(model=_oracle(), tasks=["mw_all"], task_manager=tm, log_samples=False)["results"]
+    assert res["mw_sqa"]["exact_match,none"] == 1.0 and res["mw_gqa"]["exact_match,none"] == 1.0
+    assert res["mw_text"]["exact_match,none"] == 1.0 and res["mw_pope"]["pope_accuracy,none"] == 1.0
+    assert res["mw_open"]["gpt_eval_score,none"] == 100.0
+    questions = json.loads((tmp_path / "world" / "test_questions.json").read_text())
+    categories = {q["category"] for q in questions if q["kind"] == "mme"}
+    assert res["mw_mme"]["mme_perception_score,none"] == pytest.approx(200.0 * len(categories))  # acc + acc+

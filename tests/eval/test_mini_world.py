@@ -131,3 +131,46 @@ def test_answer_style(kind):
                 assert styled and styled.lower().rstrip(".") in (q["answer"], q.get("reference", ""))
                 return
     pytest.fail(f"no {kind} question in 50 scenes")
+
+
+def test_lmms_tasks_rebuild_the_training_prompts_and_score_true_answers(tmp_path, monkeypatch):
+    pytest.importorskip("lmms_eval")
+    import yaml
+    from lmms_eval.tasks.gqa import utils as gqa
+    from lmms_eval.tasks.mme import utils as mme
+    from lmms_eval.tasks.pope import utils as pope
+    from lmms_eval.tasks.scienceqa import utils as sqa
+    from lmms_eval.tasks.textvqa import utils as textvqa
+
+    from eval.mini.tasks import write_tasks
+
+    data = tmp_path / "world"
+    write_split(data, "test", scenes_for("test", 30))
+    counts = write_tasks(data, tmp_path / "tasks")
+    shuffled = write_tasks(data, tmp_path / "tasks", shuffled=True)
+    assert set(counts) == {f"mw_{k}" for k in ("sqa", "text", "pope", "mme", "open", "gqa")}
+    assert {k + "_shuffled": v for k, v in counts.items()} == shuffled
+    import datasets
+
+    to_text = {
+        "sqa": sqa.sqa_doc_to_text,
+        "text": textvqa.textvqa_doc_to_text,
+        "pope": pope.pope_doc_to_text,
+        "mme": mme.mme_doc_to_text,
+        "gqa": gqa.gqa_doc_to_text,
+    }
+    questions = json.loads((data / "test_questions.json").read_text())
+    for kind, fn in to_text.items():
+        cfg = yaml.safe_load(
+            "\n".join(
+                line
+                for line in (tmp_path / "tasks" / f"mw_{kind}.yaml").read_text().splitlines()
+                if "!function" not in line
+            )
+        )
+        rows = datasets.load_dataset("parquet", data_files=str(tmp_path / "tasks" / f"mw_{kind}.parquet"))[
+            "train"
+        ]
+        expected = [q["question"] for q in questions if q["kind"] == kind]
+        built = [fn(row, cfg["lmms_eval_specific_kwargs"]["default"]) for row in rows]
+        assert built == expected, kind

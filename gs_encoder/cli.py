@@ -334,6 +334,33 @@ def cmd_fit_shards(args) -> int:
     return 1 if summary["failures"] else 0
 
 
+def cmd_encoder_from_clip(args) -> int:
+    """The RGB twin for RGB-LLaVA, or a fresh GS encoder initialised from a CLIP's vision tower."""
+    from .modeling_gs_vision import GSVisionModel, RGBVisionModel
+    from .teacher import register_model_config
+
+    try:
+        if args.model_config:
+            register_model_config(args.model_config)
+        if args.input == "rgb":
+            model = RGBVisionModel.from_open_clip(args.clip_model, pretrained=args.clip_pretrained or None)
+        else:
+            model = GSVisionModel.from_open_clip(
+                args.clip_model,
+                pretrained=args.clip_pretrained or None,
+                num_tokens=args.num_tokens,
+                resampler_depth=args.resampler_depth,
+                fourier_bands=args.fourier_bands,
+            )
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        _error(str(e))
+        return 2
+    model.save_pretrained(args.output)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.input} encoder ({n / 1e6:.2f} M parameters) to {args.output}")
+    return 0
+
+
 def cmd_encoder_params(args) -> int:
     import open_clip
     import torch
@@ -493,6 +520,20 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--vit-blocks", type=int, default=2, help="ViT (and text) blocks unfrozen in stage 2")
     ep.add_argument("--output", help="also write the table as Markdown to this file")
     ep.set_defaults(func=cmd_encoder_params)
+
+    ex = sub.add_parser(
+        "encoder-from-clip",
+        help="write an encoder folder (GS, or the RGB twin) around an open_clip model's vision tower",
+    )
+    ex.add_argument("--clip-model", default="ViT-B-16", help="open_clip architecture")
+    ex.add_argument("--clip-pretrained", default="", help="open_clip tag or checkpoint path (empty: random)")
+    ex.add_argument("--model-config", help="an open_clip architecture JSON to register first")
+    ex.add_argument("--input", choices=("gs", "rgb"), default="gs", help="GS encoder or RGB twin")
+    ex.add_argument("--num-tokens", type=int, default=196, help="K resampled tokens (GS)")
+    ex.add_argument("--resampler-depth", type=int, default=2)
+    ex.add_argument("--fourier-bands", type=int, default=16)
+    ex.add_argument("-o", "--output", required=True, help="folder to write (config.json + model.safetensors)")
+    ex.set_defaults(func=cmd_encoder_from_clip)
 
     info = sub.add_parser("info", help="describe splat files (no files: the environment)")
     info.add_argument("splats", nargs="*", help=".gs.npy or .gsq files")

@@ -150,10 +150,11 @@ def read_samples(unit: Unit) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {ext: bytes}) for each sample of a unit, in order; a missing LLaVA image yields {} (an error)."""
     if unit.images is not None:
         for key, path in unit.images:
-            yield (
-                key,
-                ({path.suffix.lower().lstrip(".") or "img": path.read_bytes()} if path.is_file() else {}),
-            )
+            fields = {path.suffix.lower().lstrip(".") or "img": path.read_bytes()} if path.is_file() else {}
+            caption = path.with_suffix(".txt")
+            if fields and caption.is_file():
+                fields["txt"] = caption.read_bytes()
+            yield key, fields
         return
     if unit.files is not None:
         for f in unit.files:
@@ -265,6 +266,8 @@ class _CacheSink:
         atomic_write_bytes(sidecar_path(path), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
         if "t16.npy" in fields:
             atomic_write_bytes(self.out / f"{key}.t16.npy", fields["t16.npy"])
+        if "txt" in fields:  # a caption beside the image travels with its splats (SplatFolder reads it)
+            atomic_write_bytes(self.out / f"{key}.txt", fields["txt"])
         atomic_write_bytes(path, fields["gs.npy"])
 
     def close(self) -> None:

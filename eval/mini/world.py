@@ -366,6 +366,7 @@ def write_split(out: Path, split: str, scenes: list[Scene]) -> dict:
             tmp = path.with_suffix(".tmp.png")
             render(s).save(tmp)
             tmp.replace(path)
+        path.with_suffix(".txt").write_text(caption(s) + "\n")  # `gsv fit-shards` carries it to the splats
         qs = questions(s)
         pretrain.append(
             {

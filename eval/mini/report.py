@@ -1,0 +1,191 @@
+"""The miniature reproduction's tables and plots, from what scripts/mini_repro.sh wrote under OUT.
+
+    python -m eval.mini.report --out outputs/mini_repro --results eval/results/mini_repro --command "..."
+
+Sections (the paper's tables in small): splat budgets (bytes, compression vs raw 64² RGB, fit PSNR, load
+time vs PNG decoding); zero-shot accuracy GS vs RGB and GS/RGB per encoder; VQA accuracy per question
+kind for RGB-LLaVA and each GS-LLaVA with chance, the question-only prior and the shuffled-image control
+(± one standard error); lmms-eval's official metrics. Writes <results>.md, .json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from .score import accuracy_table, chance, question_only_prior, read_samples
+
+KINDS = ["sqa", "text", "pope", "mme", "open", "gqa"]
+RAW_BYTES = 64 * 64 * 3
+
+
+def _budgets(out: Path) -> tuple[list[str], list[list], dict]:
+    import numpy as np
+    from PIL import Image
+
+    from gs_encoder.splat_io import load_splats
+
+    rows, data = [], {}
+    pngs = sorted((out / "data" / "images" / "test").glob("*.png"))[:200]
+    t = time.perf_counter()
+    for p in pngs:
+        np.asarray(Image.open(p).convert("RGB"), dtype=np.float32)
+    png_s = (time.perf_counter() - t) / max(1, len(pngs))
+    for folder in sorted((out / "splats").glob("n*"), key=lambda p: int(p.name[1:])):
+        n = int(folder.name[1:])
+        files = sorted((folder / "test").glob("*.gs.npy"))[:200]
+        psnr = [
+            json.loads(f.with_name(f.name[: -len(".gs.npy")] + ".json").read_text())["psnr"] for f in files
+        ]
+        t = time.perf_counter()
+        for f in files:
+            load_splats(f)
+        load_s = (time.perf_counter() - t) / max(1, len(files))
+        nbytes = 16 * n
+        data[n] = {
+            "bytes": nbytes,
+            "ratio": RAW_BYTES / nbytes,
+            "psnr": sum(psnr) / max(1, len(psnr)),
+            "load_ms": 1e3 * load_s,
+            "png_ms": 1e3 * png_s,
+        }
+        rows.append(
+            [
+                n,
+                nbytes,
+                f"{RAW_BYTES / nbytes:.2f}×",
+                f"{data[n]['psnr']:.2f}",
+                f"{1e3 * load_s:.3f}",
+                f"{1e3 * png_s:.3f}",
+            ]
+        )
+    headers = ["N", "bytes (fp16)", "vs raw 64² RGB", "fit PSNR dB", "load ms (.gs.npy)", "load ms (PNG)"]
+    return headers, rows, data
+
+
+def _zeroshot(out: Path) -> tuple[list[str], list[list], dict]:
+    rows, data = [], {}
+    for f in sorted((out / "zeroshot").glob("*/zeroshot.json")):
+        res = json.loads(f.read_text())
+        for ds, r in res["results"].items():
+            gs, rgb = r.get("GS", {}).get("acc1"), r.get("RGB", {}).get("acc1")
+            if gs is None or rgb is None:
+                continue
+            name = f.parent.name
+            data[name] = {"gs": gs, "rgb": rgb}
+            rows.append([name, ds, f"{100 * rgb:.1f}", f"{100 * gs:.1f}", f"{gs / rgb:.3f}" if rgb else "–"])
+    return ["encoder", "dataset", "RGB acc %", "GS acc %", "GS / RGB"], rows, data
+
+
+def _official(out: Path, name: str) -> dict:
+    files = sorted((out / "vqa" / name / "mw_all").rglob("*_results.json"))
+    return json.loads(files[-1].read_text())["results"] if files else {}
+
+
+def build(out: Path) -> tuple[list[tuple[str, list[str], list[list]]], dict]:
+    train = json.loads((out / "data" / "train_questions.json").read_text())
+    test = json.loads((out / "data" / "test_questions.json").read_text())
+    runs: dict[str, dict[str, list[bool]]] = {}
+    ch = chance(train, test)
+    runs["question-only prior"] = question_only_prior(train, test)
+    controls: dict[str, dict[str, list[bool]]] = {}
+    models = sorted(p.name for p in (out / "vqa").glob("*") if p.is_dir()) if (out / "vqa").exists() else []
+    models.sort(key=lambda m: (m != "rgb", m))
+    for m in models:
+        label = "RGB-LLaVA" if m == "rgb" else f"GS-LLaVA {m[3:]}"
+        runs[label] = read_samples(out / "vqa" / m / "mw_all")
+        shuffled = out / "vqa" / m / "mw_all_shuffled"
+        if shuffled.exists():
+            controls[f"{label}, shuffled images"] = read_samples(shuffled, shuffled=True)
+    headers, rows = accuracy_table({**runs, **controls}, KINDS)
+    rows.insert(0, ["chance", *(f"{100 * ch[k]:.1f}" if k in ch else "–" for k in KINDS), ""])
+    sections = [("VQA accuracy per question kind (%, ± 1 s.e.)", headers, rows)]
+    b_headers, b_rows, budgets = _budgets(out)
+    if b_rows:
+        sections.insert(0, ("Splat budgets: storage, fidelity, loading", b_headers, b_rows))
+    z_headers, z_rows, zs = _zeroshot(out)
+    if z_rows:
+        sections.insert(1, ("Zero-shot classification, 24 classes (GS vs RGB)", z_headers, z_rows))
+    official = {m: _official(out, m) for m in models}
+    data = {
+        "accuracy": {
+            name: {k: (sum(v) / len(v) if v else None) for k, v in res.items()}
+            for name, res in {**runs, **controls}.items()
+        },
+        "counts": {k: sum(q["kind"] == k for q in test) for k in KINDS},
+        "chance": ch,
+        "budgets": budgets,
+        "zeroshot": zs,
+        "official_lmms_eval": official,
+    }
+    return sections, data
+
+
+def _plot(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    acc = {k: v for k, v in data["accuracy"].items() if "shuffled" not in k and k != "question-only prior"}
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / max(1, len(acc))
+    x = np.arange(len(KINDS))
+    for i, (name, res) in enumerate(acc.items()):
+        ax.bar(x + i * width, [100 * (res.get(k) or 0) for k in KINDS], width, label=name)
+    prior = data["accuracy"]["question-only prior"]
+    ax.scatter(
+        x + 0.4 - width / 2,
+        [100 * (prior.get(k) or 0) for k in KINDS],
+        marker="_",
+        s=400,
+        color="k",
+        label="question-only prior",
+        zorder=3,
+    )
+    ax.set_xticks(x + 0.4 - width / 2, KINDS)
+    ax.set_ylabel("accuracy %")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="the OUT folder of scripts/mini_repro.sh")
+    ap.add_argument("--results", required=True, help="path without extension for .md/.json/.png")
+    ap.add_argument("--command", default="bash scripts/mini_repro.sh")
+    args = ap.parse_args(argv)
+    from gs_encoder.report import machine_info, markdown_table
+
+    sections, data = build(Path(args.out))
+    info = machine_info()
+    res = Path(args.results)
+    res.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# GaussianVision in miniature (issue 9)",
+        "",
+        f"`{args.command}`, run {info['date']} on {info['cpu']} ({info['torch_threads']} torch threads), "
+        f"torch {info['torch']}, commit {info['git']}. Questions per kind: "
+        + ", ".join(f"{k} {n}" for k, n in data["counts"].items())
+        + ".",
+        "",
+    ]
+    for heading, headers, rows in sections:
+        lines += [f"## {heading}", "", markdown_table(headers, rows), ""]
+    lines += [f"![accuracy per kind]({res.name}.png)", ""]
+    res.with_suffix(".md").write_text("\n".join(lines))
+    res.with_suffix(".json").write_text(
+        json.dumps({"command": args.command, "machine": info, **data}, indent=2, default=str) + "\n"
+    )
+    _plot(data, res.with_suffix(".png"))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

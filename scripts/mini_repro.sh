@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# GaussianVision in miniature, end to end on CPU with the project's real commands (issue 9):
+#   world data → RGB CLIP teacher from scratch (open_clip_train) → splats at 3 budgets (gsv fit-shards, with
+#   teacher embeddings) → GS encoder stage 1 + stage 2 (K = 64 and 32, the 196/98-token equivalents at 64²)
+#   → zero-shot GS vs RGB → tiny RGB-LLaVA and GS-LLaVA through scripts/pretrain.sh + scripts/finetune.sh
+#   (DeepSpeed, CPU) → lmms-eval on the world's six question kinds (+ shuffled-image control)
+#   → eval/results/mini_repro.{md,json,png} via eval.mini.report.
+#   bash scripts/mini_repro.sh            the full run (sized for ≤ 45 min on 2 cores)
+#   bash scripts/mini_repro.sh --smoke    every stage at toy size (a few minutes; CI runs it)
+# Stages already finished (their outputs exist) are skipped on a rerun. OUT (outputs/mini_repro) holds all.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
+cd "$ROOT"
+SMOKE=0
+[[ "${1:-}" == "--smoke" ]] && SMOKE=1
+OUT="${OUT:-outputs/mini_repro$([[ $SMOKE == 1 ]] && echo _smoke)}"
+mkdir -p "$OUT"
+if [[ $SMOKE == 1 ]]; then
+  NTRAIN=64 NTEST=24 ZS=2 CLIP_EPOCHS=1 FIT_ITERS=10 BUDGETS="16 36" S1_STEPS=4 S2_STEPS=2
+  LM_EPOCHS=1 FT_EPOCHS=1 MAX_STEPS=2 KS="16 8"
+else
+  NTRAIN="${NTRAIN:-3000}" NTEST="${NTEST:-400}" ZS="${ZS:-10}" CLIP_EPOCHS="${CLIP_EPOCHS:-15}"
+  FIT_ITERS="${FIT_ITERS:-100}" BUDGETS="${BUDGETS:-64 144 256}" S1_STEPS="${S1_STEPS:-400}" S2_STEPS="${S2_STEPS:-150}"
+  FT_EPOCHS="${FT_EPOCHS:-3}" MAX_STEPS=-1 KS="64 32"
+fi
+CFG=eval/mini/mini-vit.json
+JUDGE_PORT="${JUDGE_PORT:-18771}"
+T0=$(date +%s)
+stamp() { echo "== [$(( $(date +%s) - T0 ))s] $*"; }
+done_or() { [[ -e "$1" ]] && { echo "   (done: $1)"; return 0; } || return 1; }
+
+stamp "world: $NTRAIN train / $NTEST test scenes"
+done_or "$OUT/data/test_questions.json" || \
+  python -m eval.mini.world --out "$OUT/data" --train "$NTRAIN" --test "$NTEST" --zeroshot-per-class "$ZS"
+done_or "$OUT/tasks/_mw_all_shuffled.yaml" || python -m eval.mini.tasks --data "$OUT/data" --out "$OUT/tasks" --shuffled
+
+stamp "RGB CLIP teacher from scratch (open_clip_train, $CLIP_EPOCHS epochs)"
+CLIP_CKPT="$OUT/runs/rgb-clip/checkpoints/epoch_${CLIP_EPOCHS}.pt"
+if ! done_or "$CLIP_CKPT"; then
+  rm -rf "$OUT/runs/rgb-clip"
+  n_shards=$(ls "$OUT"/data/shards/train-*.tar | wc -l)
+  last=$(printf "%04d" $((n_shards - 1)))
+  python -m eval.mini.train_clip --model-config "$CFG" --train-data "$OUT/data/shards/train-{0000..$last}.tar" \
+    --train-num-samples "$NTRAIN" --dataset-type webdataset --batch-size 128 --epochs "$CLIP_EPOCHS" --lr 1e-3 \
+    --warmup 50 --wd 0.1 --workers 0 --precision fp32 --logs "$OUT/runs" --name rgb-clip \
+    --save-frequency "$CLIP_EPOCHS" --seed 0 --log-every-n-steps 20
+fi
+
+for n in $BUDGETS; do
+  stamp "splats: N = $n, $FIT_ITERS iterations, 64² canvas (+ teacher embeddings)"
+  for split in train test; do
+    done_or "$OUT/splats/n$n/.$split.done" || {
+      gsv fit-shards "$OUT/data/${split}_finetune.json" --image-folder "$OUT/data/images" -o "$OUT/splats/n$n" \
+        --num-gaussians "$n" --iters "$FIT_ITERS" --size 64 --resize resize \
+        --teacher "mini-vit:$CLIP_CKPT" --teacher-config "$CFG" -q
+      touch "$OUT/splats/n$n/.$split.done"
+    }
+  done
+done
+
+stamp "RGB twin encoder (the teacher's vision tower) for RGB-LLaVA"
+done_or "$OUT/encoders/rgb/model.safetensors" || gsv encoder-from-clip --clip-model mini-vit --model-config "$CFG" \
+  --clip-pretrained "$CLIP_CKPT" --input rgb -o "$OUT/encoders/rgb"
+
+FIRST_N=${BUDGETS%% *}
+MID_N=$(echo "$BUDGETS" | awk '{print $2}')
+for k in $KS; do
+  for n in $BUDGETS; do
+    [[ $k != "${KS%% *}" && $n != "$MID_N" ]] && continue  # the half-token encoder only at the middle budget
+    name="gs-n$n-k$k"
+    stamp "GS encoder $name: stage 1 (distillation to the RGB CLIP) + stage 2 (CLIP adaptation)"
+    done_or "$OUT/encoders/$name/stage2/final/model.safetensors" && continue
+    python -m gs_encoder.train --stage 1 --data "$OUT/splats/n$n/train" --clip-model mini-vit \
+      --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --num-tokens "$k" --output-dir "$OUT/encoders/$name/stage1" \
+      --batch-size 64 --lr 1e-3 --warmup-steps 20 --max-steps "$S1_STEPS" --num-workers 0 --save-every 0
+    python -m gs_encoder.train --stage 2 --data "$OUT/splats/n$n/train" --clip-model mini-vit \
+      --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --encoder "$OUT/encoders/$name/stage1/final" \
+      --output-dir "$OUT/encoders/$name/stage2" --batch-size 64 --lr 3e-4 --warmup-steps 10 \
+      --max-steps "$S2_STEPS" --num-workers 0 --save-every 0
+  done
+done
+
+stamp "zero-shot, GS vs RGB (CLIP_benchmark, single-object scenes, 24 classes)"
+for enc in "$OUT"/encoders/gs-*/stage2/final; do
+  name=$(basename "$(dirname "$(dirname "$enc")")")
+  n=${name#gs-n}; n=${n%%-*}
+  done_or "$OUT/zeroshot/$name/zeroshot.json" || python -m eval.zeroshot --gs "$enc" --clip-model mini-vit \
+    --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --datasets wds/mini_world --dataset-root "$OUT/data/zeroshot" \
+    --num-gaussians "$n" --fit-iters "$FIT_ITERS" --canvas 64 --resize resize --batch-size 64 --num-workers 0 \
+    -o "$OUT/zeroshot/$name"
+done
+
+stamp "language model stand-in (BPE tokenizer on the world's texts + random Llama)"
+done_or "$OUT/lm/model.safetensors" || python -m eval.mini.make_lm --data "$OUT/data" --out "$OUT/lm"
+
+llava() {  # llava NAME ENCODER_DIR SPLAT_FOLDER N
+  local name=$1 enc=$2 splats=$3 n=$4
+  stamp "LLaVA $name: init → pretrain.sh (projector) → finetune.sh (projector + LM)"
+  done_or "$OUT/llava/$name/final/model.safetensors" && return 0
+  python scripts/build_init_checkpoint.py --lm "$OUT/lm" --encoder "$enc" --output "$OUT/llava/$name/init" \
+    --dtype float32 --num-gaussians "$n" --fit-iters "$FIT_ITERS" --overwrite >/dev/null
+  local common=(MODEL="$OUT/llava/$name/init" IMAGE_FOLDER="$OUT/data/images" NUM_GPUS=1 WORKERS=0
+                MAX_STEPS="$MAX_STEPS" MASTER_PORT="${MASTER_PORT:-29581}")
+  [[ -n "$splats" ]] && common+=(SPLAT_FOLDER="$splats")
+  env "${common[@]}" DATA_PATH="$OUT/data/train_pretrain.json" OUTPUT_DIR="$OUT/llava/$name/pretrain" \
+    PER_DEVICE_BATCH=32 GLOBAL_BATCH=32 LR=1e-3 bash scripts/pretrain.sh
+  env "${common[@]}" DATA_PATH="$OUT/data/train_finetune.json" OUTPUT_DIR="$OUT/llava/$name/final" \
+    PROJECTOR="$OUT/llava/$name/pretrain/mm_projector.safetensors" PER_DEVICE_BATCH=16 GLOBAL_BATCH=16 LR=1e-3 \
+    EXTRA_ARGS="--num_train_epochs $FT_EPOCHS" bash scripts/finetune.sh
+}
+llava rgb "$OUT/encoders/rgb" "" 64
+for enc in "$OUT"/encoders/gs-*/stage2/final; do
+  name=$(basename "$(dirname "$(dirname "$enc")")")
+  n=${name#gs-n}; n=${n%%-*}
+  llava "$name" "$enc" "$OUT/splats/n$n" "$n"
+done
+
+stamp "lmms-eval on the world's test questions (six kinds) and the shuffled-image control"
+python -m eval.mini_judge --port "$JUDGE_PORT" >/dev/null 2>&1 &
+JUDGE=$!
+trap 'kill $JUDGE 2>/dev/null || true' EXIT
+export OPENAI_API_URL="http://127.0.0.1:$JUDGE_PORT/v1" OPENAI_API_KEY=local HF_DATASETS_OFFLINE=1
+sleep 1
+for model in "$OUT"/llava/*/final; do
+  name=$(basename "$(dirname "$model")")
+  for group in mw_all mw_all_shuffled; do
+    out="$OUT/vqa/$name/$group"
+    find "$out" -name '*_results.json' 2>/dev/null | grep -q . && continue
+    splats=""
+    [[ $name == gs-* ]] && { n=${name#gs-n}; n=${n%%-*}; splats=",splat_cache=$OUT/eval_cache/n$n"; }
+    python -m lmms_eval --model llava_gs --model_args "pretrained=$model,progress=false$splats" --tasks "$group" \
+      --include_path "$OUT/tasks" --batch_size 32 --output_path "$out" --log_samples --verbosity WARNING
+  done
+done
+
+stamp "report"
+python -m eval.mini.report --out "$OUT" --results "$([[ $SMOKE == 1 ]] && echo "$OUT/report" || echo eval/results)/mini_repro" \
+  --command "bash scripts/mini_repro.sh${1:+ $1}"
+stamp "done"

@@ -5,7 +5,7 @@
 #   → zero-shot GS vs RGB → tiny RGB-LLaVA and GS-LLaVA through scripts/pretrain.sh + scripts/finetune.sh
 #   (DeepSpeed, CPU) → lmms-eval on the world's six question kinds (+ shuffled-image control)
 #   → eval/results/mini_repro.{md,json,png} via eval.mini.report.
-#   bash scripts/mini_repro.sh            the full run (sized for ≤ 45 min on 2 cores)
+#   bash scripts/mini_repro.sh            the full run (sized for ≤ 45 min on 2 cores; NTRAIN, BUDGETS, ... override)
 #   bash scripts/mini_repro.sh --smoke    every stage at toy size (a few minutes; CI runs it)
 # Stages already finished (their outputs exist) are skipped on a rerun. OUT (outputs/mini_repro) holds all.
 set -euo pipefail
@@ -16,12 +16,12 @@ SMOKE=0
 OUT="${OUT:-outputs/mini_repro$([[ $SMOKE == 1 ]] && echo _smoke)}"
 mkdir -p "$OUT"
 if [[ $SMOKE == 1 ]]; then
-  NTRAIN=64 NTEST=24 ZS=2 CLIP_EPOCHS=1 FIT_ITERS=10 BUDGETS="16 36" S1_STEPS=4 S2_STEPS=2
+  NTRAIN=64 NTEST=24 ZS=2 CLIP_EPOCHS=1 CLIP_BATCH=16 FIT_ITERS=10 BUDGETS="16 36" S1_STEPS=4 S2_STEPS=2
   LM_EPOCHS=1 FT_EPOCHS=1 MAX_STEPS=2 KS="16 8"
 else
-  NTRAIN="${NTRAIN:-3000}" NTEST="${NTEST:-400}" ZS="${ZS:-10}" CLIP_EPOCHS="${CLIP_EPOCHS:-15}"
-  FIT_ITERS="${FIT_ITERS:-100}" BUDGETS="${BUDGETS:-64 144 256}" S1_STEPS="${S1_STEPS:-400}" S2_STEPS="${S2_STEPS:-150}"
-  FT_EPOCHS="${FT_EPOCHS:-3}" MAX_STEPS=-1 KS="64 32"
+  NTRAIN="${NTRAIN:-3000}" NTEST="${NTEST:-400}" ZS="${ZS:-10}" CLIP_EPOCHS="${CLIP_EPOCHS:-15}" CLIP_BATCH=128
+  FIT_ITERS="${FIT_ITERS:-100}" BUDGETS="${BUDGETS:-64 144}" S1_STEPS="${S1_STEPS:-400}" S2_STEPS="${S2_STEPS:-150}"
+  FT_EPOCHS="${FT_EPOCHS:-2}" MAX_STEPS=-1 KS="64 32"
 fi
 CFG=eval/mini/mini-vit.json
 JUDGE_PORT="${JUDGE_PORT:-18771}"
@@ -41,7 +41,7 @@ if ! done_or "$CLIP_CKPT"; then
   n_shards=$(ls "$OUT"/data/shards/train-*.tar | wc -l)
   last=$(printf "%04d" $((n_shards - 1)))
   python -m eval.mini.train_clip --model-config "$CFG" --train-data "$OUT/data/shards/train-{0000..$last}.tar" \
-    --train-num-samples "$NTRAIN" --dataset-type webdataset --batch-size 128 --epochs "$CLIP_EPOCHS" --lr 1e-3 \
+    --train-num-samples "$NTRAIN" --dataset-type webdataset --batch-size "$CLIP_BATCH" --epochs "$CLIP_EPOCHS" --lr 1e-3 \
     --warmup 50 --wd 0.1 --workers 0 --precision fp32 --logs "$OUT/runs" --name rgb-clip \
     --save-frequency "$CLIP_EPOCHS" --seed 0 --log-every-n-steps 20
 fi

@@ -13,7 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 cd "$ROOT"
 SMOKE=0
 [[ "${1:-}" == "--smoke" ]] && SMOKE=1
-OUT="${OUT:-outputs/mini_repro$([[ $SMOKE == 1 ]] && echo _smoke)}"
+OUT="${OUT:-outputs/mini_repro$( ((SMOKE)) && echo _smoke || true)}"
 mkdir -p "$OUT"
 if [[ $SMOKE == 1 ]]; then
   NTRAIN=64 NTEST=24 ZS=2 CLIP_EPOCHS=1 CLIP_BATCH=16 FIT_ITERS=10 BUDGETS="16 36" S1_STEPS=4 S2_STEPS=2

@@ -208,3 +208,43 @@ def test_fit_with_l1_pruning_and_early_stop(tmp_path, photo_path, capsys):
     assert main(argv) == 0
     es = json.loads((tmp_path / "es" / "coffee.json").read_text())
     assert es["fit_iters"] < 500 and es["psnr"] >= 19.9
+
+
+@pytest.mark.parametrize("kind", ["gs", "rgb"])
+def test_encoder_from_clip_writes_a_loadable_folder(tmp_path, kind, capsys):
+    import open_clip
+    import torch
+
+    from gs_encoder.modeling_gs_vision import GSVisionModel
+
+    from .test_train import TINY_CLIP
+
+    cfg = tmp_path / "tiny-cli-clip.json"
+    cfg.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(cfg)
+    clip = open_clip.create_model("tiny-cli-clip")
+    ckpt = tmp_path / "clip.pt"
+    torch.save({"state_dict": clip.state_dict()}, ckpt)
+    out = tmp_path / kind
+    args = [
+        "encoder-from-clip",
+        "--clip-model",
+        "tiny-cli-clip",
+        "--clip-pretrained",
+        str(ckpt),
+        "--model-config",
+        str(cfg),
+        "--input",
+        kind,
+        "--num-tokens",
+        "8",
+        "-o",
+        str(out),
+    ]
+    assert main(args) == 0
+    enc = GSVisionModel.from_pretrained(out)  # config.json decides GS or RGB
+    assert enc.config.input == kind
+    for name, p in clip.visual.state_dict().items():  # the vision tower is the checkpoint's
+        assert torch.equal(enc.visual.state_dict()[name], p), name
+    assert main(["encoder-from-clip", "--clip-model", "no-such-model", "-o", str(tmp_path / "x")]) == 2
+    assert "unknown open_clip model" in capsys.readouterr().err

@@ -1,0 +1,73 @@
+"""The miniature reproduction: its scorer, and `scripts/mini_repro.sh --smoke` running every stage."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from eval.mini.score import chance, correct, question_only_prior, template
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_correct_per_kind():
+    assert correct("sqa", "B", "B") and correct("sqa", "B", "B.") and not correct("sqa", "B", "A")
+    assert correct("pope", "yes", "Yes") and not correct("pope", "yes", "No, there is not.")
+    assert correct("mme", "No", "no") and not correct("mme", "No", "")
+    assert correct("open", "circle<AND>square", "A square and a circle.")
+    assert not correct("open", "circle<AND>square", "A circle.")
+    assert (
+        correct("text", "owl", "OWL") and correct("gqa", "red", "Red.") and not correct("gqa", "red", "blue")
+    )
+
+
+def test_prior_uses_the_question_template_only():
+    assert template("Is there a red circle in the image?") == template("Is there a blue square in the image?")
+    assert template("Which shape is red?\nA. circle\nB. square") == "which shape is _?"
+    train = [
+        {"kind": "pope", "question": f"Is there a {c} circle in the image?", "answer": a}
+        for c, a in (("red", "yes"), ("blue", "yes"), ("green", "no"))
+    ]
+    test = [
+        {"kind": "pope", "question": "Is there a purple square in the image?", "answer": a}
+        for a in ("yes", "no")
+    ]
+    assert question_only_prior(train, test) == {"pope": [True, False]}
+    assert chance(train, test) == {"pope": 0.5}
+
+
+def test_mini_repro_smoke_runs_every_stage(tmp_path):
+    env = dict(
+        os.environ,
+        OUT=str(tmp_path / "repro"),
+        JUDGE_PORT="18793",
+        MASTER_PORT="29593",
+        HF_HOME=str(tmp_path / "hf"),
+    )
+    res = subprocess.run(
+        ["bash", "scripts/mini_repro.sh", "--smoke"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    report = json.loads((tmp_path / "repro" / "report" / "mini_repro.json").read_text())
+    models = {"RGB-LLaVA", "GS-LLaVA n16-k16", "GS-LLaVA n36-k16", "GS-LLaVA n36-k8"}
+    assert models <= set(report["accuracy"]) and "question-only prior" in report["accuracy"]
+    assert {f"{m}, shuffled images" for m in models} <= set(report["accuracy"])
+    assert set(report["budgets"]) == {"16", "36"} and len(report["zeroshot"]) == 3
+    for m in models:
+        assert set(report["accuracy"][m]) == {"sqa", "text", "pope", "mme", "open", "gqa"}
+    assert (tmp_path / "repro" / "report" / "mini_repro.png").stat().st_size > 0
+    # a rerun skips every finished stage
+    again = subprocess.run(
+        ["bash", "scripts/mini_repro.sh", "--smoke"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0 and again.stdout.count("(done:") >= 10

@@ -15,3 +15,14 @@ for n in 400 1600 3136; do
 done
 gsv info "$OUT/n3136/chelsea.gs.npy"
 echo "comparison images: $(ls "$OUT"/compare_n*.png | tr '\n' ' ')"
+
+# GS-LLaVA: questions about a mini-world test image, with the model scripts/mini_repro.sh trains
+MODEL="${DEMO_MODEL:-outputs/mini_repro/llava/gs-n144-k64/final}"
+if [[ -f "$MODEL/model.safetensors" ]]; then
+  IMG="$(ls outputs/mini_repro/data/images/test/*.png | head -1)"
+  echo "== GS-LLaVA ($MODEL) on $IMG (scene: $(cat "${IMG%.png}.txt"))"
+  python -m llava_gs.chat --model "$MODEL" --image "$IMG" --temperature 0 --max-new-tokens 16 --no-cache \
+    --prompt "What shapes are in the image?" --prompt "How many shapes are in the image?"
+else
+  echo "(no GS-LLaVA checkpoint at $MODEL: run bash scripts/mini_repro.sh to train the miniature models)"
+fi

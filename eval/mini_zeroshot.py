@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gs_encoder.shards import tar_add
+
 CLASSES = {  # class name → scikit-image photograph
     "astronaut": "astronaut",
     "cat": "chelsea",
@@ -34,13 +36,6 @@ def _photo(name: str) -> np.ndarray:
 
     img = getattr(skimage.data, name)()
     return img[0] if isinstance(img, tuple) else img
-
-
-def tar_add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    """Add one member to an open tar (webdataset sample files)."""
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tf.addfile(info, io.BytesIO(data))
 
 
 def png_bytes(im: Image.Image) -> bytes:

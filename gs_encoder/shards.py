@@ -34,7 +34,7 @@ from .fitting.fit import FitConfig, fit_images, fit_sidecar
 from .image_io import DEFAULT_MAX_PIXELS, RESIZE_MODES, ImageLoadError, decode_image
 from .splat_io import atomic_write_bytes, npy_bytes, sidecar_path, splat_npy_bytes
 
-__all__ = ["IMAGE_EXTS", "ShardJobConfig", "Unit", "plan_units", "read_samples", "run_shard_job"]
+__all__ = ["IMAGE_EXTS", "ShardJobConfig", "Unit", "plan_units", "read_samples", "run_shard_job", "tar_add"]
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,8 @@ def count_samples(unit: Unit) -> int:
         return 0
 
 
-def _tar_add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+def tar_add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add one webdataset member (`<key>.<ext>`) to an open tar, with a fixed mtime (reproducible tars)."""
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mtime = 0  # reproducible archives
@@ -237,11 +238,11 @@ class _TarSink:
         return False
 
     def add(self, key: str, meta: dict, fields: dict[str, bytes]) -> None:
-        _tar_add(self.tf, f"{key}.gs.npy", fields["gs.npy"])
-        _tar_add(self.tf, f"{key}.json", (json.dumps(meta, sort_keys=True) + "\n").encode())
+        tar_add(self.tf, f"{key}.gs.npy", fields["gs.npy"])
+        tar_add(self.tf, f"{key}.json", (json.dumps(meta, sort_keys=True) + "\n").encode())
         for ext, data in fields.items():
             if ext not in ("gs.npy", "json") and ext not in IMAGE_EXTS:
-                _tar_add(self.tf, f"{key}.{ext}", data)
+                tar_add(self.tf, f"{key}.{ext}", data)
 
     def close(self) -> None:
         self.tf.close()

@@ -34,6 +34,7 @@ __all__ = [
     "gathered",
     "load_pretrained_model",
     "load_projector",
+    "save_folder",
     "save_projector",
 ]
 
@@ -160,9 +161,27 @@ def build_from_parts(
     return model, tokenizer
 
 
+def save_folder(out: str | os.PathLike, *parts) -> Path:
+    """`save_pretrained` every part (model, tokenizer, processor) into `out`, built under a temporary name
+    and swapped in at the end, so an interrupted save never leaves a half-written folder."""
+    import shutil
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for part in parts:
+        part.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
 def save_projector(model: LlavaGSForConditionalGeneration, path: str | os.PathLike) -> Path:
     """Write the projector's weights (gathered under ZeRO-3) to `path` as safetensors, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from gs_encoder.splat_io import atomic_write_bytes
 
     proj = _unwrap(model).model.multi_modal_projector
     params = dict(proj.named_parameters())
@@ -171,9 +190,7 @@ def save_projector(model: LlavaGSForConditionalGeneration, path: str | os.PathLi
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt", "projector": "llava_gs"})
-        os.replace(tmp, path)
+        atomic_write_bytes(path, save(state, metadata={"format": "pt", "projector": "llava_gs"}))
     return path
 
 
@@ -247,7 +264,5 @@ def load_pretrained_model(
             path if (path / "tokenizer_config.json").is_file() else source
         )
         processor = processor_for(_unwrap(model).config, tokenizer)
-    for k, v in image_kwargs.items():
-        if v is not None:
-            setattr(processor.image_processor, k, v)
+    processor.image_processor.update(**image_kwargs)
     return model, processor

@@ -80,11 +80,7 @@ class ChatSession:
         first = not self.turns
         value = f"{IMAGE_TOKEN}\n{text}" if first and self.splats is not None else text
         turns = [*self.turns, {"from": "human", "value": value}]
-        splats = (
-            [self.splats]
-            if self.splats is not None and any(IMAGE_TOKEN in t["value"] for t in turns)
-            else None
-        )
+        splats = [self.splats] if self.splats is not None else None  # its `<image>` is in the first turn
         device = next(self.model.parameters()).device
         inputs = self.processor.prompt(turns, splats=splats).to(device)
         tokenizer = self.processor.tokenizer

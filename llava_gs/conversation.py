@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["IGNORE_INDEX", "IMAGE_TOKEN", "TEMPLATES", "Template", "get_template", "tokenize_conversation"]
+__all__ = [
+    "IGNORE_INDEX",
+    "IMAGE_TOKEN",
+    "TEMPLATES",
+    "Template",
+    "get_template",
+    "image_token_id",
+    "tokenize_conversation",
+]
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN = "<image>"
@@ -48,6 +56,16 @@ def get_template(name: str) -> Template:
     if name not in TEMPLATES:
         raise ValueError(f"unknown conversation template {name!r}; valid: {', '.join(sorted(TEMPLATES))}")
     return TEMPLATES[name]
+
+
+def image_token_id(tokenizer) -> int:
+    """The id of `<image>` in `tokenizer`; raises ValueError when it is not a token of its own."""
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if image_id is None or image_id == tokenizer.unk_token_id:
+        raise ValueError(
+            f"the tokenizer has no {IMAGE_TOKEN!r} token; add it with llava_gs.tokenizer.add_image_token"
+        )
+    return image_id
 
 
 def _segments(
@@ -111,9 +129,7 @@ def tokenize_conversation(
         over-long sample.
     """
     template = get_template(template) if isinstance(template, str) else template
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    if image_id is None or image_id == tokenizer.unk_token_id:
-        raise ValueError(f"the tokenizer has no {IMAGE_TOKEN!r} token; add it as a special token first")
+    image_id = image_token_id(tokenizer)
     segments = _segments(conversations, template, sample_id, add_generation_prompt)
     found = sum(text.count(IMAGE_TOKEN) for text, _ in segments)
     if found != num_images:

@@ -33,6 +33,7 @@ __all__ = [
     "LlavaGSModel",
     "LlavaGSPreTrainedModel",
     "build_projector",
+    "count_parameters",
 ]
 
 _VISION_INPUTS = ("gaussians", "gaussians_mask", "pixel_values", "image_flags")
@@ -190,13 +191,13 @@ class LlavaGSModel(LlavaGSPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         image_id = self.config.image_token_id
-        n_slots = int((input_ids == image_id).sum()) if input_ids is not None else None
+        slot = input_ids == image_id if input_ids is not None else None  # the `<image>` positions
         if gaussians is not None or pixel_values is not None:
             features = self.get_image_features(gaussians, gaussians_mask, pixel_values)
-            inputs_embeds = self._merge(input_ids, inputs_embeds, features, image_flags, n_slots)
-        elif n_slots:
+            inputs_embeds = self._merge(inputs_embeds, features, image_flags, slot)
+        elif slot is not None and slot.any():
             raise ValueError(
-                f"input_ids hold {n_slots} <image> token(s) (id {image_id}) but no gaussians were given; "
+                f"input_ids hold {int(slot.sum())} <image> token(s) (id {image_id}) but no gaussians were given; "
                 "pass gaussians/gaussians_mask (see LlavaGSProcessor) or remove the image tokens"
             )
         return self.language_model(
@@ -207,7 +208,7 @@ class LlavaGSModel(LlavaGSPreTrainedModel):
             **kwargs,
         )
 
-    def _merge(self, input_ids, inputs_embeds, features, image_flags, n_slots):
+    def _merge(self, inputs_embeds, features, image_flags, slot):
         """Scatter the features of real images into the `<image>` slots; dummy sets add 0 to the graph."""
         features = features.to(inputs_embeds.dtype)
         if image_flags is not None:
@@ -217,11 +218,9 @@ class LlavaGSModel(LlavaGSPreTrainedModel):
             inputs_embeds = inputs_embeds + 0.0 * features[~flags].sum()
             features = features[flags]
         k = features.shape[1]
-        if input_ids is None:
+        if slot is None:  # inputs_embeds given: the slots are the rows equal to the `<image>` embedding
             slot = (inputs_embeds == self.get_input_embeddings().weight[self.config.image_token_id]).all(-1)
-            n_slots = int(slot.sum())
-        else:
-            slot = input_ids == self.config.image_token_id
+        n_slots = int(slot.sum())
         if n_slots != features.shape[0] * k:
             raise ValueError(
                 f"the text holds {n_slots} <image> token(s) but {features.shape[0]} image(s) × {k} tokens "

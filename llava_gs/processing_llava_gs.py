@@ -24,7 +24,7 @@ from gs_encoder import FitConfig, fit_images, load_image, load_splats, pad_splat
 from gs_encoder.image_io import canvas_from_pil, to_canvas
 from gs_encoder.splat_io import validate_splats
 
-from .conversation import IMAGE_TOKEN, tokenize_conversation
+from .conversation import IMAGE_TOKEN, image_token_id, tokenize_conversation
 
 __all__ = ["GaussianProcessor", "LlavaGSProcessor", "processor_for"]
 
@@ -56,6 +56,15 @@ class GaussianProcessor(BaseImageProcessor):
         self.canvas, self.resize, self.tower_input, self.image_size = canvas, resize, tower_input, image_size
         if tower_input == "rgb":
             self.model_input_names = ["pixel_values"]
+
+    def update(self, **settings) -> None:
+        """Set the given fitting settings (None leaves one as it is) and check they form a valid fit."""
+        for name, value in settings.items():
+            if name not in ("num_gaussians", "fit_iters", "canvas", "resize"):
+                raise ValueError(f"unknown image-processor setting {name!r}")
+            if value is not None:
+                setattr(self, name, value)
+        self.fit_config()
 
     def fit_config(self, **overrides) -> FitConfig:
         return FitConfig(
@@ -142,16 +151,14 @@ class LlavaGSProcessor(ProcessorMixin):
         self.num_image_tokens, self.template = num_image_tokens, template
         self.image_token = IMAGE_TOKEN
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
-        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
-            raise ValueError(
-                f"the tokenizer has no {IMAGE_TOKEN!r} token; run llava_gs.tokenizer.add_image_token"
-            )
+        self.image_token_id = image_token_id(tokenizer)
 
-    def _vision(self, images, splats, progress) -> dict:
+    def _vision(self, images, splats, progress) -> tuple[dict, int]:
+        """(vision inputs, number of images/splat sets) for the model."""
         if images is None and splats is None:
-            return {}
-        return dict(self.image_processor(images=images, splats=splats, progress=progress))
+            return {}, 0
+        vision = dict(self.image_processor(images=images, splats=splats, progress=progress))
+        return vision, next(iter(vision.values())).shape[0]
 
     def __call__(
         self,
@@ -167,8 +174,7 @@ class LlavaGSProcessor(ProcessorMixin):
         if text is None:
             raise ValueError("give text (with one <image> per image)")
         texts = [text] if isinstance(text, str) else list(text)
-        vision = self._vision(images, splats, progress)
-        n_sets = next(iter(vision.values())).shape[0] if vision else 0
+        vision, n_sets = self._vision(images, splats, progress)
         n_tags = sum(t.count(IMAGE_TOKEN) for t in texts)
         if n_tags != n_sets:
             raise ValueError(
@@ -188,8 +194,7 @@ class LlavaGSProcessor(ProcessorMixin):
     ) -> BatchFeature:
         """One dialogue (LLaVA turns, the last from the human) → inputs for `generate`, built by the
         training tokenisation (`tokenize_conversation(..., add_generation_prompt=True)`)."""
-        vision = self._vision(images, splats, progress)
-        n_sets = next(iter(vision.values())).shape[0] if vision else 0
+        vision, n_sets = self._vision(images, splats, progress)
         ids, _ = tokenize_conversation(
             conversations,
             self.tokenizer,

@@ -207,6 +207,7 @@ def train(argv: list[str] | None = None) -> None:
 
     from .builder import PROJECTOR_FILE, save_projector
     from .data import LlavaGSDataset, collate_llava
+    from .modeling_llava_gs import count_parameters
     from .trainer import LlavaGSTrainer, NoFinalCheckpoint
 
     argv = sys.argv[1:] if argv is None else argv
@@ -254,7 +255,7 @@ def train(argv: list[str] | None = None) -> None:
         max_length=targs.model_max_length,
         tower_input=vision.input,
     )
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = count_parameters(model, trainable_only=True)  # full sizes, also when ZeRO-3 partitions
     logger.info("%d samples; %d trainable parameters", len(dataset), trainable)
     trainer = LlavaGSTrainer(
         model=model,
@@ -298,13 +299,9 @@ def _processor(margs: ModelArguments, dargs: DataArguments, config, tokenizer):
     else:
         processor = processor_for(config, tokenizer)
     processor.tokenizer = tokenizer
-    image_proc = processor.image_processor
-    image_proc.resize = ASPECT[dargs.image_aspect_ratio]
-    if dargs.num_gaussians is not None:
-        image_proc.num_gaussians = dargs.num_gaussians
-    if dargs.fit_iters is not None:
-        image_proc.fit_iters = dargs.fit_iters
-    image_proc.fit_config()  # validates
+    processor.image_processor.update(
+        resize=ASPECT[dargs.image_aspect_ratio], num_gaussians=dargs.num_gaussians, fit_iters=dargs.fit_iters
+    )
     return processor
 
 

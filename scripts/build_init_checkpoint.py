@@ -13,7 +13,6 @@ with `from_pretrained` on it, which is DeepSpeed-ZeRO-3-safe. Written under a te
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from llava_gs.builder import build_from_parts
+    from llava_gs.builder import build_from_parts, save_folder
     from llava_gs.processing_llava_gs import processor_for
 
     out = Path(args.output)
@@ -58,14 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     processor = processor_for(
         model.config, tokenizer, num_gaussians=args.num_gaussians, fit_iters=args.fit_iters
     )
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    save_folder(out, model, tokenizer, processor)
     n = sum(p.numel() for p in model.parameters())
     print(
         f"wrote {out}: {n / 1e6:.1f} M parameters, K = {model.config.image_seq_length} visual tokens, "

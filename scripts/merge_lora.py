@@ -9,7 +9,6 @@ The base is the adapter's `base_model_name_or_path`; the output loads with AutoM
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from llava_gs.builder import load_pretrained_model
+    from llava_gs.builder import load_pretrained_model, save_folder
 
     adapter = Path(args.adapter)
     if not (adapter / "adapter_config.json").is_file():
@@ -31,13 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model, processor = load_pretrained_model(adapter, dtype=getattr(torch, args.dtype), merge_lora=True)
     out = Path(args.output)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    save_folder(out, model, processor)
     print(f"wrote merged model to {out}")
     return 0
 

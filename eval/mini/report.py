@@ -25,7 +25,7 @@ def _budgets(out: Path) -> tuple[list[str], list[list], dict]:
     import numpy as np
     from PIL import Image
 
-    from gs_encoder.splat_io import load_splats
+    from gs_encoder.splat_io import load_splats, sidecar_path
 
     rows, data = [], {}
     pngs = sorted((out / "data" / "images" / "test").glob("*.png"))[:200]
@@ -36,9 +36,7 @@ def _budgets(out: Path) -> tuple[list[str], list[list], dict]:
     for folder in sorted((out / "splats").glob("n*"), key=lambda p: int(p.name[1:])):
         n = int(folder.name[1:])
         files = sorted((folder / "test").glob("*.gs.npy"))[:200]
-        psnr = [
-            json.loads(f.with_name(f.name[: -len(".gs.npy")] + ".json").read_text())["psnr"] for f in files
-        ]
+        psnr = [json.loads(sidecar_path(f).read_text())["psnr"] for f in files]
         t = time.perf_counter()
         for f in files:
             load_splats(f)

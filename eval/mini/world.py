@@ -415,7 +415,8 @@ def write_shards(out: Path, split: str, scenes: list[Scene], shard_size: int = 1
     """img2dataset-style webdataset tars (<key>.png + <key>.txt caption) for open_clip and gsv fit-shards."""
     import tarfile
 
-    from eval.mini_zeroshot import png_bytes, tar_add
+    from eval.mini_zeroshot import png_bytes
+    from gs_encoder.shards import tar_add
 
     folder = out / "shards"
     folder.mkdir(parents=True, exist_ok=True)

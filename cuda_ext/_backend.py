@@ -1,7 +1,8 @@
-"""Finding the compiled extension: the module built by `python -m cuda_ext.build` in cuda_ext/_build/.
+"""Finding the compiled extensions built by `python -m cuda_ext.build`: the CPU op in cuda_ext/_build/,
+the CUDA op (a separate module, so a failed CUDA build never costs the CPU op) in cuda_ext/_build/cuda/.
 
 Nothing compiles here. A missing or broken build raises ImportError carrying the reason, cached so later
-calls fail fast (never a None handle that crashes later).
+calls fail fast (never a None handle that crashes later). Importing the CUDA module needs no GPU.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import sys
 from pathlib import Path
 
 BUILD_DIR = Path(__file__).resolve().parent / "_build"
+CUDA_BUILD_DIR = BUILD_DIR / "cuda"
+CUDA_STATUS = BUILD_DIR / "cuda_build.json"  # written by every CUDA build attempt (cuda_ext.build)
 CPU_NAME = "gsv_cpu_ops"
+CUDA_NAME = "gsv_cuda_ops"
 _cache: dict[str, object] = {}
 
 
-def _load(name: str):
+def _load(name: str, directory: Path = BUILD_DIR):
     if name in _cache:
         result = _cache[name]
         if isinstance(result, ImportError):
@@ -25,10 +29,11 @@ def _load(name: str):
     try:
         import torch  # noqa: F401  (the extension links against torch's libraries)
 
-        candidates = sorted(BUILD_DIR.glob(f"{name}*.so"))
+        candidates = sorted(directory.glob(f"{name}*.so"))
         if not candidates:
             raise ImportError(
-                f"{name} is not built ({BUILD_DIR} has no {name}*.so); run `bash scripts/build_ext.sh`"
+                f"{name} is not built ({directory} has no {name}*.so); run `bash scripts/build_ext.sh`"
+                + _status_hint(name)
             )
         loader = importlib.machinery.ExtensionFileLoader(name, str(candidates[0]))
         spec = importlib.util.spec_from_loader(name, loader)
@@ -46,6 +51,24 @@ def _load(name: str):
     return module
 
 
+def _status_hint(name: str) -> str:
+    """Why the last CUDA build did not produce the module, from its status file (empty if unknown)."""
+    if name != CUDA_NAME or not CUDA_STATUS.exists():
+        return ""
+    import json
+
+    try:
+        status = json.loads(CUDA_STATUS.read_text())
+    except (OSError, ValueError):
+        return ""
+    return "" if status.get("ok") else f" (last build: {status.get('reason', 'failed')})"
+
+
 def cpu_module():
     """The compiled CPU op module (render_cpu_fwd / render_cpu_bwd)."""
     return _load(CPU_NAME)
+
+
+def cuda_module():
+    """The compiled CUDA op module (render_fwd / render_bwd / fit_steps / prune_mask)."""
+    return _load(CUDA_NAME, CUDA_BUILD_DIR)

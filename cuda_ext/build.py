@@ -1,17 +1,38 @@
-"""`python -m cuda_ext.build`: compile the extension ahead of time into cuda_ext/_build/.
+"""`python -m cuda_ext.build [cpu|cuda|all]`: compile the extensions ahead of time into cuda_ext/_build/.
 
-The CPU op (C++ with OpenMP) needs only a C++ compiler. Run by scripts/build_ext.sh.
+- cpu: the C++/OpenMP op (gsv_cpu_ops); needs only a C++ compiler.
+- cuda: the CUDA kernels (gsv_cuda_ops, a separate module, so a failed CUDA build never costs the CPU
+  op), compiled without a GPU for sm_80 and sm_90 (+PTX) by the nvcc that matches torch's CUDA: the
+  pip toolkit `cuda-toolkit[nvcc,cccl]` in the venv (pyproject extra `cuda`), else $CUDA_HOME, else a
+  system toolkit (design/environment.md §1). TORCH_CUDA_ARCH_LIST overrides the architectures.
+  Every attempt writes cuda_ext/_build/cuda_build.json: whether a toolkit was found (so the CUDA build
+  was expected), whether it succeeded, and why not.
+
+Run by scripts/build_ext.sh. Exit status: 0 when what was asked for built (a CUDA build with no
+toolkit at all is reported and skipped, status 0), 1 otherwise.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import re
+import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-from ._backend import BUILD_DIR, CPU_NAME
+from ._backend import BUILD_DIR, CPU_NAME, CUDA_BUILD_DIR, CUDA_NAME, CUDA_STATUS
 
 CSRC = Path(__file__).resolve().parent / "csrc"
+CUDA_SOURCES = ("cuda_ops.cpp", "splat_cuda.cu")
+DEFAULT_ARCHS = "8.0;9.0+PTX"  # A100 and H100/H200; the PTX lets newer GPUs JIT the sm_90 code
+
+
+class ToolkitError(RuntimeError):
+    """No usable CUDA toolkit: the CUDA build cannot be attempted."""
 
 
 def build_cpu(verbose: bool = False) -> Path:
@@ -30,14 +51,160 @@ def build_cpu(verbose: bool = False) -> Path:
     return BUILD_DIR
 
 
-def main() -> int:
+def _pip_toolkit(major: str) -> Path | None:
+    """<site-packages>/nvidia/cu<major> of the pip wheels `cuda-toolkit[nvcc]`, if installed."""
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        home = Path(root) / f"cu{major}"
+        if (home / "bin" / "nvcc").exists():
+            return home
+    return None
+
+
+def find_toolkit() -> Path:
+    """The CUDA toolkit root to build with; raises ToolkitError saying what was looked for."""
+    import torch
+
+    if not torch.version.cuda:
+        raise ToolkitError(
+            f"torch {torch.__version__} is a CPU build; the CUDA kernels need torch's CUDA build"
+        )
+    env = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if env:
+        if not (Path(env) / "bin" / "nvcc").exists():
+            raise ToolkitError(f"CUDA_HOME={env} has no bin/nvcc (it must be the toolkit root)")
+        return Path(env)
+    major = torch.version.cuda.split(".")[0]
+    pip = _pip_toolkit(major)
+    if pip is not None:
+        return pip
+    nvcc = shutil.which("nvcc")
+    for home in ([Path(os.path.realpath(nvcc)).parent.parent] if nvcc else []) + [Path("/usr/local/cuda")]:
+        if (home / "bin" / "nvcc").exists() and (home / "include" / "cuda_runtime.h").exists():
+            return home
+    raise ToolkitError(
+        f"no CUDA toolkit found: install the pip toolkit into the venv "
+        f"(pip install 'cuda-toolkit[nvcc,cccl]=={torch.version.cuda}.*', the project's `cuda` extra) "
+        "or set CUDA_HOME to a toolkit root"
+    )
+
+
+def nvcc_version(home: Path) -> str:
+    """'major.minor' of home/bin/nvcc."""
+    out = subprocess.run(
+        [str(home / "bin" / "nvcc"), "--version"], capture_output=True, text=True, check=False
+    )
+    found = re.search(r"release (\d+\.\d+)", out.stdout)
+    if out.returncode != 0 or not found:
+        raise ToolkitError(f"{home}/bin/nvcc --version failed: {(out.stderr or out.stdout).strip()[:200]}")
+    return found.group(1)
+
+
+def _cudart_link_dir(home: Path) -> list[str]:
+    """Linker flags for -lcudart: the pip wheel ships only libcudart.so.<major>, so link through a
+    symlink in our build folder (the toolkit itself is left untouched)."""
+    if any((home / d / "libcudart.so").exists() for d in ("lib64", "lib")):
+        return []
+    versioned = sorted((home / "lib").glob("libcudart.so.*")) + sorted(
+        (home / "lib64").glob("libcudart.so.*")
+    )
+    if not versioned:
+        raise ToolkitError(f"{home} has no libcudart.so*: the toolkit's runtime is missing")
+    link_dir = CUDA_BUILD_DIR / "cudart"
+    link_dir.mkdir(parents=True, exist_ok=True)
+    link = link_dir / "libcudart.so"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(versioned[0])
+    return [f"-L{link_dir}"]
+
+
+def _write_status(status: dict) -> None:
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    CUDA_STATUS.write_text(json.dumps(status, indent=2) + "\n")
+
+
+def build_cuda(verbose: bool = False) -> Path:
+    """Compile gsv_cuda_ops into cuda_ext/_build/cuda/; raises ToolkitError or RuntimeError/OSError."""
+    import torch
+
+    start = time.perf_counter()
+    status: dict = {"expected": False, "ok": False, "torch_cuda": torch.version.cuda}
     try:
-        out = build_cpu(verbose="-v" in sys.argv)
-    except (RuntimeError, OSError) as e:
-        print(f"error: building the CPU op failed: {e}", file=sys.stderr)
-        return 1
-    print(f"built {CPU_NAME} in {out}")
-    return 0
+        home = find_toolkit()
+        status.update(expected=True, toolkit=str(home))
+        version = nvcc_version(home)
+        status["nvcc"] = version
+        if version != torch.version.cuda:
+            raise ToolkitError(
+                f"nvcc {version} at {home} does not match torch's CUDA {torch.version.cuda}; install "
+                f"'cuda-toolkit[nvcc,cccl]=={torch.version.cuda}.*' or point CUDA_HOME at a matching toolkit"
+            )
+        archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_ARCHS
+        status["archs"] = archs
+        ldflags = _cudart_link_dir(home)
+        # cpp_extension reads CUDA_HOME once at import (and may have guessed it from an nvcc wrapper
+        # on PATH, environment.md §1): set both, and the architectures, which it cannot detect here.
+        os.environ["CUDA_HOME"] = str(home)
+        import torch.utils.cpp_extension as cpp_ext
+
+        cpp_ext.CUDA_HOME = str(home)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+        os.environ.setdefault("MAX_JOBS", "2")
+        CUDA_BUILD_DIR.mkdir(parents=True, exist_ok=True)
+        try:
+            cpp_ext.load(
+                name=CUDA_NAME,
+                sources=[str(CSRC / s) for s in CUDA_SOURCES],
+                extra_cflags=["-O3"],
+                extra_cuda_cflags=["-O3"],
+                extra_ldflags=ldflags,
+                build_directory=str(CUDA_BUILD_DIR),
+                verbose=verbose,
+            )
+        except (RuntimeError, OSError, ImportError):
+            for stale in CUDA_BUILD_DIR.glob(f"{CUDA_NAME}*.so"):  # never load an old build by mistake
+                stale.unlink()
+            raise
+    except (ToolkitError, RuntimeError, OSError, ImportError) as e:
+        status["reason"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e!r}"
+        status["seconds"] = round(time.perf_counter() - start, 1)
+        _write_status(status)
+        raise
+    status.update(ok=True, seconds=round(time.perf_counter() - start, 1))
+    _write_status(status)
+    return CUDA_BUILD_DIR
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in args
+    targets = [a for a in args if a != "-v"] or ["all"]
+    if any(t not in ("cpu", "cuda", "all") for t in targets):
+        print(f"usage: python -m cuda_ext.build [cpu|cuda|all] [-v], got {targets}", file=sys.stderr)
+        return 2
+    code = 0
+    if {"cpu", "all"} & set(targets):
+        try:
+            out = build_cpu(verbose=verbose)
+            print(f"built {CPU_NAME} in {out}")
+        except (RuntimeError, OSError) as e:
+            print(f"error: building the CPU op failed: {e}", file=sys.stderr)
+            code = 1
+    if {"cuda", "all"} & set(targets):
+        try:
+            out = build_cuda(verbose=verbose)
+            print(f"built {CUDA_NAME} in {out}")
+        except ToolkitError as e:
+            if json.loads(CUDA_STATUS.read_text()).get("expected"):
+                print(f"error: building the CUDA kernels failed: {e}", file=sys.stderr)
+                code = 1
+            else:
+                print(f"note: CUDA kernels not built: {e}", file=sys.stderr)
+        except (RuntimeError, OSError, ImportError) as e:
+            print(f"error: building the CUDA kernels failed: {e}", file=sys.stderr)
+            code = 1
+    return code
 
 
 if __name__ == "__main__":

@@ -1,13 +1,25 @@
 """Python wrappers of the compiled ops, each with its autograd.Function. No fallback here: the caller
-(gs_encoder.fitting.render) chooses the backend."""
+(gs_encoder.fitting) chooses the backend.
+
+Every wrapper checks its arguments before loading or launching anything and raises TypeError or
+ValueError naming the argument; the CUDA ops say so plainly when there is no CUDA device. A missing
+build raises ImportError with the reason (cuda_ext._backend).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
 from . import _backend
 
-__all__ = ["render_cpu"]
+__all__ = ["DEFAULT_TILE_CAP", "fit_steps", "prune_mask", "render_cpu", "render_cuda"]
+
+# Tile-list capacity per 16×16 tile (memory: B·tiles·cap int32, 0.4 MB per 224² image). ~50 Gaussians
+# meet a tile at the structured init with N = 3136, a few hundred where fitted ones have grown; a fuller
+# tile scans all N boxes instead: the same result, only slower.
+DEFAULT_TILE_CAP = 512
 
 
 class _RenderCPU(torch.autograd.Function):
@@ -59,3 +71,157 @@ def render_cpu(
         int(num_images),
         int(size),
     )
+
+
+def _check_tensor(name: str, t, dtype: torch.dtype, shape: tuple, op: str) -> None:
+    """TypeError / ValueError naming `name` unless t is a `dtype` tensor of `shape` (None = any size)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape, strict=True)):
+        want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+        raise ValueError(f"{op}: {name} must have shape {want}, got {list(t.shape)}")
+    if t.dtype != dtype:
+        raise TypeError(f"{op}: {name} must be {dtype}, got {t.dtype}")
+
+
+def _check_on_one_cuda_device(op: str, **tensors: torch.Tensor) -> None:
+    """TypeError unless every tensor is on a CUDA device (saying so when none is visible), ValueError
+    unless they share one."""
+    for name, t in tensors.items():
+        if t.device.type != "cuda":
+            hint = (
+                ""
+                if torch.cuda.is_available()
+                else " (no CUDA device is visible: torch.cuda.is_available() is False)"
+            )
+            raise TypeError(
+                f"{op}: {name} must be on a CUDA device, got {t.device}{hint}; "
+                "gs_encoder's render/fit_images pick a CPU path for CPU tensors"
+            )
+    devices = {str(t.device) for t in tensors.values()}
+    if len(devices) > 1:
+        raise ValueError(f"{op}: all tensors must be on one device, got {sorted(devices)}")
+
+
+def _check_splats(params, mask, op: str, mask_name: str = "mask") -> None:
+    _check_tensor("params", params, torch.float32, (None, None, 8), op)
+    _check_tensor(mask_name, mask, torch.bool, tuple(params.shape[:2]), op)
+
+
+def _check_int(name: str, value, low: int, op: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{op}: {name} must be an int ≥ {low}, got {value!r}")
+    return value
+
+
+class _RenderCUDA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, params, mask, size, tile_cap):
+        ctx.save_for_backward(params, mask)
+        return _backend.cuda_module().render_fwd(params, mask, size, tile_cap)
+
+    @staticmethod
+    def backward(ctx, grad):
+        params, mask = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        return _backend.cuda_module().render_bwd(params, mask, grad.contiguous()), None, None, None
+
+
+def render_cuda(
+    params: torch.Tensor,  # [B, N, 8] float32, pixel units (x, y, l11, l21, l22 scaled by S)
+    mask: torch.Tensor | None,  # [B, N] bool, True = real Gaussian
+    size: int,
+    tile_cap: int = DEFAULT_TILE_CAP,
+) -> torch.Tensor:
+    """Differentiable batched splat sum on CUDA → images [B, S, S, 3] (CONTRACTS.md §2, unclamped).
+
+    The pixel-unit twin of gs_encoder.fitting.render.render_flat; padded rows (mask False) are never
+    read and get zero gradient. `tile_cap` bounds the per-tile Gaussian lists (the result does not
+    depend on it). Raises TypeError / ValueError on bad arguments (a CPU tensor included) and
+    ImportError when the CUDA module is not built.
+    """
+    op = "render_cuda"
+    _check_int("size", size, 1, op)
+    _check_int("tile_cap", tile_cap, 1, op)
+    if mask is None and isinstance(params, torch.Tensor) and params.dim() == 3:
+        mask = torch.ones(params.shape[:2], dtype=torch.bool, device=params.device)
+    _check_splats(params, mask, op)
+    _check_on_one_cuda_device(op, params=params, mask=mask)
+    return _RenderCUDA.apply(params.contiguous(), mask.contiguous(), size, tile_cap)
+
+
+def fit_steps(
+    params: torch.Tensor,  # [B, N, 8] float32, pixel units; updated in place
+    exp_avg: torch.Tensor,  # [B, N, 8] Adam first moment; in place
+    exp_avg_sq: torch.Tensor,  # [B, N, 8] Adam second moment; in place
+    alive: torch.Tensor,  # [B, N] bool
+    active: torch.Tensor,  # [B] bool: False freezes an image (early stop)
+    target: torch.Tensor,  # [B, S, S, 3] float32
+    *,
+    it0: int,
+    num_steps: int,
+    iters_total: int,
+    lr: Sequence[float],
+    lr_final: float,
+    lambda_l1: float,
+    min_scale: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    tile_cap: int = DEFAULT_TILE_CAP,
+) -> None:
+    """Run iterations it0 … it0 + num_steps − 1 of the batched fit on the GPU, in place, no host sync.
+
+    Each iteration: render, dL/dpixel of Σ_b mean((image_b − target_b)²), the Gaussian-parallel
+    backward plus λ·Σ|c|/(3·n_b), Adam (t = it + 1, step sizes lr × cosine schedule over iters_total,
+    ending at lr_final) and the Cholesky constraint. The pure-torch twin that defines it is
+    gs_encoder.fitting.fit_batched.fit_steps_torch.
+    """
+    op = "fit_steps"
+    _check_int("it0", it0, 0, op)
+    _check_int("num_steps", num_steps, 0, op)
+    _check_int("iters_total", iters_total, 1, op)
+    _check_int("tile_cap", tile_cap, 1, op)
+    if len(lr) != 3:
+        raise ValueError(f"{op}: lr must hold 3 step sizes (xy, chol, rgb), got {list(lr)}")
+    _check_splats(params, alive, op, "alive")
+    b, n = params.shape[:2]
+    for name, t in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        _check_tensor(name, t, torch.float32, (b, n, 8), op)
+    _check_tensor("active", active, torch.bool, (b,), op)
+    _check_tensor("target", target, torch.float32, (b, None, None, 3), op)
+    if target.shape[1] != target.shape[2] or target.shape[1] < 1:
+        raise ValueError(f"{op}: target must be [B, S, S, 3] with S ≥ 1, got {list(target.shape)}")
+    _check_on_one_cuda_device(
+        op, params=params, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, alive=alive, active=active, target=target
+    )
+    if not all(t.is_contiguous() for t in (params, exp_avg, exp_avg_sq)):
+        raise ValueError(f"{op}: params, exp_avg and exp_avg_sq are updated in place and must be contiguous")
+    _backend.cuda_module().fit_steps(
+        params,
+        exp_avg,
+        exp_avg_sq,
+        alive.contiguous(),
+        active.contiguous(),
+        target.contiguous(),
+        it0,
+        num_steps,
+        iters_total,
+        [float(x) for x in lr],
+        float(lr_final),
+        float(lambda_l1),
+        float(min_scale),
+        float(betas[0]),
+        float(betas[1]),
+        float(eps),
+        tile_cap,
+    )
+
+
+def prune_mask(params: torch.Tensor, alive: torch.Tensor, tau: float) -> torch.Tensor:
+    """Luminosity pruning as a mask on CUDA: alive & (0.2126|r| + 0.7152|g| + 0.0722|b| ≥ tau), the
+    brightest alive Gaussian of each image always kept. params [B, N, 8], alive [B, N] → [B, N] bool."""
+    op = "prune_mask"
+    _check_splats(params, alive, op, "alive")
+    _check_on_one_cuda_device(op, params=params, alive=alive)
+    return _backend.cuda_module().prune_mask(params.contiguous(), alive.contiguous(), float(tau))

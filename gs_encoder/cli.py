@@ -210,10 +210,12 @@ def _env_info() -> None:
         print(f"device: {torch.cuda.get_device_name(0)}")
     import cuda_ext
 
-    err = cuda_ext.load_error()
+    err, cuda_err = cuda_ext.load_error(), cuda_ext.cuda_load_error()
     print(
         "render backends: torch (pure-torch, CPU/GPU); cpp (compiled CPU op): "
         + ("available" if err is None else f"not available: {err}")
+        + "; cuda (CUDA kernels, render and fused fit): "
+        + ("available" if cuda_err is None else f"not available: {cuda_err}")
     )
 
 
@@ -262,6 +264,12 @@ def _add_fit_args(p: argparse.ArgumentParser, batch_size: int) -> None:
         "--lambda-l1", type=float, default=0.0, help="L1 weight on colours (sparsifies for pruning)"
     )
     p.add_argument("--tau", type=float, default=None, help="prune Gaussians with luminosity below this")
+    p.add_argument(
+        "--prune-at",
+        type=int,
+        default=None,
+        help="prune at this main-fit iteration, not after the fit (needs --tau)",
+    )
     p.add_argument("--finetune-iters", type=int, default=0, help="iterations after pruning")
     p.add_argument("--target-psnr", type=float, default=None, help="stop an image early at this PSNR (dB)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -284,6 +292,7 @@ def _fit_config(args):
         init=args.init,
         lambda_l1=args.lambda_l1,
         tau=args.tau,
+        prune_at=args.prune_at,
         finetune_iters=args.finetune_iters,
         target_psnr=args.target_psnr,
         seed=args.seed,

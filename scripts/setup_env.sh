@@ -17,6 +17,6 @@ if [ ! -e "$STAMP" ]; then
   touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
-# the compiled CPU op (seconds when up to date; on failure the pure-torch path is used)
+# the compiled CPU op and CUDA kernels (seconds when up to date; on failure the pure-torch path is used)
 GSV_PYTHON="$VENV/bin/python" bash "$ROOT/scripts/build_ext.sh"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"

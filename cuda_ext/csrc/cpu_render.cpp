@@ -2,7 +2,9 @@
 //   image[b, i, j, :] = Σ_g rgb_g · max(0, exp(−q_g(p)) − exp(−Q_MAX)),  p = (j + 0.5, i + 0.5),
 //   q_g(p) = ½ dᵀ Σ_g⁻¹ d,  d = p − μ_g,  Σ_g = L_g L_gᵀ,  L_g = [[l11, 0], [l21, l22]].
 // Each Gaussian visits the pixels of its q ≤ Q_MAX bounding box (clipped to the canvas); outside the
-// ellipse w = 0 exactly, so the box only bounds the work and never changes the result.
+// ellipse w = 0 exactly, so the box only bounds the work and never changes the result. A pair counts
+// iff q < Q_MAX, with q and the box computed in the same order as the CUDA kernels (splat_common.cuh),
+// so the two agree on every pair, and so on the gradient's jump at the edge.
 // Forward: Gaussian-parallel into per-thread canvases, summed at the end (no atomics; static schedule,
 // so the result is the same run to run for a given thread count).
 // Backward: Gaussian-parallel gather of dL/dimage over the same box; the chain (conic → L, μ) in registers.
@@ -76,6 +78,7 @@ void forward_impl(const T* xy, const T* L, const T* rgb, const int64_t* ids, int
         for (int j = g.j0; j <= g.j1; ++j) {
           const T dx = T(j) + T(0.5) - g.x;
           const T q = T(0.5) * (g.a * dx * dx + T(2) * g.b * dx * dy + g.c * dy * dy);
+          if (q >= T(kQMax)) continue;  // the edge decided on q alone, as the CUDA kernels do
           const T w = std::exp(-q) - cut;
           if (w <= T(0)) continue;
           T* px = img + (static_cast<int64_t>(i) * size + j) * 3;
@@ -108,6 +111,7 @@ void backward_impl(const T* xy, const T* L, const T* rgb, const int64_t* ids, co
       for (int j = g.j0; j <= g.j1; ++j) {
         const T dx = T(j) + T(0.5) - g.x;
         const T q = T(0.5) * (g.a * dx * dx + T(2) * g.b * dx * dy + g.c * dy * dy);
+        if (q >= T(kQMax)) continue;
         const T e = std::exp(-q);
         const T w = e - cut;
         if (w <= T(0)) continue;

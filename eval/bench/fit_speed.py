@@ -1,25 +1,39 @@
-"""Fitting and rendering speed on this machine: ms per iteration vs N and batch size, render time, and the
-speed-up of the windowed pair-list renderer over the dense reference, measured side by side.
+"""Fitting and rendering speed on this machine, in two parts.
 
-    python -m eval.bench.fit_speed [--threads 2] [--quick]
+    python -m eval.bench.fit_speed [--part all|cpu|gpu] [--threads 2] [--quick]
 
-Writes eval/results/fit_speed.{json,md} and fit_speed.png. A fit iteration is the whole step: render,
-L2 loss, backward, Adam. "init" is the structured initialisation; "fitted" is the same image after
-300 iterations, when Gaussians have grown in flat regions and moved (the slower, realistic state).
+CPU part (eval/results/fit_speed.{json,md,png}): ms per iteration vs N and batch size, render time, the
+speed-up of the windowed pair-list renderer over the dense reference, and the compiled C++ op against
+the pure-torch path, measured side by side. A fit iteration is the whole step: render, L2 loss,
+backward, Adam. "init" is the structured initialisation; "fitted" is the same image after 300
+iterations, when Gaussians have grown in flat regions and moved (the slower, realistic state).
+
+GPU part (eval/results/fit_speed_gpu.{json,md}; skipped, with the reason, without a CUDA device or the
+built kernels): the fused batched fitter in images/s per GPU at 224², N ∈ {400, 1600, 3136}, 3000
+iterations, over a batch sweep, with GPU utilisation sampled during the fit and peak memory; the same
+images fitted the GaussianImage way (one image at a time, Python per iteration: the pure-torch path on
+the GPU) in the same run for the speed-up; batched render throughput at 224².
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import subprocess
+import threading
 import time
 
 import torch
 
-from gs_encoder import FitConfig, fit_images, render_dense, render_torch, structured_init
+from gs_encoder import FitConfig, fit_images, render, render_dense, render_torch, structured_init
 
 from .common import RESULTS, photos, timed, write_results
 
 TARGET_ITER_MS, TARGET_RENDER_MS = 30.0, 20.0  # issue 3, 224², N = 3136, 2 cores
+# issue 4, one H100: fused fit at N = 3136, 3000 iterations; over the per-image loop; batched render
+TARGET_GPU_FIT, TARGET_GPU_SPEEDUP, TARGET_GPU_RENDER = 100.0, 90.0, 10_000.0
+GPU = "cuda"  # the device of the GPU part
 
 
 def ms_per_iteration(images, initial, k1=5, k2=45, backend="torch", **cfg) -> float:
@@ -64,12 +78,7 @@ def pair_ms_single(image, splats, repeat=5) -> float:
     return 1000 * timed(step, repeat=repeat)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="tiny run to check the script (not for results)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def cpu_part(args):
     size, budgets, batches, dense_budgets = 224, [400, 1600, 3136, 4900], [1, 4], [400, 3136]
     if args.quick:
         size, budgets, batches, dense_budgets = 48, [64, 144], [1, 2], [64]
@@ -171,6 +180,209 @@ def main(argv=None):
     md = write_results(name, "Fitting speed on CPU (issue 3)", sections, data, notes)
     plot(data, budgets, batches, RESULTS / f"{name}.png")
     print(md.read_text())
+
+
+class UtilSampler:
+    """GPU busy % sampled every `period` s in a thread: torch.cuda.utilization (pynvml) if it works,
+    else `nvidia-smi`, else nothing ("n/a")."""
+
+    def __init__(self, device: torch.device, period: float = 0.1):
+        self.device, self.period = device, period
+        self.samples: list[float] = []
+        self.source = self._pick_source()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _pick_source(self):
+        try:
+            torch.cuda.utilization(self.device)
+            return "pynvml"
+        except (ModuleNotFoundError, ImportError, RuntimeError, ValueError, OSError):
+            pass
+        if shutil.which("nvidia-smi") and self._smi() is not None:
+            return "nvidia-smi"
+        return None
+
+    def _smi(self) -> float | None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+        index = self.device.index or 0
+        gpu = visible[index] if index < len(visible) and visible[index].strip().isdigit() else str(index)
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", gpu],
+                capture_output=True, text=True, timeout=5, check=True,
+            )  # fmt: skip
+            return float(out.stdout.strip().splitlines()[0])
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            return None
+
+    def _run(self):
+        while not self._stop.wait(self.period):
+            value = torch.cuda.utilization(self.device) if self.source == "pynvml" else self._smi()
+            if value is not None:
+                self.samples.append(float(value))
+
+    def __enter__(self):
+        if self.source:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def summary(self) -> dict:
+        if not self.samples:
+            why = (
+                "no sampler (install nvidia-ml-py or put nvidia-smi on PATH)"
+                if not self.source
+                else "no sample"
+            )
+            return {"mean": None, "max": None, "samples": 0, "source": self.source, "note": f"n/a: {why}"}
+        return {
+            "mean": sum(self.samples) / len(self.samples),
+            "max": max(self.samples),
+            "samples": len(self.samples),
+            "source": self.source,
+        }
+
+
+def _pool(images: torch.Tensor, b: int) -> torch.Tensor:
+    """b images from the photos and their flips (16 distinct views), repeated as needed."""
+    views = [images, images.flip(-1), images.flip(-2), images.flip(-1, -2)]
+    pool = torch.cat(views)
+    return pool[torch.arange(b) % pool.shape[0]]
+
+
+def _util_cell(u: dict) -> str:
+    return u.get("note", "n/a") if u["mean"] is None else f"{u['mean']:.0f}% (max {u['max']:.0f}%)"
+
+
+def gpu_part(args):
+    """The GPU measurements; returns None (after printing why) when there is nothing to measure on."""
+    import cuda_ext
+
+    if not torch.cuda.is_available():
+        reason = "no CUDA device (torch.cuda.is_available() is False)"
+    elif not cuda_ext.cuda_available():
+        reason = f"cuda_ext's CUDA kernels are not available: {cuda_ext.cuda_load_error()}"
+    else:
+        reason = None
+    if reason:
+        print(f"GPU part skipped: {reason}", flush=True)
+        return None
+    dev = torch.device(GPU)
+    size, budgets, iters, batches, loop_iters = 224, [400, 1600, 3136], 3000, [16, 64, 256], (10, 60)
+    render_batches = [64, 256, 1024]
+    if args.quick:
+        size, budgets, iters, batches, loop_iters, render_batches = 64, [64], 30, [2, 4], (3, 8), [4, 16]
+    images = photos(size)
+    data = {"size": size, "iters": iters, "device": torch.cuda.get_device_name(dev), "fit": {}, "loop": {}}
+    fit_rows, loop_rows, fitted = [], [], {}
+    for n in budgets:
+        fit_images(_pool(images, 2).to(dev), FitConfig(num_gaussians=n, iters=5))  # warm-up, allocator
+        best = 0.0
+        for b in batches:
+            imgs = _pool(images, b).to(dev)
+            cfg = FitConfig(num_gaussians=n, iters=iters, check_every=10**9)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(dev)
+            with UtilSampler(dev) as sampler:
+                start = time.perf_counter()
+                res = fit_images(imgs, cfg)  # ends with a host copy of the results: synchronised
+                seconds = time.perf_counter() - start
+            rate = b / seconds
+            best = max(best, rate)
+            peak = torch.cuda.max_memory_allocated(dev) / 2**30
+            util = sampler.summary()
+            psnr = sum(r.psnr for r in res) / b
+            data["fit"][f"{n}/{b}"] = {
+                "images_per_s": rate,
+                "seconds": seconds,
+                "peak_gib": peak,
+                "psnr": psnr,
+                "util": util,
+            }
+            fit_rows.append([n, b, rate, seconds, psnr, peak, _util_cell(util)])
+            print("gpu fit", fit_rows[-1], flush=True)
+            fitted[n] = [r.splats for r in res]
+        # the GaussianImage way: one image at a time, Python per iteration (pure-torch path on the GPU),
+        # over each distinct photo; its rate is the marginal cost per iteration × iters
+        per_photo = []
+        for k in range(images.shape[0]):
+            one = images[k : k + 1].to(dev)
+            init = list(structured_init(one, n))
+            per_photo.append(ms_per_iteration(one, init, k1=loop_iters[0], k2=loop_iters[1], backend="torch"))
+        ms = sum(per_photo) / len(per_photo)
+        loop_rate = 1000.0 / (ms * iters)
+        data["loop"][str(n)] = {
+            "ms_per_iteration": ms,
+            "images_per_s": loop_rate,
+            "speedup": best / loop_rate,
+        }
+        loop_rows.append([n, ms, loop_rate, best, f"{best / loop_rate:.0f}×"])
+        print("gpu loop", loop_rows[-1], flush=True)
+
+    render_rows, data["render"] = [], {}
+    n_r = budgets[-1]
+    for b in render_batches:
+        sets = [fitted[n_r][k % len(fitted[n_r])] for k in range(b)]
+        splats = torch.stack(sets).to(dev)
+        mask = torch.ones(splats.shape[:2], dtype=torch.bool, device=dev)
+
+        def run(splats=splats, mask=mask):
+            render(splats, mask, size=size)
+            torch.cuda.synchronize()
+
+        with torch.no_grad():
+            seconds = timed(run, repeat=5, warmup=2)
+        data["render"][str(b)] = {"images_per_s": b / seconds, "ms": 1000 * seconds}
+        render_rows.append([b, 1000 * seconds, b / seconds])
+
+    n_t = budgets[-1]
+    best_t = max(v["images_per_s"] for k, v in data["fit"].items() if k.startswith(f"{n_t}/"))
+    notes = (
+        f"{data['device']}; canvas {size}², scikit-image photos and their flips, {iters} iterations, structured "
+        f"init, default learning rates, no early stop. Targets (issue 4, one H100): ≥ {TARGET_GPU_FIT:.0f} images/s "
+        f"at N = 3136, ≥ {TARGET_GPU_SPEEDUP:.0f}× over the per-image loop, render ≥ {TARGET_GPU_RENDER:,.0f} "
+        f"images/s at 224². Measured: {best_t:.1f} images/s at N = {n_t}, "
+        f"{data['loop'][str(n_t)]['speedup']:.0f}× over the loop, render "
+        f"{max(v['images_per_s'] for v in data['render'].values()):,.0f} images/s. The per-image loop's rate is "
+        f"its marginal ms per iteration (iterations {loop_iters[0]}→{loop_iters[1]}, mean over the photos) × "
+        f"{iters}, measured in this run. Fit time is the whole fit_images call (init, fit, final PSNR) over the batch. GPU "
+        "utilisation: nvidia-smi / NVML busy time sampled every 0.1 s during the fit."
+    )
+    sections = [
+        (
+            f"Fused batched fit, {iters} iterations, {size}²",
+            ["N", "batch", "images/s", "seconds", "PSNR dB", "peak GiB", "GPU util"],
+            fit_rows,
+        ),
+        (
+            "Per-image loop (pure-torch path on the GPU, one image, Python per iteration) vs the fused fitter",
+            ["N", "loop ms/iteration", "loop images/s", "fused images/s (best batch)", "speed-up"],
+            loop_rows,
+        ),
+        (f"Batched render, {size}², N = {n_r} fitted splats", ["batch", "ms", "images/s"], render_rows),
+    ]
+    name = "fit_speed_gpu_quick" if args.quick else "fit_speed_gpu"
+    md = write_results(name, "Fitting and rendering speed on the GPU (issue 4)", sections, data, notes)
+    print(md.read_text())
+    return data
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=("all", "cpu", "gpu"), default="all", help="which measurements to run")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="tiny run to check the script (not for results)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.part in ("all", "cpu"):
+        cpu_part(args)
+    if args.part in ("all", "gpu"):
+        gpu_part(args)
 
 
 def plot(data, budgets, batches, path):

@@ -5,6 +5,10 @@ in one [Nt, 8] tensor with an image id), so a batch of images gives exactly the 
 the loss is a sum of per-image terms and Adam is element-wise. Parameters live in pixel units of the
 fitting canvas during the fit (learning rates then mean the same at any S) and are returned in the
 canvas units of CONTRACTS.md §1.
+
+On CUDA tensors with cuda_ext's kernels built, `fit_images` hands the same job to the fused batched
+fitter (fit_batched.py: padded layout, many iterations per launch loop); the loss, Adam and the
+constraint below are what it computes (`_loss_gradient`, `_adam_step`).
 """
 
 from __future__ import annotations
@@ -18,14 +22,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ..splat_io import as_stored, validate_splats
+from .backend import BACKENDS, resolve_backend
 from .init import random_init, structured_init
-from .render import BACKENDS, render, render_flat, resolve_backend
+from .render import render, render_flat
 
 __all__ = ["FitConfig", "FitResult", "fit_images", "fit_sidecar", "luminance", "prune", "psnr"]
 
 logger = logging.getLogger(__name__)
 
 INITS = ("structured", "random")
+BETAS, EPS = (0.9, 0.999), 1e-8  # Adam
 
 
 @dataclass
@@ -36,8 +42,9 @@ class FitConfig:
     iters: int = 3000  # Adam steps of the main fit
     init: str = "structured"  # "structured" (grid, CONTRACTS.md §3) or "random" (GaussianImage)
     lambda_l1: float = 0.0  # weight of mean |colour| in the loss; drives dim Gaussians towards 0 for pruning
-    tau: float | None = None  # luminosity pruning threshold after the fit; None: no pruning
-    finetune_iters: int = 0  # Adam steps after pruning
+    tau: float | None = None  # luminosity pruning threshold; None: no pruning
+    prune_at: int | None = None  # main-fit iteration at which to prune (needs tau); None: after the fit
+    finetune_iters: int = 0  # Adam steps after the main fit when pruning (fresh Adam state, own schedule)
     lr_xy: float = 0.1  # Adam step size of centres, pixels
     lr_chol: float = 0.04  # Adam step size of the Cholesky factor, pixels
     lr_rgb: float = 0.02  # Adam step size of colours
@@ -47,7 +54,7 @@ class FitConfig:
     min_scale_px: float = 0.3  # lower bound on l11 and l22, pixels: narrower Gaussians fall between pixels
     plan_margin: float = 0.0  # extra window radius (px) so the render plan survives more steps
     seed: int = 0  # seed of the random initialisation
-    backend: str = "auto"  # renderer: auto (compiled CPU op when built, else torch) | torch | cpp
+    backend: str = "auto"  # auto (CUDA kernels / compiled CPU op when built, else torch) | torch | cpp | cuda
 
     def __post_init__(self):
         if not isinstance(self.num_gaussians, int) or self.num_gaussians < 1:
@@ -60,6 +67,11 @@ class FitConfig:
             raise ValueError(f"lambda_l1 must be ≥ 0, got {self.lambda_l1}")
         if self.tau is not None and self.tau < 0:
             raise ValueError(f"tau must be ≥ 0 or None, got {self.tau}")
+        if self.prune_at is not None:
+            if isinstance(self.prune_at, bool) or not isinstance(self.prune_at, int) or self.prune_at < 0:
+                raise ValueError(f"prune_at must be an int ≥ 0 or None, got {self.prune_at!r}")
+            if self.tau is None:
+                raise ValueError("prune_at needs tau (the luminosity threshold to prune with)")
         for name in ("lr_xy", "lr_chol", "lr_rgb", "min_scale_px"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -103,10 +115,18 @@ def psnr(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def prune(splats: torch.Tensor, tau: float) -> torch.Tensor:
     """Drop Gaussians whose luminosity is below tau; the brightest one always stays. [N, 8] → [M, 8]."""
-    lum = luminance(splats[:, 5:8])
+    return splats[_prune_rows(splats, torch.zeros_like(splats[:, 0], dtype=torch.long), 1, tau)]
+
+
+def _prune_rows(params: torch.Tensor, image_ids: torch.Tensor, num_images: int, tau: float) -> torch.Tensor:
+    """Keep mask [Nt] of flat rows: luminosity ≥ tau, plus each image's brightest (first on ties)."""
+    lum = luminance(params[:, 5:8])
     keep = lum >= tau
-    keep[lum.argmax()] = True
-    return splats[keep]
+    for b in range(num_images):
+        rows = (image_ids == b).nonzero().squeeze(1)
+        if rows.numel():
+            keep[rows[lum[rows].argmax()]] = True
+    return keep
 
 
 def _canonical(params: torch.Tensor, size: int) -> torch.Tensor:
@@ -127,35 +147,79 @@ def _constrain(p: torch.Tensor, min_scale: float) -> None:
     p[:, 4].abs_().clamp_(min=min_scale)
 
 
-def _optimise(params, image_ids, targets, iters, cfg: FitConfig, progress: bool, desc: str):
-    """Adam on flat params [Nt, 8] (pixel units) against targets [B, S, S, 3]; returns (params, iters_run, history).
+def _lr_scale(it: int, iters: int, lr_final: float) -> float:
+    """Cosine decay of the step sizes from 1 at iteration 0 to lr_final at iteration iters − 1."""
+    frac = it / max(iters - 1, 1)
+    return lr_final + (1 - lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
 
-    Early stop is per image: once an image reaches cfg.target_psnr its Gaussians stop moving.
+
+def _base_lr(cfg: FitConfig, like: torch.Tensor) -> torch.Tensor:
+    """Step sizes of the 8 columns [8]: xy, then the Cholesky factor, then colour."""
+    return like.new_tensor([cfg.lr_xy] * 2 + [cfg.lr_chol] * 3 + [cfg.lr_rgb] * 3)
+
+
+def _loss_gradient(p, image, targets, image_ids, counts, lambda_l1: float) -> torch.Tensor:
+    """d/dp of Σ_b [mean((image_b − target_b)²) + λ·Σ_{g∈b} |c_g| / (3·n_b)]; p [Nt, 8], image [B, S, S, 3]."""
+    loss = (image - targets).pow(2).mean(dim=(1, 2, 3)).sum()
+    if lambda_l1 > 0:
+        l1 = torch.zeros(targets.shape[0], dtype=p.dtype, device=p.device).index_add(
+            0, image_ids, p[:, 5:8].abs().sum(1)
+        )
+        loss = loss + lambda_l1 * (l1 / (3 * counts)).sum()
+    (grad,) = torch.autograd.grad(loss, p)
+    return grad
+
+
+@torch.no_grad()
+def _adam_step(
+    p, grad, m, v, it: int, iters: int, base_lr, lr_final: float, min_scale: float, row_active=None
+):
+    """In place on p, m, v [Nt, 8]: Adam step t = it + 1 with bias correction, step sizes base_lr [8] ×
+    the cosine schedule, rows with row_active False left where they are; then the constraint."""
+    beta1, beta2 = BETAS
+    t = it + 1
+    m.mul_(beta1).add_(grad, alpha=1 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    step_size = base_lr * (_lr_scale(it, iters, lr_final) / (1 - beta1**t))
+    denom = (v / (1 - beta2**t)).sqrt_().add_(EPS)
+    step = (m / denom) * step_size
+    if row_active is not None:
+        step *= row_active[:, None]
+    p -= step
+    _constrain(p, min_scale)
+
+
+def _optimise(params, image_ids, targets, iters, cfg: FitConfig, progress: bool, desc: str, prune_at=None):
+    """Adam on flat params [Nt, 8] (pixel units) against targets [B, S, S, 3].
+
+    Early stop is per image: once an image reaches cfg.target_psnr its Gaussians stop moving. With
+    `prune_at`, the Gaussians under cfg.tau are dropped before that iteration (Adam state kept).
+    Returns (params, image_ids, iters_run, history, PSNR [B] just before pruning or None).
     """
     num_images, size = targets.shape[0], targets.shape[1]
     p = params.detach().clone().requires_grad_(True)
     m = torch.zeros_like(p)
     v = torch.zeros_like(p)
-    base_lr = p.new_tensor([cfg.lr_xy] * 2 + [cfg.lr_chol] * 3 + [cfg.lr_rgb] * 3)
+    base_lr = _base_lr(cfg, p)
     counts = torch.bincount(image_ids, minlength=num_images).to(p.dtype)
     active = torch.ones(num_images, dtype=torch.bool, device=p.device)
     iters_run = torch.zeros(num_images, dtype=torch.long)
     history: list[list[tuple[int, float]]] = [[] for _ in range(num_images)]
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    score_unpruned = None
     plan = None
     bar = tqdm(range(iters), desc=desc, disable=not progress, leave=False, unit="it")
     for it in bar:
+        if it == prune_at:
+            with torch.no_grad():
+                score_unpruned = _render_psnr(p, image_ids, targets)
+                keep = _prune_rows(p, image_ids, num_images, cfg.tau)
+            p, m, v, image_ids = p.detach()[keep].requires_grad_(True), m[keep], v[keep], image_ids[keep]
+            counts = torch.bincount(image_ids, minlength=num_images).to(p.dtype)
+            plan = None
         image, plan = render_flat(
             p[:, 0:2], p[:, 2:5], p[:, 5:8], image_ids, num_images, size, plan, cfg.plan_margin, cfg.backend
         )
-        mse = (image - targets).pow(2).mean(dim=(1, 2, 3))  # [B]
-        loss = mse.sum()
-        if cfg.lambda_l1 > 0:
-            l1 = torch.zeros(num_images, dtype=p.dtype, device=p.device).index_add(
-                0, image_ids, p[:, 5:8].abs().sum(1)
-            )
-            loss = loss + cfg.lambda_l1 * (l1 / (3 * counts)).sum()
-        (grad,) = torch.autograd.grad(loss, p)
+        grad = _loss_gradient(p, image, targets, image_ids, counts, cfg.lambda_l1)
         with torch.no_grad():
             if it % cfg.check_every == 0 or it == iters - 1:
                 score = psnr(image.detach(), targets)
@@ -168,20 +232,10 @@ def _optimise(params, image_ids, targets, iters, cfg: FitConfig, progress: bool,
                 if not active.any():
                     break
             iters_run += active.cpu()
-            t = it + 1
-            frac = it / max(iters - 1, 1)
-            sched = cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
-            m.mul_(beta1).add_(grad, alpha=1 - beta1)
-            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            step_size = base_lr * (sched / (1 - beta1**t))
-            denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
-            step = (m / denom) * step_size
-            if not bool(active.all()):
-                step *= active[image_ids, None]
-            p -= step
-            _constrain(p, cfg.min_scale_px)
+            row_active = None if bool(active.all()) else active[image_ids]
+            _adam_step(p, grad, m, v, it, iters, base_lr, cfg.lr_final, cfg.min_scale_px, row_active)
     bar.close()
-    return p.detach(), iters_run.tolist(), history
+    return p.detach(), image_ids, iters_run.tolist(), history, score_unpruned
 
 
 def _render_psnr(params, image_ids, targets) -> torch.Tensor:
@@ -221,10 +275,16 @@ def fit_images(
     Returns:
         One FitResult per image, in order.
     Raises:
-        ValueError / TypeError on bad images or settings.
+        ValueError / TypeError on bad images or settings; ImportError when cfg.backend names a compiled
+        backend that is not built.
+
+    CUDA tensors run on the fused batched fitter of cuda_ext when it is built (cfg.backend "auto" or
+    "cuda"), with the same results up to float32 summation order; "auto" falls back to the pure-torch
+    path with one warning when it is not.
     """
     cfg = cfg or FitConfig()
     _check_images(images)
+    backend = resolve_backend(cfg.backend, images.device)
     start = time.perf_counter()
     images = images.float()
     num_images, size = images.shape[0], images.shape[-1]
@@ -241,28 +301,43 @@ def fit_images(
         gen = torch.Generator(device=images.device).manual_seed(cfg.seed)
         sets = list(random_init(images, cfg.num_gaussians, gen))
     counts = [s.shape[0] for s in sets]
+    if backend == "cuda":
+        from .fit_batched import cuda_ops, fit_sets
+
+        return fit_sets(sets, targets, cfg, cuda_ops(), progress, start)
     params = torch.cat(sets).clone()
     params[:, 0:5] *= size
     image_ids = torch.repeat_interleave(
         torch.arange(num_images, device=images.device), torch.tensor(counts, device=images.device)
     )
-    params, iters_run, history = _optimise(params, image_ids, targets, cfg.iters, cfg, progress, "fit")
-    score_full = _render_psnr(params, image_ids, targets)
+    prune_at = cfg.prune_at if cfg.tau is not None else None
+    params, image_ids, iters_run, history, score_full = _optimise(
+        params, image_ids, targets, cfg.iters, cfg, progress, "fit", prune_at
+    )
+    pruned = score_full is not None
+    if not pruned:
+        score_full = _render_psnr(params, image_ids, targets)
     score = score_full
     if cfg.tau is not None:
-        kept = [prune(params[image_ids == b], cfg.tau) for b in range(num_images)]
-        params = torch.cat(kept)
-        image_ids = torch.cat(
-            [torch.full((k.shape[0],), b, device=images.device) for b, k in enumerate(kept)]
-        )
+        if not pruned:
+            keep = _prune_rows(params, image_ids, num_images, cfg.tau)
+            params, image_ids = params[keep], image_ids[keep]
         if cfg.finetune_iters > 0:
             ft = FitConfig(**{**cfg.__dict__, "target_psnr": None})
-            params, _, _ = _optimise(params, image_ids, targets, cfg.finetune_iters, ft, progress, "finetune")
+            params, image_ids, *_ = _optimise(
+                params, image_ids, targets, cfg.finetune_iters, ft, progress, "finetune"
+            )
         score = _render_psnr(params, image_ids, targets)
-    seconds = (time.perf_counter() - start) / num_images
+    rows = [params[image_ids == b] for b in range(num_images)]
+    return _results(rows, size, score, score_full, counts, iters_run, history, start)
+
+
+def _results(rows, size, score, score_full, counts, iters_run, history, start) -> list[FitResult]:
+    """One FitResult per image from its pixel-unit rows [N_b, 8] and the per-image figures."""
+    seconds = (time.perf_counter() - start) / len(rows)
     return [
         FitResult(
-            splats=_canonical(params[image_ids == b], size).cpu(),
+            splats=_canonical(r, size).cpu(),
             psnr=float(score[b]),
             psnr_unpruned=float(score_full[b]),
             num_initial=counts[b],
@@ -270,18 +345,20 @@ def fit_images(
             seconds=seconds,
             history=history[b],
         )
-        for b in range(num_images)
+        for b, r in enumerate(rows)
     ]
 
 
 def fit_sidecar(result: FitResult, target: torch.Tensor, cfg: FitConfig, resize: str, source: str) -> dict:
     """The `<name>.json` fields of one fitted image (docs/format.md).
 
-    `psnr` is that of the stored fp16 splats against `target` [3, S, S] (`psnr_fp32` before rounding).
+    `psnr` is that of the stored fp16 splats against `target` [3, S, S] (`psnr_fp32` before rounding),
+    rendered on the target's device.
     """
     size = target.shape[-1]
     with torch.no_grad():
-        stored = float(psnr(render(as_stored(result.splats), size=size, backend=cfg.backend), target.cpu()))
+        splats = as_stored(result.splats).to(target.device)
+        stored = float(psnr(render(splats, size=size, backend=cfg.backend), target))
     return {
         "source": source,
         "canvas": size,
@@ -296,6 +373,7 @@ def fit_sidecar(result: FitResult, target: torch.Tensor, cfg: FitConfig, resize:
         "init": cfg.init,
         "lambda_l1": cfg.lambda_l1,
         "tau": cfg.tau,
+        "prune_at": cfg.prune_at if cfg.tau is not None else None,
         "backend": resolve_backend(cfg.backend, target.device),
         "device": str(target.device),
         "seconds": round(result.seconds, 3),

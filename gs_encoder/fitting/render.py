@@ -18,23 +18,25 @@ A plan (buckets, anchors, indices) is reused while every Gaussian's support stay
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
 import torch
 
+from .backend import BACKENDS, resolve_backend
+
 __all__ = [
+    "BACKENDS",
     "Q_MAX",
     "RenderPlan",
     "build_plan",
     "render",
     "render_dense",
     "render_flat",
+    "render_padded",
     "render_torch",
+    "resolve_backend",
 ]
-
-logger = logging.getLogger(__name__)
 
 Q_MAX = 4.5  # the 3-sigma ellipse: q = ½·3²
 _SQRT_2Q = math.sqrt(2.0 * Q_MAX)  # half-extent of the support along an axis, in units of σ_axis
@@ -234,37 +236,6 @@ def _quad_coefficients(xy_px: torch.Tensor, chol_px: torch.Tensor, anchor: torch
     return torch.stack([k0, k1, k2, 0.5 * a, b, 0.5 * c], dim=-1)
 
 
-BACKENDS = ("auto", "torch", "cpp")
-_announced: set[str] = set()
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """ "auto" → "cpp" on CPU when the compiled op (cuda_ext) loads, else "torch"; logs the choice once."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    if backend == "auto":
-        import cuda_ext
-
-        backend = "cpp" if device.type == "cpu" and cuda_ext.available() else "torch"
-        key = f"{backend}/{device.type}"
-        if key not in _announced:
-            _announced.add(key)
-            if device.type == "cuda":  # no CUDA kernels in this build yet (issue 4)
-                logger.warning(
-                    "splat renderer: no CUDA kernels in cuda_ext; using the pure-torch path on the GPU"
-                )
-            else:
-                reason = "" if backend == "cpp" else f" ({cuda_ext.load_error()})"
-                logger.info("splat renderer: %s backend%s", backend, reason)
-    elif backend == "cpp":
-        from cuda_ext import _backend
-
-        _backend.cpu_module()  # raises ImportError with the reason
-        if device.type != "cpu":
-            raise ValueError(f"backend 'cpp' runs on the CPU, got tensors on {device}")
-    return backend
-
-
 def render_flat(
     xy_px: torch.Tensor,  # [Nt, 2] centres, pixel units
     chol_px: torch.Tensor,  # [Nt, 3] Cholesky factor, pixel units
@@ -279,13 +250,20 @@ def render_flat(
     """Differentiable render of Gaussians in a flat layout; returns (images [B, S, S, 3], plan).
 
     backend "torch": the windowed pair list; `plan` from an earlier call is reused when it still covers
-    every Gaussian, else rebuilt. "cpp": the compiled OpenMP op (no plan). "auto": see resolve_backend.
-    Gradients flow to xy_px, chol_px and rgb.
+    every Gaussian, else rebuilt. "cpp": the compiled OpenMP op (no plan). "cuda": the CUDA kernels, on
+    the rows padded per image (no plan). "auto": see resolve_backend. Gradients flow to xy_px, chol_px
+    and rgb.
     """
-    if resolve_backend(backend, xy_px.device) == "cpp":
+    chosen = resolve_backend(backend, xy_px.device, xy_px.dtype)
+    if chosen == "cpp":
         from cuda_ext.ops import render_cpu
 
         return render_cpu(xy_px, chol_px, rgb, image_ids, num_images, size), None
+    if chosen == "cuda":
+        from cuda_ext.ops import render_cuda
+
+        params, mask = _pad_rows(torch.cat([xy_px, chol_px, rgb], dim=1), image_ids, num_images)
+        return render_cuda(params, mask, size), None
     if plan is None or plan.dtype != xy_px.dtype or not plan.covers(xy_px.detach(), chol_px.detach()):
         plan = build_plan(xy_px.detach(), chol_px.detach(), image_ids, num_images, size, margin)
     o = plan.order
@@ -309,8 +287,45 @@ def _check_splats(splats: torch.Tensor, mask: torch.Tensor | None):
         )
 
 
+def _pad_rows(rows: torch.Tensor, image_ids: torch.Tensor, num_images: int):
+    """Flat rows [Nt, 8] → (padded [B, Nmax, 8], mask [B, Nmax]), each image's rows in their order.
+
+    Differentiable in `rows` (an out-of-place index_put)."""
+    counts = torch.bincount(image_ids, minlength=num_images)
+    nmax = int(counts.max()) if rows.shape[0] else 0
+    order = torch.argsort(image_ids, stable=True)
+    ids = image_ids[order]
+    slot = torch.arange(rows.shape[0], device=rows.device) - (torch.cumsum(counts, 0) - counts)[ids]
+    padded = rows.new_zeros(num_images, nmax, rows.shape[1]).index_put((ids, slot), rows[order])
+    mask = torch.zeros(num_images, nmax, dtype=torch.bool, device=rows.device)
+    mask[ids, slot] = True
+    return padded, mask
+
+
+def render_padded(
+    params_px: torch.Tensor,  # [B, Nmax, 8], pixel units (x, y, l11, l21, l22 scaled by S)
+    alive: torch.Tensor,  # [B, Nmax] bool
+    size: int,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Differentiable render of padded splat sets in pixel units → images [B, S, S, 3] (unclamped).
+
+    "cuda" renders the padded layout directly; the other backends render the alive rows (render_flat).
+    """
+    if resolve_backend(backend, params_px.device, params_px.dtype) == "cuda":
+        from cuda_ext.ops import render_cuda
+
+        return render_cuda(params_px, alive, size)
+    b_idx, g_idx = alive.nonzero(as_tuple=True)
+    rows = params_px[b_idx, g_idx]  # [Nt, 8]
+    image, _ = render_flat(
+        rows[:, 0:2], rows[:, 2:5], rows[:, 5:8], b_idx, params_px.shape[0], size, backend=backend
+    )
+    return image
+
+
 def _render(splats: torch.Tensor, mask: torch.Tensor | None, size: int, backend: str) -> torch.Tensor:
-    """Shared body of render_torch and render: flatten the real rows, render, back to [B, 3, S, S]."""
+    """Shared body of render_torch and render: scale to pixels, render the real rows, to [B, 3, S, S]."""
     _check_splats(splats, mask)
     if size < 1:
         raise ValueError(f"size must be ≥ 1, got {size}")
@@ -318,12 +333,8 @@ def _render(splats: torch.Tensor, mask: torch.Tensor | None, size: int, backend:
     s3 = splats if batched else splats[None]
     m = mask if mask is not None else torch.ones(s3.shape[:2], dtype=torch.bool, device=s3.device)
     m = m if batched or mask is None else m[None]
-    b_idx, g_idx = m.nonzero(as_tuple=True)
-    rows = s3[b_idx, g_idx]  # [Nt, 8]
-    image, _ = render_flat(
-        rows[:, 0:2] * size, rows[:, 2:5] * size, rows[:, 5:8], b_idx, s3.shape[0], size, backend=backend
-    )
-    image = image.permute(0, 3, 1, 2)
+    params_px = torch.cat([s3[..., 0:5] * size, s3[..., 5:8]], dim=-1)
+    image = render_padded(params_px, m, size, backend).permute(0, 3, 1, 2)
     return image if batched else image[0]
 
 
@@ -347,7 +358,8 @@ def render(
     backend: str = "auto",
     clamp: bool = False,
 ) -> torch.Tensor:
-    """Render splat sets with the chosen backend ("auto": the compiled CPU op when built, else pure torch).
+    """Render splat sets with the chosen backend ("auto": the CUDA kernels for CUDA tensors, the compiled
+    CPU op for CPU tensors, when built; else pure torch; gs_encoder.fitting.backend).
 
     Args: as `render_torch`, plus `backend` in BACKENDS (an unknown name raises ValueError) and `clamp`
     to [0, 1] for viewing.

@@ -1,0 +1,170 @@
+// Torch side of gsv_cuda_ops: checks device, dtype, shape and contiguity with TORCH_CHECK, allocates
+// outputs and scratch, and calls the torch-free launchers of splat_cuda.cu on the current stream.
+// Importing the module needs no GPU; every op refuses tensors that are not on a CUDA device.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/extension.h>
+
+#include <vector>
+
+#include "splat_cuda.h"
+
+namespace {
+
+void check_cuda(const torch::Tensor& t, const char* op, const char* name, torch::ScalarType dtype) {
+  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got one on ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+}
+
+void check_same_device(const torch::Tensor& a, const torch::Tensor& b, const char* op) {
+  TORCH_CHECK(a.device() == b.device(), op, ": tensors on different devices (", a.device(), ", ", b.device(), ")");
+}
+
+// params [B, N, 8] float32 and alive [B, N] bool on one CUDA device.
+void check_splats(const torch::Tensor& params, const torch::Tensor& alive, const char* op) {
+  check_cuda(params, op, "params", torch::kFloat);
+  check_cuda(alive, op, "alive", torch::kBool);
+  TORCH_CHECK(params.dim() == 3 && params.size(2) == 8, op, ": params must be [B, N, 8], got ", params.sizes());
+  TORCH_CHECK(alive.dim() == 2 && alive.size(0) == params.size(0) && alive.size(1) == params.size(1), op,
+              ": alive must be [B, N] = ", params.sizes().slice(0, 2), ", got ", alive.sizes());
+  TORCH_CHECK(params.size(1) < (int64_t{1} << 31), op, ": at most 2^31 − 1 Gaussians per image");
+  check_same_device(params, alive, op);
+}
+
+void check_size(int64_t size, const char* op) {
+  TORCH_CHECK(size >= 1 && size <= 65536, op, ": size must be in [1, 65536], got ", size);
+}
+
+void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA error: ", cudaGetErrorString(err));
+}
+
+const uint8_t* bytes(const torch::Tensor& t) { return reinterpret_cast<const uint8_t*>(t.data_ptr<bool>()); }
+
+// Scratch tensors live as long as the returned holder; the struct holds their pointers.
+struct ScratchHolder {
+  torch::Tensor geo_a, geo_b, box, lists, counts;
+  gsv::Scratch view;
+};
+
+ScratchHolder make_scratch(const torch::Tensor& params, int64_t size, int64_t tile_cap) {
+  TORCH_CHECK(tile_cap >= 1, "tile_cap must be ≥ 1, got ", tile_cap);
+  const int64_t B = params.size(0), N = params.size(1);
+  const int64_t cap = std::max<int64_t>(1, std::min<int64_t>(N, tile_cap));
+  const int64_t tiles = gsv::num_tiles(static_cast<int>(size));
+  auto f = params.options();
+  auto i = params.options().dtype(torch::kInt);
+  ScratchHolder s{torch::empty({B * N, 4}, f), torch::empty({B * N, 4}, f), torch::empty({B * N, 4}, i),
+                  torch::empty({B, tiles, cap}, i), torch::empty({B, tiles}, i), {}};
+  s.view = gsv::Scratch{reinterpret_cast<float4*>(s.geo_a.data_ptr<float>()),
+                        reinterpret_cast<float4*>(s.geo_b.data_ptr<float>()),
+                        reinterpret_cast<int4*>(s.box.data_ptr<int>()), s.lists.data_ptr<int>(),
+                        s.counts.data_ptr<int>(), static_cast<int>(cap)};
+  return s;
+}
+
+}  // namespace
+
+// image [B, S, S, 3]
+torch::Tensor render_fwd(torch::Tensor params, torch::Tensor alive, int64_t size, int64_t tile_cap) {
+  check_splats(params, alive, "render_fwd");
+  check_size(size, "render_fwd");
+  const c10::cuda::CUDAGuard guard(params.device());
+  const int64_t B = params.size(0), N = params.size(1);
+  auto image = torch::empty({B, size, size, 3}, params.options());
+  if (B == 0) return image;
+  ScratchHolder s = make_scratch(params, size, tile_cap);
+  check_launch(gsv::render_forward(params.data_ptr<float>(), bytes(alive), B, N, static_cast<int>(size), s.view,
+                                   image.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream()),
+               "render_fwd");
+  return image;
+}
+
+// d params [B, N, 8] from d image [B, S, S, 3]
+torch::Tensor render_bwd(torch::Tensor params, torch::Tensor alive, torch::Tensor grad_image) {
+  check_splats(params, alive, "render_bwd");
+  check_cuda(grad_image, "render_bwd", "grad_image", torch::kFloat);
+  check_same_device(params, grad_image, "render_bwd");
+  TORCH_CHECK(grad_image.dim() == 4 && grad_image.size(0) == params.size(0) && grad_image.size(3) == 3 &&
+                  grad_image.size(1) == grad_image.size(2),
+              "render_bwd: grad_image must be [B, S, S, 3], got ", grad_image.sizes());
+  const int64_t size = grad_image.size(1);
+  check_size(size, "render_bwd");
+  const c10::cuda::CUDAGuard guard(params.device());
+  auto grad = torch::empty_like(params);
+  if (params.numel() == 0) return grad;
+  ScratchHolder s = make_scratch(params, size, 1);  // the gather needs no tile lists
+  check_launch(gsv::render_backward(params.data_ptr<float>(), bytes(alive), grad_image.data_ptr<float>(),
+                                    params.size(0), params.size(1), static_cast<int>(size), s.view,
+                                    grad.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream()),
+               "render_bwd");
+  return grad;
+}
+
+// In place on params, exp_avg, exp_avg_sq: num_steps fused iterations (splat_cuda.h).
+void fit_steps(torch::Tensor params, torch::Tensor exp_avg, torch::Tensor exp_avg_sq, torch::Tensor alive,
+               torch::Tensor active, torch::Tensor target, int64_t it0, int64_t num_steps, int64_t iters_total,
+               std::vector<double> lr, double lr_final, double lambda_l1, double min_scale, double beta1,
+               double beta2, double eps, int64_t tile_cap) {
+  const char* op = "fit_steps";
+  check_splats(params, alive, op);
+  check_cuda(exp_avg, op, "exp_avg", torch::kFloat);
+  check_cuda(exp_avg_sq, op, "exp_avg_sq", torch::kFloat);
+  check_cuda(active, op, "active", torch::kBool);
+  check_cuda(target, op, "target", torch::kFloat);
+  for (const auto* t : {&exp_avg, &exp_avg_sq, &active, &target}) check_same_device(params, *t, op);
+  TORCH_CHECK(exp_avg.sizes() == params.sizes() && exp_avg_sq.sizes() == params.sizes(), op,
+              ": exp_avg and exp_avg_sq must match params ", params.sizes());
+  const int64_t B = params.size(0), N = params.size(1);
+  TORCH_CHECK(active.dim() == 1 && active.size(0) == B, op, ": active must be [B = ", B, "], got ", active.sizes());
+  TORCH_CHECK(target.dim() == 4 && target.size(0) == B && target.size(3) == 3 && target.size(1) == target.size(2),
+              op, ": target must be [B, S, S, 3], got ", target.sizes());
+  const int64_t size = target.size(1);
+  check_size(size, op);
+  TORCH_CHECK(lr.size() == 3, op, ": lr must hold 3 step sizes (xy, chol, rgb), got ", lr.size());
+  TORCH_CHECK(it0 >= 0 && num_steps >= 0 && iters_total >= 1, op, ": need it0 ≥ 0, num_steps ≥ 0, iters_total ≥ 1");
+  const c10::cuda::CUDAGuard guard(params.device());
+  if (params.numel() == 0 || num_steps == 0) return;
+  ScratchHolder s = make_scratch(params, size, tile_cap);
+  auto grad_image = torch::empty_like(target);
+  const int64_t gaussian_dim = 1;
+  auto counts = alive.sum(at::IntArrayRef(gaussian_dim), false, torch::kFloat);  // the L1 term's n_b
+  gsv::FitSettings f{{static_cast<float>(lr[0]), static_cast<float>(lr[1]), static_cast<float>(lr[2])},
+                     lr_final,
+                     static_cast<float>(lambda_l1),
+                     static_cast<float>(min_scale),
+                     beta1,
+                     beta2,
+                     static_cast<float>(eps),
+                     it0,
+                     num_steps,
+                     iters_total};
+  check_launch(gsv::fit_steps(params.data_ptr<float>(), exp_avg.data_ptr<float>(), exp_avg_sq.data_ptr<float>(),
+                              bytes(alive), bytes(active), counts.data_ptr<float>(), target.data_ptr<float>(), B, N,
+                              static_cast<int>(size), f, s.view, grad_image.data_ptr<float>(),
+                              c10::cuda::getCurrentCUDAStream().stream()),
+               op);
+}
+
+// keep [B, N] bool
+torch::Tensor prune_mask(torch::Tensor params, torch::Tensor alive, double tau) {
+  check_splats(params, alive, "prune_mask");
+  const c10::cuda::CUDAGuard guard(params.device());
+  auto keep = torch::zeros_like(alive);
+  check_launch(gsv::prune_mask(params.data_ptr<float>(), bytes(alive), params.size(0), params.size(1),
+                               static_cast<float>(tau), reinterpret_cast<uint8_t*>(keep.data_ptr<bool>()),
+                               c10::cuda::getCurrentCUDAStream().stream()),
+               "prune_mask");
+  return keep;
+}
+
+// The ops touch no Python object once their arguments are converted: they release the GIL, so other
+// Python threads (a progress bar, a utilisation sampler) run while thousands of launches queue up.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using release = pybind11::call_guard<pybind11::gil_scoped_release>;
+  m.def("render_fwd", &render_fwd, "splat sum forward on CUDA: image [B, S, S, 3]", release());
+  m.def("render_bwd", &render_bwd, "splat sum backward on CUDA: d params [B, N, 8]", release());
+  m.def("fit_steps", &fit_steps, "fused fit iterations on CUDA, in place", release());
+  m.def("prune_mask", &prune_mask, "luminosity pruning mask on CUDA", release());
+}

@@ -1,0 +1,147 @@
+"""The fused CUDA fitter equals the CPU path: its Adam against torch.optim.Adam, its steps against their
+pure-torch twin, whole fits against the CPU fit (within 0.01 dB), batch independence, determinism and
+the pruning mask. GPU only (`pytest -m cuda`)."""
+
+import pytest
+import torch
+
+import cuda_ext
+from cuda_ext import ops
+from gs_encoder import FitConfig, fit_images, prune, structured_init
+from gs_encoder.fitting.fit_batched import fit_steps_torch
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not cuda_ext.cuda_available(), reason=f"gsv_cuda_ops not built: {cuda_ext.cuda_load_error()}"
+    ),
+]
+
+DEVICE = torch.device("cuda")
+CPU_RENDER = "cpp" if cuda_ext.available() else "torch"
+LR = (0.1, 0.04, 0.02)  # FitConfig's defaults: xy, Cholesky factor, colour
+
+
+def problem(photo, size=64, n=100, names=("astronaut", "coffee")):
+    """(params_px [B, N, 8], alive [B, N], targets [B, S, S, 3]) on the CPU, from the structured init."""
+    images = torch.stack([photo(name, size) for name in names])
+    params = structured_init(images, n).clone()
+    params[..., 0:5] *= size
+    alive = torch.ones(params.shape[:2], dtype=torch.bool)
+    return params, alive, images.permute(0, 2, 3, 1).contiguous()
+
+
+def test_fused_adam_matches_torch_optim_adam(photo):
+    params, alive, targets = problem(photo)
+    size = targets.shape[1]
+    p, a, t = params.to(DEVICE), alive.to(DEVICE), targets.to(DEVICE)
+    fused = p.clone()
+    m, v = torch.zeros_like(fused), torch.zeros_like(fused)
+    # constant step sizes, no L1, a constraint that never binds: plain Adam
+    ops.fit_steps(fused, m, v, a, torch.ones(2, dtype=torch.bool, device=DEVICE), t, it0=0, num_steps=10,
+                  iters_total=10, lr=LR, lr_final=1.0, lambda_l1=0.0, min_scale=1e-6)  # fmt: skip
+    groups = [p[..., 0:2].clone(), p[..., 2:5].clone(), p[..., 5:8].clone()]
+    for g in groups:
+        g.requires_grad_(True)
+    opt = torch.optim.Adam(
+        [{"params": [g], "lr": lr} for g, lr in zip(groups, LR, strict=True)], betas=(0.9, 0.999), eps=1e-8
+    )
+    for _ in range(10):
+        opt.zero_grad()
+        image = ops.render_cuda(torch.cat(groups, dim=-1), a, size)
+        (image - t).pow(2).mean(dim=(1, 2, 3)).sum().backward()
+        opt.step()
+    ref = torch.cat([g.detach() for g in groups], dim=-1)
+    assert (ref - p).abs().max() > 0.5  # the steps did move things (10 × lr_xy = 1 px at most)
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fit_steps_match_their_torch_twin(photo):
+    params, alive, targets = problem(photo)
+    params = torch.cat([params, torch.full((2, 20, 8), 99.0)], dim=1)  # padded rows: never read or written
+    alive = torch.cat([alive, torch.zeros(2, 20, dtype=torch.bool)], dim=1)
+    alive[1, 90:] = False  # and a pruned tail
+    params[1, :, 2] *= -1  # image 1 is frozen; its negative l11 must still be flipped by the constraint
+    active = torch.tensor([True, False])
+    kw = {"it0": 5, "num_steps": 15, "iters_total": 50, "lr": LR, "lr_final": 0.05, "lambda_l1": 0.02,
+          "min_scale": 0.3}  # fmt: skip
+    ref = [params.clone(), torch.zeros_like(params), torch.zeros_like(params)]
+    fit_steps_torch(*ref, alive, active, targets, backend=CPU_RENDER, **kw)
+    got = [x.to(DEVICE) for x in (params, torch.zeros_like(params), torch.zeros_like(params))]
+    ops.fit_steps(*got, alive.to(DEVICE), active.to(DEVICE), targets.to(DEVICE), **kw)
+    got = [x.cpu() for x in got]
+    torch.testing.assert_close(got[0][alive], ref[0][alive], rtol=1e-4, atol=1e-4)
+    assert torch.equal(got[0][~alive], params[~alive])  # dead rows untouched
+    assert torch.equal(got[0][1], ref[0][1])  # the frozen image: exactly the constrained input
+    for k in (1, 2):  # Adam moments of the active image
+        scale = float(ref[k][0].abs().max())
+        torch.testing.assert_close(got[k][0], ref[k][0], rtol=1e-3, atol=1e-4 * scale)
+    assert not got[1][1].any() and not got[2][1].any()
+
+
+def test_image_in_a_batch_equals_a_single_image_run(photo):
+    images = torch.stack([photo("chelsea", 64), photo("coffee", 64), photo("rocket", 64)])
+    sets = list(structured_init(images, 144))
+    sets[1] = sets[1][:100]  # different N per image: padding
+    cfg = FitConfig(num_gaussians=144, iters=60, lambda_l1=0.01, check_every=20)
+    gpu = images.to(DEVICE)
+    batch = fit_images(gpu, cfg, initial=[s.to(DEVICE) for s in sets])
+    for i in range(3):
+        (single,) = fit_images(gpu[i : i + 1], cfg, initial=[sets[i].to(DEVICE)])
+        assert torch.equal(batch[i].splats, single.splats)  # no coupling, a fixed order: every bit
+        assert abs(batch[i].psnr - single.psnr) < 1e-4
+
+
+def test_fit_is_deterministic(photo):
+    images = torch.stack([photo("astronaut", 96), photo("chelsea", 96)]).to(DEVICE)
+    cfg = FitConfig(num_gaussians=400, iters=50)
+    a, b = fit_images(images, cfg), fit_images(images, cfg)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x.splats, y.splats)
+
+
+def test_100_iteration_fit_matches_the_cpu_fit_at_224(photo):
+    images = torch.stack([photo("astronaut", 224), photo("coffee", 224)])
+    cfg = FitConfig(num_gaussians=3136, iters=100, check_every=25)
+    cpu = fit_images(images, cfg)
+    gpu = fit_images(images.to(DEVICE), cfg)
+    for c, g in zip(cpu, gpu, strict=True):
+        assert abs(c.psnr - g.psnr) < 0.01, (c.psnr, g.psnr)
+        assert [it for it, _ in c.history] == [it for it, _ in g.history]
+        assert all(abs(x - y) < 0.01 for (_, x), (_, y) in zip(c.history, g.history, strict=True))
+
+
+def test_fit_with_l1_pruning_and_finetune_matches_the_cpu_fit(photo):
+    images = torch.stack([photo("chelsea", 64), photo("rocket", 64)])
+    for cfg in (
+        FitConfig(num_gaussians=256, iters=80, lambda_l1=0.05, tau=0.05, finetune_iters=20),
+        FitConfig(num_gaussians=256, iters=80, lambda_l1=0.05, tau=0.05, prune_at=40, finetune_iters=10),
+    ):
+        cpu = fit_images(images, cfg)
+        gpu = fit_images(images.to(DEVICE), cfg)
+        for c, g in zip(cpu, gpu, strict=True):
+            assert g.num_gaussians < 256
+            assert abs(c.num_gaussians - g.num_gaussians) <= 2, (c.num_gaussians, g.num_gaussians)
+            assert abs(c.psnr - g.psnr) < 0.01 and abs(c.psnr_unpruned - g.psnr_unpruned) < 0.01
+
+
+def test_early_stop_on_the_gpu(photo):
+    grey = torch.full((3, 32, 32), 0.4)
+    images = torch.stack([grey, photo("astronaut", 32)]).to(DEVICE)
+    flat, hard = fit_images(images, FitConfig(num_gaussians=16, iters=200, target_psnr=30.0, check_every=10))
+    assert flat.iters < 200 and flat.psnr >= 30.0 and hard.iters == 200
+
+
+def test_prune_mask_matches_cpu_pruning(photo):
+    params, alive, targets = problem(photo, n=256)
+    p, a = params.to(DEVICE), alive.to(DEVICE)
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    ops.fit_steps(p, m, v, a, torch.ones(2, dtype=torch.bool, device=DEVICE), targets.to(DEVICE), it0=0,
+                  num_steps=60, iters_total=60, lr=LR, lr_final=0.05, lambda_l1=0.05, min_scale=0.3)  # fmt: skip
+    fitted = p.cpu()
+    alive[1, 200:] = False  # a padded tail takes no part
+    for tau in (0.02, 0.05, 0.1, 1e9):
+        keep = ops.prune_mask(fitted.to(DEVICE), alive.to(DEVICE), tau).cpu()
+        for b in range(2):
+            assert torch.equal(fitted[b][keep[b]], prune(fitted[b][alive[b]], tau)), (tau, b)
+        assert not keep[1, 200:].any()

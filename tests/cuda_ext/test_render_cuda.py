@@ -1,0 +1,147 @@
+"""The CUDA render kernels equal the CPU path (CONTRACTS.md §2): image and every gradient, at 224² with
+N = 3136 at the structured init and after a 200-iteration fit, at odd sizes, with padding, off-canvas
+and huge Gaussians, and whatever the tile lists hold. GPU only (`pytest -m cuda`)."""
+
+import pytest
+import torch
+
+import cuda_ext
+from cuda_ext import ops
+from gs_encoder import FitConfig, fit_images, render, structured_init
+from gs_encoder.fitting.render import render_flat
+
+from ..gs_encoder.test_render import random_splats
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not cuda_ext.cuda_available(), reason=f"gsv_cuda_ops not built: {cuda_ext.cuda_load_error()}"
+    ),
+]
+
+DEVICE = torch.device("cuda")
+# the reference: the compiled CPU op, which decides the 3σ edge on the same q bits as the kernels
+CPU_RENDER = "cpp" if cuda_ext.available() else "torch"
+
+
+def to_px(splats: torch.Tensor, size: int) -> torch.Tensor:
+    """Canvas-unit rows [..., 8] → pixel units (x, y, l11, l21, l22 scaled by S)."""
+    return torch.cat([splats[..., 0:5] * size, splats[..., 5:8]], dim=-1)
+
+
+def render_cpu_with_grad(rows_px, image_ids, num_images, size, cot):
+    """CPU reference: image [B, S, S, 3] and d(Σ image·cot)/d rows [Nt, 8]."""
+    rows = rows_px.detach().cpu().clone().requires_grad_(True)
+    image, _ = render_flat(rows[:, 0:2], rows[:, 2:5], rows[:, 5:8], image_ids.cpu(), num_images, size,
+                           backend=CPU_RENDER)  # fmt: skip
+    (grad,) = torch.autograd.grad((image * cot.cpu()).sum(), rows)
+    return image.detach(), grad
+
+
+def render_gpu_with_grad(params_px, mask, size, cot, **kw):
+    """The kernels: image [B, S, S, 3] and d(Σ image·cot)/d params [B, N, 8] (on the CPU)."""
+    p = params_px.detach().to(DEVICE).clone().requires_grad_(True)
+    image = ops.render_cuda(p, mask.to(DEVICE), size, **kw)
+    (grad,) = torch.autograd.grad((image * cot.to(DEVICE)).sum(), p)
+    return image.detach().cpu(), grad.cpu()
+
+
+def assert_grads_close(got, ref, floor=2e-5):
+    """rtol 1e-4 on every entry of [N, 8], with an absolute floor of `floor` × each column group's largest
+    entry: a near-zero entry is a cancelling sum, and float32 sums taken in another order differ there
+    by ~1e-7 of the terms' size, more after the chain rule into L. The floors: 5× the largest such
+    difference measured with the kernels' source run on the CPU (3.8e-6 at 224², fitted state); 1e-4 for
+    needle-like Gaussians (l21 ≫ l11, l22), where both float32 paths are only that close to float64."""
+    for cols in (slice(0, 2), slice(2, 5), slice(5, 8)):
+        scale = float(ref[:, cols].abs().max())
+        torch.testing.assert_close(got[:, cols], ref[:, cols], rtol=1e-4, atol=floor * scale)
+
+
+@pytest.fixture(scope="module")
+def astronaut_224(photo):
+    """The astronaut at 224² with N = 3136 at init and after 200 CPU iterations (anisotropic, grown)."""
+    img = photo("astronaut", size=224)
+    init = structured_init(img[None], 3136)[0]
+    (fitted,) = fit_images(img[None], FitConfig(num_gaussians=3136, iters=200, backend=CPU_RENDER))
+    return {"init": init, "fitted": fitted.splats}
+
+
+@pytest.mark.parametrize("state", ["init", "fitted"])
+def test_render_matches_cpu_at_224(astronaut_224, state):
+    size = 224
+    rows = to_px(astronaut_224[state], size)
+    n = rows.shape[0]
+    cot = torch.randn(1, size, size, 3, generator=torch.Generator().manual_seed(0))
+    img_ref, g_ref = render_cpu_with_grad(rows, torch.zeros(n, dtype=torch.long), 1, size, cot)
+    img, g = render_gpu_with_grad(rows[None], torch.ones(1, n, dtype=torch.bool), size, cot)
+    torch.testing.assert_close(img, img_ref, rtol=0, atol=1e-5)
+    assert_grads_close(g[0], g_ref)
+
+
+@pytest.mark.parametrize("size", [1, 7, 17, 100])
+def test_any_size_padding_and_odd_gaussians(size):
+    a = random_splats(40, dtype=torch.float32, seed=size, scale=(0.01, 0.2))  # some off the canvas
+    b = random_splats(23, dtype=torch.float32, seed=size + 1, scale=(0.01, 0.2))
+    b[0] = torch.tensor([0.5, 0.5, 3.0, 0.5, 2.0, 0.3, 0.3, 0.3])  # far larger than the canvas
+    b[1] = torch.tensor([-0.5, 0.5, 0.01, 0.0, 0.01, 1.0, 1.0, 1.0])  # entirely off the canvas
+    params = torch.full((2, 40, 8), 99.0)  # garbage in padded rows must never be read
+    params[0], params[1, :23] = to_px(a, size), to_px(b, size)
+    mask = torch.zeros(2, 40, dtype=torch.bool)
+    mask[0], mask[1, :23] = True, True
+    cot = torch.randn(2, size, size, 3, generator=torch.Generator().manual_seed(1))
+    b_idx, g_idx = mask.nonzero(as_tuple=True)
+    img_ref, g_ref = render_cpu_with_grad(params[b_idx, g_idx], b_idx, 2, size, cot)
+    img, g = render_gpu_with_grad(params, mask, size, cot)
+    torch.testing.assert_close(img, img_ref, rtol=0, atol=1e-5)
+    assert_grads_close(g[b_idx, g_idx], g_ref, floor=1e-4)
+    assert not g[~mask].any()  # padded rows get zero gradient
+
+
+def test_tile_lists_never_change_the_result():
+    # 600 Gaussians piled on one corner: with tile_cap 4 every tile there overflows its list and the
+    # forward scans all N boxes instead; the summation order, and so every bit, stays the same
+    g = torch.Generator().manual_seed(2)
+    params = torch.zeros(2, 600, 8)
+    params[..., 0:2] = torch.rand(2, 600, 2, generator=g) * 12
+    params[..., 2] = params[..., 4] = 1.0 + 3 * torch.rand(2, 600, generator=g)
+    params[..., 3] = torch.randn(2, 600, generator=g)
+    params[..., 5:8] = torch.rand(2, 600, 3, generator=g)
+    mask = torch.ones(2, 600, dtype=torch.bool)
+    p, m = params.to(DEVICE), mask.to(DEVICE)
+    full = ops.render_cuda(p, m, 48, tile_cap=600)
+    assert torch.equal(ops.render_cuda(p, m, 48, tile_cap=4), full)
+    assert torch.equal(ops.render_cuda(p, m, 48), full)  # the default cap
+    assert torch.equal(ops.render_cuda(p, m, 48), full)  # and run to run
+
+
+def test_empty_batches_and_sets():
+    assert ops.render_cuda(torch.zeros(0, 5, 8, device=DEVICE), None, 16).shape == (0, 16, 16, 3)
+    empty = ops.render_cuda(torch.zeros(2, 0, 8, device=DEVICE), None, 16)
+    assert empty.shape == (2, 16, 16, 3) and not empty.any()
+    p = torch.zeros(2, 0, 8, device=DEVICE, requires_grad=True)
+    (grad,) = torch.autograd.grad(ops.render_cuda(p, None, 16).sum(), p)
+    assert grad.shape == (2, 0, 8)
+
+
+def test_public_render_uses_the_kernels_on_cuda_tensors():
+    s = random_splats(30, dtype=torch.float32, seed=3, scale=(0.02, 0.1))
+    batch = torch.zeros(2, 30, 8)
+    batch[0], batch[1, :20] = s, s[:20]
+    mask = torch.zeros(2, 30, dtype=torch.bool)
+    mask[0], mask[1, :20] = True, True
+    ref = render(batch, mask, size=40, backend=CPU_RENDER)
+    got = render(batch.to(DEVICE), mask.to(DEVICE), size=40)  # backend "auto"
+    torch.testing.assert_close(got.cpu(), ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(render(s.to(DEVICE), size=40, backend="cuda").cpu(), ref[0], rtol=0, atol=1e-5)
+    # the flat layout pads per image on the way in; gradients flow back through the padding
+    xy = (s[:, 0:2] * 40).to(DEVICE).requires_grad_(True)
+    ids = (torch.arange(30) % 2).to(DEVICE)
+    img, _ = render_flat(xy, (s[:, 2:5] * 40).to(DEVICE), s[:, 5:8].to(DEVICE), ids, 2, 40, backend="cuda")
+    xy_ref = (s[:, 0:2] * 40).requires_grad_(True)
+    img_ref, _ = render_flat(xy_ref, s[:, 2:5] * 40, s[:, 5:8], ids.cpu(), 2, 40, backend=CPU_RENDER)
+    torch.testing.assert_close(img.detach().cpu(), img_ref.detach(), rtol=0, atol=1e-5)
+    (gx,) = torch.autograd.grad(img.sum(), xy)
+    (gx_ref,) = torch.autograd.grad(img_ref.sum(), xy_ref)
+    assert_grads_close(
+        torch.cat([gx.cpu(), torch.zeros(30, 6)], 1), torch.cat([gx_ref, torch.zeros(30, 6)], 1), floor=1e-4
+    )

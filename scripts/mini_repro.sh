@@ -7,26 +7,41 @@
 #   → eval/results/mini_repro.{md,json,png} via eval.mini.report.
 #   bash scripts/mini_repro.sh            the full run (sized for ≤ 45 min on 2 cores; NTRAIN, BUDGETS, ... override)
 #   bash scripts/mini_repro.sh --smoke    every stage at toy size (a few minutes; CI runs it)
+#   bash scripts/mini_repro.sh --demo     one small GS-LLaVA only (N = 64, K = 64; no RGB-LLaVA, zero-shot or
+#                                         evaluation) for scripts/demo.sh, in a few minutes
 # Stages already finished (their outputs exist) are skipped on a rerun. OUT (outputs/mini_repro) holds all.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 cd "$ROOT"
-SMOKE=0
-[[ "${1:-}" == "--smoke" ]] && SMOKE=1
-OUT="${OUT:-outputs/mini_repro$( ((SMOKE)) && echo _smoke || true)}"
+SMOKE=0 DEMO=0
+case "${1:-}" in
+  --smoke) SMOKE=1 ;;
+  --demo) DEMO=1 ;;
+  "") ;;
+  *) echo "usage: bash scripts/mini_repro.sh [--smoke|--demo]" >&2; exit 2 ;;
+esac
+OUT="${OUT:-outputs/mini_repro$( ((SMOKE)) && echo _smoke || true)$( ((DEMO)) && echo _demo || true)}"
 mkdir -p "$OUT"
-if [[ $SMOKE == 1 ]]; then
+if [[ $DEMO == 1 ]]; then
+  NTRAIN=1000 NTEST=50 ZS=2 CLIP_EPOCHS=10 CLIP_BATCH=128 FIT_ITERS=60 BUDGETS="64" S1_STEPS=150 S2_STEPS=30
+  FT_EPOCHS=3 MAX_STEPS=-1 KS="64"
+elif [[ $SMOKE == 1 ]]; then
   NTRAIN=64 NTEST=24 ZS=2 CLIP_EPOCHS=1 CLIP_BATCH=16 FIT_ITERS=10 BUDGETS="16 36" S1_STEPS=4 S2_STEPS=2
   LM_EPOCHS=1 FT_EPOCHS=1 MAX_STEPS=2 KS="16 8"
 else
-  NTRAIN="${NTRAIN:-3000}" NTEST="${NTEST:-400}" ZS="${ZS:-10}" CLIP_EPOCHS="${CLIP_EPOCHS:-15}" CLIP_BATCH=128
-  FIT_ITERS="${FIT_ITERS:-100}" BUDGETS="${BUDGETS:-64 144}" S1_STEPS="${S1_STEPS:-400}" S2_STEPS="${S2_STEPS:-150}"
-  FT_EPOCHS="${FT_EPOCHS:-2}" MAX_STEPS=-1 KS="64 32"
+  NTRAIN="${NTRAIN:-3000}" NTEST="${NTEST:-400}" ZS="${ZS:-10}" CLIP_EPOCHS="${CLIP_EPOCHS:-10}" CLIP_BATCH=128
+  FIT_ITERS="${FIT_ITERS:-100}" BUDGETS="${BUDGETS:-64 144}" S1_STEPS="${S1_STEPS:-300}" S2_STEPS="${S2_STEPS:-150}"
+  FT_EPOCHS="${FT_EPOCHS:-2.5}" MAX_STEPS=-1 KS="64 32"
 fi
 CFG=eval/mini/mini-vit.json
 JUDGE_PORT="${JUDGE_PORT:-18771}"
 T0=$(date +%s)
-stamp() { echo "== [$(( $(date +%s) - T0 ))s] $*"; }
+TIMES="$OUT/timings.tsv"  # one line per stage start; eval.mini.report turns the last invocation into a table
+printf '%s\t# run %s\n' "$T0" "$(date -Iseconds)" >>"$TIMES"
+stamp() {
+  echo "== [$(( $(date +%s) - T0 ))s] $*"
+  printf '%s\t%s\n' "$(date +%s)" "$*" >>"$TIMES"
+}
 done_or() { [[ -e "$1" ]] && { echo "   (done: $1)"; return 0; } || return 1; }
 
 stamp "world: $NTRAIN train / $NTEST test scenes"
@@ -38,10 +53,10 @@ stamp "RGB CLIP teacher from scratch (open_clip_train, $CLIP_EPOCHS epochs)"
 CLIP_CKPT="$OUT/runs/rgb-clip/checkpoints/epoch_${CLIP_EPOCHS}.pt"
 if ! done_or "$CLIP_CKPT"; then
   rm -rf "$OUT/runs/rgb-clip"
-  n_shards=$(ls "$OUT"/data/shards/train-*.tar | wc -l)
+  n_shards=$(ls "$OUT"/data/shards/clip-*.tar | wc -l)
   last=$(printf "%04d" $((n_shards - 1)))
-  python -m eval.mini.train_clip --model-config "$CFG" --train-data "$OUT/data/shards/train-{0000..$last}.tar" \
-    --train-num-samples "$NTRAIN" --dataset-type webdataset --batch-size "$CLIP_BATCH" --epochs "$CLIP_EPOCHS" --lr 1e-3 \
+  python -m eval.mini.train_clip --model-config "$CFG" --train-data "$OUT/data/shards/clip-{0000..$last}.tar" \
+    --train-num-samples "$((2 * NTRAIN))" --dataset-type webdataset --batch-size "$CLIP_BATCH" --epochs "$CLIP_EPOCHS" --lr 1e-3 \
     --warmup 50 --wd 0.1 --workers 0 --precision fp32 --logs "$OUT/runs" --name rgb-clip \
     --save-frequency "$CLIP_EPOCHS" --seed 0 --log-every-n-steps 20
 fi
@@ -58,9 +73,11 @@ for n in $BUDGETS; do
   done
 done
 
-stamp "RGB twin encoder (the teacher's vision tower) for RGB-LLaVA"
-done_or "$OUT/encoders/rgb/model.safetensors" || gsv encoder-from-clip --clip-model mini-vit --model-config "$CFG" \
-  --clip-pretrained "$CLIP_CKPT" --input rgb -o "$OUT/encoders/rgb"
+if [[ $DEMO == 0 ]]; then
+  stamp "RGB twin encoder (the teacher's vision tower) for RGB-LLaVA"
+  done_or "$OUT/encoders/rgb/model.safetensors" || gsv encoder-from-clip --clip-model mini-vit --model-config "$CFG" \
+    --clip-pretrained "$CLIP_CKPT" --input rgb -o "$OUT/encoders/rgb"
+fi
 
 FIRST_N=${BUDGETS%% *}
 MID_N=$(echo "$BUDGETS" | awk '{print $2}')
@@ -80,8 +97,9 @@ for k in $KS; do
   done
 done
 
-stamp "zero-shot, GS vs RGB (CLIP_benchmark, single-object scenes, 24 classes)"
+[[ $DEMO == 0 ]] && stamp "zero-shot, GS vs RGB (CLIP_benchmark, single-object scenes, 24 classes)"
 for enc in "$OUT"/encoders/gs-*/stage2/final; do
+  [[ $DEMO == 1 ]] && break
   name=$(basename "$(dirname "$(dirname "$enc")")")
   n=${name#gs-n}; n=${n%%-*}
   done_or "$OUT/zeroshot/$name/zeroshot.json" || python -m eval.zeroshot --gs "$enc" --clip-model mini-vit \
@@ -93,6 +111,9 @@ done
 stamp "language model stand-in (BPE tokenizer on the world's texts + random Llama)"
 done_or "$OUT/lm/model.safetensors" || python -m eval.mini.make_lm --data "$OUT/data" --out "$OUT/lm"
 
+# LLaVA's scripts turn gradient checkpointing on (a 7B model needs it); a 1 M-parameter LM on a CPU only
+# pays its recomputation, so it is off here
+NO_CKPT="--gradient_checkpointing False"
 llava() {  # llava NAME ENCODER_DIR SPLAT_FOLDER N
   local name=$1 enc=$2 splats=$3 n=$4
   stamp "LLaVA $name: init → pretrain.sh (projector) → finetune.sh (projector + LM)"
@@ -103,17 +124,21 @@ llava() {  # llava NAME ENCODER_DIR SPLAT_FOLDER N
                 MAX_STEPS="$MAX_STEPS" MASTER_PORT="${MASTER_PORT:-29581}")
   [[ -n "$splats" ]] && common+=(SPLAT_FOLDER="$splats")
   env "${common[@]}" DATA_PATH="$OUT/data/train_pretrain.json" OUTPUT_DIR="$OUT/llava/$name/pretrain" \
-    PER_DEVICE_BATCH=32 GLOBAL_BATCH=32 LR=1e-3 bash scripts/pretrain.sh
+    PER_DEVICE_BATCH=32 GLOBAL_BATCH=32 LR=1e-3 EXTRA_ARGS="$NO_CKPT" bash scripts/pretrain.sh
   env "${common[@]}" DATA_PATH="$OUT/data/train_finetune.json" OUTPUT_DIR="$OUT/llava/$name/final" \
-    PROJECTOR="$OUT/llava/$name/pretrain/mm_projector.safetensors" PER_DEVICE_BATCH=16 GLOBAL_BATCH=16 LR=1e-3 \
-    EXTRA_ARGS="--num_train_epochs $FT_EPOCHS" bash scripts/finetune.sh
+    PROJECTOR="$OUT/llava/$name/pretrain/mm_projector.safetensors" PER_DEVICE_BATCH=32 GLOBAL_BATCH=32 LR=1e-3 \
+    EXTRA_ARGS="--num_train_epochs $FT_EPOCHS $NO_CKPT" bash scripts/finetune.sh
 }
-llava rgb "$OUT/encoders/rgb" "" 64
+[[ $DEMO == 1 ]] || llava rgb "$OUT/encoders/rgb" "" 64
 for enc in "$OUT"/encoders/gs-*/stage2/final; do
   name=$(basename "$(dirname "$(dirname "$enc")")")
   n=${name#gs-n}; n=${n%%-*}
   llava "$name" "$enc" "$OUT/splats/n$n" "$n"
 done
+if [[ $DEMO == 1 ]]; then
+  stamp "done: $(ls -d "$OUT"/llava/*/final)"
+  exit 0
+fi
 
 stamp "lmms-eval on the world's test questions (six kinds) and the shuffled-image control"
 python -m eval.mini_judge --port "$JUDGE_PORT" >/dev/null 2>&1 &
@@ -123,14 +148,13 @@ export OPENAI_API_URL="http://127.0.0.1:$JUDGE_PORT/v1" OPENAI_API_KEY=local HF_
 sleep 1
 for model in "$OUT"/llava/*/final; do
   name=$(basename "$(dirname "$model")")
-  for group in mw_all mw_all_shuffled; do
-    out="$OUT/vqa/$name/$group"
-    find "$out" -name '*_results.json' 2>/dev/null | grep -q . && continue
-    splats=""
-    [[ $name == gs-* ]] && { n=${name#gs-n}; n=${n%%-*}; splats=",splat_cache=$OUT/eval_cache/n$n"; }
-    python -m lmms_eval --model llava_gs --model_args "pretrained=$model,progress=false$splats" --tasks "$group" \
-      --include_path "$OUT/tasks" --batch_size 32 --output_path "$out" --log_samples --verbosity WARNING
-  done
+  out="$OUT/vqa/$name"
+  find "$out" -name '*_results.json' 2>/dev/null | grep -q . && continue
+  splats=""
+  [[ $name == gs-* ]] && { n=${name#gs-n}; n=${n%%-*}; splats=",splat_cache=$OUT/eval_cache/n$n"; }
+  python -m lmms_eval --model llava_gs --model_args "pretrained=$model,progress=false$splats" \
+    --tasks mw_all,mw_all_shuffled --include_path "$OUT/tasks" --batch_size 32 --output_path "$out" \
+    --log_samples --verbosity WARNING
 done
 
 stamp "report"

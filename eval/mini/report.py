@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from .score import accuracy_table, chance, question_only_prior, read_samples
+from .score import accuracy_table, chance, paired_difference, question_only_prior, read_samples
 
 KINDS = ["sqa", "text", "pope", "mme", "open", "gqa"]
 RAW_BYTES = 64 * 64 * 3
@@ -77,8 +77,74 @@ def _zeroshot(out: Path) -> tuple[list[str], list[list], dict]:
     return ["encoder", "dataset", "RGB acc %", "GS acc %", "GS / RGB"], rows, data
 
 
+def _timings(out: Path) -> tuple[list[str], list[list], dict]:
+    """Stage durations of the last invocation of mini_repro.sh (from OUT/timings.tsv), up to the report."""
+    path = out / "timings.tsv"
+    if not path.exists():
+        return [], [], {}
+    lines = [ln.split("\t", 1) for ln in path.read_text().splitlines() if "\t" in ln]
+    starts = [i for i, (_, label) in enumerate(lines) if label.startswith("# run")]
+    if not starts:
+        return [], [], {}
+    run = [(int(t), label) for t, label in lines[starts[-1] :]]
+    stages = []
+    for (t, label), (t_next, _) in zip(run[1:], run[2:], strict=False):
+        if label == "report":
+            break
+        stages.append((label, t_next - t))
+    total = sum(d for _, d in stages)
+    rows = [[label, f"{d / 60:.1f}"] for label, d in stages] + [["**total**", f"**{total / 60:.1f}**"]]
+    data = {"started": run[0][1][len("# run ") :], "stages": dict(stages), "total_s": total}
+    return ["stage (this invocation; finished stages are skipped on a rerun)", "minutes"], rows, data
+
+
+def _targets(runs: dict, controls: dict) -> tuple[list[str], list[list], list[dict]]:
+    """Issue 9's targets as paired differences over the same test questions (points, ± 1 s.e.)."""
+    prior = runs["question-only prior"]
+    models = [m for m in runs if m != "question-only prior"]
+    checks = []  # (comparison, a, b, target text, test on the difference)
+    for m in models:
+        checks.append((f"{m} − question-only prior", runs[m], prior, "≥ +20", lambda d: d >= 20))
+        if f"{m}, shuffled images" in controls:
+            checks.append(
+                (f"{m} − its shuffled-image control", runs[m], controls[f"{m}, shuffled images"], "> 0", None)
+            )
+    if "RGB-LLaVA" in runs:
+        for m in models:
+            if m.startswith("GS-LLaVA"):
+                checks.append((f"{m} − RGB-LLaVA", runs[m], runs["RGB-LLaVA"], "≥ −5", lambda d: d >= -5))
+    gs = {}  # N → {K: label}
+    for m in models:
+        if m.startswith("GS-LLaVA n"):
+            n, k = m[len("GS-LLaVA n") :].split("-k")
+            gs.setdefault(int(n), {})[int(k)] = m
+    for n, ks in sorted(gs.items()):
+        if len(ks) >= 2:
+            big, small = max(ks), min(ks)
+            checks.append(
+                (
+                    f"N = {n}: K = {small} − K = {big} tokens",
+                    runs[ks[small]],
+                    runs[ks[big]],
+                    "≥ −3",
+                    lambda d: d >= -3,
+                )
+            )
+    rows, data = [], []
+    for name, a, b, target, ok in checks:
+        d, se = paired_difference(a, b)
+        d, se = 100 * d, 100 * se
+        if ok is None:
+            met = "yes" if d - 2 * se > 0 else "no (within 2 s.e.)"
+        else:
+            met = "yes" if ok(d) else "no"
+        rows.append([name, f"{d:+.1f} ± {se:.1f}", target, met])
+        data.append({"comparison": name, "points": d, "se": se, "target": target, "met": met})
+    return ["comparison (all questions, paired)", "points", "target", "met"], rows, data
+
+
 def _official(out: Path, name: str) -> dict:
-    files = sorted((out / "vqa" / name / "mw_all").rglob("*_results.json"))
+    files = sorted((out / "vqa" / name).rglob("*_results.json"))
     return json.loads(files[-1].read_text())["results"] if files else {}
 
 
@@ -93,19 +159,27 @@ def build(out: Path) -> tuple[list[tuple[str, list[str], list[list]]], dict]:
     models.sort(key=lambda m: (m != "rgb", m))
     for m in models:
         label = "RGB-LLaVA" if m == "rgb" else f"GS-LLaVA {m[3:]}"
-        runs[label] = read_samples(out / "vqa" / m / "mw_all")
-        shuffled = out / "vqa" / m / "mw_all_shuffled"
-        if shuffled.exists():
-            controls[f"{label}, shuffled images"] = read_samples(shuffled, shuffled=True)
+        runs[label] = read_samples(out / "vqa" / m)
+        try:
+            controls[f"{label}, shuffled images"] = read_samples(out / "vqa" / m, shuffled=True)
+        except FileNotFoundError:  # the control was not run
+            pass
     headers, rows = accuracy_table({**runs, **controls}, KINDS)
     rows.insert(0, ["chance", *(f"{100 * ch[k]:.1f}" if k in ch else "–" for k in KINDS), ""])
     sections = [("VQA accuracy per question kind (%, ± 1 s.e.)", headers, rows)]
+    targets = []
+    if models:
+        g_headers, g_rows, targets = _targets(runs, controls)
+        sections.append(("Targets (issue 9): differences in accuracy points", g_headers, g_rows))
     b_headers, b_rows, budgets = _budgets(out)
     if b_rows:
         sections.insert(0, ("Splat budgets: storage, fidelity, loading", b_headers, b_rows))
     z_headers, z_rows, zs = _zeroshot(out)
     if z_rows:
         sections.insert(1, ("Zero-shot classification, 24 classes (GS vs RGB)", z_headers, z_rows))
+    t_headers, t_rows, timings = _timings(out)
+    if t_rows:
+        sections.append(("Time per stage", t_headers, t_rows))
     official = {m: _official(out, m) for m in models}
     data = {
         "accuracy": {
@@ -116,20 +190,24 @@ def build(out: Path) -> tuple[list[tuple[str, list[str], list[list]]], dict]:
         "chance": ch,
         "budgets": budgets,
         "zeroshot": zs,
+        "timings": timings,
+        "targets": targets,
         "official_lmms_eval": official,
     }
     return sections, data
 
 
 def _plot(data: dict, path: Path) -> None:
+    """VQA per kind (with the question-only prior), zero-shot GS vs RGB, and fit PSNR / size per budget."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw={"width_ratios": [2.4, 1, 1]})
+    ax = axes[0]
     acc = {k: v for k, v in data["accuracy"].items() if "shuffled" not in k and k != "question-only prior"}
-    fig, ax = plt.subplots(figsize=(9, 3.6))
     width = 0.8 / max(1, len(acc))
     x = np.arange(len(KINDS))
     for i, (name, res) in enumerate(acc.items()):
@@ -146,7 +224,31 @@ def _plot(data: dict, path: Path) -> None:
     )
     ax.set_xticks(x + 0.4 - width / 2, KINDS)
     ax.set_ylabel("accuracy %")
+    ax.set_title("VQA per question kind")
     ax.legend(fontsize=7, ncol=2)
+
+    ax = axes[1]
+    zs = data["zeroshot"]
+    names = sorted(zs)
+    if names:
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, [100 * zs[n]["rgb"] for n in names], 0.4, label="RGB CLIP")
+        ax.bar(x + 0.2, [100 * zs[n]["gs"] for n in names], 0.4, label="GS encoder")
+        ax.set_xticks(x, names, fontsize=7)
+        ax.legend(fontsize=7)
+    ax.set_ylabel("top-1 %")
+    ax.set_title("zero-shot, 24 classes")
+
+    ax = axes[2]
+    budgets = data["budgets"]
+    ns = sorted(budgets, key=int)
+    if ns:
+        ax.plot([int(n) for n in ns], [budgets[n]["psnr"] for n in ns], "o-")
+        for n in ns:
+            ax.annotate(f"{budgets[n]['bytes']} B", (int(n), budgets[n]["psnr"]), fontsize=7)
+    ax.set_xlabel("Gaussians N (64² canvas)")
+    ax.set_ylabel("fit PSNR dB")
+    ax.set_title("splat budgets")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

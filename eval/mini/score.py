@@ -17,7 +17,15 @@ from pathlib import Path
 
 from .world import COLOURS, NUMBERS, SHAPES, WORDS
 
-__all__ = ["accuracy_table", "chance", "correct", "question_only_prior", "read_samples", "template"]
+__all__ = [
+    "accuracy_table",
+    "chance",
+    "correct",
+    "paired_difference",
+    "question_only_prior",
+    "read_samples",
+    "template",
+]
 
 _MASK = re.compile(r"\b(" + "|".join([*COLOURS, *SHAPES, *NUMBERS, *(w.lower() for w in WORDS)]) + r")s?\b")
 
@@ -86,13 +94,28 @@ def read_samples(folder: str | Path, shuffled: bool = False) -> dict[str, list[b
         raise FileNotFoundError(f"{folder}: no mw_* sample files (run lmms-eval with --log_samples)")
     for f in files:
         kind = pattern.search(f.name).group(1)
-        for line in f.read_text().splitlines():
-            s = json.loads(line)
+        samples = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        for s in sorted(samples, key=lambda s: s.get("doc_id", 0)):  # test order: paired comparisons
             resp = s.get("filtered_resps", s.get("resps"))
             while isinstance(resp, list):
                 resp = resp[0] if resp else ""
             out[kind].append(correct(kind, str(s["target"]), str(resp)))  # sqa's target is the letter
     return dict(out)
+
+
+def paired_difference(a: dict[str, list[bool]], b: dict[str, list[bool]]) -> tuple[float, float]:
+    """Overall accuracy of a minus b over the same questions, and its paired standard error."""
+    diffs = []
+    for kind in sorted(set(a) & set(b)):
+        if len(a[kind]) != len(b[kind]):
+            raise ValueError(f"{kind}: {len(a[kind])} vs {len(b[kind])} answers; not the same questions")
+        diffs += [int(x) - int(y) for x, y in zip(a[kind], b[kind], strict=True)]
+    if not diffs:
+        raise ValueError("no question kind in common")
+    n = len(diffs)
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / max(1, n - 1)
+    return mean, math.sqrt(var / n)
 
 
 def accuracy_table(runs: dict[str, dict[str, list[bool]]], kinds: list[str]) -> tuple[list[str], list[list]]:

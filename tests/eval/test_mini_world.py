@@ -113,6 +113,29 @@ def test_splits_are_disjoint_and_written_in_llava_format(tmp_path, tiny_tokenize
     assert stats["scenes"] == 40 and len(list((tmp_path / "images" / "train").glob("*.png"))) == 40
     finetune = json.loads((tmp_path / "train_finetune.json").read_text())
     pretrain = json.loads((tmp_path / "train_pretrain.json").read_text())
+    questions_ = json.loads((tmp_path / "train_questions.json").read_text())
+    asked = []
+    for rec in finetune:  # dialogues: the image in the first turn, each question once, pairs split
+        turns = rec["conversations"]
+        assert turns[0]["value"].startswith("<image>\n")
+        assert sum("<image>" in t["value"] for t in turns) == 1
+        kinds = []
+        for human, gpt in zip(turns[::2], turns[1::2], strict=True):
+            q = next(
+                q
+                for q in questions_
+                if q["image"] == rec["image"] and q["question"] == human["value"].removeprefix("<image>\n")
+            )
+            assert gpt["value"] == answer_style(q)
+            asked.append((q["image"], q["question"]))
+            kinds.append(q["kind"])
+        assert kinds.count("pope") <= 1 and kinds.count("mme") <= 1
+    assert sorted(asked) == sorted((q["image"], q["question"]) for q in questions_)
+    firsts = {
+        next(q["kind"] for q in questions_ if q["question"] == rec["conversations"][0]["value"][8:])
+        for rec in finetune
+    }
+    assert firsts == {"sqa", "text", "pope", "mme", "open", "gqa"}  # every kind is asked first somewhere
     for rec in finetune[:10]:
         ids, labels = tokenize_conversation(rec["conversations"], tiny_tokenizer, "vicuna_v1", 1, 4)
         assert any(lab != -100 for lab in labels)
@@ -174,3 +197,23 @@ def test_lmms_tasks_rebuild_the_training_prompts_and_score_true_answers(tmp_path
         expected = [q["question"] for q in questions if q["kind"] == kind]
         built = [fn(row, cfg["lmms_eval_specific_kwargs"]["default"]) for row in rows]
         assert built == expected, kind
+
+
+def test_clip_pairs_add_one_object_scenes_and_keep_held_out_scenes_out():
+    from eval.mini.world import clip_scenes, zeroshot_scenes
+
+    train = scenes_for("train", 30)
+    zs = zeroshot_scenes(per_class=1)
+    assert sorted(s.objects[0].name for s in zs) == sorted({s.objects[0].name for s in zs})
+    assert len(zs) == 24 and all(len(s.objects) == 1 and s.word is None for s in zs)
+    held_out = {s.signature() for s in zs}
+    pairs = clip_scenes(train, 50, exclude=held_out)
+    assert len(pairs) == 80 and {s.seed for s in train} <= {s.seed for s in pairs}
+    extra = [s for s in pairs if s.seed not in {t.seed for t in train}]
+    assert len(extra) == 50 and all(len(s.objects) == 1 for s in extra)
+    assert not {s.signature() for s in pairs} & held_out
+    assert [s.seed for s in clip_scenes(train, 50, exclude=held_out)] == [s.seed for s in pairs]
+    # an excluded scene is skipped, not repeated
+    first = extra[0]
+    again = clip_scenes(train, 50, exclude=held_out | {first.signature()})
+    assert first.seed not in {s.seed for s in again} and len(again) == 80

@@ -458,7 +458,9 @@ def write_shards(out: Path, split: str, scenes: list[Scene], shard_size: int = 1
     return paths
 
 
-def clip_scenes(train: list[Scene], single: int, seed: int = 0, exclude: set[str] | None = None) -> list[Scene]:
+def clip_scenes(
+    train: list[Scene], single: int, seed: int = 0, exclude: set[str] | None = None
+) -> list[Scene]:
     """The CLIP teacher's image-text pairs: the train scenes plus `single` one-object scenes, shuffled.
 
     With captions alone a contrastive batch is told apart by colours, sizes and words, so a small CLIP
@@ -502,9 +504,7 @@ def write_zeroshot(root: Path, scenes: list[Scene]) -> Path:
     """Zero-shot classification of one-object scenes (CLIP_benchmark layout)."""
     from eval.mini_zeroshot import png_bytes, write_classification
 
-    samples = [
-        (f"{s.seed:09d}", png_bytes(render(s)), ZS_CLASSES.index(s.objects[0].name)) for s in scenes
-    ]
+    samples = [(f"{s.seed:09d}", png_bytes(render(s)), ZS_CLASSES.index(s.objects[0].name)) for s in scenes]
     return write_classification(root, samples, ZS_CLASSES, ZS_TEMPLATES)
 
 

@@ -12,6 +12,7 @@ l21 ∈ [0, 1] px, colours uniform in [0, 1].
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -57,28 +58,44 @@ def structured_init(images: torch.Tensor, num_gaussians: int) -> torch.Tensor:
     b, _, size, _ = images.shape
     _check_count(num_gaussians, size)
     rows, cols = grid_shape(num_gaussians)
-    sx, sy = 1.0 / cols, 1.0 / rows
     # Cell-mean colour: area-average the image onto the grid (exact box filter, any S).
     cell = F.adaptive_avg_pool2d(images, (rows, cols))  # [B, 3, rows, cols]
-    ys = (torch.arange(rows, dtype=images.dtype, device=images.device) + 0.5) * sy
-    xs = (torch.arange(cols, dtype=images.dtype, device=images.device) + 0.5) * sx
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    splats = images.new_zeros(b, rows * cols, 8)
-    splats[:, :, 0] = gx.reshape(-1)
-    splats[:, :, 1] = gy.reshape(-1)
-    # σ = s/2 per axis; for non-square cells the inscribed ellipse keeps the coverage argument
-    sigma_x, sigma_y = sx / 2.0, sy / 2.0
-    splats[:, :, 2] = sigma_x
-    splats[:, :, 4] = sigma_y
-    splats = splats[:, :num_gaussians].contiguous()
-    # coverage of the grid (the same for every image): Σ_g w_g(p) with unit colours
-    unit = splats[0].clone()
-    unit[:, 5:8] = 1.0
-    coverage = render_torch(unit, size=size)[0:1]  # [1, S, S]
-    cell_cov = F.adaptive_avg_pool2d(coverage[None], (rows, cols)).flatten(1)[0, :num_gaussians]  # [N]
+    splats = _grid(num_gaussians, images.dtype, images.device)[None].repeat(b, 1, 1)
+    cell_cov = _cell_coverage(num_gaussians, size, images.dtype).to(images.device)  # [N]
     cell_rgb = cell.flatten(2).transpose(1, 2)[:, :num_gaussians]  # [B, N, 3]
     splats[:, :, 5:8] = cell_rgb / cell_cov[None, :, None].clamp_min(1e-6)
     return splats
+
+
+def _grid(num_gaussians: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """The first N cells of the grid as splats [N, 8] in canvas units, colours 0."""
+    rows, cols = grid_shape(num_gaussians)
+    sx, sy = 1.0 / cols, 1.0 / rows
+    ys = (torch.arange(rows, dtype=dtype, device=device) + 0.5) * sy
+    xs = (torch.arange(cols, dtype=dtype, device=device) + 0.5) * sx
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    splats = torch.zeros(rows * cols, 8, dtype=dtype, device=device)
+    splats[:, 0] = gx.reshape(-1)
+    splats[:, 1] = gy.reshape(-1)
+    # σ = s/2 per axis; for non-square cells the inscribed ellipse keeps the coverage argument
+    splats[:, 2] = sx / 2.0
+    splats[:, 4] = sy / 2.0
+    return splats[:num_gaussians].contiguous()
+
+
+@functools.lru_cache(maxsize=16)
+def _cell_coverage(num_gaussians: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """Cell-mean coverage [N] of the grid rendered with unit colours, Σ_g w_g(p): the same for every image.
+
+    Rendered on the CPU whatever the images' device: the pure-torch renderer sums with index_add_, whose
+    CUDA version adds with float atomics, so on a GPU its last bits (and with them the initial colours
+    and the whole fit) would change from run to run. The CPU sum is deterministic; cached per (N, S, dtype).
+    """
+    rows, cols = grid_shape(num_gaussians)
+    unit = _grid(num_gaussians, dtype, "cpu")
+    unit[:, 5:8] = 1.0
+    coverage = render_torch(unit, size=size)[0:1]  # [1, S, S]
+    return F.adaptive_avg_pool2d(coverage[None], (rows, cols)).flatten(1)[0, :num_gaussians]
 
 
 def random_init(

@@ -24,14 +24,16 @@ OUT="${OUT:-outputs/mini_repro$( ((SMOKE)) && echo _smoke || true)$( ((DEMO)) &&
 mkdir -p "$OUT"
 if [[ $DEMO == 1 ]]; then
   NTRAIN=1000 NTEST=50 ZS=2 CLIP_EPOCHS=10 CLIP_BATCH=128 FIT_ITERS=60 BUDGETS="64" S1_STEPS=150 S2_STEPS=30
-  FT_EPOCHS=3 MAX_STEPS=-1 KS="64"
+  FT_EPOCHS=1.5 MAX_STEPS=-1 KS="64"
 elif [[ $SMOKE == 1 ]]; then
   NTRAIN=64 NTEST=24 ZS=2 CLIP_EPOCHS=1 CLIP_BATCH=16 FIT_ITERS=10 BUDGETS="16 36" S1_STEPS=4 S2_STEPS=2
   LM_EPOCHS=1 FT_EPOCHS=1 MAX_STEPS=2 KS="16 8"
 else
-  NTRAIN="${NTRAIN:-3000}" NTEST="${NTEST:-400}" ZS="${ZS:-10}" CLIP_EPOCHS="${CLIP_EPOCHS:-10}" CLIP_BATCH=128
-  FIT_ITERS="${FIT_ITERS:-100}" BUDGETS="${BUDGETS:-64 144}" S1_STEPS="${S1_STEPS:-300}" S2_STEPS="${S2_STEPS:-150}"
-  FT_EPOCHS="${FT_EPOCHS:-2.5}" MAX_STEPS=-1 KS="64 32"
+  # sized by measured stage costs on 2 cores (eval/results/mini_repro.md, "Time per stage"): the four
+  # LLaVA trainings share the 45 minutes with the teacher, the fits and the three GS encoders
+  NTRAIN="${NTRAIN:-2000}" NTEST="${NTEST:-250}" ZS="${ZS:-8}" CLIP_EPOCHS="${CLIP_EPOCHS:-8}" CLIP_BATCH=128
+  FIT_ITERS="${FIT_ITERS:-70}" BUDGETS="${BUDGETS:-64 144}" S1_STEPS="${S1_STEPS:-150}" S2_STEPS="${S2_STEPS:-60}"
+  FT_EPOCHS="${FT_EPOCHS:-1}" MAX_STEPS=-1 KS="64 32"
 fi
 CFG=eval/mini/mini-vit.json
 JUDGE_PORT="${JUDGE_PORT:-18771}"
@@ -66,7 +68,7 @@ for n in $BUDGETS; do
   for split in train test; do
     done_or "$OUT/splats/n$n/.$split.done" || {
       gsv fit-shards "$OUT/data/${split}_finetune.json" --image-folder "$OUT/data/images" -o "$OUT/splats/n$n" \
-        --num-gaussians "$n" --iters "$FIT_ITERS" --size 64 --resize resize \
+        --num-gaussians "$n" --iters "$FIT_ITERS" --size 64 --resize resize --batch-size 64 \
         --teacher "mini-vit:$CLIP_CKPT" --teacher-config "$CFG" -q
       touch "$OUT/splats/n$n/.$split.done"
     }
@@ -121,12 +123,12 @@ llava() {  # llava NAME ENCODER_DIR SPLAT_FOLDER N
   python scripts/build_init_checkpoint.py --lm "$OUT/lm" --encoder "$enc" --output "$OUT/llava/$name/init" \
     --dtype float32 --num-gaussians "$n" --fit-iters "$FIT_ITERS" --overwrite >/dev/null
   local common=(MODEL="$OUT/llava/$name/init" IMAGE_FOLDER="$OUT/data/images" NUM_GPUS=1 WORKERS=0
-                MAX_STEPS="$MAX_STEPS" MASTER_PORT="${MASTER_PORT:-29581}")
+                MAX_STEPS="$MAX_STEPS" MASTER_PORT="${MASTER_PORT:-29581}" DS_CONFIG=scripts/zero2.json)
   [[ -n "$splats" ]] && common+=(SPLAT_FOLDER="$splats")
   env "${common[@]}" DATA_PATH="$OUT/data/train_pretrain.json" OUTPUT_DIR="$OUT/llava/$name/pretrain" \
     PER_DEVICE_BATCH=32 GLOBAL_BATCH=32 LR=1e-3 EXTRA_ARGS="$NO_CKPT" bash scripts/pretrain.sh
   env "${common[@]}" DATA_PATH="$OUT/data/train_finetune.json" OUTPUT_DIR="$OUT/llava/$name/final" \
-    PROJECTOR="$OUT/llava/$name/pretrain/mm_projector.safetensors" PER_DEVICE_BATCH=32 GLOBAL_BATCH=32 LR=1e-3 \
+    PROJECTOR="$OUT/llava/$name/pretrain/mm_projector.safetensors" PER_DEVICE_BATCH=16 GLOBAL_BATCH=16 LR=1e-3 \
     EXTRA_ARGS="--num_train_epochs $FT_EPOCHS $NO_CKPT" bash scripts/finetune.sh
 }
 [[ $DEMO == 1 ]] || llava rgb "$OUT/encoders/rgb" "" 64

@@ -217,3 +217,21 @@ def test_clip_pairs_add_one_object_scenes_and_keep_held_out_scenes_out():
     first = extra[0]
     again = clip_scenes(train, 50, exclude=held_out | {first.signature()})
     assert first.seed not in {s.seed for s in again} and len(again) == 80
+
+
+def test_relative_targets_need_a_reference_that_uses_the_image():
+    """GS within 5 points of RGB is only evidence when RGB's answers depend on the image."""
+    from eval.mini.report import _targets
+
+    n = 400
+    seeing = {"pope": [True] * n}  # answers every question right
+    blind = {"pope": [i % 4 < 2 for i in range(n)]}  # right half the time, whatever the image
+    runs = {"question-only prior": blind, "RGB-LLaVA": blind, "GS-LLaVA n144-k64": blind}
+    controls = {"RGB-LLaVA, shuffled images": blind}
+    _, _, rows = _targets(runs, controls)
+    gs_vs_rgb = next(r for r in rows if r["comparison"] == "GS-LLaVA n144-k64 − RGB-LLaVA")
+    assert gs_vs_rgb["points"] == 0 and gs_vs_rgb["met"].startswith("not testable")
+    runs["RGB-LLaVA"] = seeing  # now RGB reads the image: +50 points over its control
+    _, _, rows = _targets(runs, controls)
+    gs_vs_rgb = next(r for r in rows if r["comparison"] == "GS-LLaVA n144-k64 − RGB-LLaVA")
+    assert gs_vs_rgb["points"] == -50 and gs_vs_rgb["met"] == "no"

@@ -27,7 +27,7 @@ if [[ $DEMO == 1 ]]; then
   FT_EPOCHS=1.5 MAX_STEPS=-1 KS="64"
 elif [[ $SMOKE == 1 ]]; then
   NTRAIN=64 NTEST=24 ZS=2 CLIP_EPOCHS=1 CLIP_BATCH=16 FIT_ITERS=10 BUDGETS="16 36" S1_STEPS=4 S2_STEPS=2
-  LM_EPOCHS=1 FT_EPOCHS=1 MAX_STEPS=2 KS="16 8"
+  FT_EPOCHS=1 MAX_STEPS=2 KS="16 8"
 else
   # sized by measured stage costs on 2 cores (eval/results/mini_repro.md, "Time per stage"): the four
   # LLaVA trainings share the 45 minutes with the teacher, the fits and the three GS encoders

@@ -98,6 +98,11 @@ def _timings(out: Path) -> tuple[list[str], list[list], dict]:
     return ["stage (this invocation; finished stages are skipped on a rerun)", "minutes"], rows, data
 
 
+def _clearly_positive(d: float, se: float) -> bool:
+    """A difference more than two standard errors above zero."""
+    return d - 2 * se > 0
+
+
 def _targets(runs: dict, controls: dict) -> tuple[list[str], list[list], list[dict]]:
     """Issue 9's targets as paired differences over the same test questions (points, ± 1 s.e.).
 
@@ -112,8 +117,7 @@ def _targets(runs: dict, controls: dict) -> tuple[list[str], list[list], list[di
         control = controls.get(f"{m}, shuffled images")
         if control is None:
             return True  # no control run: nothing to test against
-        d, se = paired_difference(runs[m], control)
-        return d - 2 * se > 0
+        return _clearly_positive(*paired_difference(runs[m], control))
 
     checks = []  # (comparison, a, b, target text, test on the difference, reference model or None)
     for m in models:
@@ -160,7 +164,7 @@ def _targets(runs: dict, controls: dict) -> tuple[list[str], list[list], list[di
         if reference is not None and not sees(reference):
             met = f"not testable: {reference} does not beat its shuffled-image control"
         elif ok is None:
-            met = "yes" if d - 2 * se > 0 else "no (within 2 s.e.)"
+            met = "yes" if _clearly_positive(d, se) else "no (within 2 s.e.)"
         else:
             met = "yes" if ok(d) else "no"
         rows.append([name, f"{d:+.1f} ± {se:.1f}", target, met])

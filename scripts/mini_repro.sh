@@ -110,12 +110,23 @@ for enc in "$OUT"/encoders/gs-*/stage2/final; do
     -o "$OUT/zeroshot/$name"
 done
 
-stamp "language model stand-in (BPE tokenizer on the world's texts + random Llama)"
-done_or "$OUT/lm/model.safetensors" || python -m eval.mini.make_lm --data "$OUT/data" --out "$OUT/lm"
+# the Vicuna stand-in: eval/mini/lm, a small Llama pretrained on the world's texts (captions in place of the
+# images), shipped like a downloaded checkpoint and rebuilt by `python -m eval.mini.pretrain_lm` when absent;
+# LM_INIT=random gives the ablation with an untrained LM
+if [[ ${LM_INIT:-pretrained} == random ]]; then
+  stamp "language model stand-in (BPE tokenizer on the world's texts + random Llama)"
+  done_or "$OUT/lm/model.safetensors" || python -m eval.mini.make_lm --data "$OUT/data" --out "$OUT/lm"
+else
+  stamp "language model stand-in (eval/mini/lm: Llama pretrained on the world's texts)"
+  [[ -e eval/mini/lm/model.safetensors ]] || python -m eval.mini.pretrain_lm --out eval/mini/lm
+  done_or "$OUT/lm/model.safetensors" || { rm -rf "$OUT/lm.tmp"; cp -r eval/mini/lm "$OUT/lm.tmp"; mv "$OUT/lm.tmp" "$OUT/lm"; }
+fi
 
 # LLaVA's scripts turn gradient checkpointing on (a 7B model needs it); a 1 M-parameter LM on a CPU only
 # pays its recomputation, so it is off here
 NO_CKPT="--gradient_checkpointing False"
+# finetune: the projector keeps pretrain.sh's 1e-3; the LM, pretrained unless LM_INIT=random, moves slower
+FT_LR="${FT_LR:-$([[ ${LM_INIT:-pretrained} == random ]] && echo 1e-3 || echo 3e-4)}"
 llava() {  # llava NAME ENCODER_DIR SPLAT_FOLDER N
   local name=$1 enc=$2 splats=$3 n=$4
   stamp "LLaVA $name: init → pretrain.sh (projector) → finetune.sh (projector + LM)"
@@ -128,8 +139,8 @@ llava() {  # llava NAME ENCODER_DIR SPLAT_FOLDER N
   env "${common[@]}" DATA_PATH="$OUT/data/train_pretrain.json" OUTPUT_DIR="$OUT/llava/$name/pretrain" \
     PER_DEVICE_BATCH=32 GLOBAL_BATCH=32 LR=1e-3 EXTRA_ARGS="$NO_CKPT" bash scripts/pretrain.sh
   env "${common[@]}" DATA_PATH="$OUT/data/train_finetune.json" OUTPUT_DIR="$OUT/llava/$name/final" \
-    PROJECTOR="$OUT/llava/$name/pretrain/mm_projector.safetensors" PER_DEVICE_BATCH=16 GLOBAL_BATCH=16 LR=1e-3 \
-    EXTRA_ARGS="--num_train_epochs $FT_EPOCHS $NO_CKPT" bash scripts/finetune.sh
+    PROJECTOR="$OUT/llava/$name/pretrain/mm_projector.safetensors" PER_DEVICE_BATCH=16 GLOBAL_BATCH=16 LR="$FT_LR" \
+    EXTRA_ARGS="--num_train_epochs $FT_EPOCHS --mm_projector_lr 1e-3 $NO_CKPT" bash scripts/finetune.sh
 }
 [[ $DEMO == 1 ]] || llava rgb "$OUT/encoders/rgb" "" 64
 for enc in "$OUT"/encoders/gs-*/stage2/final; do

@@ -1,10 +1,10 @@
-"""The miniature world's stand-in for Vicuna: a BPE tokenizer trained on the world's texts and a randomly
-initialised Llama, saved as a normal transformers checkpoint (what scripts/build_init_checkpoint.py takes).
+"""An untrained stand-in for Vicuna: a BPE tokenizer trained on the world's texts and a randomly initialised
+Llama, saved as a normal transformers checkpoint (what scripts/build_init_checkpoint.py takes).
 
     python -m eval.mini.make_lm --data data/mini --out runs/mini/lm [--hidden 128 --layers 3 --heads 4]
 
-No language model can be downloaded here, so the LM learns the world's language during GS-LLaVA
-instruction tuning (stage 2 trains it fully, as LLaVA-1.5 does with Vicuna).
+The miniature's default LM is the pretrained one (eval/mini/lm, built by eval.mini.pretrain_lm); this random
+one is the ablation `LM_INIT=random bash scripts/mini_repro.sh`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,28 @@ def world_texts(data: Path):
                 yield turn["value"].replace("<image>", "")
 
 
+def new_llama(tok, hidden: int = 128, layers: int = 3, heads: int = 4, seed: int = 0):
+    """A randomly initialised Llama sized for the miniature, its vocabulary and special ids from `tok`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="folder written by python -m eval.mini.world")
@@ -35,27 +57,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from llava_gs import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(world_texts(Path(args.data)), vocab_size=args.vocab)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=args.hidden,
-        intermediate_size=4 * args.hidden,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.heads,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(args.seed)
-    model = LlamaForCausalLM(cfg)
+    model = new_llama(tok, args.hidden, args.layers, args.heads, args.seed)
     out = Path(args.out)
     model.save_pretrained(out)
     tok.save_pretrained(out)

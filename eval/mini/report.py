@@ -172,6 +172,18 @@ def _targets(runs: dict, controls: dict) -> tuple[list[str], list[list], list[di
     return ["comparison (all questions, paired)", "points", "target", "met"], rows, data
 
 
+def _lm(out: Path) -> tuple[list[str], list[list], dict]:
+    """The LM stand-in's own accuracy on the test scenes' questions with the caption given as text (from its
+    pretraining log): what the LLaVAs could reach with a perfect vision side."""
+    path = out / "lm" / "pretrain_log.json"
+    if not path.exists():
+        return [], [], {}
+    last = json.loads(path.read_text())[-1]
+    row = [f"pretrained Llama, {last['step']} steps, caption as text"]
+    row += [f"{last[k]:.1f}" if k in last else "–" for k in KINDS] + [f"{last['all']:.1f}"]
+    return ["language model stand-in", *KINDS, "all"], [row], last
+
+
 def _official(out: Path, name: str) -> dict:
     files = sorted((out / "vqa" / name).rglob("*_results.json"))
     return json.loads(files[-1].read_text())["results"] if files else {}
@@ -206,6 +218,12 @@ def build(out: Path) -> tuple[list[tuple[str, list[str], list[list]]], dict]:
     z_headers, z_rows, zs = _zeroshot(out)
     if z_rows:
         sections.insert(1, ("Zero-shot classification, 24 classes (GS vs RGB)", z_headers, z_rows))
+    l_headers, l_rows, lm = _lm(out)
+    if l_rows:
+        vqa = next(i for i, (heading, _, _) in enumerate(sections) if heading.startswith("VQA accuracy"))
+        sections.insert(
+            vqa, ("Language model stand-in: the test questions with the caption as text", l_headers, l_rows)
+        )
     t_headers, t_rows, timings = _timings(out)
     if t_rows:
         sections.append(("Time per stage", t_headers, t_rows))
@@ -220,6 +238,7 @@ def build(out: Path) -> tuple[list[tuple[str, list[str], list[list]]], dict]:
         "budgets": budgets,
         "zeroshot": zs,
         "timings": timings,
+        "lm_caption_qa": lm,
         "targets": targets,
         "official_lmms_eval": official,
     }

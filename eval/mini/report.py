@@ -273,7 +273,8 @@ def _plot(data: dict, path: Path) -> None:
     ax.set_xticks(x + 0.4 - width / 2, KINDS)
     ax.set_ylabel("accuracy %")
     ax.set_title("VQA per question kind")
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # headroom: the legend sits above the bars
+    ax.legend(fontsize=7, ncol=3, loc="upper left")
 
     ax = axes[1]
     zs = data["zeroshot"]
@@ -283,7 +284,8 @@ def _plot(data: dict, path: Path) -> None:
         ax.bar(x - 0.2, [100 * zs[n]["rgb"] for n in names], 0.4, label="RGB CLIP")
         ax.bar(x + 0.2, [100 * zs[n]["gs"] for n in names], 0.4, label="GS encoder")
         ax.set_xticks(x, names, fontsize=7)
-        ax.legend(fontsize=7)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.2)
+        ax.legend(fontsize=7, ncol=2, loc="upper left")
     ax.set_ylabel("top-1 %")
     ax.set_title("zero-shot, 24 classes")
 

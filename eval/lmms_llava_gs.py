@@ -118,13 +118,11 @@ class LlavaGSLmms(lmms):
 
     def _generate(self, prompts: list[list[int]], vision: dict, gen_kwargs: dict) -> list[str]:
         """Left-padded batched generation; `until` strings cut the answers."""
+        from llava_gs.data import left_pad_prompts
+
         pad = self.tokenizer.pad_token_id
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p) :] = torch.tensor(p)
-            attn[i, width - len(p) :] = 1
+        ids, attn = left_pad_prompts(prompts, pad)
+        width = ids.shape[1]
         until = gen_kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
         temperature = float(gen_kwargs.get("temperature", 0) or 0)

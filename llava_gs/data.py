@@ -21,7 +21,7 @@ from gs_encoder import FitConfig, fit_images, load_image, load_splats, pad_splat
 
 from .conversation import IGNORE_INDEX, get_template, tokenize_conversation
 
-__all__ = ["LlavaGSDataset", "collate_llava"]
+__all__ = ["LlavaGSDataset", "collate_llava", "left_pad_prompts", "pad_text"]
 
 
 class LlavaGSDataset(torch.utils.data.Dataset):
@@ -121,6 +121,34 @@ class LlavaGSDataset(torch.utils.data.Dataset):
         return sample
 
 
+def pad_text(samples: list[dict], pad_token_id: int) -> dict:
+    """Right-padded `input_ids`, `labels` (IGNORE_INDEX on padding) and `attention_mask` of samples holding
+    `input_ids` and `labels` (lists or 1-D tensors of equal length)."""
+    t = max(len(s["input_ids"]) for s in samples)
+    ids = torch.full((len(samples), t), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(samples), t), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros(len(samples), t, dtype=torch.long)
+    for b, s in enumerate(samples):
+        n = len(s["input_ids"])
+        ids[b, :n], labels[b, :n], attention[b, :n] = (
+            torch.as_tensor(s["input_ids"]),
+            torch.as_tensor(s["labels"]),
+            1,
+        )
+    return {"input_ids": ids, "labels": labels, "attention_mask": attention}
+
+
+def left_pad_prompts(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts left-padded for batched `generate` (each ends where the answer starts): (input_ids, mask)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.as_tensor(p)
+        attention[i, width - len(p) :] = 1
+    return ids, attention
+
+
 def collate_llava(samples: list[dict], pad_token_id: int, image_size: int | None = None) -> dict:
     """Right-padded input_ids / labels / attention_mask and the vision inputs of every image, in order.
 
@@ -128,14 +156,7 @@ def collate_llava(samples: list[dict], pad_token_id: int, image_size: int | None
     `pixel_values` at `image_size` (default: the canvas). `image_flags` marks real images; a batch with
     none gets one dummy input flagged False.
     """
-    t = max(len(s["input_ids"]) for s in samples)
-    ids = torch.full((len(samples), t), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(samples), t), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros(len(samples), t, dtype=torch.long)
-    for b, s in enumerate(samples):
-        n = len(s["input_ids"])
-        ids[b, :n], labels[b, :n], attention[b, :n] = s["input_ids"], s["labels"], 1
-    batch = {"input_ids": ids, "labels": labels, "attention_mask": attention}
+    batch = pad_text(samples, pad_token_id)
     if "pixels" in samples[0]:
         from gs_encoder.teacher import clip_normalise
 

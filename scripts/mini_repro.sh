@@ -20,6 +20,11 @@ case "${1:-}" in
   "") ;;
   *) echo "usage: bash scripts/mini_repro.sh [--smoke|--demo]" >&2; exit 2 ;;
 esac
+LM_INIT="${LM_INIT:-pretrained}"
+case "$LM_INIT" in
+  pretrained|random) ;;
+  *) echo "mini_repro.sh: LM_INIT (the LLaVAs' language model) must be 'pretrained' (eval/mini/lm) or 'random', not '$LM_INIT'" >&2; exit 2 ;;
+esac
 OUT="${OUT:-outputs/mini_repro$( ((SMOKE)) && echo _smoke || true)$( ((DEMO)) && echo _demo || true)}"
 mkdir -p "$OUT"
 if [[ $DEMO == 1 ]]; then
@@ -113,7 +118,7 @@ done
 # the Vicuna stand-in: eval/mini/lm, a small Llama pretrained on the world's texts (captions in place of the
 # images), shipped like a downloaded checkpoint and rebuilt by `python -m eval.mini.pretrain_lm` when absent;
 # LM_INIT=random gives the ablation with an untrained LM
-if [[ ${LM_INIT:-pretrained} == random ]]; then
+if [[ $LM_INIT == random ]]; then
   stamp "language model stand-in (BPE tokenizer on the world's texts + random Llama)"
   done_or "$OUT/lm/model.safetensors" || python -m eval.mini.make_lm --data "$OUT/data" --out "$OUT/lm"
 else
@@ -126,7 +131,7 @@ fi
 # pays its recomputation, so it is off here
 NO_CKPT="--gradient_checkpointing False"
 # finetune: the projector keeps pretrain.sh's 1e-3; the LM, pretrained unless LM_INIT=random, moves slower
-FT_LR="${FT_LR:-$([[ ${LM_INIT:-pretrained} == random ]] && echo 1e-3 || echo 3e-4)}"
+FT_LR="${FT_LR:-$([[ $LM_INIT == random ]] && echo 1e-3 || echo 3e-4)}"
 llava() {  # llava NAME ENCODER_DIR SPLAT_FOLDER N
   local name=$1 enc=$2 splats=$3 n=$4
   stamp "LLaVA $name: init → pretrain.sh (projector) → finetune.sh (projector + LM)"

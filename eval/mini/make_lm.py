@@ -14,10 +14,15 @@ import json
 from pathlib import Path
 
 
-def world_texts(data: Path):
+def template_text(template: str = "vicuna_v1") -> str:
+    """The chat template's fixed words (system prompt and role names), for training a tokenizer."""
     from llava_gs.conversation import get_template
 
-    yield get_template("vicuna_v1").system + " USER: ASSISTANT:"
+    return get_template(template).system + " USER: ASSISTANT:"
+
+
+def world_texts(data: Path):
+    yield template_text()
     for name in ("train_pretrain.json", "train_finetune.json"):
         for rec in json.loads((data / name).read_text()):
             for turn in rec["conversations"]:

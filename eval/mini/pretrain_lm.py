@@ -9,7 +9,7 @@ context and answers in the expected style; only the projector (stage 1) and then
 (stage 2) are trained on images. A randomly initialised LM has to learn all of that from a few hundred
 instruction-tuning steps, and measured on this world it does not: existence and lettered multiple-choice
 questions stay at chance even with the caption given as text. This script gives the miniature what the real
-recipe has, a pretrained LM, built once (deterministically, from scenes of their own seed range, disjoint
+recipe has, a pretrained LM, built once (from a deterministic stream of scenes of their own seed range, disjoint
 from the train and test splits) and shipped with the repository like a downloaded checkpoint.
 
 Measured while building it (3 layers × 128, batch 64, lr 2e-3, cosine over 3000 steps; accuracy on the test
@@ -19,8 +19,7 @@ all questions at 1750 and 94% at 3000. Transfer to images was measured with the 
 3000 train scenes (250 finetuning steps of 16 dialogues, projector from scratch, 400 test questions, question-only
 prior ≈ 40%): the LM of step 1750 reached 57.2% (two seeds) vs 45.8–50.8% for the fully annealed one of step
 3000 (the pipeline with a random LM stayed at the prior: 39.2% vs 38.8%, mini_repro of 2026-11-30), so the
-shipped LM stops at step 1750 of the 3000-step schedule (a less
-settled LM adapts faster to image tokens).
+shipped LM stops at step 1750 of the 3000-step schedule (a less settled LM adapts faster to image tokens).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from eval.mini import world
-from eval.mini.make_lm import new_llama
+from eval.mini.make_lm import new_llama, template_text
 
 LM_SEED_BASE = 50_000_000  # scenes for LM pretraining: disjoint from world.scenes_for's train/test ranges
 
@@ -43,21 +42,12 @@ def caption_dialogues(seed: int) -> list[list[dict]]:
     """The finetuning dialogues of scene `seed`, with its caption in place of `<image>`."""
     scene = world.make_scene(seed)
     cap = world.caption(scene)
-    out = []
-    for dialogue in world.dialogues(scene, world.questions(scene)):
-        turns = []
-        for t, q in enumerate(dialogue):
-            value = (cap + "\n" if t == 0 else "") + q["question"]
-            turns += [{"from": "human", "value": value}, {"from": "gpt", "value": world.answer_style(q)}]
-        out.append(turns)
-    return out
+    return [world.dialogue_turns(d, cap) for d in world.dialogues(scene, world.questions(scene))]
 
 
 def texts(n_scenes: int = 3000):
     """Texts for the tokenizer: the chat template's fixed words, captions, questions and answers."""
-    from llava_gs.conversation import get_template
-
-    yield get_template("vicuna_v1").system + " USER: ASSISTANT:"
+    yield template_text()
     for i in range(n_scenes):
         scene = world.make_scene(LM_SEED_BASE + i)
         yield world.caption(scene)
@@ -72,6 +62,7 @@ def evaluate(model, tok, scenes, template="vicuna_v1") -> dict[str, float]:
 
     from eval.mini.score import correct
     from llava_gs.conversation import tokenize_conversation
+    from llava_gs.data import left_pad_prompts
 
     qs = [(world.caption(s), q) for s in scenes for q in world.questions(s)]
     res: dict[str, list[bool]] = defaultdict(list)
@@ -90,12 +81,8 @@ def evaluate(model, tok, scenes, template="vicuna_v1") -> dict[str, float]:
                 )[0]
                 for cap, q in batch
             ]
-            w = max(map(len, prompts))
-            ids = torch.full((len(prompts), w), tok.pad_token_id)
-            att = torch.zeros_like(ids)
-            for j, p in enumerate(prompts):
-                ids[j, w - len(p) :] = torch.tensor(p)
-                att[j, w - len(p) :] = 1
+            ids, att = left_pad_prompts(prompts, tok.pad_token_id)
+            w = ids.shape[1]
             out = model.generate(
                 input_ids=ids,
                 attention_mask=att,
@@ -135,6 +122,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    for name in ("steps", "schedule_steps", "batch_size", "eval_every", "eval_scenes", "warmup"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
 
     import torch
     from tqdm import tqdm
@@ -142,6 +132,7 @@ def main(argv=None) -> int:
     from llava_gs import train_bpe_tokenizer
     from llava_gs.builder import save_folder
     from llava_gs.conversation import tokenize_conversation
+    from llava_gs.data import pad_text
 
     torch.set_num_threads(args.threads)
     tok = train_bpe_tokenizer(texts(), vocab_size=args.vocab)
@@ -157,7 +148,7 @@ def main(argv=None) -> int:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     eval_scenes = world.scenes_for("test", args.eval_scenes)
     rng = random.Random(args.seed)
-    pool: list[tuple[list[int], list[int]]] = []
+    pool: list[dict] = []
     next_seed = LM_SEED_BASE + 1_000_000  # the tokenizer's scenes are not trained on
     log = []
     t0 = time.time()
@@ -166,19 +157,12 @@ def main(argv=None) -> int:
     for step in bar:
         while len(pool) < 8 * args.batch_size:
             for turns in caption_dialogues(next_seed):
-                pool.append(tokenize_conversation(turns, tok, "vicuna_v1", 0, 0))
+                ids, labels = tokenize_conversation(turns, tok, "vicuna_v1", 0, 0)
+                pool.append({"input_ids": ids, "labels": labels})
             next_seed += 1
         rng.shuffle(pool)
         batch, pool = pool[: args.batch_size], pool[args.batch_size :]
-        w = max(len(x) for x, _ in batch)
-        ids = torch.full((len(batch), w), tok.pad_token_id)
-        labels = torch.full_like(ids, -100)
-        att = torch.zeros_like(ids)
-        for i, (x, y) in enumerate(batch):
-            ids[i, : len(x)] = torch.tensor(x)
-            labels[i, : len(y)] = torch.tensor(y)
-            att[i, : len(x)] = 1
-        loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
+        loss = model(**pad_text(batch, tok.pad_token_id)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

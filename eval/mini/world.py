@@ -40,6 +40,7 @@ __all__ = [
     "answer_style",
     "caption",
     "clip_scenes",
+    "dialogue_turns",
     "dialogues",
     "make_scene",
     "questions",
@@ -364,6 +365,16 @@ def dialogues(scene: Scene, qs: list[dict], per_scene: int = 2) -> list[list[dic
     return [d for d in out if d]
 
 
+def dialogue_turns(dialogue: list[dict], context: str = "<image>") -> list[dict]:
+    """Questions as LLaVA turns with their trained answers; `context` (the image, or a caption in its place)
+    opens the first question."""
+    turns = []
+    for t, q in enumerate(dialogue):
+        value = (context + "\n" if t == 0 else "") + q["question"]
+        turns += [{"from": "human", "value": value}, {"from": "gpt", "value": answer_style(q)}]
+    return turns
+
+
 def scenes_for(split: str, n: int, seed: int = 0, exclude: set[str] | None = None) -> list[Scene]:
     """n scenes of a split; `test` seeds are drawn from a disjoint range and never repeat a train scene."""
     base = {"train": 0, "test": 10_000_000}[split] + seed * 100_000_000
@@ -402,10 +413,7 @@ def write_split(out: Path, split: str, scenes: list[Scene]) -> dict:
             }
         )
         for j, dialogue in enumerate(dialogues(s, qs)):
-            turns = []
-            for t, q in enumerate(dialogue):
-                value = ("<image>\n" if t == 0 else "") + q["question"]
-                turns += [{"from": "human", "value": value}, {"from": "gpt", "value": answer_style(q)}]
+            turns = dialogue_turns(dialogue)
             finetune.append({"id": f"{split}-{s.seed}-d{j}", "image": name, "conversations": turns})
         for i, q in enumerate(qs):
             test.append({"id": f"{split}-{s.seed}-{i}", "image": name, **q})

@@ -100,6 +100,35 @@ def nvcc_version(home: Path) -> str:
     return found.group(1)
 
 
+def check_nvcc_version(nvcc: str, torch_cuda: str, home: Path | str = "nvcc") -> str | None:
+    """The rule for building against torch's CUDA: the major versions must agree (CUDA keeps its ABI
+    within a major release, and torch's own BuildExtension refuses only a major mismatch); a minor
+    mismatch, common on GPU machines whose system toolkit is newer than torch's wheels, is allowed.
+
+    Returns None when the versions agree, a warning string on a minor mismatch; raises ToolkitError
+    on a major mismatch or an unreadable version.
+    """
+    try:
+        nv_major, nv_minor = (int(x) for x in nvcc.split(".")[:2])
+        t_major, t_minor = (int(x) for x in torch_cuda.split(".")[:2])
+    except ValueError:
+        raise ToolkitError(
+            f"cannot compare nvcc {nvcc!r} at {home} with torch's CUDA {torch_cuda!r}"
+        ) from None
+    if nv_major != t_major:
+        raise ToolkitError(
+            f"nvcc {nvcc} at {home} is CUDA {nv_major}, torch was built with CUDA {torch_cuda}; install "
+            f"'cuda-toolkit[nvcc,cccl]=={torch_cuda}.*' or point CUDA_HOME at a CUDA {t_major}.x toolkit"
+        )
+    if nv_minor != t_minor:
+        newer = nvcc if nv_minor > t_minor else torch_cuda
+        return (
+            f"nvcc {nvcc} at {home} differs from torch's CUDA {torch_cuda} in the minor version; building "
+            f"anyway (same major version; the GPU driver must support CUDA {newer})"
+        )
+    return None
+
+
 def _cudart_link_dir(home: Path) -> list[str]:
     """Linker flags for -lcudart: the pip wheel ships only libcudart.so.<major>, so link through a
     symlink in our build folder (the toolkit itself is left untouched)."""
@@ -135,11 +164,10 @@ def build_cuda(verbose: bool = False) -> Path:
         status.update(expected=True, toolkit=str(home))
         version = nvcc_version(home)
         status["nvcc"] = version
-        if version != torch.version.cuda:
-            raise ToolkitError(
-                f"nvcc {version} at {home} does not match torch's CUDA {torch.version.cuda}; install "
-                f"'cuda-toolkit[nvcc,cccl]=={torch.version.cuda}.*' or point CUDA_HOME at a matching toolkit"
-            )
+        warning = check_nvcc_version(version, torch.version.cuda, home)
+        if warning:
+            status["warning"] = warning
+            print(f"warning: {warning}", file=sys.stderr)
         archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_ARCHS
         status["archs"] = archs
         ldflags = _cudart_link_dir(home)

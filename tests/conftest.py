@@ -22,13 +22,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def photo():
-    """Return a loader: photo(name, size, mode) → [3, S, S] from scikit-image's bundled photographs."""
-    import skimage.data
-
+    """Return a loader: photo(name, size, mode) → [3, S, S] from scikit-image's photographs (the
+    committed copies in eval/bench/photos/, so scikit-image is not needed for those)."""
+    from eval.bench.common import sample_photo
     from gs_encoder.image_io import to_canvas
 
     def load(name="chelsea", size=32, mode="crop"):
-        return to_canvas(getattr(skimage.data, name)() / 255.0, size, mode)
+        return to_canvas(sample_photo(name) / 255.0, size, mode)
 
     return load
 

@@ -6,23 +6,49 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from gs_encoder.image_io import to_canvas
 from gs_encoder.report import machine_info, markdown_table
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+# scikit-image 0.26's PHOTOS, decoded (rocket is a JPEG there) and stored as lossless PNG at full
+# resolution: the same uint8 arrays as skimage.data.<name>() (tests/eval/test_sample_photos.py checks
+# it), so the benchmarks and the tests need no scikit-image, e.g. on a bare GPU machine
+PHOTO_DIR = Path(__file__).resolve().parent / "photos"
+
+
+def sample_photo(name: str) -> np.ndarray:
+    """One of scikit-image's colour photographs as uint8 [H, W, 3]: the committed copy in
+    eval/bench/photos/ for PHOTOS, scikit-image itself for any other name.
+
+    Raises ValueError naming the photo when neither is available.
+    """
+    path = PHOTO_DIR / f"{name}.png"
+    if path.exists():
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    try:
+        import skimage.data
+    except ImportError:
+        raise ValueError(
+            f"photo {name!r}: not among the committed copies in {PHOTO_DIR} ({', '.join(PHOTOS)}) and "
+            "scikit-image is not installed (pip install scikit-image)"
+        ) from None
+    if not callable(getattr(skimage.data, name, None)):
+        raise ValueError(f"photo {name!r}: skimage.data has no such image")
+    return getattr(skimage.data, name)()
 
 
 def photos(size: int = 224, names=PHOTOS, mode: str = "crop") -> torch.Tensor:
-    """The colour photographs shipped in scikit-image on the S×S canvas, [B, 3, S, S].
+    """scikit-image's colour photographs on the S×S canvas, [B, 3, S, S].
 
     `crop` (CLIP's centre crop) so no flat padding band makes the fit look easier than it is.
     """
-    import skimage.data
-
-    return torch.stack([to_canvas(getattr(skimage.data, n)() / 255.0, size, mode) for n in names])
+    return torch.stack([to_canvas(sample_photo(n) / 255.0, size, mode) for n in names])
 
 
 def timed(fn, repeat: int, warmup: int = 1) -> float:

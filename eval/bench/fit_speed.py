@@ -462,12 +462,24 @@ def main(argv=None):
         gpu_part(args)
 
 
-def plot(data, budgets, batches, path):
-    import matplotlib
-
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, or None (with a printed note) when matplotlib is missing:
+    the plots are optional, the tables and the JSON are the results."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("note: matplotlib is not installed; plot skipped (pip install matplotlib)", flush=True)
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(data, budgets, batches, path):
+    plt = _pyplot()
+    if plt is None:
+        return
     fig, ax = plt.subplots(figsize=(6, 4))
     for b in batches:
         for state, style in (("init", "o--"), ("fitted", "o-")):
@@ -489,11 +501,9 @@ def plot(data, budgets, batches, path):
 
 def plot_gpu(data, path):
     """images/s of the fused fitter against the batch size, one line per N, with the target."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
+    if plt is None:
+        return
     fig, ax = plt.subplots(figsize=(6, 4))
     for n in sorted({int(k.split("/")[0]) for k in data["fit"]}):
         pts = sorted(

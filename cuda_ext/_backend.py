@@ -1,5 +1,6 @@
 """Finding the compiled extensions built by `python -m cuda_ext.build`: the CPU op in cuda_ext/_build/,
-the CUDA op (a separate module, so a failed CUDA build never costs the CPU op) in cuda_ext/_build/cuda/.
+the CUDA op (a separate module, so a failed CUDA build never costs the CPU op) in cuda_ext/_build/cuda/,
+the CPU emulation of the CUDA kernels in cuda_ext/_build/emu/.
 
 Nothing compiles here. A missing or broken build raises ImportError carrying the reason, cached so later
 calls fail fast (never a None handle that crashes later). Importing the CUDA module needs no GPU.
@@ -15,8 +16,10 @@ from pathlib import Path
 BUILD_DIR = Path(__file__).resolve().parent / "_build"
 CUDA_BUILD_DIR = BUILD_DIR / "cuda"
 CUDA_STATUS = BUILD_DIR / "cuda_build.json"  # written by every CUDA build attempt (cuda_ext.build)
+EMU_BUILD_DIR = BUILD_DIR / "emu"
 CPU_NAME = "gsv_cpu_ops"
 CUDA_NAME = "gsv_cuda_ops"
+EMU_NAME = "gsv_cuda_emu"  # the CUDA kernel sources compiled for the CPU (docs/cuda_emulation.md)
 _cache: dict[str, object] = {}
 
 
@@ -72,3 +75,8 @@ def cpu_module():
 def cuda_module():
     """The compiled CUDA op module (render_fwd / render_bwd / fit_steps / prune_mask)."""
     return _load(CUDA_NAME, CUDA_BUILD_DIR)
+
+
+def emu_module():
+    """The CPU emulation of the CUDA module: the same four ops, run by the kernel sources on CPU tensors."""
+    return _load(EMU_NAME, EMU_BUILD_DIR)

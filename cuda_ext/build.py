@@ -1,4 +1,4 @@
-"""`python -m cuda_ext.build [cpu|cuda|all]`: compile the extensions ahead of time into cuda_ext/_build/.
+"""`python -m cuda_ext.build [cpu|cuda|emu|all]`: compile the extensions ahead of time into cuda_ext/_build/.
 
 - cpu: the C++/OpenMP op (gsv_cpu_ops); needs only a C++ compiler.
 - cuda: the CUDA kernels (gsv_cuda_ops, a separate module, so a failed CUDA build never costs the CPU
@@ -7,6 +7,11 @@
   system toolkit (design/environment.md §1). TORCH_CUDA_ARCH_LIST overrides the architectures.
   Every attempt writes cuda_ext/_build/cuda_build.json: whether a toolkit was found (so the CUDA build
   was expected), whether it succeeded, and why not.
+
+- emu: the CPU emulation of the CUDA kernels (gsv_cuda_emu; docs/cuda_emulation.md): the kernel
+  sources compiled as C++ against the shim headers of csrc/emu/, with the launches of splat_cuda.cu
+  rewritten into calls of the emulator, and cuda_ops.cpp's host code built for CPU tensors. Needs only
+  a C++ compiler; it is how the kernels run in CI.
 
 Run by scripts/build_ext.sh. Exit status: 0 when what was asked for built (a CUDA build with no
 toolkit at all is reported and skipped, status 0), 1 otherwise.
@@ -24,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._backend import BUILD_DIR, CPU_NAME, CUDA_BUILD_DIR, CUDA_NAME, CUDA_STATUS
+from ._backend import BUILD_DIR, CPU_NAME, CUDA_BUILD_DIR, CUDA_NAME, CUDA_STATUS, EMU_BUILD_DIR, EMU_NAME
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 CUDA_SOURCES = ("cuda_ops.cpp", "splat_cuda.cu")
@@ -49,6 +54,56 @@ def build_cpu(verbose: bool = False) -> Path:
         verbose=verbose,
     )
     return BUILD_DIR
+
+
+# `name<targs><<<grid, block, smem, stream>>>(` → `::gsv_emu::launch("name", grid, block, smem, stream, name<targs>, `
+_LAUNCH = re.compile(r"(\b\w+(?:<[^<>;()]*>)?)<<<(.*?)>>>\(")
+
+
+def emulation_source(cu_text: str, name: str = "splat_cuda.cu") -> str:
+    """The C++ translation unit of the emulation: `cu_text` with every kernel launch rewritten into a
+    call of gsv_emu::launch (each launch must sit on one line, and every kernel takes arguments)."""
+    count = 0
+
+    def launch(m: re.Match) -> str:
+        nonlocal count
+        count += 1
+        kernel = m.group(1)
+        return f'::gsv_emu::launch("{kernel}", {m.group(2)}, {kernel}, '
+
+    out = _LAUNCH.sub(launch, cu_text)
+    if "<<<" in out:
+        line = out[: out.index("<<<")].count("\n") + 1
+        raise RuntimeError(
+            f"{name}:{line}: a kernel launch the emulation build cannot rewrite (keep it on one line)"
+        )
+    if count == 0:
+        raise RuntimeError(f"{name}: no kernel launch found to rewrite")
+    return f'#line 1 "{CSRC / name}"\n' + out
+
+
+def build_emu(verbose: bool = False) -> Path:
+    """Compile gsv_cuda_emu into cuda_ext/_build/emu/ (docs/cuda_emulation.md)."""
+    from torch.utils.cpp_extension import load
+
+    EMU_BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    generated = EMU_BUILD_DIR / "splat_cuda_emu.cpp"
+    text = emulation_source((CSRC / "splat_cuda.cu").read_text())
+    if not generated.exists() or generated.read_text() != text:  # untouched when unchanged: no rebuild
+        generated.write_text(text)
+    os.environ.setdefault("MAX_JOBS", "2")
+    # -ffp-contract=off: every float operation rounded on its own, as in the CPU op (-fno-fast-math is
+    # the default); csrc/emu first on the include path so <cuda_runtime.h> is the shim
+    flags = ["-O2", "-fopenmp", "-ffp-contract=off", "-DGSV_CUDA_EMULATION", f"-I{CSRC / 'emu'}", f"-I{CSRC}"]
+    load(
+        name=EMU_NAME,
+        sources=[str(CSRC / "cuda_ops.cpp"), str(generated), str(CSRC / "emu" / "emu_runtime.cpp")],
+        extra_cflags=flags,
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(EMU_BUILD_DIR),
+        verbose=verbose,
+    )
+    return EMU_BUILD_DIR
 
 
 def _pip_toolkit(major: str) -> Path | None:
@@ -208,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     verbose = "-v" in args
     targets = [a for a in args if a != "-v"] or ["all"]
-    if any(t not in ("cpu", "cuda", "all") for t in targets):
-        print(f"usage: python -m cuda_ext.build [cpu|cuda|all] [-v], got {targets}", file=sys.stderr)
+    if any(t not in ("cpu", "cuda", "emu", "all") for t in targets):
+        print(f"usage: python -m cuda_ext.build [cpu|cuda|emu|all] [-v], got {targets}", file=sys.stderr)
         return 2
     code = 0
     if {"cpu", "all"} & set(targets):
@@ -218,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"built {CPU_NAME} in {out}")
         except (RuntimeError, OSError) as e:
             print(f"error: building the CPU op failed: {e}", file=sys.stderr)
+            code = 1
+    if {"emu", "all"} & set(targets):
+        try:
+            out = build_emu(verbose=verbose)
+            print(f"built {EMU_NAME} in {out}")
+        except (RuntimeError, OSError) as e:
+            print(f"error: building the CPU emulation of the CUDA kernels failed: {e}", file=sys.stderr)
             code = 1
     if {"cuda", "all"} & set(targets):
         try:

@@ -4,6 +4,13 @@
 Every wrapper checks its arguments before loading or launching anything and raises TypeError or
 ValueError naming the argument; the CUDA ops say so plainly when there is no CUDA device. A missing
 build raises ImportError with the reason (cuda_ext._backend).
+
+The CUDA ops take `emulate=True` to run the same kernel sources on CPU tensors through their CPU
+emulation (gsv_cuda_emu, docs/cuda_emulation.md): far slower than the device, meant for checking the
+kernels where there is no GPU, as CI does.
+
+Splat parameters must be finite (in the rows that are alive): NaN or Inf raises ValueError before any
+kernel runs, on every backend (docs/format.md).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import torch
 
 from . import _backend
 
-__all__ = ["DEFAULT_TILE_CAP", "fit_steps", "prune_mask", "render_cpu", "render_cuda"]
+__all__ = ["DEFAULT_TILE_CAP", "check_finite", "fit_steps", "prune_mask", "render_cpu", "render_cuda"]
 
 # Tile-list capacity per 16×16 tile (memory: B·tiles·cap int32, 0.4 MB per 224² image). ~50 Gaussians
 # meet a tile at the structured init with N = 3136, a few hundred where fitted ones have grown; a fuller
@@ -63,6 +70,8 @@ def render_cpu(
         raise ValueError(f"image_ids must be long [N], got {image_ids.dtype} {list(image_ids.shape)}")
     if xy.shape[0] and int(image_ids.max()) >= num_images:
         raise ValueError(f"image_ids reach {int(image_ids.max())} but num_images is {num_images}")
+    for name, t in (("xy", xy), ("chol", chol), ("rgb", rgb)):
+        check_finite("render_cpu", name, t.detach())
     return _RenderCPU.apply(
         xy.contiguous(),
         chol.contiguous(),
@@ -82,6 +91,35 @@ def _check_tensor(name: str, t, dtype: torch.dtype, shape: tuple, op: str) -> No
         raise ValueError(f"{op}: {name} must have shape {want}, got {list(t.shape)}")
     if t.dtype != dtype:
         raise TypeError(f"{op}: {name} must be {dtype}, got {t.dtype}")
+
+
+def check_finite(op: str, name: str, values: torch.Tensor, alive: torch.Tensor | None = None) -> None:
+    """ValueError unless every entry of `values` ([..., C]) in the rows where `alive` ([...]) is True is
+    finite, naming the first bad row and how many entries are bad."""
+    bad = ~torch.isfinite(values)
+    if alive is not None:
+        bad &= alive[..., None]
+    if bool(bad.any()):
+        first = [int(i) for i in bad.nonzero()[0][:-1]]
+        raise ValueError(
+            f"{op}: {name} holds {int(bad.sum())} NaN/Inf values (first in row {first}); splat "
+            "parameters must be finite: check the splat file or the step that produced them"
+        )
+
+
+def _module(emulate: bool):
+    """The compiled kernels: the CUDA module, or its CPU emulation."""
+    return _backend.emu_module() if emulate else _backend.cuda_module()
+
+
+def _check_devices(op: str, emulate: bool, **tensors: torch.Tensor) -> None:
+    """The device rule of the kernel ops: one CUDA device, or the CPU for the emulation."""
+    if not emulate:
+        _check_on_one_cuda_device(op, **tensors)
+        return
+    for name, t in tensors.items():
+        if t.device.type != "cpu":
+            raise TypeError(f"{op}: with emulate=True, {name} must be a CPU tensor, got one on {t.device}")
 
 
 def _check_on_one_cuda_device(op: str, **tensors: torch.Tensor) -> None:
@@ -116,16 +154,17 @@ def _check_int(name: str, value, low: int, op: str) -> int:
 
 class _RenderCUDA(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, params, mask, size, tile_cap):
+    def forward(ctx, params, mask, size, tile_cap, emulate):
         ctx.save_for_backward(params, mask)
-        return _backend.cuda_module().render_fwd(params, mask, size, tile_cap)
+        ctx.emulate = emulate
+        return _module(emulate).render_fwd(params, mask, size, tile_cap)
 
     @staticmethod
     def backward(ctx, grad):
         params, mask = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        return _backend.cuda_module().render_bwd(params, mask, grad.contiguous()), None, None, None
+            return None, None, None, None, None
+        return _module(ctx.emulate).render_bwd(params, mask, grad.contiguous()), None, None, None, None
 
 
 def render_cuda(
@@ -133,13 +172,16 @@ def render_cuda(
     mask: torch.Tensor | None,  # [B, N] bool, True = real Gaussian
     size: int,
     tile_cap: int = DEFAULT_TILE_CAP,
+    *,
+    emulate: bool = False,
 ) -> torch.Tensor:
-    """Differentiable batched splat sum on CUDA → images [B, S, S, 3] (CONTRACTS.md §2, unclamped).
+    """Differentiable batched splat sum on CUDA → images [B, S, S, 3] (docs/format.md, unclamped).
 
     The pixel-unit twin of gs_encoder.fitting.render.render_flat; padded rows (mask False) are never
     read and get zero gradient. `tile_cap` bounds the per-tile Gaussian lists (the result does not
-    depend on it). Raises TypeError / ValueError on bad arguments (a CPU tensor included) and
-    ImportError when the CUDA module is not built.
+    depend on it). `emulate`: run the kernel sources on CPU tensors (module docstring). Raises
+    TypeError / ValueError on bad arguments (a tensor on the wrong device, NaN/Inf in alive rows) and
+    ImportError when the module is not built.
     """
     op = "render_cuda"
     _check_int("size", size, 1, op)
@@ -147,8 +189,9 @@ def render_cuda(
     if mask is None and isinstance(params, torch.Tensor) and params.dim() == 3:
         mask = torch.ones(params.shape[:2], dtype=torch.bool, device=params.device)
     _check_splats(params, mask, op)
-    _check_on_one_cuda_device(op, params=params, mask=mask)
-    return _RenderCUDA.apply(params.contiguous(), mask.contiguous(), size, tile_cap)
+    _check_devices(op, emulate, params=params, mask=mask)
+    check_finite(op, "params", params.detach(), mask)
+    return _RenderCUDA.apply(params.contiguous(), mask.contiguous(), size, tile_cap, emulate)
 
 
 def fit_steps(
@@ -169,8 +212,10 @@ def fit_steps(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     tile_cap: int = DEFAULT_TILE_CAP,
+    emulate: bool = False,
 ) -> None:
-    """Run iterations it0 … it0 + num_steps − 1 of the batched fit on the GPU, in place, no host sync.
+    """Run iterations it0 … it0 + num_steps − 1 of the batched fit on the GPU, in place, no host sync
+    beyond the check that the alive parameters are finite (`emulate`: on the CPU, module docstring).
 
     Each iteration: render, dL/dpixel of Σ_b mean((image_b − target_b)²), the Gaussian-parallel
     backward plus λ·Σ|c|/(3·n_b), Adam (t = it + 1, step sizes lr × cosine schedule over iters_total,
@@ -192,12 +237,21 @@ def fit_steps(
     _check_tensor("target", target, torch.float32, (b, None, None, 3), op)
     if target.shape[1] != target.shape[2] or target.shape[1] < 1:
         raise ValueError(f"{op}: target must be [B, S, S, 3] with S ≥ 1, got {list(target.shape)}")
-    _check_on_one_cuda_device(
-        op, params=params, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, alive=alive, active=active, target=target
+    _check_devices(
+        op,
+        emulate,
+        params=params,
+        exp_avg=exp_avg,
+        exp_avg_sq=exp_avg_sq,
+        alive=alive,
+        active=active,
+        target=target,
     )
     if not all(t.is_contiguous() for t in (params, exp_avg, exp_avg_sq)):
         raise ValueError(f"{op}: params, exp_avg and exp_avg_sq are updated in place and must be contiguous")
-    _backend.cuda_module().fit_steps(
+    check_finite(op, "params", params, alive)
+    check_finite(op, "target", target.flatten(1, 2))
+    _module(emulate).fit_steps(
         params,
         exp_avg,
         exp_avg_sq,
@@ -218,10 +272,14 @@ def fit_steps(
     )
 
 
-def prune_mask(params: torch.Tensor, alive: torch.Tensor, tau: float) -> torch.Tensor:
+def prune_mask(
+    params: torch.Tensor, alive: torch.Tensor, tau: float, *, emulate: bool = False
+) -> torch.Tensor:
     """Luminosity pruning as a mask on CUDA: alive & (0.2126|r| + 0.7152|g| + 0.0722|b| ≥ tau), the
-    brightest alive Gaussian of each image always kept. params [B, N, 8], alive [B, N] → [B, N] bool."""
+    brightest alive Gaussian of each image always kept. params [B, N, 8], alive [B, N] → [B, N] bool.
+    `emulate`: on CPU tensors (module docstring)."""
     op = "prune_mask"
     _check_splats(params, alive, op, "alive")
-    _check_on_one_cuda_device(op, params=params, alive=alive)
-    return _backend.cuda_module().prune_mask(params.contiguous(), alive.contiguous(), float(tau))
+    _check_devices(op, emulate, params=params, alive=alive)
+    check_finite(op, "params", params, alive)
+    return _module(emulate).prune_mask(params.contiguous(), alive.contiguous(), float(tau))

@@ -1,18 +1,39 @@
 // Torch side of gsv_cuda_ops: checks device, dtype, shape and contiguity with TORCH_CHECK, allocates
 // outputs and scratch, and calls the torch-free launchers of splat_cuda.cu on the current stream.
 // Importing the module needs no GPU; every op refuses tensors that are not on a CUDA device.
+//
+// Built with GSV_CUDA_EMULATION (cuda_ext.build emu), the same code is the host side of the CPU
+// emulation of the kernels (docs/cuda_emulation.md): it takes CPU tensors, and the launchers run the
+// kernel sources on the CPU.
+#include <torch/extension.h>
+#ifndef GSV_CUDA_EMULATION
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/extension.h>
+#endif
 
+#include <optional>
 #include <vector>
 
 #include "splat_cuda.h"
 
 namespace {
 
+#ifdef GSV_CUDA_EMULATION
+constexpr const char* kDeviceName = "CPU (the kernels' emulation)";
+bool on_device(const torch::Tensor& t) { return t.is_cpu(); }
+using DeviceGuard = std::optional<int>;  // nothing to select on the CPU
+DeviceGuard guard_device(const torch::Tensor&) { return std::nullopt; }
+cudaStream_t current_stream() { return nullptr; }
+#else
+constexpr const char* kDeviceName = "CUDA";
+bool on_device(const torch::Tensor& t) { return t.is_cuda(); }
+using DeviceGuard = c10::cuda::CUDAGuard;
+DeviceGuard guard_device(const torch::Tensor& t) { return DeviceGuard(t.device()); }
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+#endif
+
 void check_cuda(const torch::Tensor& t, const char* op, const char* name, torch::ScalarType dtype) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got one on ", t.device());
+  TORCH_CHECK(on_device(t), op, ": ", name, " must be a ", kDeviceName, " tensor, got one on ", t.device());
   TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ", t.scalar_type());
   TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
 }
@@ -44,11 +65,12 @@ const uint8_t* bytes(const torch::Tensor& t) { return reinterpret_cast<const uin
 
 // Scratch tensors live as long as the returned holder; the struct holds their pointers.
 struct ScratchHolder {
-  torch::Tensor geo_a, geo_b, box, lists, counts;
+  torch::Tensor geo_a, geo_b, box, lists, counts, next_geo_a, next_geo_b, next_box;
   gsv::Scratch view;
 };
 
-ScratchHolder make_scratch(const torch::Tensor& params, int64_t size, int64_t tile_cap) {
+// `for_fit`: also the second setup buffers the fused fit writes (splat_cuda.h).
+ScratchHolder make_scratch(const torch::Tensor& params, int64_t size, int64_t tile_cap, bool for_fit = false) {
   TORCH_CHECK(tile_cap >= 1, "tile_cap must be ≥ 1, got ", tile_cap);
   const int64_t B = params.size(0), N = params.size(1);
   const int64_t cap = std::max<int64_t>(1, std::min<int64_t>(N, tile_cap));
@@ -56,11 +78,19 @@ ScratchHolder make_scratch(const torch::Tensor& params, int64_t size, int64_t ti
   auto f = params.options();
   auto i = params.options().dtype(torch::kInt);
   ScratchHolder s{torch::empty({B * N, 4}, f), torch::empty({B * N, 4}, f), torch::empty({B * N, 4}, i),
-                  torch::empty({B, tiles, cap}, i), torch::empty({B, tiles}, i), {}};
-  s.view = gsv::Scratch{reinterpret_cast<float4*>(s.geo_a.data_ptr<float>()),
-                        reinterpret_cast<float4*>(s.geo_b.data_ptr<float>()),
-                        reinterpret_cast<int4*>(s.box.data_ptr<int>()), s.lists.data_ptr<int>(),
-                        s.counts.data_ptr<int>(), static_cast<int>(cap)};
+                  torch::empty({B, tiles, cap}, i), torch::empty({B, tiles}, i)};
+  if (for_fit) {
+    s.next_geo_a = torch::empty({B * N, 4}, f);
+    s.next_geo_b = torch::empty({B * N, 4}, f);
+    s.next_box = torch::empty({B * N, 4}, i);
+  }
+  auto f4 = [](const torch::Tensor& t) {
+    return t.defined() ? reinterpret_cast<float4*>(t.data_ptr<float>()) : nullptr;
+  };
+  auto i4 = [](const torch::Tensor& t) { return t.defined() ? reinterpret_cast<int4*>(t.data_ptr<int>()) : nullptr; };
+  s.view = gsv::Scratch{f4(s.geo_a),      f4(s.geo_b),      i4(s.box),         s.lists.data_ptr<int>(),
+                        s.counts.data_ptr<int>(), static_cast<int>(cap), f4(s.next_geo_a), f4(s.next_geo_b),
+                        i4(s.next_box)};
   return s;
 }
 
@@ -70,13 +100,13 @@ ScratchHolder make_scratch(const torch::Tensor& params, int64_t size, int64_t ti
 torch::Tensor render_fwd(torch::Tensor params, torch::Tensor alive, int64_t size, int64_t tile_cap) {
   check_splats(params, alive, "render_fwd");
   check_size(size, "render_fwd");
-  const c10::cuda::CUDAGuard guard(params.device());
+  const DeviceGuard guard = guard_device(params);
   const int64_t B = params.size(0), N = params.size(1);
   auto image = torch::empty({B, size, size, 3}, params.options());
   if (B == 0) return image;
   ScratchHolder s = make_scratch(params, size, tile_cap);
   check_launch(gsv::render_forward(params.data_ptr<float>(), bytes(alive), B, N, static_cast<int>(size), s.view,
-                                   image.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream()),
+                                   image.data_ptr<float>(), current_stream()),
                "render_fwd");
   return image;
 }
@@ -91,13 +121,13 @@ torch::Tensor render_bwd(torch::Tensor params, torch::Tensor alive, torch::Tenso
               "render_bwd: grad_image must be [B, S, S, 3], got ", grad_image.sizes());
   const int64_t size = grad_image.size(1);
   check_size(size, "render_bwd");
-  const c10::cuda::CUDAGuard guard(params.device());
+  const DeviceGuard guard = guard_device(params);
   auto grad = torch::empty_like(params);
   if (params.numel() == 0) return grad;
   ScratchHolder s = make_scratch(params, size, 1);  // the gather needs no tile lists
   check_launch(gsv::render_backward(params.data_ptr<float>(), bytes(alive), grad_image.data_ptr<float>(),
                                     params.size(0), params.size(1), static_cast<int>(size), s.view,
-                                    grad.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream()),
+                                    grad.data_ptr<float>(), current_stream()),
                "render_bwd");
   return grad;
 }
@@ -124,9 +154,9 @@ void fit_steps(torch::Tensor params, torch::Tensor exp_avg, torch::Tensor exp_av
   check_size(size, op);
   TORCH_CHECK(lr.size() == 3, op, ": lr must hold 3 step sizes (xy, chol, rgb), got ", lr.size());
   TORCH_CHECK(it0 >= 0 && num_steps >= 0 && iters_total >= 1, op, ": need it0 ≥ 0, num_steps ≥ 0, iters_total ≥ 1");
-  const c10::cuda::CUDAGuard guard(params.device());
+  const DeviceGuard guard = guard_device(params);
   if (params.numel() == 0 || num_steps == 0) return;
-  ScratchHolder s = make_scratch(params, size, tile_cap);
+  ScratchHolder s = make_scratch(params, size, tile_cap, /*for_fit=*/true);
   auto grad_image = torch::empty_like(target);
   const int64_t gaussian_dim = 1;
   auto counts = alive.sum(at::IntArrayRef(gaussian_dim), false, torch::kFloat);  // the L1 term's n_b
@@ -143,18 +173,18 @@ void fit_steps(torch::Tensor params, torch::Tensor exp_avg, torch::Tensor exp_av
   check_launch(gsv::fit_steps(params.data_ptr<float>(), exp_avg.data_ptr<float>(), exp_avg_sq.data_ptr<float>(),
                               bytes(alive), bytes(active), counts.data_ptr<float>(), target.data_ptr<float>(), B, N,
                               static_cast<int>(size), f, s.view, grad_image.data_ptr<float>(),
-                              c10::cuda::getCurrentCUDAStream().stream()),
+                              current_stream()),
                op);
 }
 
 // keep [B, N] bool
 torch::Tensor prune_mask(torch::Tensor params, torch::Tensor alive, double tau) {
   check_splats(params, alive, "prune_mask");
-  const c10::cuda::CUDAGuard guard(params.device());
+  const DeviceGuard guard = guard_device(params);
   auto keep = torch::zeros_like(alive);
   check_launch(gsv::prune_mask(params.data_ptr<float>(), bytes(alive), params.size(0), params.size(1),
                                static_cast<float>(tau), reinterpret_cast<uint8_t*>(keep.data_ptr<bool>()),
-                               c10::cuda::getCurrentCUDAStream().stream()),
+                               current_stream()),
                "prune_mask");
   return keep;
 }

@@ -39,7 +39,10 @@ struct GradEpilogue {
 // One fused fit step for one Gaussian. Mirrors fit.py's _loss_gradient + _adam_step in float32:
 // g += λ·sign(c)/(3·n_b); m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²;
 // p −= (m / (√(v / bc2) + eps)) · (lr_group · step_scale), step_scale = sched(it) / bc1; then the
-// constraint, and the conic and box of the new parameters for the next forward.
+// constraint, and the conic and box of the new parameters for the next forward. Those go to the
+// second setup buffers (next_*), never to the ones gather_kernel reads through its const __restrict__
+// pointers: fit_steps swaps the two after every iteration. Every row gets its next setup (dead rows an
+// empty box, frozen images that of their constrained parameters), so the swapped-in buffers are whole.
 struct AdamEpilogue {
   float* params;
   float* exp_avg;
@@ -47,9 +50,9 @@ struct AdamEpilogue {
   const uint8_t* alive;
   const uint8_t* active;
   const float* counts;
-  float4* geo_a;
-  float4* geo_b;
-  int4* box;
+  float4* next_geo_a;
+  float4* next_geo_b;
+  int4* next_box;
   int size;
   float lr[3];
   float step_scale;
@@ -58,14 +61,24 @@ struct AdamEpilogue {
 
   __device__ bool gathers(int64_t idx, int64_t b) const { return alive[idx] && active[b]; }
 
+  __device__ void write_next(int64_t idx, const Setup& next) const {
+    next_geo_a[idx] = next.a;
+    next_geo_b[idx] = next.b;
+    next_box[idx] = next.box;
+  }
+
   __device__ void operator()(int64_t idx, int64_t b, const Grad8& s) const {
-    if (!alive[idx]) return;
+    if (!alive[idx]) {
+      write_next(idx, Setup{make_float4(0.f, 0.f, 0.f, 0.f), make_float4(0.f, 0.f, 0.f, 0.f), empty_box()});
+      return;
+    }
     float* pp = params + idx * 8;
     float p[8];
     for (int k = 0; k < 8; ++k) p[k] = pp[k];
     if (!active[b]) {  // frozen image: the loop still applies the constraint to every Gaussian
       constrain(p, min_scale);
       for (int k = 2; k < 5; ++k) pp[k] = p[k];
+      write_next(idx, setup_gaussian(p, size));
       return;
     }
     float g[8];
@@ -86,10 +99,7 @@ struct AdamEpilogue {
     }
     constrain(p, min_scale);
     for (int k = 0; k < 8; ++k) pp[k] = p[k];
-    const Setup next = setup_gaussian(p, size);
-    geo_a[idx] = next.a;
-    geo_b[idx] = next.b;
-    box[idx] = next.box;
+    write_next(idx, setup_gaussian(p, size));
   }
 };
 

@@ -6,6 +6,7 @@
 // → gather + Adam, three launches on the caller's stream with no host synchronisation. The schedule
 // and Adam's bias corrections are computed here on the host in double, as the Python loop does.
 #include <cmath>
+#include <utility>
 
 #include "render_bwd.cuh"
 #include "render_fwd.cuh"
@@ -85,8 +86,7 @@ cudaError_t fit_steps(float* params, float* exp_avg, float* exp_avg_sq, const ui
   if (total == 0 || f.num_steps <= 0) return cudaSuccess;
   cudaError_t err = launch_setup(params, alive, total, size, scratch, stream);
   if (err != cudaSuccess) return err;
-  AdamEpilogue epi{params, exp_avg, exp_avg_sq, alive, active, counts, scratch.geo_a, scratch.geo_b, scratch.box,
-                   size};
+  AdamEpilogue epi{params, exp_avg, exp_avg_sq, alive, active, counts, nullptr, nullptr, nullptr, size};
   for (int k = 0; k < 3; ++k) epi.lr[k] = f.lr[k];
   epi.beta1 = static_cast<float>(f.beta1);
   epi.beta2 = static_cast<float>(f.beta2);
@@ -105,8 +105,14 @@ cudaError_t fit_steps(float* params, float* exp_avg, float* exp_avg_sq, const ui
     epi.bc2 = static_cast<float>(1.0 - std::pow(f.beta2, t));
     err = launch_bin_forward<true>(B, N, size, scratch, active, target, grad_image, stream);
     if (err != cudaSuccess) return err;
+    epi.next_geo_a = scratch.next_geo_a;
+    epi.next_geo_b = scratch.next_geo_b;
+    epi.next_box = scratch.next_box;
     err = launch_gather(scratch, grad_image, total, N, size, epi, stream);
     if (err != cudaSuccess) return err;
+    std::swap(scratch.geo_a, scratch.next_geo_a);  // the next iteration reads what this one wrote
+    std::swap(scratch.geo_b, scratch.next_geo_b);
+    std::swap(scratch.box, scratch.next_box);
   }
   return cudaSuccess;
 }

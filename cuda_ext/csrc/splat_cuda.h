@@ -24,6 +24,11 @@ struct Scratch {
   int* lists;     // [B, tiles, cap] indices of the Gaussians whose box meets the tile, ascending
   int* counts;    // [B, tiles] how many meet it (more than cap: the forward scans all N instead)
   int cap;
+  // fit_steps only (nullptr for the render ops): B*N entries each, where the Adam epilogue writes the
+  // next iteration's setup while the gather reads this one's (no aliasing of its __restrict__ inputs)
+  float4* next_geo_a;
+  float4* next_geo_b;
+  int4* next_box;
 };
 
 int num_tiles(int size);
@@ -53,6 +58,7 @@ struct FitSettings {
 // Adam and the Cholesky constraint, in place on params / exp_avg / exp_avg_sq. Images with
 // active[b] = 0 are frozen (only the constraint is applied to their Gaussians).
 // counts [B]: alive Gaussians per image (the L1 term's normaliser). grad_image [B, S, S, 3]: scratch.
+// The scratch's next_* buffers must be allocated.
 cudaError_t fit_steps(float* params, float* exp_avg, float* exp_avg_sq, const uint8_t* alive,
                       const uint8_t* active, const float* counts, const float* target, int64_t B, int64_t N,
                       int size, const FitSettings& settings, Scratch scratch, float* grad_image,

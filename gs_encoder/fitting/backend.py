@@ -3,6 +3,9 @@
 - "torch": the pure-torch windowed pair list (render.py), on any device; the reference.
 - "cpp": cuda_ext's compiled C++/OpenMP op, CPU tensors only.
 - "cuda": cuda_ext's CUDA kernels (batched render, fused fit), float32 CUDA tensors only.
+- "cuda-emu": the same CUDA kernel sources run on CPU tensors by their CPU emulation (cuda_ext,
+  docs/cuda_emulation.md); far slower than "cpp", for checking the kernels without a GPU. Never chosen
+  by "auto".
 - "auto": "cuda" for CUDA tensors and "cpp" for CPU tensors when that module loads, else "torch".
   When the CUDA kernels are missing for CUDA tensors it says so once, as a warning, and uses "torch".
 """
@@ -13,11 +16,12 @@ import logging
 
 import torch
 
-__all__ = ["BACKENDS", "resolve_backend"]
+__all__ = ["BACKENDS", "KERNEL_BACKENDS", "resolve_backend"]
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "cpp", "cuda")
+BACKENDS = ("auto", "torch", "cpp", "cuda", "cuda-emu")
+KERNEL_BACKENDS = ("cuda", "cuda-emu")  # the ones that run cuda_ext's kernel sources (batched fit included)
 _announced: set[str] = set()
 
 
@@ -86,4 +90,14 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = tor
         from cuda_ext import _backend
 
         _backend.cuda_module()  # raises ImportError with the reason
+    elif backend == "cuda-emu":
+        if device.type != "cpu":
+            raise ValueError(
+                f"backend 'cuda-emu' emulates the CUDA kernels on the CPU, got tensors on {device}"
+            )
+        if dtype != torch.float32:
+            raise TypeError(f"backend 'cuda-emu' takes float32 tensors, got {dtype}")
+        from cuda_ext import _backend
+
+        _backend.emu_module()  # raises ImportError with the reason
     return backend

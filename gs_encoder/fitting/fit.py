@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..splat_io import as_stored, validate_splats
-from .backend import BACKENDS, resolve_backend
+from .backend import BACKENDS, KERNEL_BACKENDS, resolve_backend
 from .init import random_init, structured_init
 from .render import render, render_flat
 
@@ -301,10 +301,10 @@ def fit_images(
         gen = torch.Generator(device=images.device).manual_seed(cfg.seed)
         sets = list(random_init(images, cfg.num_gaussians, gen))
     counts = [s.shape[0] for s in sets]
-    if backend == "cuda":
+    if backend in KERNEL_BACKENDS:
         from .fit_batched import cuda_ops, fit_sets
 
-        return fit_sets(sets, targets, cfg, cuda_ops(), progress, start)
+        return fit_sets(sets, targets, cfg, cuda_ops(emulate=backend == "cuda-emu"), progress, start)
     params = torch.cat(sets).clone()
     params[:, 0:5] *= size
     image_ids = torch.repeat_interleave(

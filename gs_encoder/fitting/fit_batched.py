@@ -7,7 +7,8 @@ PSNR checks (cfg.check_every), each a loop of kernel launches in C++ with no hos
 PSNRs only at those checks, as the flat loop records them.
 
 Three ops do the work, passed as a `BatchedOps`:
-- `cuda_ops()`: cuda_ext's kernels (fit_steps, render_cuda, prune_mask);
+- `cuda_ops()`: cuda_ext's kernels (fit_steps, render_cuda, prune_mask); `cuda_ops(emulate=True)`:
+  the same kernel sources on the CPU (backend "cuda-emu");
 - `torch_ops()`: their pure-torch twins below, which define what the kernels compute: the same loss,
   Adam step and constraint as fit.py's flat loop (`_loss_gradient`, `_adam_step`). Driving the twins
   through `fit_sets` gives fit.py's results, which the CPU tests check; the CUDA tests check the
@@ -47,12 +48,22 @@ class BatchedOps:
     prune_mask: Callable  # (params_px, alive, tau) → alive [B, N]
 
 
-def cuda_ops() -> BatchedOps:
-    """cuda_ext's kernels (raises ImportError with the reason when they are not built)."""
+def cuda_ops(emulate: bool = False) -> BatchedOps:
+    """cuda_ext's kernels, or with `emulate` their CPU emulation on CPU tensors (raises ImportError
+    with the reason when the module is not built)."""
+    from functools import partial
+
     from cuda_ext import _backend, ops
 
-    _backend.cuda_module()
-    return BatchedOps(ops.fit_steps, ops.render_cuda, ops.prune_mask)
+    if emulate:
+        _backend.emu_module()
+    else:
+        _backend.cuda_module()
+    return BatchedOps(
+        partial(ops.fit_steps, emulate=emulate),
+        partial(ops.render_cuda, emulate=emulate),
+        partial(ops.prune_mask, emulate=emulate),
+    )
 
 
 def torch_ops(backend: str = "auto") -> BatchedOps:

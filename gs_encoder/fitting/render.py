@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .backend import BACKENDS, resolve_backend
+from .backend import BACKENDS, KERNEL_BACKENDS, resolve_backend
 
 __all__ = [
     "BACKENDS",
@@ -251,7 +251,7 @@ def render_flat(
 
     backend "torch": the windowed pair list; `plan` from an earlier call is reused when it still covers
     every Gaussian, else rebuilt. "cpp": the compiled OpenMP op (no plan). "cuda": the CUDA kernels, on
-    the rows padded per image (no plan). "auto": see resolve_backend. Gradients flow to xy_px, chol_px
+    the rows padded per image (no plan); "cuda-emu": the same on the CPU, emulated. "auto": see resolve_backend. Gradients flow to xy_px, chol_px
     and rgb.
     """
     chosen = resolve_backend(backend, xy_px.device, xy_px.dtype)
@@ -259,11 +259,11 @@ def render_flat(
         from cuda_ext.ops import render_cpu
 
         return render_cpu(xy_px, chol_px, rgb, image_ids, num_images, size), None
-    if chosen == "cuda":
+    if chosen in KERNEL_BACKENDS:
         from cuda_ext.ops import render_cuda
 
         params, mask = _pad_rows(torch.cat([xy_px, chol_px, rgb], dim=1), image_ids, num_images)
-        return render_cuda(params, mask, size), None
+        return render_cuda(params, mask, size, emulate=chosen == "cuda-emu"), None
     if plan is None or plan.dtype != xy_px.dtype or not plan.covers(xy_px.detach(), chol_px.detach()):
         plan = build_plan(xy_px.detach(), chol_px.detach(), image_ids, num_images, size, margin)
     o = plan.order
@@ -285,6 +285,9 @@ def _check_splats(splats: torch.Tensor, mask: torch.Tensor | None):
         raise ValueError(
             f"mask must be bool with shape {list(splats.shape[:-1])}, got {mask.dtype} {list(mask.shape)}"
         )
+    from cuda_ext.ops import check_finite
+
+    check_finite("render", "splats", splats.detach(), mask)  # every backend: NaN/Inf is an error here
 
 
 def _pad_rows(rows: torch.Tensor, image_ids: torch.Tensor, num_images: int):
@@ -310,12 +313,13 @@ def render_padded(
 ) -> torch.Tensor:
     """Differentiable render of padded splat sets in pixel units → images [B, S, S, 3] (unclamped).
 
-    "cuda" renders the padded layout directly; the other backends render the alive rows (render_flat).
+    "cuda" and "cuda-emu" render the padded layout directly; the others render the alive rows (render_flat).
     """
-    if resolve_backend(backend, params_px.device, params_px.dtype) == "cuda":
+    chosen = resolve_backend(backend, params_px.device, params_px.dtype)
+    if chosen in KERNEL_BACKENDS:
         from cuda_ext.ops import render_cuda
 
-        return render_cuda(params_px, alive, size)
+        return render_cuda(params_px, alive, size, emulate=chosen == "cuda-emu")
     b_idx, g_idx = alive.nonzero(as_tuple=True)
     rows = params_px[b_idx, g_idx]  # [Nt, 8]
     image, _ = render_flat(

@@ -1,25 +1,17 @@
-"""The CUDA render kernels equal the CPU path (CONTRACTS.md §2): image and every gradient, at 224² with
+"""The CUDA render kernels equal the CPU path (docs/format.md): image and every gradient, at 224² with
 N = 3136 at the structured init and after a 200-iteration fit, at odd sizes, with padding, off-canvas
-and huge Gaussians, and whatever the tile lists hold. GPU only (`pytest -m cuda`)."""
+and huge Gaussians, and whatever the tile lists hold. Each test runs on the GPU (`kernels` "cuda",
+`pytest -m cuda`) and on the CPU through the kernels' emulation ("emu", every run)."""
 
 import pytest
 import torch
 
 import cuda_ext
-from cuda_ext import ops
 from gs_encoder import FitConfig, fit_images, render, structured_init
 from gs_encoder.fitting.render import render_flat
 
 from ..gs_encoder.test_render import random_splats
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(
-        not cuda_ext.cuda_available(), reason=f"gsv_cuda_ops not built: {cuda_ext.cuda_load_error()}"
-    ),
-]
-
-DEVICE = torch.device("cuda")
 # the reference: the compiled CPU op, which decides the 3σ edge on the same q bits as the kernels
 CPU_RENDER = "cpp" if cuda_ext.available() else "torch"
 
@@ -38,11 +30,12 @@ def render_cpu_with_grad(rows_px, image_ids, num_images, size, cot):
     return image.detach(), grad
 
 
-def render_gpu_with_grad(params_px, mask, size, cot, **kw):
+def render_gpu_with_grad(kernels, params_px, mask, size, cot, **kw):
     """The kernels: image [B, S, S, 3] and d(Σ image·cot)/d params [B, N, 8] (on the CPU)."""
-    p = params_px.detach().to(DEVICE).clone().requires_grad_(True)
-    image = ops.render_cuda(p, mask.to(DEVICE), size, **kw)
-    (grad,) = torch.autograd.grad((image * cot.to(DEVICE)).sum(), p)
+    dev = kernels.device
+    p = params_px.detach().to(dev).clone().requires_grad_(True)
+    image = kernels.render(p, mask.to(dev), size, **kw)
+    (grad,) = torch.autograd.grad((image * cot.to(dev)).sum(), p)
     return image.detach().cpu(), grad.cpu()
 
 
@@ -67,19 +60,22 @@ def astronaut_224(photo):
 
 
 @pytest.mark.parametrize("state", ["init", "fitted"])
-def test_render_matches_cpu_at_224(astronaut_224, state):
+def test_render_matches_cpu_at_224(kernels, astronaut_224, state):
     size = 224
     rows = to_px(astronaut_224[state], size)
     n = rows.shape[0]
     cot = torch.randn(1, size, size, 3, generator=torch.Generator().manual_seed(0))
     img_ref, g_ref = render_cpu_with_grad(rows, torch.zeros(n, dtype=torch.long), 1, size, cot)
-    img, g = render_gpu_with_grad(rows[None], torch.ones(1, n, dtype=torch.bool), size, cot)
+    img, g = render_gpu_with_grad(kernels, rows[None], torch.ones(1, n, dtype=torch.bool), size, cot)
     torch.testing.assert_close(img, img_ref, rtol=0, atol=1e-5)
     assert_grads_close(g[0], g_ref)
+    if kernels.emulate and CPU_RENDER == "cpp" and torch.get_num_threads() == 1:
+        # the same float operations in the same order as the CPU op (one thread: index order)
+        assert torch.equal(img, img_ref)
 
 
 @pytest.mark.parametrize("size", [1, 7, 17, 100])
-def test_any_size_padding_and_odd_gaussians(size):
+def test_any_size_padding_and_odd_gaussians(kernels, size):
     a = random_splats(40, dtype=torch.float32, seed=size, scale=(0.01, 0.2))  # some off the canvas
     b = random_splats(23, dtype=torch.float32, seed=size + 1, scale=(0.01, 0.2))
     b[0] = torch.tensor([0.5, 0.5, 3.0, 0.5, 2.0, 0.3, 0.3, 0.3])  # far larger than the canvas
@@ -91,13 +87,13 @@ def test_any_size_padding_and_odd_gaussians(size):
     cot = torch.randn(2, size, size, 3, generator=torch.Generator().manual_seed(1))
     b_idx, g_idx = mask.nonzero(as_tuple=True)
     img_ref, g_ref = render_cpu_with_grad(params[b_idx, g_idx], b_idx, 2, size, cot)
-    img, g = render_gpu_with_grad(params, mask, size, cot)
+    img, g = render_gpu_with_grad(kernels, params, mask, size, cot)
     torch.testing.assert_close(img, img_ref, rtol=0, atol=1e-5)
     assert_grads_close(g[b_idx, g_idx], g_ref, floor=1e-4)
     assert not g[~mask].any()  # padded rows get zero gradient
 
 
-def test_tile_lists_never_change_the_result():
+def test_tile_lists_never_change_the_result(kernels):
     # 600 Gaussians piled on one corner: with tile_cap 4 every tile there overflows its list and the
     # forward scans all N boxes instead; the summation order, and so every bit, stays the same
     g = torch.Generator().manual_seed(2)
@@ -107,36 +103,41 @@ def test_tile_lists_never_change_the_result():
     params[..., 3] = torch.randn(2, 600, generator=g)
     params[..., 5:8] = torch.rand(2, 600, 3, generator=g)
     mask = torch.ones(2, 600, dtype=torch.bool)
-    p, m = params.to(DEVICE), mask.to(DEVICE)
-    full = ops.render_cuda(p, m, 48, tile_cap=600)
-    assert torch.equal(ops.render_cuda(p, m, 48, tile_cap=4), full)
-    assert torch.equal(ops.render_cuda(p, m, 48), full)  # the default cap
-    assert torch.equal(ops.render_cuda(p, m, 48), full)  # and run to run
+    p, m = params.to(kernels.device), mask.to(kernels.device)
+    full = kernels.render(p, m, 48, tile_cap=600)
+    assert torch.equal(kernels.render(p, m, 48, tile_cap=4), full)
+    assert torch.equal(kernels.render(p, m, 48), full)  # the default cap
+    assert torch.equal(kernels.render(p, m, 48), full)  # and run to run
 
 
-def test_empty_batches_and_sets():
-    assert ops.render_cuda(torch.zeros(0, 5, 8, device=DEVICE), None, 16).shape == (0, 16, 16, 3)
-    empty = ops.render_cuda(torch.zeros(2, 0, 8, device=DEVICE), None, 16)
+def test_empty_batches_and_sets(kernels):
+    dev = kernels.device
+    assert kernels.render(torch.zeros(0, 5, 8, device=dev), None, 16).shape == (0, 16, 16, 3)
+    empty = kernels.render(torch.zeros(2, 0, 8, device=dev), None, 16)
     assert empty.shape == (2, 16, 16, 3) and not empty.any()
-    p = torch.zeros(2, 0, 8, device=DEVICE, requires_grad=True)
-    (grad,) = torch.autograd.grad(ops.render_cuda(p, None, 16).sum(), p)
+    p = torch.zeros(2, 0, 8, device=dev, requires_grad=True)
+    (grad,) = torch.autograd.grad(kernels.render(p, None, 16).sum(), p)
     assert grad.shape == (2, 0, 8)
 
 
-def test_public_render_uses_the_kernels_on_cuda_tensors():
+def test_public_render_uses_the_kernels(kernels):
     s = random_splats(30, dtype=torch.float32, seed=3, scale=(0.02, 0.1))
     batch = torch.zeros(2, 30, 8)
     batch[0], batch[1, :20] = s, s[:20]
     mask = torch.zeros(2, 30, dtype=torch.bool)
     mask[0], mask[1, :20] = True, True
+    dev, be = kernels.device, kernels.backend
     ref = render(batch, mask, size=40, backend=CPU_RENDER)
-    got = render(batch.to(DEVICE), mask.to(DEVICE), size=40)  # backend "auto"
+    if not kernels.emulate:  # "auto" picks the kernels for CUDA tensors (never the emulation)
+        got = render(batch.to(dev), mask.to(dev), size=40)
+        torch.testing.assert_close(got.cpu(), ref, rtol=0, atol=1e-5)
+    got = render(batch.to(dev), mask.to(dev), size=40, backend=be)
     torch.testing.assert_close(got.cpu(), ref, rtol=0, atol=1e-5)
-    torch.testing.assert_close(render(s.to(DEVICE), size=40, backend="cuda").cpu(), ref[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(render(s.to(dev), size=40, backend=be).cpu(), ref[0], rtol=0, atol=1e-5)
     # the flat layout pads per image on the way in; gradients flow back through the padding
-    xy = (s[:, 0:2] * 40).to(DEVICE).requires_grad_(True)
-    ids = (torch.arange(30) % 2).to(DEVICE)
-    img, _ = render_flat(xy, (s[:, 2:5] * 40).to(DEVICE), s[:, 5:8].to(DEVICE), ids, 2, 40, backend="cuda")
+    xy = (s[:, 0:2] * 40).to(dev).requires_grad_(True)
+    ids = (torch.arange(30) % 2).to(dev)
+    img, _ = render_flat(xy, (s[:, 2:5] * 40).to(dev), s[:, 5:8].to(dev), ids, 2, 40, backend=be)
     xy_ref = (s[:, 0:2] * 40).requires_grad_(True)
     img_ref, _ = render_flat(xy_ref, s[:, 2:5] * 40, s[:, 5:8], ids.cpu(), 2, 40, backend=CPU_RENDER)
     torch.testing.assert_close(img.detach().cpu(), img_ref.detach(), rtol=0, atol=1e-5)

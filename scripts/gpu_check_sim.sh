@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Run scripts/gpu_check.sh here as on a bare GPU machine without its GPU, to prove every step before the
+# device works: a python holding only torch and what `pip install torch==2.14.1` brings, a copy of the
+# working tree as the device tool sends it (tracked and untracked-not-ignored files) plus the carried
+# wheels, no ninja on PATH, the pip CUDA toolkit of .venv as CUDA_HOME. Expected: exit status 5
+# ("no GPU") with the preflight, the wheel install, the build, the imports and the test collection ok.
+#
+#   bash scripts/gpu_check_sim.sh            # needs .venv (torch 2.14.1 and the [cuda] toolkit)
+#
+# The torch-only python: a venv (no pip, no setuptools of its own) whose one .pth file points at a
+# folder of links to the files of torch and of its dependencies (the closure of torch's requirements,
+# read from .venv's metadata): the files pip would install, linked instead of downloaded (4 GB).
+# Env: GSV_SIM_DIR (/tmp/gsv_sim), GSV_WHEELS (./gpu_wheels: fetched with scripts/gpu_wheels.sh for
+# this python's version when it holds none), GSV_SIM_PIP (1: pip in the torch-only python, as after
+# `python -m venv`; 0: none, so gpu_check.sh runs pip from its carried wheel), MAX_JOBS (1).
+# Exit status: 0 when gpu_check.sh ended with 5 and every expected line is in its log, 1 otherwise.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+SIM="${GSV_SIM_DIR:-/tmp/gsv_sim}"
+WHEELS="${GSV_WHEELS:-$ROOT/gpu_wheels}"
+VENV_PY="$ROOT/.venv/bin/python"
+[ -x "$VENV_PY" ] || { echo "gpu_check_sim.sh: no $VENV_PY (bash scripts/setup_env.sh makes it)" >&2; exit 1; }
+START=$(date +%s)
+say() { echo "[gpu_check_sim $(($(date +%s) - START))s] $*"; }
+
+rm -rf "$SIM" && mkdir -p "$SIM"
+say "torch-only python in $SIM/bare"
+"$("$VENV_PY" -c 'import sys; print(sys._base_executable)')" -m venv --without-pip "$SIM/bare"
+"$VENV_PY" - "$SIM/torch_site" "$SIM/bare" "${GSV_SIM_PIP:-1}" <<'EOF'
+import importlib.metadata as md
+import os
+import re
+import sys
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+view, venv, with_pip = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+todo, seen = [("torch", frozenset())] + ([("pip", frozenset())] if with_pip else []), {}
+while todo:  # the closure of torch's requirements under this platform's markers, extras followed
+    name, extras = todo.pop()
+    dist = md.distribution(name)
+    key = norm(dist.metadata["Name"])
+    if key in seen and extras <= seen[key]:
+        continue
+    seen[key] = seen.get(key, frozenset()) | extras
+    for line in dist.requires or []:
+        req = Requirement(line)
+        envs = [{"extra": e} for e in seen[key]] or [{"extra": ""}]
+        if req.marker is None or any(req.marker.evaluate(e) for e in envs):
+            todo.append((req.name, frozenset(req.extras)))
+files = 0
+for key in seen:
+    dist = md.distribution(key)
+    for f in dist.files or []:
+        src = Path(dist.locate_file(f))
+        if f.parts[0] == ".." or not src.exists():  # scripts in bin/, files pip did not keep
+            continue
+        dst = view / f
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            os.symlink(src, dst)
+            files += 1
+site = next(venv.glob("lib/python3*/site-packages"))
+(site / "torch_only.pth").write_text(f"{view}\n")
+print(f"{len(seen)} distributions ({', '.join(sorted(seen))}), {files} files linked")
+EOF
+BARE="$SIM/bare/bin/python"
+ver="$("$BARE" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+"$BARE" - <<'EOF'
+import importlib.util
+import torch
+
+absent = [m for m in ("numpy", "PIL", "tqdm", "pytest", "matplotlib", "skimage") if importlib.util.find_spec(m)]
+assert not absent, f"the torch-only python sees {absent}"
+print("torch-only python:", torch.__version__, "| numpy, PIL, tqdm, pytest, matplotlib, skimage: absent")
+EOF
+
+if ! ls "$WHEELS"/numpy-*-cp${ver/./}-*.whl >/dev/null 2>&1; then
+  say "no wheels for Python $ver in $WHEELS/: fetching them"
+  bash scripts/gpu_wheels.sh --python-version "$ver" --dest "$WHEELS"
+fi
+
+say "copy of the working tree (as the device tool sends it) + $(basename "$WHEELS")/ in $SIM/repo"
+mkdir -p "$SIM/repo"
+git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
+  [ -e "$f" ] && printf '%s\0' "$f"
+done | tar --null -T - -cf - | tar -xf - -C "$SIM/repo"
+cp -r "$WHEELS" "$SIM/repo/gpu_wheels"
+say "tree $(du -sh --exclude=gpu_wheels "$SIM/repo" | cut -f1), wheels $(du -sh "$SIM/repo/gpu_wheels" | cut -f1)"
+
+# PATH without ninja or nvcc (links to everything else), as on a machine that has neither
+mkdir -p "$SIM/path"
+IFS=: read -r -a dirs <<<"$PATH"
+for d in "${dirs[@]}"; do
+  case "$d" in "$ROOT"/.venv/*) continue ;; esac
+  for f in "$d"/*; do
+    b="$(basename "$f")"
+    [ "$b" = ninja ] || [ "$b" = nvcc ] || [ -e "$SIM/path/$b" ] || ln -s "$f" "$SIM/path/$b" 2>/dev/null || true
+  done
+done
+
+TOOLKIT="$("$VENV_PY" -c 'from cuda_ext.build import _pip_toolkit; print(_pip_toolkit("13") or "")')"
+[ -n "$TOOLKIT" ] || { echo "gpu_check_sim.sh: .venv has no pip CUDA toolkit (the [cuda] extra)" >&2; exit 1; }
+say "gpu_check.sh with GSV_PYTHON=$BARE CUDA_HOME=$TOOLKIT"
+set +e
+(cd "$SIM/repo" && env -u PYTHONPATH -u VIRTUAL_ENV PATH="$SIM/path" GSV_PYTHON="$BARE" CUDA_HOME="$TOOLKIT" \
+  OUT="$SIM/out" MAX_JOBS="${MAX_JOBS:-1}" bash scripts/gpu_check.sh)
+rc=$?
+set -e
+say "gpu_check.sh exit status $rc"
+missing=()
+for line in "MISSING  numpy" "MISSING  ninja" "installing from" "wheels installed" "preflight ok" \
+  "built gsv_cuda_ops" "gsv_cuda_ops: loads" "build done, imports ok" "test collection ok" \
+  "benchmark imports ok" "no GPU: preflight, wheels, build, imports and test collection ok"; do
+  grep -qF -- "$line" "$SIM/out/gpu_check.log" || missing+=("$line")
+done
+if [ $rc -eq 5 ] && [ ${#missing[@]} -eq 0 ]; then
+  say "OK: exit 5 (no GPU), every step before the device green; log: $SIM/out/gpu_check.log"
+  exit 0
+fi
+say "FAILED: exit $rc (expected 5); lines not in the log: ${missing[*]:-none}"
+exit 1

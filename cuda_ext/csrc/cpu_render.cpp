@@ -43,7 +43,9 @@ Gauss<T> setup(const T* xy, const T* L, int64_t size) {
   // pixel j has its centre at j + 0.5: |j + 0.5 − x| ≤ ex
   const T lo_x = std::ceil(g.x - T(0.5) - ex), hi_x = std::floor(g.x - T(0.5) + ex);
   const T lo_y = std::ceil(g.y - T(0.5) - ey), hi_y = std::floor(g.y - T(0.5) + ey);
-  auto clip = [size](T v) { return static_cast<int>(std::min<T>(std::max<T>(v, T(-1)), T(size))); };
+  // fmax/fmin as the kernels' fmaxf/fminf: a NaN bound becomes −1, so a Gaussian with a NaN centre or
+  // scale gets an empty box (never an undefined float→int cast); ops.py rejects such input before here
+  auto clip = [size](T v) { return static_cast<int>(std::fmin(std::fmax(v, T(-1)), T(size))); };
   g.j0 = std::max(0, clip(lo_x));
   g.j1 = std::min<int>(size - 1, clip(hi_x));
   g.i0 = std::max(0, clip(lo_y));

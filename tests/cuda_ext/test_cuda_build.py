@@ -44,6 +44,20 @@ def test_cuda_module_builds_and_imports():
     assert cuda_ext.available(), "the CPU op must survive next to the CUDA module"
 
 
+def test_emulation_module_builds_and_imports():
+    # it needs only the C++ compiler that built the CPU op: where that op loads, so must the emulation
+    if not cuda_ext.available():
+        pytest.skip(f"the CPU op is not built either: {cuda_ext.load_error()}")
+    mod = _backend.emu_module()
+    for name in ("render_fwd", "render_bwd", "fit_steps", "prune_mask"):
+        assert callable(getattr(mod, name)), name
+    params, mask = _splats()
+    with pytest.raises(RuntimeError, match=r"render_bwd: grad_image must be \[B, S, S, 3\]"):
+        mod.render_bwd(params, mask, torch.zeros(1, 8, 9, 3))  # the host code's TORCH_CHECKs run too
+    with pytest.raises(TypeError, match="with emulate=True, params must be a CPU tensor"):
+        ops.render_cuda(params.to("meta"), mask.to("meta"), 8, emulate=True)
+
+
 def _splats(b=1, n=4, device="cpu"):
     params = torch.zeros(b, n, 8, device=device)
     params[..., 2] = params[..., 4] = 2.0

@@ -120,7 +120,7 @@ def test_fit_images_hands_cuda_jobs_to_the_batched_fitter(photo, monkeypatch):
     flat = fit_images(images, cfg)
     calls = []
 
-    def fake_cuda_ops():  # the kernels' twins stand in for the kernels
+    def fake_cuda_ops(emulate=False):  # the kernels' twins stand in for the kernels
         calls.append(True)
         return torch_ops(CPU_RENDER)
 
@@ -174,3 +174,19 @@ def test_prune_at_validation():
         FitConfig(prune_at=10)
     with pytest.raises(ValueError, match="prune_at must be an int"):
         FitConfig(prune_at=-1, tau=0.1)
+
+
+def test_emulated_backend_is_explicit_only(monkeypatch, fresh_announcements):
+    cpu = torch.device("cpu")
+    assert resolve_backend("auto", cpu) != "cuda-emu"  # never picked by "auto"
+    with pytest.raises(ValueError, match="backend 'cuda-emu' emulates the CUDA kernels on the CPU, got"):
+        resolve_backend("cuda-emu", CUDA)
+    with pytest.raises(TypeError, match="backend 'cuda-emu' takes float32"):
+        resolve_backend("cuda-emu", cpu, torch.float64)
+
+    def missing():
+        raise ImportError("gsv_cuda_emu is not built (test)")
+
+    monkeypatch.setattr(cuda_ext._backend, "emu_module", missing)
+    with pytest.raises(ImportError, match="gsv_cuda_emu is not built"):
+        resolve_backend("cuda-emu", cpu)

@@ -8,8 +8,9 @@
 #      scripts/gpu_wheels.sh) into .gpu_site/py<X.Y> (pip --target: works for a venv and for an
 #      externally managed system python alike) and checks again; stops (exit 4) if anything essential
 #      is still missing;
-#   1. build cuda_ext (the CUDA kernels and the C++ CPU op, the tests' reference) with that python, torch
-#      and nvcc, for its GPU only (TORCH_CUDA_ARCH_LIST, default 9.0: H100/H200), and import both;
+#   1. build cuda_ext (the CUDA kernels; the C++ CPU op, the tests' reference; the kernels' CPU emulation)
+#      with that python, torch and nvcc, for its GPU only (TORCH_CUDA_ARCH_LIST, default 9.0: H100/H200),
+#      and import them;
 #   2. the cuda-marked tests (tests/cuda_ext: render and fit, CUDA vs CPU) and the build/import test;
 #   3. compute-sanitizer memcheck on a small workload when over 200 s are left (GSV_SANITIZE);
 #   4. the GPU benchmark, `python3 -m eval.bench.fit_speed --part gpu`, with whatever time is left;
@@ -139,7 +140,8 @@ preflight() {
 
 build() {
   say "building cuda_ext (archs $TORCH_CUDA_ARCH_LIST, MAX_JOBS $MAX_JOBS)"
-  timeout 300 $PY -m cuda_ext.build cpu >"$OUT/build_cpu.txt" 2>&1 &
+  # the C++ CPU op (the tests' reference) and the kernels' CPU emulation (test_cuda_build.py checks it)
+  timeout 300 $PY -m cuda_ext.build cpu emu >"$WORK/build_cpu.txt" 2>&1 &
   local cpu_pid=$!
   timeout 300 $PY -m cuda_ext.build cuda -v
   local rc=$?
@@ -150,8 +152,8 @@ build() {
   fi
   wait $cpu_pid
   local cpu_rc=$?
-  cat "$OUT/build_cpu.txt" && rm -f "$OUT/build_cpu.txt"
-  [ $cpu_rc -eq 0 ] || say "WARNING: the C++ CPU op did not build; the tests compare against the pure-torch path"
+  cat "$WORK/build_cpu.txt"
+  [ $cpu_rc -eq 0 ] || say "WARNING: the C++ CPU op or the emulation did not build (rc $cpu_rc; see above)"
   cat cuda_ext/_build/cuda_build.json 2>/dev/null
   [ $rc -eq 0 ] || { say "CUDA build FAILED (rc $rc)"; return 2; }
   $PY - "$DEVICE" <<'EOF' || return 2
@@ -160,6 +162,12 @@ import torch
 import cuda_ext
 err = cuda_ext.cuda_load_error()
 print("gsv_cuda_ops:", "loads" if err is None else err, "| CPU op:", "loads" if cuda_ext.available() else cuda_ext.load_error())
+try:
+    from cuda_ext import _backend
+    _backend.emu_module()
+    print("gsv_cuda_emu: loads")
+except ImportError as e:
+    print("gsv_cuda_emu:", e)
 if err is not None:
     sys.exit(f"gsv_cuda_ops does not import: {err}")
 if sys.argv[1] == "1" and not torch.cuda.is_available():

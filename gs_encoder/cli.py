@@ -316,6 +316,13 @@ def cmd_fit_shards(args) -> int:
             resize=args.resize,
             background=args.background,
             max_pixels=args.max_pixels,
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text}")
+    return value
+
+
             batch_size=args.batch_size,
             shard_size=args.shard_size,
             device=args.device,
@@ -340,7 +347,27 @@ def cmd_fit_shards(args) -> int:
         return 2
     print(json.dumps(summary, indent=2))
     print(f"wrote splat shards and summary.json to {args.output}")
-    return 1 if summary["failures"] else 0
+    # a dataset job that did its work succeeds: bad samples are counted and listed, not fatal
+    # (img2dataset's convention), unless there are more of them than the user allows
+    failed, rate = summary["failures"], summary["failure_rate"]
+    if failed and not summary["images"]:
+        _error(f"{args.output}: no image was fitted, {failed} failed (see {args.output}/*.errors.jsonl)")
+        return 1
+    if rate > args.max_failure_rate:
+        _error(
+            f"{args.output}: {failed} samples failed ({rate:.1%}), more than --max-failure-rate "
+            f"{args.max_failure_rate:.1%}; their keys and reasons are in {args.output}/*.errors.jsonl"
+        )
+        return 1
+    if failed:
+        print(f"{failed} sample(s) skipped ({rate:.2%}); listed in {args.output}/*.errors.jsonl", file=sys.stderr)
+    return 0
+
+
+def cmd_train_init(args) -> int:
+    from .train_init import run
+
+    return run(args)
 
 
 def cmd_encoder_from_clip(args) -> int:
@@ -499,6 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--compare", metavar="IMAGE", help="original | render | error, with PSNR")
     ren.add_argument(
         "--canvas", type=int, default=224, help="canvas of the comparison when there is no sidecar"
+    shards.add_argument(
+        "--max-failure-rate",
+        type=_fraction,
+        default=0.05,
+        help="exit non-zero when more than this fraction of the samples failed (default 0.05); "
+        "fewer failures are skipped, counted in summary.json and listed in <shard>.errors.jsonl",
+    )
     )
     ren.add_argument(
         "--resize", choices=RESIZE_MODES, default="pad", help="resize of the comparison without sidecar"

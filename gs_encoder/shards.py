@@ -205,21 +205,29 @@ def tar_add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(info, io.BytesIO(data))
 
 
+def _sample_meta(name: str, fields: dict[str, bytes]) -> dict:
+    """The sample's own .json (an empty dict without one); ImageLoadError when it cannot be read, so the
+    sample is recorded as failed rather than written with its metadata silently dropped."""
+    if "json" not in fields:
+        return {}
+    try:
+        meta = json.loads(fields["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ImageLoadError(f"{name}.json: not valid JSON ({e}); fix or remove that field") from e
+    if not isinstance(meta, dict):
+        raise ImageLoadError(f"{name}.json: holds a {type(meta).__name__}, not a JSON object")
+    return meta
+
+
 def _fit_batch(batch, cfg: ShardJobConfig, device, teacher=None) -> list[tuple[str, dict, dict[str, bytes]]]:
-    images = torch.stack([img for _, img, _ in batch]).to(device)
+    images = torch.stack([img for _, img, _, _ in batch]).to(device)
     results = fit_images(images, cfg.fit)
     if teacher is not None:  # the teacher sees the same canvas image the splats were fitted to
         embeds = teacher(images).cpu().numpy().astype(np.float16)
-        for (_, _, fields), e in zip(batch, embeds, strict=True):
+        for (_, _, fields, _), e in zip(batch, embeds, strict=True):
             fields["t16.npy"] = npy_bytes(e)
     out = []
-    for (key, img, fields), r in zip(batch, results, strict=True):
-        meta = {}
-        if "json" in fields:
-            try:
-                meta = json.loads(fields["json"])
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                meta = {}
+    for (key, img, fields, meta), r in zip(batch, results, strict=True):
         meta.update(fit_sidecar(r, img, cfg.fit, cfg.resize, key))
         fields["gs.npy"] = splat_npy_bytes(r.splats, f"{key}.gs.npy")
         out.append((key, meta, fields))
@@ -320,6 +328,7 @@ def _process_unit(unit: Unit, out_dir: Path, cfg: ShardJobConfig, device, bar, t
                 bar.update(1)
                 continue
             try:
+                meta = _sample_meta(f"{unit.name}:{key}", fields)
                 ext = _image_of(unit, key, fields)
                 name = f"{unit.name}:{key}.{ext}"
                 img = decode_image(fields[ext], name, cfg.size, cfg.resize, cfg.background, cfg.max_pixels)
@@ -328,7 +337,7 @@ def _process_unit(unit: Unit, out_dir: Path, cfg: ShardJobConfig, device, bar, t
                 logger.warning("skipped %s", e)
                 bar.update(1)
                 continue
-            pending.append((key, img, fields))
+            pending.append((key, img, fields, meta))
             if len(pending) >= cfg.batch_size:
                 flush()
     except ImageLoadError as e:  # the shard itself is damaged (truncated tar): keep what was read
@@ -360,12 +369,14 @@ def summarize(out_dir: Path, units: list[Unit]) -> dict:
         if _done_marker(out_dir, u).exists()
     ]
     images = sum(s["images"] for s in done)
+    failures = sum(s["failures"] for s in done)
     psnr_sum = sum(s["mean_psnr"] * s["images"] for s in done if s["mean_psnr"] is not None)
     return {
         "shards_total": len(units),
         "shards_done": len(done),
         "images": images,
-        "failures": sum(s["failures"] for s in done),
+        "failures": failures,
+        "failure_rate": failures / (images + failures) if images + failures else 0.0,
         "mean_psnr": psnr_sum / images if images else None,
         "payload_bytes": sum(s["payload_bytes"] for s in done),
         "seconds": round(sum(s["seconds"] for s in done), 3),

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tempfile
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +162,13 @@ def load_splats(path: str | os.PathLike, with_meta: bool = False):
         raise SplatFileError(f"{path}: is a directory, not a splat file")
     try:
         a = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        SyntaxError,
+        tokenize.TokenError,
+    ) as e:  # the last two: a bad header
         raise SplatFileError(f"{path}: not a readable .npy file ({e}); refit the image to recreate it") from e
     if not isinstance(a, np.ndarray):
         raise SplatFileError(f"{path}: holds an archive, not a single [N, 8] array")

@@ -69,6 +69,7 @@ class DistillConfig:
             raise ValueError(f"--stage must be 1 or 2, got {self.stage}")
         if not self.data:
             raise ValueError("--data: give at least one folder of .gs.npy files or splat .tar shard")
+        splat_folders(self.data)
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.report_to not in ("none", "tensorboard", "wandb"):
@@ -88,9 +89,23 @@ def _cosine_with_warmup(warmup: int, total: int):
     return factor
 
 
+def splat_folders(data) -> list:
+    """The entries of --data that are folders of .gs.npy files (no tars); ValueError when they are mixed
+    with shards (tars, folders of tars, URLs), which one run cannot read together."""
+    folders = [d for d in data if Path(d).is_dir() and not list(Path(d).glob("*.tar"))]
+    if folders and len(folders) != len(data):
+        shards = [d for d in data if d not in folders]
+        raise ValueError(
+            f"--data mixes splat folders ({', '.join(map(str, folders))}) with tar shards "
+            f"({', '.join(map(str, shards))}); one run reads one kind: pass only the shards (fit the folder's "
+            "images into shards with `gsv fit-shards <image folder> -o <dir>`) or only the folders"
+        )
+    return folders
+
+
 def _loader(cfg: DistillConfig, need_images: bool):
-    folders = [d for d in cfg.data if Path(d).is_dir() and not list(Path(d).glob("*.tar"))]
-    if folders and len(folders) == len(cfg.data):
+    folders = splat_folders(cfg.data)
+    if folders:
         ds = torch.utils.data.ConcatDataset([SplatFolder(d, load_images=need_images) for d in folders])
         return torch.utils.data.DataLoader(
             ds,

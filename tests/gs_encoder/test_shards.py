@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,6 +246,35 @@ def test_llava_json_to_splat_cache(tmp_path, capsys):
     assert main(argv) == 1
     assert (cache / "gqa" / "n1.v2.gs.npy").exists()
     assert (cache / "coco" / "train2017" / "000001.gs.npy").stat().st_mtime_ns == kept
+    # the user's threshold decides: 2 of 4 failed is a finished job under --max-failure-rate 0.5
+    assert main([*argv, "--max-failure-rate", "0.5"]) == 0
+    assert "2 sample(s) skipped (50.00%)" in capsys.readouterr().err
+
+
+def test_dataset_job_with_a_few_bad_samples_succeeds(tmp_path, capsys):
+    # one bad image and one sample whose own .json is unreadable, out of 12: both listed, exit 0
+    from gs_encoder.cli import main
+
+    make_shards(tmp_path / "in", 1, 12, corrupt={"000000000003"})
+    shard = tmp_path / "in" / "00000000.tar"
+    samples = read_tar(shard)
+    samples["000000000007"]["json"] = b'{"uid": "000000000007", "url": '  # cut short
+    make_tar(shard, sorted(samples.items()))
+    argv = ["fit-shards", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--num-gaussians", "16",
+            "--iters", "5", "--size", "24", "-q", "--max-failure-rate", "0.2"]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.split("\nwrote")[0])
+    assert summary["images"] == 10 and summary["failures"] == 2
+    assert summary["failure_rate"] == pytest.approx(2 / 12)
+    assert "2 sample(s) skipped" in captured.err
+    errors = (tmp_path / "out" / "00000000.tar.errors.jsonl").read_text()
+    assert "000000000003" in errors and "00000000.tar:000000000007.json: not valid JSON" in errors
+    assert "000000000007" not in read_tar(tmp_path / "out" / "00000000.tar")
+    # above the threshold the job fails, naming the count and where the reasons are
+    shutil.rmtree(tmp_path / "out")
+    assert main([*argv[:-1], "0.1"]) == 1
+    assert "more than --max-failure-rate 10.0%" in capsys.readouterr().err
 
 
 def test_llava_json_needs_image_folder(tmp_path):

@@ -78,3 +78,19 @@ def test_truncated_missing_and_pickled(tmp_path):
     (tmp_path / "text.gs.npy").write_text("hello")
     with pytest.raises(SplatFileError):
         load_splats(tmp_path / "text.gs.npy")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"{'descr': '<f2', 'fortran_order': False, 'shape': (3, 8",  # cut short: tokenize.TokenError inside numpy
+        b"{'descr': '<f2', 'fortran_order': False, 'shape': (3, 8)) }",  # unbalanced: SyntaxError
+        b"not a dict at all",
+    ],
+)
+def test_malformed_npy_header_is_a_one_line_error(tmp_path, header):
+    header = header + b" " * (118 - len(header)) + b"\n"
+    path = tmp_path / "bad.gs.npy"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 48)
+    with pytest.raises(SplatFileError, match=r"bad.gs.npy: not a readable .npy file .*refit the image"):
+        load_splats(path)

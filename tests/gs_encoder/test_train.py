@@ -118,6 +118,22 @@ def test_bad_flags(splat_folder, tmp_path):
         train(["--stage", "1", *common(root, cfg, tmp_path, tmp_path / "o")])
 
 
+def test_folders_and_shards_together_are_an_error(splat_folder, tmp_path, capsys):
+    # one run reads either folders of .gs.npy or tar shards: a mix used to drop the folders silently
+    root, cfg, data = splat_folder
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "000000.tar").write_bytes(b"")
+    args = common(root, cfg, data, tmp_path / "o")
+    i = args.index("--data")
+    args[i + 1 : i + 2] = [str(data), str(shards)]
+    assert train(["--stage", "1", *args]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"--data mixes splat folders ({data}) with tar shards ({shards})" in err and "gsv fit-shards" in err
+    )
+
+
 def test_stage1_from_shards_with_stored_teacher_embeddings(splat_folder, tmp_path):
     import io
     import tarfile

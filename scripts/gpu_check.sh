@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The one prepared GPU check of issue 4, for a session lent a GPU machine (the device tool runs it in the
-# repo root with the machine's own python3, which holds torch; nothing here needs our .venv or the network):
+# The one prepared GPU check of the CUDA kernels, for a session lent a GPU machine (the device tool runs
+# it in the repo root with the machine's own python3, which holds torch; nothing here needs our .venv or
+# the network):
 #   0. preflight (seconds; scripts/gpu_preflight.py): lists everything missing (torch's CUDA build, nvcc
 #      of torch's CUDA major version / CUDA_HOME, a C++ compiler, ninja, numpy, Pillow, tqdm, pytest;
 #      optional: matplotlib, nvidia-ml-py, compute-sanitizer, the GPU itself) and what to do for each;
@@ -57,8 +58,9 @@ fresh() { [ -f "$1" ] && [ "$(stat -c %Y "$1")" -ge "$START" ]; }  # written by 
 find_cuda_home() {
   [ -z "${CUDA_HOME:-}" ] || { export CUDA_HOME; return 0; }
   # the system toolkit's root (bin/nvcc and include/), not a pip toolkit that may lack the headers, and
-  # not the parent of an nvcc wrapper script on PATH (design/environment.md §1): try the nvcc on PATH
-  # resolved through links, the nvcc a wrapper execs, then /usr/local/cuda; else cuda_ext.build searches
+  # not the parent of an nvcc wrapper script on PATH (whose include/ and lib64/ are not the toolkit's):
+  # try the nvcc on PATH resolved through links, the nvcc a wrapper execs, then /usr/local/cuda; else
+  # cuda_ext.build searches
   local nvcc cands=() c
   nvcc="$(command -v nvcc || true)"
   if [ -n "$nvcc" ]; then

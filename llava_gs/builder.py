@@ -25,7 +25,7 @@ from gs_encoder.modeling_gs_vision import CONFIG_NAME, WEIGHTS_NAME, GSVisionCon
 
 from .configuration_llava_gs import GSVisionTowerConfig, LlavaGSConfig
 from .modeling_llava_gs import LlavaGSForConditionalGeneration
-from .processing_llava_gs import LlavaGSProcessor, processor_for
+from .processing_llava_gs import LlavaGSProcessor
 from .tokenizer import add_image_token
 
 __all__ = [
@@ -229,7 +229,7 @@ def load_pretrained_model(
     dtype defaults to float32 on CPU (half precision matmuls are slow or missing there) and bfloat16 on
     CUDA. `image_kwargs` override the processor's on-the-fly fitting settings (num_gaussians, fit_iters).
     """
-    from transformers import AutoProcessor, AutoTokenizer
+    from transformers import AutoProcessor
 
     path = Path(path)
     device = torch.device(device)
@@ -255,14 +255,20 @@ def load_pretrained_model(
         model = LlavaGSForConditionalGeneration.from_pretrained(path, dtype=dtype)
         source = path
     model.to(device).eval()
+    # the processor decides how photos become splats (N, iterations): never replaced by defaults
+    proc_dir = path if (path / "processor_config.json").is_file() else source
+    if Path(proc_dir).is_dir() and not (Path(proc_dir) / "processor_config.json").is_file():
+        where = str(path) if proc_dir == path else f"{path} nor its base model {proc_dir}"
+        raise FileNotFoundError(
+            f"{where}: no processor_config.json (the processor decides N and the fitting of photos); "
+            "training and scripts/build_init_checkpoint.py write one: copy it from the folder the model "
+            "was trained from, or save `llava_gs.processor_for(config, tokenizer, num_gaussians=…)` there"
+        )
     try:
-        processor = AutoProcessor.from_pretrained(
-            source if not (path / "processor_config.json").is_file() else path
-        )
-    except (OSError, ValueError, TypeError):
-        tokenizer = AutoTokenizer.from_pretrained(
-            path if (path / "tokenizer_config.json").is_file() else source
-        )
-        processor = processor_for(_unwrap(model).config, tokenizer)
+        processor = AutoProcessor.from_pretrained(proc_dir)
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(
+            f"{proc_dir}: the processor does not load ({e}); rewrite its processor_config.json"
+        ) from e
     processor.image_processor.update(**image_kwargs)
     return model, processor

@@ -209,10 +209,15 @@ def main(argv: list[str] | None = None) -> int:
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
     )
-    if args.image:
-        session.handle(f"/image {args.image}")
-    elif args.splats:
-        session.handle(f"/splats {args.splats}")
+    # the picture named on the command line must load: never answer (or chat) without it
+    try:
+        if args.image:
+            session.set_image(args.image)
+        elif args.splats:
+            session.set_splats(args.splats)
+    except (ImageLoadError, SplatFileError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.prompt:
         for p in args.prompt:
             session.say(f"USER: {p}")

@@ -193,6 +193,23 @@ def test_vqa_table_matches_tasks_and_units(tmp_path):
     assert rows == [["POPE (F1)", "–", "85.9", "–", "85.9"]] and not data["POPE (F1)"]["mini"]
 
 
+def test_vqa_table_shows_the_papers_rows(tmp_path):
+    from eval.vqa_table import main as vqa_table
+
+    folder = tmp_path / "gs"
+    folder.mkdir()
+    (folder / "x_results.json").write_text(json.dumps({"results": {"gv_pope": {"pope_f1_score,none": 0.8}}}))
+    assert vqa_table(["--gs", str(folder), "-o", str(tmp_path / "table")]) == 0
+    md = (tmp_path / "table.md").read_text()
+    # the paper's own GS-3136 row and VisionZip's 64-token row, with their sources and baselines
+    assert "| GaussianVision (CVPR 2026), LLaVA + Vicuna-7B | GS-3136 | 196 | 64.7 | 45.2 | 77.8 | 1414.37 | 19.4 | 52.25 |" in md
+    assert "| VisionZip (CVPR 2025) | VisionZip | 64 | 69 | 55.5 | 77 | 1690 | 31.7 | 55.1 | LLaVA-1.5-7B, 576 tokens |" in md
+    assert "RGB: ViT-B/16 trained on 12.8M DataComp, 196 tokens" in md and "GS-400 19 / 19" in md
+    record = json.loads((tmp_path / "table.json").read_text())
+    rgb = next(r for r in record["published"] if r["model"] == "RGB")
+    assert rgb["scores"]["MME (perception)"] == 1398.98 and rgb["scores"]["GQA"] == 51.42
+
+
 def test_run_vqa_script_on_the_mini_tasks(tiny_init, tmp_path):
     env = dict(
         os.environ,

@@ -7,7 +7,9 @@ Registered through the `lmms_eval.models` entry point (pyproject.toml → `MANIF
 `pretrained` (a GS-LLaVA folder or a LoRA adapter over one), `num_gaussians`, `fit_iters` (fitting of the
 task's photos on the fly), `splat_cache` (folder of fitted sets, keyed by image content, reused across
 runs and tasks; `none` keeps them in memory), `device`, `dtype`, `batch_size`, `conv_template`
-(`vicuna_v1`, the training template). Prompts are built by the same function as training prompts.
+(`vicuna_v1`, the training template), `seed`. Prompts are built by the same function as training prompts.
+Decoding follows lmms-eval's own LLaVA wrapper: greedy unless the task asks for a temperature > 0, which
+samples (whatever `do_sample` says; MM-Vet asks 0.2), seeded with `seed` before each batch.
 
 `loglikelihood` returns the *summed* log-probability of the continuation tokens (the lm-eval-harness
 convention; LLaVA's wrapper returned the negative mean loss) and whether greedy decoding would produce it.
@@ -59,6 +61,7 @@ class LlavaGSLmms(lmms):
         progress: bool | str = True,
         max_rounds: int | str = 32,
         **kwargs,
+        seed: int | str = 0,
     ) -> None:
         super().__init__()
         self._rank, self._world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -79,6 +82,7 @@ class LlavaGSLmms(lmms):
         self.max_rounds = int(max_rounds)
         folder = None if str(splat_cache).lower() == "none" else (splat_cache or default_cache_dir())
         self.cache = SplatCache(self.processor.image_processor, folder)
+        self.seed = int(seed)
         self.tower_input = self.processor.image_processor.tower_input
 
     # ---- shared pieces -------------------------------------------------------------------------------
@@ -126,7 +130,11 @@ class LlavaGSLmms(lmms):
         until = gen_kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
         temperature = float(gen_kwargs.get("temperature", 0) or 0)
-        sample = _bool(gen_kwargs.get("do_sample", False)) and temperature > 0
+        # lmms-eval's own LLaVA wrapper samples whenever temperature > 0, whatever do_sample says (MM-Vet's
+        # YAML sets temperature 0.2 with do_sample false); we do the same, seeded so a rerun repeats it
+        sample = temperature > 0
+        if sample:
+            torch.manual_seed(self.seed)
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=ids.to(self.device),

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("lmms_eval")
 
@@ -168,8 +169,19 @@ def test_loglikelihood_is_finite_and_greedy_flag_is_consistent(tiny_init, tmp_pa
     ]
     scores = lm.loglikelihood(reqs)
     assert all(isinstance(s, float) and s < 0 and s == s for s, _ in scores)
-    assert scores[1][0] < scores[0][0] or len(lm.tokenizer(" a blue car")["input_ids"]) <= 1
-    # generation on the same request type agrees with greedy decoding of the same prompt
+    # each score is −(number of target tokens) × the model's own mean loss on them: no off-by-one
+    vision = lm._vision([photo])
+    prompt = lm._ids([{"from": "human", "value": lm._turn("What colour is it?", 1)}], 1, generation=True)
+    for (score, greedy), target in zip(scores, ("orange", "a blue car"), strict=True):
+        cont = lm.tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt + cont])
+        labels = torch.tensor([[-100] * len(prompt) + cont])
+        with torch.no_grad():
+            out = lm.model(input_ids=ids, labels=labels, **vision)
+            argmax = out.logits[0, len(prompt) - 1 : -1].argmax(-1)
+        assert score == pytest.approx(-float(out.loss) * len(cont), rel=1e-4)
+        assert greedy == bool((argmax == torch.tensor(cont)).all())
+    # generation agrees with a plain greedy `generate` on the same prompt and image
     gen = Instance(
         "generate_until",
         ("What colour is it?", {"max_new_tokens": 3, "until": []}, lambda d: [photo], 0, "t", "test"),
@@ -177,8 +189,41 @@ def test_loglikelihood_is_finite_and_greedy_flag_is_consistent(tiny_init, tmp_pa
         {"task": "t", "doc_id": 0, "repeats": 1},
     )
     (answer,) = lm.generate_until([gen])
-    assert isinstance(answer, str)
+    with torch.no_grad():
+        direct = lm.model.generate(input_ids=torch.tensor([prompt]), **vision, max_new_tokens=3, do_sample=False,
+                                   eos_token_id=lm.tokenizer.eos_token_id, pad_token_id=lm.tokenizer.pad_token_id)  # fmt: skip
+    assert answer == lm.tokenizer.decode(direct[0, len(prompt) :], skip_special_tokens=True).strip()
     assert lm.cache.misses == 1 and lm.cache.hits >= 2  # one fit, reused by every later request
+
+
+def test_decoding_follows_lmms_evals_llava_wrapper(tiny_init, monkeypatch):
+    # temperature > 0 samples even when the task says do_sample: false (MM-Vet), seeded; 0 is greedy
+    from lmms_eval.api.instance import Instance
+    from PIL import Image
+
+    from eval.lmms_llava_gs import LlavaGSLmms
+
+    lm = LlavaGSLmms(pretrained=str(tiny_init), splat_cache="none", progress=False, seed=7)
+    lm.task_dict = {"t": {"test": [{"q": "?"}]}}
+    photo = Image.new("RGB", (40, 30), (20, 80, 200))
+    seen = []
+    real = lm.model.generate
+
+    def spy(**kw):
+        seen.append({k: kw.get(k) for k in ("do_sample", "temperature")} | {"rng": torch.rand(1).item()})
+        return real(**kw)
+
+    monkeypatch.setattr(lm.model, "generate", spy)
+    for kwargs in ({"temperature": 0.2, "do_sample": False}, {"temperature": 0, "do_sample": True}):
+        req = Instance("generate_until", ("Q?", kwargs | {"max_new_tokens": 2}, lambda d: [photo], 0, "t", "test"), 0,
+                       {"task": "t", "doc_id": 0, "repeats": 1})  # fmt: skip
+        lm.generate_until([req, req])
+    sampled, greedy = seen[0], seen[-1]  # two requests a call, batch size 1: four generate calls
+    assert len(seen) == 4 and seen[1]["rng"] == sampled["rng"]
+    assert sampled["do_sample"] is True and sampled["temperature"] == 0.2
+    assert greedy["do_sample"] is False and greedy["temperature"] is None
+    torch.manual_seed(7)
+    assert sampled["rng"] == torch.rand(1).item()  # seeded with the model arg just before generating
 
 
 def test_vqa_table_matches_tasks_and_units(tmp_path):
@@ -202,8 +247,14 @@ def test_vqa_table_shows_the_papers_rows(tmp_path):
     assert vqa_table(["--gs", str(folder), "-o", str(tmp_path / "table")]) == 0
     md = (tmp_path / "table.md").read_text()
     # the paper's own GS-3136 row and VisionZip's 64-token row, with their sources and baselines
-    assert "| GaussianVision (CVPR 2026), LLaVA + Vicuna-7B | GS-3136 | 196 | 64.7 | 45.2 | 77.8 | 1414.37 | 19.4 | 52.25 |" in md
-    assert "| VisionZip (CVPR 2025) | VisionZip | 64 | 69 | 55.5 | 77 | 1690 | 31.7 | 55.1 | LLaVA-1.5-7B, 576 tokens |" in md
+    assert (
+        "| GaussianVision (CVPR 2026), LLaVA + Vicuna-7B | GS-3136 | 196 | 64.7 | 45.2 | 77.8 | 1414.37 | 19.4 | 52.25 |"
+        in md
+    )
+    assert (
+        "| VisionZip (CVPR 2025) | VisionZip | 64 | 69 | 55.5 | 77 | 1690 | 31.7 | 55.1 | LLaVA-1.5-7B, 576 tokens |"
+        in md
+    )
     assert "RGB: ViT-B/16 trained on 12.8M DataComp, 196 tokens" in md and "GS-400 19 / 19" in md
     record = json.loads((tmp_path / "table.json").read_text())
     rgb = next(r for r in record["published"] if r["model"] == "RGB")

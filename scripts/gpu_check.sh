@@ -100,7 +100,8 @@ install_wheels() {
   if $PY -m pip --version >/dev/null 2>&1; then
     pip_cmd=($PY -m pip)
   elif w="$(ls "$WHEELS"/pip-*.whl 2>/dev/null | head -1)" && [ -n "$w" ]; then
-    pip_cmd=($PY "$w/pip")  # this python has no pip: run pip from its carried wheel
+    pip_cmd=($PY "$w/pip")  # a wheel is a zip that python can run pip from
+    say "$PY has no pip: running pip from $w"
   else
     say "$PY has no pip and $WHEELS/ holds no pip wheel (bash scripts/gpu_wheels.sh adds one)"
     return 1

@@ -10,8 +10,8 @@
 # The torch-only python: a venv (no pip, no setuptools of its own) whose one .pth file points at a
 # folder of links to the files of torch and of its dependencies (the closure of torch's requirements,
 # read from .venv's metadata): the files pip would install, linked instead of downloaded (4 GB).
-# Env: GSV_SIM_DIR (/tmp/gsv_sim), GSV_WHEELS (./gpu_wheels: fetched with scripts/gpu_wheels.sh for
-# this python's version when it holds none), GSV_SIM_PIP (1: pip in the torch-only python, as after
+# Env: GSV_SIM_DIR (/tmp/gsv_sim), GSV_WHEELS (./gpu_wheels; when it holds no wheels for this python's
+# version, scripts/gpu_wheels.sh fetches them into $GSV_SIM_DIR/wheels: needs PyPI), GSV_SIM_PIP (1: pip in the torch-only python, as after
 # `python -m venv`; 0: none, so gpu_check.sh runs pip from its carried wheel), MAX_JOBS (1).
 # Exit status: 0 when gpu_check.sh ended with 5 and every expected line is in its log, 1 otherwise.
 set -euo pipefail
@@ -79,7 +79,9 @@ print("torch-only python:", torch.__version__, "| numpy, PIL, tqdm, pytest, matp
 EOF
 
 if ! ls "$WHEELS"/numpy-*-cp${ver/./}-*.whl >/dev/null 2>&1; then
-  say "no wheels for Python $ver in $WHEELS/: fetching them"
+  # fetched into the simulation's folder: the carried gpu_wheels/ stays as made for the GPU machine
+  say "no wheels for Python $ver in $WHEELS/: fetching them into $SIM/wheels"
+  WHEELS="$SIM/wheels"
   bash scripts/gpu_wheels.sh --python-version "$ver" --dest "$WHEELS"
 fi
 

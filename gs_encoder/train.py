@@ -31,7 +31,7 @@ from .data import SplatFolder, collate_splats, splat_loader
 from .modeling_gs_vision import GSVisionConfig, GSVisionModel
 from .teacher import ClipTeacher, build_clip, register_model_config
 
-__all__ = ["DistillConfig", "main", "train"]
+__all__ = ["ContrastiveObjective", "DistillConfig", "DistillObjective", "main", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,21 +152,94 @@ class _TextTower(torch.nn.Module):
         return F.normalize(self.clip.encode_text(ids), dim=-1), self.clip.logit_scale.exp()
 
 
+def _embed(student, batch, device) -> torch.Tensor:
+    """The student's L2-normalised image embeddings of a batch (float32)."""
+    splats, mask = batch["splats"].to(device), batch["mask"].to(device)
+    return F.normalize(student(splats, mask).image_embeds.float(), dim=-1)
+
+
+class DistillObjective:
+    """Stage 1: MSE between the unit CLIP embeddings of the student and of the frozen RGB teacher
+    (computed on the source images, or stored beside the splats as <key>.t16.npy)."""
+
+    stage = 1
+
+    def __init__(self, cfg: DistillConfig, clip, acc):
+        self.device = acc.device
+        self.teacher = ClipTeacher(clip).to(acc.device)
+        self.modules: list[torch.nn.Module] = []  # nothing to train besides the student
+
+    def loss(self, student, batch) -> torch.Tensor:
+        emb = _embed(student, batch, self.device)
+        if batch["teacher"] is not None:
+            target = F.normalize(batch["teacher"].to(self.device).float(), dim=-1)
+        elif batch["images"] is not None:
+            target = self.teacher(batch["images"].to(self.device))
+        else:
+            raise ValueError("stage 1 needs teacher embeddings (<key>.t16.npy) or the source images")
+        return F.mse_loss(emb, target)
+
+    def save(self, acc, final: Path) -> None:
+        """Nothing besides the student."""
+
+
+class ContrastiveObjective:
+    """Stage 2: open_clip's ClipLoss between the student's image embeddings and the text tower's."""
+
+    stage = 2
+
+    def __init__(self, cfg: DistillConfig, clip, acc):
+        import open_clip
+        from open_clip.loss import ClipLoss
+
+        self.device = acc.device
+        self.text = _TextTower(clip, cfg.unfreeze_text, cfg.vit_blocks)
+        self.modules = [
+            self.text
+        ]  # trained (logit scale, optionally text layers) and prepared with the student
+        self.tokenizer = open_clip.get_tokenizer(cfg.clip_model)
+        self.clip_loss = ClipLoss(
+            local_loss=True, gather_with_grad=True, rank=acc.process_index, world_size=acc.num_processes
+        )
+
+    def loss(self, student, batch) -> torch.Tensor:
+        if any(c is None for c in batch["captions"]):
+            raise ValueError("stage 2 needs a caption for every sample (<key>.txt)")
+        emb = _embed(student, batch, self.device)
+        txt, scale = self.text(self.tokenizer(batch["captions"]).to(self.device))
+        return self.clip_loss(emb, txt.float(), scale)
+
+    def save(self, acc, final: Path) -> None:
+        from safetensors.torch import save_model
+
+        save_model(acc.unwrap_model(self.text).clip, str(final / "clip_text.safetensors"))
+
+
 def _latest_checkpoint(out: Path) -> Path | None:
     ckpts = sorted((out / "checkpoints").glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
     return ckpts[-1] if ckpts else None
 
 
-def train(cfg: DistillConfig) -> Path:
-    """Run one stage; returns the folder of the final encoder (loadable with GSVisionModel.from_pretrained)."""
-    import open_clip
+@dataclass
+class _Run:
+    """What the loop works with once accelerate has prepared it."""
+
+    acc: object
+    student: torch.nn.Module
+    objective: DistillObjective | ContrastiveObjective
+    params: list
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    loader: object
+    size: int | None  # samples of a map-style dataset; None for webdataset shards
+
+
+def _setup(cfg: DistillConfig, out: Path) -> _Run:
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
-    from open_clip.loss import ClipLoss
 
     if cfg.model_config:
         register_model_config(cfg.model_config)
-    out = Path(cfg.output_dir)
     acc = Accelerator(
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
         gradient_accumulation_steps=cfg.grad_accum,
@@ -178,28 +251,61 @@ def train(cfg: DistillConfig) -> Path:
     clip = build_clip(cfg.clip_model, cfg.clip_pretrained)
     student = _build_student(cfg, clip)
     student.set_stage(cfg.stage, cfg.vit_blocks)
-    modules = [student]
-    if cfg.stage == 1:
-        teacher = ClipTeacher(clip).to(acc.device)
-    else:
-        text = _TextTower(clip, cfg.unfreeze_text, cfg.vit_blocks)
-        tokenizer = open_clip.get_tokenizer(cfg.clip_model)
-        loss_fn = ClipLoss(
-            local_loss=True, gather_with_grad=True, rank=acc.process_index, world_size=acc.num_processes
-        )
-        modules.append(text)
+    objective = (DistillObjective if cfg.stage == 1 else ContrastiveObjective)(cfg, clip, acc)
+    modules = [student, *objective.modules]
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_with_warmup(cfg.warmup_steps, cfg.max_steps))
     loader, size = _loader(cfg, need_images=cfg.stage == 1)
     if size is not None:  # map-style: accelerate shards it across processes
-        prepared = acc.prepare(*modules, opt, sched, loader)
-        loader = prepared[-1]
-        prepared = prepared[:-1]
+        student, *prepared, opt, sched, loader = acc.prepare(*modules, opt, sched, loader)
     else:  # webdataset splits shards by node itself
-        prepared = acc.prepare(*modules, opt, sched)
-    student, opt, sched = prepared[0], prepared[-2], prepared[-1]
-    text = prepared[1] if cfg.stage == 2 else None
+        student, *prepared, opt, sched = acc.prepare(*modules, opt, sched)
+    if isinstance(objective, ContrastiveObjective):
+        (objective.text,) = prepared
+    return _Run(acc, student, objective, params, opt, sched, loader, size)
+
+
+def _resume(run: _Run, out: Path, cfg: DistillConfig) -> tuple[int, int, int]:
+    """(step, epoch, batches to skip in that epoch) from the newest checkpoint, or zeros."""
+    latest = _latest_checkpoint(out)
+    if latest is None:
+        return 0, 0, 0
+    run.acc.load_state(str(latest))
+    step = json.loads((latest / "trainer_state.json").read_text())["step"]
+    logger.info("resumed from %s (step %d)", latest, step)
+    if run.size is None:
+        return step, 0, 0
+    epoch, skip = divmod(step * cfg.grad_accum, len(run.loader))  # continue inside that epoch
+    return step, epoch, skip
+
+
+def _batches(run: _Run, epoch: int, skip: int):
+    """The batches of one epoch (the same order after a resume, with the first `skip` left out)."""
+    if hasattr(run.loader, "set_epoch"):
+        run.loader.set_epoch(epoch)
+    return run.acc.skip_first_batches(run.loader, skip) if skip else run.loader
+
+
+def _update(run: _Run, batch) -> torch.Tensor:
+    """Forward, backward and (at the end of an accumulation) the optimiser step; returns the loss."""
+    acc = run.acc
+    with acc.accumulate(run.student):
+        loss = run.objective.loss(run.student, batch)
+        acc.backward(loss)
+        if acc.sync_gradients:
+            acc.clip_grad_norm_(run.params, 1.0)
+        run.opt.step()
+        run.sched.step()
+        run.opt.zero_grad()
+    return loss
+
+
+def train(cfg: DistillConfig) -> Path:
+    """Run one stage; returns the folder of the final encoder (loadable with GSVisionModel.from_pretrained)."""
+    out = Path(cfg.output_dir)
+    run = _setup(cfg, out)
+    acc = run.acc
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "distill_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
@@ -207,50 +313,14 @@ def train(cfg: DistillConfig) -> Path:
         acc.init_trackers(
             "gs_encoder", config={k: v for k, v in asdict(cfg).items() if not isinstance(v, list)}
         )
-
-    step = 0
-    latest = _latest_checkpoint(out)
-    if latest is not None:
-        acc.load_state(str(latest))
-        step = json.loads((latest / "trainer_state.json").read_text())["step"]
-        logger.info("resumed from %s (step %d)", latest, step)
+    step, epoch, skip = _resume(run, out, cfg)
     bar = tqdm(
         total=cfg.max_steps, initial=step, desc=f"stage {cfg.stage}", disable=not acc.is_local_main_process
     )
     history = []
-    epoch, skip = 0, 0
-    if size is not None and step:  # continue inside the epoch the checkpoint was taken in
-        epoch, skip = divmod(step * cfg.grad_accum, len(loader))
     while step < cfg.max_steps:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)  # seedable sampler: an epoch's order is the same after a resume
-        batches = acc.skip_first_batches(loader, skip) if skip else loader
-        skip = 0
-        for batch in batches:
-            with acc.accumulate(student):
-                splats, mask = batch["splats"].to(acc.device), batch["mask"].to(acc.device)
-                emb = F.normalize(student(splats, mask).image_embeds.float(), dim=-1)
-                if cfg.stage == 1:
-                    if batch["teacher"] is not None:
-                        target = F.normalize(batch["teacher"].to(acc.device).float(), dim=-1)
-                    elif batch["images"] is not None:
-                        target = teacher(batch["images"].to(acc.device))
-                    else:
-                        raise ValueError(
-                            "stage 1 needs teacher embeddings (<key>.t16.npy) or the source images"
-                        )
-                    loss = F.mse_loss(emb, target)
-                else:
-                    if any(c is None for c in batch["captions"]):
-                        raise ValueError("stage 2 needs a caption for every sample (<key>.txt)")
-                    txt, scale = text(tokenizer(batch["captions"]).to(acc.device))
-                    loss = loss_fn(emb, txt.float(), scale)
-                acc.backward(loss)
-                if acc.sync_gradients:
-                    acc.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad()
+        for batch in _batches(run, epoch, skip):
+            loss = _update(run, batch)
             if not acc.sync_gradients:
                 continue
             step += 1
@@ -259,24 +329,26 @@ def train(cfg: DistillConfig) -> Path:
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}")
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                acc.log({"loss": value, "lr": sched.get_last_lr()[0]}, step=step)
+                acc.log({"loss": value, "lr": run.sched.get_last_lr()[0]}, step=step)
                 logger.info("step %d loss %.5f", step, value)
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
                 _save_checkpoint(acc, out, step)
             if step >= cfg.max_steps:
                 break
-        epoch += 1
+        epoch, skip = epoch + 1, 0
     bar.close()
+    return _save_final(run, out, cfg.stage, step, history)
+
+
+def _save_final(run: _Run, out: Path, stage: int, step: int, history: list[float]) -> Path:
     final = out / "final"
+    acc = run.acc
     acc.wait_for_everyone()
     if acc.is_main_process:
-        acc.unwrap_model(student).save_pretrained(final)
-        if cfg.stage == 2:
-            from safetensors.torch import save_model
-
-            save_model(acc.unwrap_model(text).clip, str(final / "clip_text.safetensors"))
+        acc.unwrap_model(run.student).save_pretrained(final)
+        run.objective.save(acc, final)
         (final / "train_log.json").write_text(
-            json.dumps({"stage": cfg.stage, "steps": step, "loss": history}) + "\n"
+            json.dumps({"stage": stage, "steps": step, "loss": history}) + "\n"
         )
     acc.end_training()
     return final

@@ -4,7 +4,7 @@
 - cuda: the CUDA kernels (gsv_cuda_ops, a separate module, so a failed CUDA build never costs the CPU
   op), compiled without a GPU for sm_80 and sm_90 (+PTX) by the nvcc that matches torch's CUDA: the
   pip toolkit `cuda-toolkit[nvcc,cccl]` in the venv (pyproject extra `cuda`), else $CUDA_HOME, else a
-  system toolkit (design/environment.md §1). TORCH_CUDA_ARCH_LIST overrides the architectures.
+  system toolkit. TORCH_CUDA_ARCH_LIST overrides the architectures.
   Every attempt writes cuda_ext/_build/cuda_build.json: whether a toolkit was found (so the CUDA build
   was expected), whether it succeeded, and why not.
 

@@ -1,4 +1,4 @@
-"""Reading splat shards for training: webdataset samples → padded batches (CONTRACTS.md §1).
+"""Reading splat shards for training: webdataset samples → padded batches (docs/format.md, Layout).
 
 A batch is a dict with `splats [B, Nmax, 8]` float32 (padded rows zero), `mask [B, Nmax]` bool,
 `captions` (list of str or None), `teacher [B, D]` float32 when every sample carries a teacher embedding
@@ -74,7 +74,7 @@ def decode_sample(sample: dict) -> dict:
 
 
 def pad_splat_sets(sets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N_b, 8] splat sets → (splats [B, Nmax, 8] float32 zero-padded, mask [B, Nmax] bool), CONTRACTS.md §1."""
+    """[N_b, 8] splat sets → (splats [B, Nmax, 8] float32 zero-padded, mask [B, Nmax] bool), docs/format.md, Layout."""
     if not sets:
         raise ValueError("cannot pad an empty list of splat sets")
     for i, sp in enumerate(sets):

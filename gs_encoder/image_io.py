@@ -1,4 +1,4 @@
-"""Loading raster images onto the square fitting canvas (CONTRACTS.md §3).
+"""Loading raster images onto the square fitting canvas (docs/format.md, Resize modes).
 
 Any image PIL can open becomes an RGB float tensor [3, S, S] in [0, 1]:
 - EXIF orientation applied; grayscale, palette, CMYK, 16-bit and float modes converted;

@@ -1,4 +1,4 @@
-"""GSVisionModel: splats → visual tokens through an open_clip ViT (CONTRACTS.md §5), and its RGB twin.
+"""GSVisionModel: splats → visual tokens through an open_clip ViT (docs/encoder.md), and its RGB twin.
 
     splats [B, Nmax, 8], mask [B, Nmax] ─ GSStem ─▶ [B, N, D] ─ PerceiverResampler ─▶ [B, K, D]
         ─ + CLS, + position embedding [1 + K, D], ln_pre ─▶ the open_clip ViT blocks ─▶ hidden states
@@ -133,7 +133,7 @@ class _Base(nn.Module):
 
 
 class GSVisionModel(_Base):
-    """forward(splats [B, Nmax, 8] float32, mask [B, Nmax] bool) → VisionOutput (CONTRACTS.md §5)."""
+    """forward(splats [B, Nmax, 8] float32, mask [B, Nmax] bool) → VisionOutput (docs/encoder.md)."""
 
     def __init__(self, config: GSVisionConfig):
         super().__init__(config)

@@ -1,4 +1,4 @@
-"""The splat file format (CONTRACTS.md §4): `<name>.gs.npy` (float16 [N, 8]) plus a `<name>.json` sidecar.
+"""The splat file format (docs/format.md, Files): `<name>.gs.npy` (float16 [N, 8]) plus a `<name>.json` sidecar.
 
 Loading validates everything a consumer relies on (shape, dtype, finite values, l11 > 0, l22 > 0, N ≥ 1)
 and raises `SplatFileError` naming the file. Writes go to a temporary name and are renamed, so a killed
@@ -44,7 +44,7 @@ class SplatFileError(ValueError):
 
 
 def payload_bytes(num_gaussians: int) -> int:
-    """Bytes of the fp16 payload of N Gaussians: N·8·2 (CONTRACTS.md §4)."""
+    """Bytes of the fp16 payload of N Gaussians: N·8·2 (docs/format.md, Files)."""
     return int(num_gaussians) * 8 * 2
 
 

@@ -1,4 +1,4 @@
-"""The GS stem: one token of width D per Gaussian (CONTRACTS.md §5: float32 even under autocast).
+"""The GS stem: one token of width D per Gaussian (docs/encoder.md: float32 even under autocast).
 
 Per Gaussian, three groups of features:
 - position: x, y and Fourier features sin/cos(2π·2^k·x), k < `fourier_bands` (same for y);

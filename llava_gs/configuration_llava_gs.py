@@ -81,7 +81,7 @@ class GSVisionTowerConfig(PreTrainedConfig):
 
 @strict
 class LlavaGSConfig(PreTrainedConfig):
-    """GS-LLaVA: a GS vision tower, a projector and a Llama language model (CONTRACTS.md §6)."""
+    """GS-LLaVA: a GS vision tower, a projector and a Llama language model (docs/encoder.md, GS-LLaVA)."""
 
     model_type = "llava_gs"
     attribute_map = {"image_token_index": "image_token_id"}

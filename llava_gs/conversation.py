@@ -4,7 +4,7 @@ into (input_ids, labels) with everything but the assistant replies masked.
 Tokenisation is done segment by segment (prompt parts and reply parts separately), so the label mask is
 exact by construction: no "tokenization mismatch" between a whole-string tokenisation and per-turn
 lengths, the failure that silently trained original LLaVA runs on masked-out samples.
-Each `<image>` in a human turn becomes `num_image_tokens` copies of the image token (CONTRACTS.md §6);
+Each `<image>` in a human turn becomes `num_image_tokens` copies of the image token (docs/encoder.md, GS-LLaVA);
 a sample whose `<image>` count differs from its number of images raises, naming the sample.
 """
 

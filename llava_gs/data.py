@@ -2,7 +2,7 @@
 
 A record's `image` names a raster file (looked up in a splat cache written by
 `gsv fit-shards data.json --image-folder DIR -o CACHE`, i.e. `CACHE/<path without suffix>.gs.npy`, or
-fitted on the fly when `fit_missing` is set) or a `.gs.npy` file. Batches follow CONTRACTS.md §6:
+fitted on the fly when `fit_missing` is set) or a `.gs.npy` file. Batches follow docs/encoder.md, GS-LLaVA:
 `input_ids` with K image tokens per image, `gaussians [B_img, Nmax, 8]`, `gaussians_mask [B_img, Nmax]`
 and `image_flags [B_img]`. A batch without any image gets one dummy splat set with its flag False, so the
 vision tower runs on every step (LLaVA's zero image; keeps ZeRO-3 ranks in step). With an RGB-twin tower

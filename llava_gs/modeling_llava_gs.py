@@ -1,4 +1,4 @@
-"""GS-LLaVA on transformers 5.x, built like transformers' own Llava (design/llava.md §2, option b).
+"""GS-LLaVA on transformers 5.x, built like transformers' own Llava.
 
     gaussians [B_img, Nmax, 8] + gaussians_mask ─ GSVisionTower ─ hidden_states[vision_feature_layer][:, 1:]
         ─ projector (mlp2x_gelu) ─▶ [B_img, K, H] ─ masked_scatter into the K `<image>` embeddings per image

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GaussianVision in miniature, end to end on CPU with the project's real commands (issue 9):
+# GaussianVision in miniature, end to end on CPU with the project's real commands:
 #   world data → RGB CLIP teacher from scratch (open_clip_train) → splats at 3 budgets (gsv fit-shards, with
 #   teacher embeddings) → GS encoder stage 1 + stage 2 (K = 64 and 32, the 196/98-token equivalents at 64²)
 #   → zero-shot GS vs RGB → tiny RGB-LLaVA and GS-LLaVA through scripts/pretrain.sh + scripts/finetune.sh

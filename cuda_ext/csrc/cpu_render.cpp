@@ -1,4 +1,4 @@
-// CPU (OpenMP) forward and backward of the splat sum of CONTRACTS.md §2, in pixel units of an S×S canvas:
+// CPU (OpenMP) forward and backward of the splat sum of docs/format.md, Rendering, in pixel units of an S×S canvas:
 //   image[b, i, j, :] = Σ_g rgb_g · max(0, exp(−q_g(p)) − exp(−Q_MAX)),  p = (j + 0.5, i + 0.5),
 //   q_g(p) = ½ dᵀ Σ_g⁻¹ d,  d = p − μ_g,  Σ_g = L_g L_gᵀ,  L_g = [[l11, 0], [l21, l22]].
 // Each Gaussian visits the pixels of its q ≤ Q_MAX bounding box (clipped to the canvas); outside the

@@ -3,7 +3,7 @@
 // multiply-adds (the _rn intrinsics are never contracted; the CPU op builds with -ffp-contract=off), so
 // q has the same bits on both sides. Both then keep a pair iff q < Q_MAX: at that edge the weight
 // w = max(0, e^{−q} − e^{−Q_MAX}) is continuous but its derivative jumps from −e^{−Q_MAX} to 0, and
-// deciding on identical q keeps the gradients equal there too (CONTRACTS.md §2).
+// deciding on identical q keeps the gradients equal there too (docs/format.md, Rendering).
 #pragma once
 
 #include <cuda_runtime.h>

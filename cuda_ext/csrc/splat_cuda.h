@@ -1,8 +1,8 @@
 // Host launchers of the CUDA splat kernels (splat_cuda.cu), declared without torch: raw device pointers
 // and a stream, so the .cu translation unit never includes torch's headers and compiles in seconds
-// (design/environment.md). cuda_ops.cpp checks and allocates the tensors and calls these.
+// (a torch include costs minutes). cuda_ops.cpp checks and allocates the tensors and calls these.
 //
-// Layout (all float32, pixel units of an S×S canvas, CONTRACTS.md §1–2 scaled by S):
+// Layout (all float32, pixel units of an S×S canvas, docs/format.md, Layout and Rendering, scaled by S):
 //   params [B, N, 8]  rows (x, y, l11, l21, l22, r, g, b); N is the padded size (Nmax)
 //   alive  [B, N]     1 = a real Gaussian, 0 = padding or pruned (never read, never written)
 //   image  [B, S, S, 3] channel-last, pixel (i, j) centred at (j + 0.5, i + 0.5)
@@ -33,7 +33,7 @@ struct Scratch {
 
 int num_tiles(int size);
 
-// image = Σ colour · w over the alive Gaussians (CONTRACTS.md §2).
+// image = Σ colour · w over the alive Gaussians (docs/format.md, Rendering).
 cudaError_t render_forward(const float* params, const uint8_t* alive, int64_t B, int64_t N, int size,
                            Scratch scratch, float* image, cudaStream_t stream);
 

@@ -122,7 +122,7 @@ def main(argv=None):
     name = "encoder_quick" if args.quick else "encoder"
     md = write_results(
         name,
-        "Encoder forward: GS vs RGB (issue 6)",
+        "Encoder forward: GS vs RGB",
         [("Throughput and memory", ["encoder", "N", "tokens K", "images/s", "vs RGB", mem], rows)],
         {"device": args.device, "batch": args.batch, "results": results},
         notes,

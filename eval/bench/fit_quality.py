@@ -24,7 +24,7 @@ PAPER = {  # GaussianVision's figures, for comparison (224² DataComp images)
     ("structured", 400): 22.04,
     ("random", 400): 17.77,
 }
-TARGETS = {400: 25.0, 1600: 31.0, 3136: 35.0, 4900: 38.0}  # issue 3: mean PSNR at 1000 iterations
+TARGETS = {400: 25.0, 1600: 31.0, 3136: 35.0, 4900: 38.0}  # the fitting targets: mean PSNR at 1000 iterations
 
 
 def _mean(xs):
@@ -189,7 +189,7 @@ def main(argv=None):
     ]
     md = write_results(
         name,
-        "Fitting quality (issue 3 ablation)",
+        "Fitting quality (ablation)",
         sections,
         {"iters": iters, "size": size, "photos": list(names), "ablation": abl, "pruning": pr},
         notes,

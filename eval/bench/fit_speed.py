@@ -32,8 +32,8 @@ from gs_encoder import FitConfig, fit_images, render, render_dense, render_torch
 
 from .common import RESULTS, photos, timed, write_results
 
-TARGET_ITER_MS, TARGET_RENDER_MS = 30.0, 20.0  # issue 3, 224², N = 3136, 2 cores
-# issue 4, one H100: fused fit at N = 3136, 3000 iterations; over the per-image loop; batched render
+TARGET_ITER_MS, TARGET_RENDER_MS = 30.0, 20.0  # targets at 224², N = 3136, 2 cores
+# targets on one H100: fused fit at N = 3136, 3000 iterations; over the per-image loop; batched render
 TARGET_GPU_FIT, TARGET_GPU_SPEEDUP, TARGET_GPU_RENDER = 100.0, 90.0, 10_000.0
 GPU = "cuda"  # the device of the GPU part
 
@@ -133,7 +133,7 @@ def cpu_part(args):
     cpp_rows = []
     import cuda_ext
 
-    if cuda_ext.available():  # issue 4's C++ CPU op, side by side with the pure-torch path
+    if cuda_ext.available():  # the compiled C++ CPU op, side by side with the pure-torch path
         data["cpp"] = {}
         for n in budgets:
             row = [n]
@@ -150,7 +150,7 @@ def cpu_part(args):
     key = f"{n_m}/1/fitted"
     notes = (
         f"Canvas {size}², scikit-image photos (astronaut, chelsea, coffee, rocket), {args.threads} threads, pure-torch CPU path. "
-        f"Targets (issue 3, N = 3136): ≤ {TARGET_ITER_MS:.0f} ms per iteration, render ≤ {TARGET_RENDER_MS:.0f} ms. "
+        f"Targets (N = 3136): ≤ {TARGET_ITER_MS:.0f} ms per iteration, render ≤ {TARGET_RENDER_MS:.0f} ms. "
         f"Measured: {data['iterations'].get(key, float('nan')):.1f} ms per iteration (one image, fitted state), "
         f"render {data['render'].get(str(n_m), {}).get('fitted_ms', float('nan')):.1f} ms. "
         "Dense reference: every Gaussian at every pixel in float32 with autograd, in the same run."
@@ -179,7 +179,7 @@ def cpu_part(args):
             )
         )
     name = "fit_speed_quick" if args.quick else "fit_speed"
-    md = write_results(name, "Fitting speed on CPU (issue 3)", sections, data, notes)
+    md = write_results(name, "Fitting speed on CPU", sections, data, notes)
     plot(data, budgets, batches, RESULTS / f"{name}.png")
     print(md.read_text())
 
@@ -365,7 +365,7 @@ def gpu_part(args):
         return None
     dev = torch.device(GPU)
     budget = Budget(args.budget_s)
-    # the headline N (issue 4's target) first, so a short budget still measures it
+    # the headline N (the GPU target's) first, so a short budget still measures it
     size, budgets, iters, batches, loop_iters = 224, [3136, 400, 1600], 3000, [16, 64, 256], (10, 60)
     render_batches = [64, 256, 1024]
     if args.quick:
@@ -407,7 +407,7 @@ def gpu_part(args):
     speedup = data["loop"].get(str(n_t), {}).get("speedup")
     notes = (
         f"{data['device']}; canvas {size}², scikit-image photos and their flips, {iters} iterations, structured "
-        f"init, default learning rates, no early stop. Targets (issue 4, one H100): ≥ {TARGET_GPU_FIT:.0f} images/s "
+        f"init, default learning rates, no early stop. Targets (one H100): ≥ {TARGET_GPU_FIT:.0f} images/s "
         f"at N = 3136, ≥ {TARGET_GPU_SPEEDUP:.0f}× over the per-image loop, render ≥ {TARGET_GPU_RENDER:,.0f} "
         f"images/s at 224². Measured: "
         + (f"{best_t:.1f} images/s at N = {n_t}, " if best_t else f"no fused fit at N = {n_t} (budget), ")
@@ -436,7 +436,7 @@ def gpu_part(args):
         (f"Batched render, {size}², N = {n_r} fitted splats", ["batch", "ms", "images/s"], render_rows),
     ]
     name = "fit_speed_gpu_quick" if args.quick else "fit_speed_gpu"
-    md = write_results(name, "Fitting and rendering speed on the GPU (issue 4)", sections, data, notes)
+    md = write_results(name, "Fitting and rendering speed on the GPU", sections, data, notes)
     plot_gpu(data, RESULTS / f"{name}.png")
     print(md.read_text())
     return data

@@ -114,7 +114,7 @@ def main(argv=None):
         )
     ]
     name = "loading_quick" if args.quick else "loading"
-    md = write_results(name, "Loading: splat files vs JPEG (issue 5)", sections, data, notes)
+    md = write_results(name, "Loading: splat files vs JPEG", sections, data, notes)
     print(md.read_text())
 
 

@@ -159,7 +159,7 @@ def main(argv=None):
     out = Path(args.out)
     md = write_results(
         name,
-        "LLM prefill with 576 / 196 / 98 visual tokens (issue 7)",
+        "LLM prefill with 576 / 196 / 98 visual tokens",
         [
             (
                 "Prefill",

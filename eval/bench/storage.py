@@ -129,7 +129,7 @@ def main(argv=None):
         ),
     ]
     name = "storage_quick" if args.quick else "storage"
-    md = write_results(name, "Storage: splats vs JPEG (issue 5)", sections, data, notes)
+    md = write_results(name, "Storage: splats vs JPEG", sections, data, notes)
     plot(rd, RESULTS / f"{name}.png")
     print(md.read_text())
 

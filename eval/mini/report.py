@@ -104,7 +104,7 @@ def _clearly_positive(d: float, se: float) -> bool:
 
 
 def _targets(runs: dict, controls: dict) -> tuple[list[str], list[list], list[dict]]:
-    """Issue 9's targets as paired differences over the same test questions (points, ± 1 s.e.).
+    """The miniature's targets as paired differences over the same test questions (points, ± 1 s.e.).
 
     "Within x points of the reference" says nothing when the reference itself does not use the image: two
     models at the prior are trivially close. So a relative target (GS vs RGB, K vs 2K tokens) counts only
@@ -211,7 +211,7 @@ def build(out: Path) -> tuple[list[tuple[str, list[str], list[list]]], dict]:
     targets = []
     if models:
         g_headers, g_rows, targets = _targets(runs, controls)
-        sections.append(("Targets (issue 9): differences in accuracy points", g_headers, g_rows))
+        sections.append(("Targets: differences in accuracy points", g_headers, g_rows))
     b_headers, b_rows, budgets = _budgets(out)
     if b_rows:
         sections.insert(0, ("Splat budgets: storage, fidelity, loading", b_headers, b_rows))
@@ -317,7 +317,7 @@ def main(argv=None) -> int:
     res = Path(args.results)
     res.parent.mkdir(parents=True, exist_ok=True)
     lines = [
-        "# GaussianVision in miniature (issue 9)",
+        "# GaussianVision in miniature",
         "",
         f"`{args.command}`, run {info['date']} on {info['cpu']} ({info['torch_threads']} torch threads), "
         f"torch {info['torch']}, commit {info['git']}. Questions per kind: "

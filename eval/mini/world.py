@@ -1,5 +1,5 @@
 """A small visual world that needs real vision: coloured shapes and written words on 64² images, with
-captions and questions of the six LLaVA-1.5 benchmark kinds (issue 9's miniature reproduction).
+captions and questions of the six LLaVA-1.5 benchmark kinds (the miniature reproduction, scripts/mini_repro.sh).
 
 A scene holds 1–4 objects (shape × colour × size at a position, never overlapping) and, in some scenes, a
 word written on a white label. Everything is a pure function of a seed, so the same call gives the same

@@ -1,4 +1,4 @@
-"""The batched fitter: `fit_images`' path for CUDA tensors, on the padded layout of CONTRACTS.md §1.
+"""The batched fitter: `fit_images`' path for CUDA tensors, on the padded layout of docs/format.md, Layout.
 
 Parameters live in one [B, Nmax, 8] tensor (pixel units) with an `alive` mask [B, Nmax]; padding and
 pruned Gaussians are dead rows, so shapes never change and pruning is a mask (mid-fit or after the fit,

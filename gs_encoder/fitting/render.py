@@ -1,4 +1,4 @@
-"""Rendering splat sets: the forward model of CONTRACTS.md §2, on CPU (pure torch) and, when built, CUDA.
+"""Rendering splat sets: the forward model of docs/format.md, Rendering, on CPU (pure torch) and, when built, CUDA.
 
 `image(p) = Σ_i c_i · max(0, e^{-q_i(p)} − e^{-Q_MAX})`, `q_i(p) = ½ (p − μ_i)ᵀ Σ_i⁻¹ (p − μ_i)`: a plain
 sum, no sorting, no opacity. The continuous cut-off makes the image continuous in the parameters, so the
@@ -343,7 +343,7 @@ def _render(splats: torch.Tensor, mask: torch.Tensor | None, size: int, backend:
 
 
 def render_torch(splats: torch.Tensor, mask: torch.Tensor | None = None, size: int = 224) -> torch.Tensor:
-    """Pure-torch render (CONTRACTS.md §2), unclamped and differentiable.
+    """Pure-torch render (docs/format.md, Rendering), unclamped and differentiable.
 
     Args:
         splats: [N, 8] or [B, Nmax, 8] rows (x, y, l11, l21, l22, r, g, b) in canvas units.

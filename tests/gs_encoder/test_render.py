@@ -1,4 +1,4 @@
-"""The renderer of CONTRACTS.md §2: exactness against the dense definition, gradients, batching."""
+"""The renderer of docs/format.md, Rendering: exactness against the dense definition, gradients, batching."""
 
 import math
 

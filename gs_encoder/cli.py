@@ -259,7 +259,15 @@ def _add_fit_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument(
         "--resize", choices=RESIZE_MODES, default="pad", help="how the image meets the square canvas"
     )
-    p.add_argument("--init", choices=("structured", "random"), default="structured")
+    p.add_argument(
+        "--init",
+        choices=("structured", "random", "adaptive", "learned"),
+        default=None,
+        help="initialisation (default: FitConfig's); learned: the network of gs_encoder/fitting/learned_init.py",
+    )
+    p.add_argument(
+        "--init-weights", default=None, help="safetensors weights of --init learned (default: shipped)"
+    )
     p.add_argument(
         "--lambda-l1", type=float, default=0.0, help="L1 weight on colours (sparsifies for pruning)"
     )
@@ -286,10 +294,12 @@ def _fit_config(args):
     """FitConfig from the shared fit flags; raises ValueError naming the bad flag."""
     from .fitting.fit import FitConfig
 
+    init = {} if args.init is None else {"init": args.init}
     cfg = FitConfig(
         num_gaussians=args.num_gaussians,
         iters=args.iters,
-        init=args.init,
+        **init,
+        init_weights=args.init_weights,
         lambda_l1=args.lambda_l1,
         tau=args.tau,
         prune_at=args.prune_at,
@@ -577,6 +587,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--fourier-bands", type=int, default=16)
     ex.add_argument("-o", "--output", required=True, help="folder to write (config.json + model.safetensors)")
     ex.set_defaults(func=cmd_encoder_from_clip)
+
+    ti = sub.add_parser(
+        "train-init", help="train the learned splat initialiser (same as python -m gs_encoder.train_init)"
+    )
+    from .train_init import add_args as add_train_init_args
+
+    add_train_init_args(ti)
+    ti.set_defaults(func=cmd_train_init)
 
     info = sub.add_parser("info", help="describe splat files (no files: the environment)")
     info.add_argument("splats", nargs="*", help=".gs.npy or .gsq files")

@@ -172,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--prompt", action="append", help="ask this and exit (repeat for several turns)")
     ap.add_argument("--num-gaussians", type=int, help="N for photos (default: the model's processor)")
     ap.add_argument("--fit-iters", type=int, help="fitting iterations for photos (default: the processor's)")
+    ap.add_argument(
+        "--fit-init",
+        choices=["structured", "random", "adaptive", "learned"],
+        help="init of photo fits (default: FitConfig's)",
+    )
     ap.add_argument("--temperature", type=float, default=0.2, help="0 = greedy")
     ap.add_argument("--top-p", type=float, default=None)
     ap.add_argument("--max-new-tokens", type=int, default=512)
@@ -196,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=getattr(torch, args.dtype) if args.dtype else None,
             num_gaussians=args.num_gaussians,
             fit_iters=args.fit_iters,
+            fit_init=args.fit_init,
         )
     except (OSError, ValueError) as e:
         print(f"error: cannot load the model from {args.model}: {e}", file=sys.stderr)

@@ -42,6 +42,7 @@ class GaussianProcessor(BaseImageProcessor):
         self,
         num_gaussians: int = 3136,
         fit_iters: int = 3000,
+        fit_init: str | None = None,
         canvas: int = 224,
         resize: str = "pad",
         tower_input: str = "gs",
@@ -51,8 +52,8 @@ class GaussianProcessor(BaseImageProcessor):
         super().__init__(**kwargs)
         if tower_input not in ("gs", "rgb"):
             raise ValueError(f"tower_input must be 'gs' or 'rgb', got {tower_input!r}")
-        FitConfig(num_gaussians=num_gaussians, iters=fit_iters)  # validates
-        self.num_gaussians, self.fit_iters = num_gaussians, fit_iters
+        self.num_gaussians, self.fit_iters, self.fit_init = num_gaussians, fit_iters, fit_init
+        self.fit_config()  # validates
         self.canvas, self.resize, self.tower_input, self.image_size = canvas, resize, tower_input, image_size
         if tower_input == "rgb":
             self.model_input_names = ["pixel_values"]
@@ -60,15 +61,23 @@ class GaussianProcessor(BaseImageProcessor):
     def update(self, **settings) -> None:
         """Set the given fitting settings (None leaves one as it is) and check they form a valid fit."""
         for name, value in settings.items():
-            if name not in ("num_gaussians", "fit_iters", "canvas", "resize"):
+            if name not in ("num_gaussians", "fit_iters", "fit_init", "canvas", "resize"):
                 raise ValueError(f"unknown image-processor setting {name!r}")
             if value is not None:
                 setattr(self, name, value)
         self.fit_config()
 
     def fit_config(self, **overrides) -> FitConfig:
+        """The FitConfig of on-the-fly fitting; fit_init None means FitConfig's default init."""
+        init = {} if self.fit_init is None else {"init": self.fit_init}
         return FitConfig(
-            **{"num_gaussians": self.num_gaussians, "iters": self.fit_iters, "target_psnr": None, **overrides}
+            **{
+                "num_gaussians": self.num_gaussians,
+                "iters": self.fit_iters,
+                "target_psnr": None,
+                **init,
+                **overrides,
+            }
         )
 
     def to_canvas(self, image) -> torch.Tensor:

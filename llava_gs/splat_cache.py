@@ -2,10 +2,10 @@
 
 The key is the SHA-256 of the image as placed on the fitting canvas (so the same photo given as a path, a
 PIL image or an array hits the same entry) together with the fitting settings (N, iterations, canvas,
-resize). Misses are fitted together in one batched `fit_images` call with a progress bar and written as
-`<key>.gs.npy` under a temporary name then renamed, so an interrupted run never leaves a half-written
-entry. What is returned is always the stored fp16 form, so a first run and a cached run see identical
-splats.
+resize, and the init when it is not the structured one). Misses are fitted together in one batched
+`fit_images` call with a progress bar and written as `<key>.gs.npy` under a temporary name then renamed,
+so an interrupted run never leaves a half-written entry. What is returned is always the stored fp16 form,
+so a first run and a cached run see identical splats.
 """
 
 from __future__ import annotations
@@ -42,7 +42,11 @@ class SplatCache:
 
     def _settings(self) -> str:
         p = self.proc
-        return f"n{p.num_gaussians}-it{p.fit_iters}-s{p.canvas}-{p.resize}"
+        init = p.fit_config().init
+        # structured-init entries keep the key they had before the init was a setting
+        return f"n{p.num_gaussians}-it{p.fit_iters}-s{p.canvas}-{p.resize}" + (
+            "" if init == "structured" else f"-{init}"
+        )
 
     def key(self, canvas: torch.Tensor) -> str:
         h = hashlib.sha256(canvas.contiguous().numpy().tobytes())

@@ -154,6 +154,11 @@ def build_model(margs: ModelArguments, targs):
         )
     if margs.pretrain_mm_mlp_adapter:
         load_projector(model, margs.pretrain_mm_mlp_adapter)
+        logger.info(
+            "projector loaded from %s: Σ|w| = %.6e",
+            margs.pretrain_mm_mlp_adapter,
+            _abs_sum(model.model.multi_modal_projector),
+        )
     tokenizer.model_max_length = targs.model_max_length
     tokenizer.padding_side = "right"
     return model, tokenizer
@@ -202,6 +207,23 @@ def _last_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
 
 
+def _check_flags(margs: ModelArguments, dargs: DataArguments, targs) -> None:
+    """SystemExit naming the flag for settings LLaVA-1.5's recipe does not have or we do not support."""
+    if margs.version not in VERSIONS:
+        raise SystemExit(f"--version {margs.version!r}: valid are {', '.join(VERSIONS)}")
+    if dargs.image_aspect_ratio not in ASPECT:
+        raise SystemExit(f"--image_aspect_ratio {dargs.image_aspect_ratio!r}: valid are {', '.join(ASPECT)}")
+    if margs.mm_use_im_start_end:
+        raise SystemExit("--mm_use_im_start_end True is not supported (LLaVA-1.5 trains with False)")
+    if targs.bits != 16:
+        raise SystemExit("--bits 4/8 (QLoRA) is not supported; use --bits 16 (full or LoRA finetuning)")
+    if targs.lora_enable and not _is_llava_gs(margs.model_name_or_path):
+        raise SystemExit(
+            "--lora_enable needs --model_name_or_path to be a GS-LLaVA folder (the adapter's base); build one "
+            "with scripts/build_init_checkpoint.py"
+        )
+
+
 def train(argv: list[str] | None = None) -> None:
     from transformers import HfArgumentParser
 
@@ -216,19 +238,7 @@ def train(argv: list[str] | None = None) -> None:
     # TrainingArguments(deepspeed=...) must exist before the model is built (zero.Init), and stay alive
     margs, dargs, targs = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO if _rank0() else logging.WARNING, format="%(name)s: %(message)s")
-    if margs.version not in VERSIONS:
-        raise SystemExit(f"--version {margs.version!r}: valid are {', '.join(VERSIONS)}")
-    if dargs.image_aspect_ratio not in ASPECT:
-        raise SystemExit(f"--image_aspect_ratio {dargs.image_aspect_ratio!r}: valid are {', '.join(ASPECT)}")
-    if margs.mm_use_im_start_end:
-        raise SystemExit("--mm_use_im_start_end True is not supported (LLaVA-1.5 trains with False)")
-    if targs.bits != 16:
-        raise SystemExit("--bits 4/8 (QLoRA) is not supported; use --bits 16 (full or LoRA finetuning)")
-    if targs.lora_enable and not _is_llava_gs(margs.model_name_or_path):
-        raise SystemExit(
-            "--lora_enable needs --model_name_or_path to be a GS-LLaVA folder (the adapter's base); build one "
-            "with scripts/build_init_checkpoint.py"
-        )
+    _check_flags(margs, dargs, targs)
 
     model, tokenizer = build_model(margs, targs)
     processor = _processor(margs, dargs, model.config, tokenizer)

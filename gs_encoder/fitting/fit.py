@@ -23,14 +23,14 @@ from tqdm.auto import tqdm
 
 from ..splat_io import as_stored, validate_splats
 from .backend import BACKENDS, KERNEL_BACKENDS, resolve_backend
-from .init import random_init, structured_init
+from .init import adaptive_init, random_init, structured_init
 from .render import render, render_flat
 
 __all__ = ["FitConfig", "FitResult", "fit_images", "fit_sidecar", "luminance", "prune", "psnr"]
 
 logger = logging.getLogger(__name__)
 
-INITS = ("structured", "random")
+INITS = ("structured", "random", "adaptive", "learned")
 BETAS, EPS = (0.9, 0.999), 1e-8  # Adam
 
 
@@ -40,7 +40,8 @@ class FitConfig:
 
     num_gaussians: int = 3136  # N per image before pruning
     iters: int = 3000  # Adam steps of the main fit
-    init: str = "structured"  # "structured" (grid, CONTRACTS.md §3) or "random" (GaussianImage)
+    init: str = "structured"  # structured (grid), random (GaussianImage), adaptive (init.py), learned
+    init_weights: str | None = None  # weights of the learned init (None: the shipped file)
     lambda_l1: float = 0.0  # weight of mean |colour| in the loss; drives dim Gaussians towards 0 for pruning
     tau: float | None = None  # luminosity pruning threshold; None: no pruning
     prune_at: int | None = None  # main-fit iteration at which to prune (needs tau); None: after the fit
@@ -63,6 +64,11 @@ class FitConfig:
             raise ValueError(f"iters and finetune_iters must be ≥ 0, got {self.iters}, {self.finetune_iters}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
+        if self.init == "learned":
+            from .learned_init import check_request, load_learned_init
+
+            check_request(self.num_gaussians, None)
+            load_learned_init(self.init_weights)  # a missing or unusable file is an error now, not mid-job
         if self.lambda_l1 < 0:
             raise ValueError(f"lambda_l1 must be ≥ 0, got {self.lambda_l1}")
         if self.tau is not None and self.tau < 0:
@@ -297,6 +303,12 @@ def fit_images(
         sets = [s.to(images.device, torch.float32) for s in initial]
     elif cfg.init == "structured":
         sets = list(structured_init(images, cfg.num_gaussians))
+    elif cfg.init == "adaptive":
+        sets = list(adaptive_init(images, cfg.num_gaussians, backend=cfg.backend))
+    elif cfg.init == "learned":
+        from .learned_init import learned_init
+
+        sets = list(learned_init(images, cfg.num_gaussians, cfg.init_weights, backend=cfg.backend))
     else:
         gen = torch.Generator(device=images.device).manual_seed(cfg.seed)
         sets = list(random_init(images, cfg.num_gaussians, gen))

@@ -8,6 +8,10 @@ border it also makes up for the mass that falls off the canvas. So the summed gr
 image's brightness (docs/format.md).
 Random: the GaussianImage initialisation: centres uniform on the canvas, l11, l22 ∈ [0.5, 1.5] px,
 l21 ∈ [0, 1] px, colours uniform in [0, 1].
+Adaptive: the structured grid with each Gaussian shaped by its cell's structure tensor (elongated along
+edges, axis ratio up to MAX_ANISOTROPY², same area as structured) and least-squares colours
+(`solve_colours`).
+The learned init lives in learned_init.py.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .render import render_torch
+from .render import render_flat, render_torch
 
-__all__ = ["grid_shape", "random_init", "structured_init"]
+__all__ = ["adaptive_init", "grid_shape", "random_init", "solve_colours", "structured_init"]
+
+COLOUR_ITERS = 3  # conjugate-gradient steps of the least-squares colour solve (solve_colours)
+MAX_ANISOTROPY = 3.0  # adaptive init: largest ratio of a Gaussian's long to its short axis is this squared
 
 MAX_GAUSSIANS = 1_000_000  # far beyond any useful budget; guards against typos such as 3136000
 
@@ -117,3 +124,95 @@ def random_init(
     splats[..., 4] = (0.5 + rand(*shape)) / size
     splats[..., 5:8] = rand(*shape, 3)
     return splats
+
+
+def _per_image_sum(x: torch.Tensor, image_ids: torch.Tensor, num_images: int) -> torch.Tensor:
+    """Σ over the rows of each image, per channel: x [Nt, 3] → [B, 3]."""
+    return x.new_zeros(num_images, x.shape[1]).index_add_(0, image_ids, x)
+
+
+@torch.no_grad()
+def solve_colours(
+    splats: torch.Tensor, images: torch.Tensor, iters: int = COLOUR_ITERS, backend: str = "auto"
+) -> torch.Tensor:
+    """Least-squares colours for fixed geometry: `iters` conjugate-gradient steps per image and channel.
+
+    splats [B, N, 8] (canvas units), images [B, 3, S, S]; returns a copy with new colour columns.
+    The image is linear in the colours, image = W c, so the best colours solve WᵀW c = Wᵀ y; W c and
+    Wᵀ v are one render and one colour gradient of the project's renderer. Starts from the given colours.
+    """
+    b, n, _ = splats.shape
+    size = images.shape[-1]
+    flat = splats.reshape(b * n, 8)
+    image_ids = torch.arange(b, device=splats.device).repeat_interleave(n)
+    xy, chol = flat[:, 0:2] * size, flat[:, 2:5] * size
+    target = images.permute(0, 2, 3, 1)
+    plan = None
+
+    def gram_times(c: torch.Tensor, minus: torch.Tensor | None) -> torch.Tensor:
+        """Wᵀ(W c − minus) for colours c [Nt, 3]."""
+        nonlocal plan
+        with torch.enable_grad():
+            c = c.detach().requires_grad_(True)
+            img, plan = render_flat(xy, chol, c, image_ids, b, size, plan, backend=backend)
+            resid = img if minus is None else img - minus
+            (grad,) = torch.autograd.grad(img, c, grad_outputs=resid)
+        return grad
+
+    x = flat[:, 5:8].clone()
+    r = -gram_times(x, target)  # Wᵀy − WᵀW x
+    p = r.clone()
+    rs = _per_image_sum(r * r, image_ids, b)
+    for _ in range(iters):
+        ap = gram_times(p, None)
+        denom = _per_image_sum(p * ap, image_ids, b)
+        alpha = torch.where(denom > 0, rs / denom.clamp_min(1e-30), torch.zeros_like(rs))
+        x = x + alpha[image_ids] * p
+        r = r - alpha[image_ids] * ap
+        rs_new = _per_image_sum(r * r, image_ids, b)
+        beta = torch.where(rs > 0, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs))
+        p = r + beta[image_ids] * p
+        rs = rs_new
+    out = splats.clone()
+    out[..., 5:8] = x.view(b, n, 3)
+    return out
+
+
+@torch.no_grad()
+def adaptive_init(
+    images: torch.Tensor, num_gaussians: int, colour_iters: int = COLOUR_ITERS, backend: str = "auto"
+) -> torch.Tensor:
+    """Structured grid, Gaussians shaped by their cell's structure tensor, least-squares colours [B, N, 8].
+
+    With J the cell mean of ∇I ∇Iᵀ (luminance) and λ1 ≥ λ2 its eigenvalues, a Gaussian keeps the
+    structured area (σ = s/2) but becomes σ/a across and σ·a along the dominant edge direction, with
+    a = ((λ1 + ε)/(λ2 + ε))^{1/4} clipped to [1, MAX_ANISOTROPY]: round in flat or textured cells,
+    elongated along edges.
+    """
+    b, _, size, _ = images.shape
+    _check_count(num_gaussians, size)
+    rows, cols = grid_shape(num_gaussians)
+    splats = structured_init(images, num_gaussians)
+    lum = (images * images.new_tensor([0.2126, 0.7152, 0.0722])[None, :, None, None]).sum(1, keepdim=True)
+    pad = F.pad(lum, (1, 1, 1, 1), mode="replicate")
+    gx = 0.5 * (pad[..., 1:-1, 2:] - pad[..., 1:-1, :-2])
+    gy = 0.5 * (pad[..., 2:, 1:-1] - pad[..., :-2, 1:-1])
+    tensor = F.adaptive_avg_pool2d(torch.cat([gx * gx, gx * gy, gy * gy], 1), (rows, cols))
+    jxx, jxy, jyy = tensor.flatten(2).transpose(1, 2)[:, :num_gaussians].unbind(-1)
+    half_trace, disc = 0.5 * (jxx + jyy), (0.25 * (jxx - jyy) ** 2 + jxy * jxy).sqrt()
+    lam1, lam2 = half_trace + disc, (half_trace - disc).clamp_min(0.0)
+    theta = 0.5 * torch.atan2(2 * jxy, jxx - jyy)  # direction of λ1: across the edge
+    eps = 1e-4
+    aniso = ((lam1 + eps) / (lam2 + eps)).pow(0.25).clamp(1.0, MAX_ANISOTROPY)
+    sigma = 0.5 / cols
+    across, along = (sigma / aniso) ** 2, (sigma * aniso) ** 2
+    c, s = torch.cos(theta), torch.sin(theta)
+    sxx = across * c * c + along * s * s
+    sxy = (across - along) * c * s
+    syy = across * s * s + along * c * c
+    l11 = sxx.sqrt()
+    l21 = sxy / l11
+    splats[..., 2] = l11
+    splats[..., 3] = l21
+    splats[..., 4] = (syy - l21 * l21).clamp_min(1e-12).sqrt()
+    return solve_colours(splats, images, colour_iters, backend) if colour_iters else splats

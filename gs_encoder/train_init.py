@@ -1,0 +1,516 @@
+"""Train the learned splat initialiser (gs_encoder/fitting/learned_init.py) through the project's renderer.
+
+    python -m gs_encoder.train_init --out-dir runs/learned_init --steps 4000 --export \\
+        gs_encoder/fitting/weights/learned_init.safetensors
+    gsv train-init --images my_photos/ --out-dir runs/mine --device cuda --batch-size 64 --canvas 224
+
+Each step draws one canvas size S and one Gaussian budget N (grid cells of 3–12 px), a batch of images,
+predicts their splats and minimises the mean squared error of the render against the image (the render
+loss; gradients flow through the renderer into the network). Images:
+
+- photographs: random crops (¼ to all of the short side), flips, quarter turns and colour jitter
+  (brightness, contrast, saturation, channel order) of scikit-image's bundled pictures EXCEPT the four
+  benchmark photos astronaut, chelsea (also shipped as `cat`), coffee and rocket, or of the images in
+  `--images` folders instead;
+- procedural images (share `--procedural`): gradients, polygons with hard edges, textures (sums of
+  oriented waves with noise) and text.
+
+Scenes of eval/mini/world.py are not used: gs_encoder may not import eval/ (docs/format.md's package
+layout); render them to a folder and pass it with `--images` to train on them.
+
+Checkpoints (`--save-every`) go to the output folder as checkpoint.safetensors + optimizer.safetensors +
+state.json, each written under a temporary name and renamed; a rerun with the same folder resumes from
+the last one (the data of step k depend only on the seed and k, so a resumed run sees the same images).
+The final weights are `<out-dir>/learned_init.safetensors` with `train_log.json`; `--export PATH` also
+copies them (and the log, as PATH with `_log.json`) to PATH, e.g. the shipped weights file. With
+`--if-missing` nothing runs when PATH exists (the shipped weights are used like a downloaded checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["BENCHMARK_PHOTOS", "TRAIN_PHOTOS", "TrainInitConfig", "add_args", "main", "train_init"]
+
+BENCHMARK_PHOTOS = ("astronaut", "chelsea", "cat", "coffee", "rocket")  # never trained on (cat is chelsea)
+TRAIN_PHOTOS = (
+    "brick",
+    "camera",
+    "cell",
+    "checkerboard",
+    "clock",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "microaneurysms",
+    "moon",
+    "page",
+    "retina",
+    "shepp_logan_phantom",
+    "text",
+)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class TrainInitConfig:
+    """Settings of one training run of the learned initialiser."""
+
+    out_dir: str = "runs/learned_init"  # checkpoints, final weights and log
+    steps: int = 4000  # optimiser steps
+    batch_size: int = 12  # images per step
+    canvas: list[int] = field(default_factory=lambda: [64, 96, 128])  # canvas sides S drawn per step
+    cell_px: tuple[float, float] = (3.0, 12.0)  # range of grid-cell sides in px (sets N for each S)
+    lr: float = 1e-3  # AdamW step size (warm-up, then cosine to 5%)
+    weight_decay: float = 1e-4
+    procedural: float = 0.4  # share of procedural images in a batch
+    images: list[str] = field(default_factory=list)  # folders of images replacing scikit-image's photos
+    width: int = 32  # network width at half-cell resolution
+    cell_width: int = 64  # network width at cell resolution
+    blocks: int = 3  # residual convs at cell resolution
+    reach: float = 1.0  # largest move of a centre from its grid cell, in cells
+    passes: int = 2  # network passes (later ones correct the splats from the render's residual)
+    save_every: int = 250  # steps between checkpoints
+    log_every: int = 250  # steps between log entries
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0  # torch CPU threads (0: leave torch's default)
+    export: str | None = None  # also copy the final weights here
+    if_missing: bool = False  # do nothing when `export` exists
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"--steps and --batch-size must be ≥ 1, got {self.steps}, {self.batch_size}")
+        if not self.canvas or min(self.canvas) < 16:
+            raise ValueError(f"--canvas sides must be ≥ 16, got {self.canvas}")
+        lo, hi = self.cell_px
+        if not 1.0 <= lo <= hi:
+            raise ValueError(f"--cell-px must be two sizes 1 ≤ lo ≤ hi, got {self.cell_px}")
+        if not 0.0 <= self.procedural <= 1.0:
+            raise ValueError(f"--procedural must be in [0, 1], got {self.procedural}")
+        if self.save_every < 1 or self.log_every < 1:
+            raise ValueError("--save-every and --log-every must be ≥ 1")
+        if self.if_missing and not self.export:
+            raise ValueError("--if-missing needs --export (the weights file whose presence is checked)")
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+def _to_rgb_tensor(a: np.ndarray) -> torch.Tensor:
+    """HxW, HxWx3 or HxWx4 array (uint8, bool or float) → [3, H, W] float in [0, 1]."""
+    a = np.asarray(a)
+    if a.dtype == bool:
+        a = a.astype(np.float32)
+    elif a.dtype == np.uint8:
+        a = a.astype(np.float32) / 255.0
+    else:
+        a = a.astype(np.float32)
+        a = (a - a.min()) / max(float(a.max() - a.min()), 1e-6)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.shape[2] == 4:  # composite on white
+        alpha = a[:, :, 3:4]
+        a = a[:, :, :3] * alpha + (1.0 - alpha)
+    return torch.from_numpy(np.ascontiguousarray(a[:, :, :3])).permute(2, 0, 1).clamp(0, 1)
+
+
+def _limit(img: torch.Tensor, max_side: int = 768) -> torch.Tensor:
+    h, w = img.shape[-2:]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return img
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.interpolate(img[None], size=size, mode="area")[0]
+
+
+def load_photos(folders: list[str]) -> list[torch.Tensor]:
+    """Training photographs as [3, H, W] tensors: the images in `folders`, else scikit-image's set."""
+    if folders:
+        from PIL import Image
+
+        out = []
+        for folder in folders:
+            root = Path(folder)
+            if not root.is_dir():
+                raise FileNotFoundError(f"{root}: --images folder not found")
+            files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            for p in files:
+                with Image.open(p) as im:
+                    out.append(_limit(_to_rgb_tensor(np.asarray(im.convert("RGB")))))
+        if not out:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(folders)}")
+        return out
+    import skimage.data
+
+    return [_limit(_to_rgb_tensor(getattr(skimage.data, name)())) for name in TRAIN_PHOTOS]
+
+
+def _crop(photo: torch.Tensor, size: int, rng: random.Random) -> torch.Tensor:
+    """A random square crop (¼ to all of the short side), resized to size², flipped and turned at random."""
+    h, w = photo.shape[-2:]
+    side = max(8, int(min(h, w) * rng.uniform(0.25, 1.0)))
+    y, x = rng.randint(0, h - side), rng.randint(0, w - side)
+    img = photo[:, y : y + side, x : x + side][None]
+    img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    if rng.random() < 0.5:
+        img = img.flip(-1)
+    if rng.random() < 0.5:
+        img = img.flip(-2)
+    return img.rot90(rng.randint(0, 3), dims=(-2, -1))
+
+
+def _jitter(img: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Brightness, contrast, saturation and channel-order jitter; a tint for grey images."""
+    grey = img.mean(0, keepdim=True)
+    if float((img - grey).abs().max()) < 1e-3:  # grey: tint it
+        tint = torch.tensor([rng.uniform(0.5, 1.0) for _ in range(3)])
+        img = img * tint[:, None, None] + (1 - tint[:, None, None]) * rng.uniform(0.0, 0.4)
+        grey = img.mean(0, keepdim=True)
+    img = grey + (img - grey) * rng.uniform(0.5, 1.5)
+    mean = img.mean()
+    img = mean + (img - mean) * rng.uniform(0.6, 1.4)
+    img = img * rng.uniform(0.7, 1.3)
+    img = img[torch.randperm(3, generator=torch.Generator().manual_seed(rng.randint(0, 2**31)))]
+    return img.clamp(0.0, 1.0)
+
+
+def _coords(size: int):
+    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    return xx, yy
+
+
+def _colour(rng: random.Random) -> torch.Tensor:
+    return torch.tensor([rng.random() for _ in range(3)])[:, None, None]
+
+
+def _gradient(size: int, rng: random.Random) -> torch.Tensor:
+    xx, yy = _coords(size)
+    if rng.random() < 0.5:
+        ang = rng.uniform(0, 2 * math.pi)
+        t = (xx - 0.5) * math.cos(ang) + (yy - 0.5) * math.sin(ang) + 0.5
+    else:
+        cx, cy = rng.random(), rng.random()
+        t = ((xx - cx) ** 2 + (yy - cy) ** 2).sqrt() * rng.uniform(0.8, 2.0)
+    t = t.clamp(0, 1)[None]
+    return _colour(rng) * (1 - t) + _colour(rng) * t
+
+
+def _polygons(size: int, rng: random.Random) -> torch.Tensor:
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (size, size), tuple(rng.randint(0, 255) for _ in range(3)))
+    draw = ImageDraw.Draw(im)
+    for _ in range(rng.randint(1, 8)):
+        fill = tuple(rng.randint(0, 255) for _ in range(3))
+        kind = rng.random()
+        if kind < 0.4:
+            pts = [
+                (rng.uniform(-0.2, 1.2) * size, rng.uniform(-0.2, 1.2) * size)
+                for _ in range(rng.randint(3, 6))
+            ]
+            draw.polygon(pts, fill=fill)
+        elif kind < 0.7:
+            x0, y0 = rng.uniform(0, size), rng.uniform(0, size)
+            r = rng.uniform(0.03, 0.4) * size
+            draw.ellipse([x0 - r, y0 - r * rng.uniform(0.3, 1), x0 + r, y0 + r], fill=fill)
+        else:
+            pts = [(rng.uniform(0, size), rng.uniform(0, size)) for _ in range(2)]
+            draw.line(pts, fill=fill, width=rng.randint(1, max(1, size // 16)))
+    return _to_rgb_tensor(np.asarray(im))
+
+
+def _texture(size: int, rng: random.Random) -> torch.Tensor:
+    xx, yy = _coords(size)
+    field_ = torch.zeros(size, size)
+    for _ in range(rng.randint(1, 4)):
+        ang = rng.uniform(0, math.pi)
+        freq = rng.uniform(2, size / 4)
+        field_ += torch.sin(
+            2 * math.pi * freq * (xx * math.cos(ang) + yy * math.sin(ang)) + rng.uniform(0, 6.3)
+        )
+    gen = torch.Generator().manual_seed(rng.randint(0, 2**31))
+    noise = torch.rand(1, 1, size, size, generator=gen)
+    k = rng.choice([1, 3, 5])
+    noise = F.avg_pool2d(noise, k, stride=1, padding=k // 2)[0, 0] if k > 1 else noise[0, 0]
+    t = (field_ / 4 + 0.5 + rng.uniform(0, 0.8) * (noise - 0.5)).clamp(0, 1)[None]
+    return _colour(rng) * (1 - t) + _colour(rng) * t
+
+
+def _text(size: int, rng: random.Random) -> torch.Tensor:
+    from PIL import Image, ImageDraw, ImageFont
+
+    bg = tuple(rng.randint(0, 255) for _ in range(3))
+    im = Image.new("RGB", (size, size), bg)
+    draw = ImageDraw.Draw(im)
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 "
+    for _ in range(rng.randint(1, 6)):
+        font = ImageFont.load_default(size=rng.uniform(size / 14, size / 3))
+        word = "".join(rng.choice(letters) for _ in range(rng.randint(2, 10)))
+        fill = tuple(rng.randint(0, 255) for _ in range(3))
+        draw.text((rng.uniform(-0.2, 0.9) * size, rng.uniform(-0.1, 0.9) * size), word, fill=fill, font=font)
+    return _to_rgb_tensor(np.asarray(im))
+
+
+PROCEDURAL = (_gradient, _polygons, _texture, _text)
+
+
+def sample_batch(step: int, cfg: TrainInitConfig, photos: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(images [B, 3, S, S], N) of one step; a pure function of (seed, step) and the photo list."""
+    rng = random.Random(cfg.seed * 1_000_003 + step)
+    size = rng.choice(cfg.canvas)
+    lo, hi = cfg.cell_px
+    cols = rng.randint(max(4, round(size / hi)), max(4, round(size / lo)))
+    n = cols * cols if rng.random() < 0.75 else rng.randint(cols * (cols - 1) + 1, cols * cols)
+    n = min(max(n, 16), 4900, size * size)
+    images = []
+    for _ in range(cfg.batch_size):
+        if rng.random() < cfg.procedural:
+            images.append(rng.choice(PROCEDURAL)(size, rng))
+        else:
+            images.append(_jitter(_crop(rng.choice(photos), size, rng), rng))
+    return torch.stack(images).clamp(0, 1), n
+
+
+# --- training ----------------------------------------------------------------------------------------
+
+
+def _render_loss(net, images: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(render loss, per-image PSNR of the last pass): the mean squared error of the last pass's render,
+    plus half that of each earlier pass when the network refines."""
+    from .fitting.learned_init import _render_batch
+
+    sets = net.splats_per_pass(images, n)
+    size = images.shape[-1]
+    loss = images.new_zeros(())
+    for k, splats in enumerate(sets):
+        out = _render_batch(splats, size)
+        mse = (out - images).pow(2).mean(dim=(1, 2, 3))
+        loss = loss + mse.mean() * (1.0 if k == len(sets) - 1 else 0.5)
+    with torch.no_grad():
+        psnr = 10 * torch.log10(1.0 / (out.clamp(0, 1) - images).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-12))
+    return loss, psnr
+
+
+def _lr_at(step: int, cfg: TrainInitConfig) -> float:
+    warm = min(100, cfg.steps // 10 + 1)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    frac = (step - warm) / max(cfg.steps - warm, 1)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def _atomic_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _save_optimizer(path: Path, opt: torch.optim.Optimizer) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            tensors[f"{i}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
+
+
+def _load_optimizer(path: Path, opt: torch.optim.Optimizer) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    sd = opt.state_dict()
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def _validation_set(cfg: TrainInitConfig, photos: list[torch.Tensor]) -> list[tuple[torch.Tensor, int]]:
+    """Four fixed batches from a seed range no training step uses."""
+    val = TrainInitConfig(**{**asdict(cfg), "seed": cfg.seed + 7919, "batch_size": 8})
+    return [sample_batch(10_000_000 + k, val, photos) for k in range(4)]
+
+
+@torch.no_grad()
+def _validate(net, batches, device) -> dict:
+    from .fitting.fit import psnr
+    from .fitting.init import structured_init
+    from .fitting.render import render
+
+    learned, structured = [], []
+    for images, n in batches:
+        images = images.to(device)
+        _, p = _render_loss(net, images, n)
+        learned += p.tolist()
+        s = structured_init(images, n)
+        structured += [
+            float(psnr(render(x, size=images.shape[-1]), img)) for x, img in zip(s, images, strict=True)
+        ]
+    return {"val_psnr_learned": float(np.mean(learned)), "val_psnr_structured": float(np.mean(structured))}
+
+
+def train_init(cfg: TrainInitConfig, progress: bool = True) -> Path:
+    """Run (or resume) the training described by cfg; returns the final weights file."""
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
+
+    from .fitting.learned_init import SplatInitNet, save_learned_init
+
+    if cfg.if_missing and Path(cfg.export).is_file():
+        print(f"{cfg.export} exists; nothing to do (--if-missing)")
+        return Path(cfg.export)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    net = SplatInitNet(cfg.width, cfg.cell_width, cfg.blocks, cfg.reach, cfg.passes).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state_file, ckpt, opt_file = (
+        out / "state.json",
+        out / "checkpoint.safetensors",
+        out / "optimizer.safetensors",
+    )
+    start, log = 0, []
+    if state_file.is_file():
+        state = json.loads(state_file.read_text())
+        net.load_state_dict(load_file(str(ckpt)))
+        _load_optimizer(opt_file, opt)
+        start, log = int(state["step"]), state["log"]
+        print(f"resuming {out} at step {start}")
+    photos = load_photos(cfg.images)
+    val = _validation_set(cfg, photos)
+    t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
+    bar = tqdm(
+        range(start, cfg.steps), initial=start, total=cfg.steps, desc="train-init", disable=not progress
+    )
+    net.train()
+    recent: list[float] = []
+    for step in bar:
+        images, n = sample_batch(step, cfg, photos)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg)
+        loss, p = _render_loss(net, images.to(device), n)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        recent.append(float(p.mean()))
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            net.eval()
+            entry = {
+                "step": done,
+                "train_psnr": float(np.mean(recent)),
+                **_validate(net, val, device),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            net.train()
+            log.append(entry)
+            recent = []
+            bar.set_postfix(
+                val=f"{entry['val_psnr_learned']:.2f}", structured=f"{entry['val_psnr_structured']:.2f}"
+            )
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            save_learned_init(ckpt, net)
+            _save_optimizer(opt_file, opt)
+            _atomic_json(state_file, {"step": done, "log": log, "config": asdict(cfg)})
+    bar.close()
+    net.eval()
+    final = save_learned_init(out / "learned_init.safetensors", net, {"steps": str(cfg.steps)})
+    train_log = {
+        "config": asdict(cfg),
+        "photos": list(TRAIN_PHOTOS) if not cfg.images else cfg.images,
+        "log": log,
+    }
+    _atomic_json(out / "train_log.json", train_log)
+    if cfg.export:
+        dest = Path(cfg.export)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.copyfile(final, tmp)
+        tmp.chmod(0o644)
+        tmp.replace(dest)
+        _atomic_json(dest.with_name(dest.name.split(".")[0] + "_log.json"), train_log)
+        print(f"exported {dest}")
+    print(f"wrote {final} and {out / 'train_log.json'}")
+    return final
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    d = TrainInitConfig()
+    p.add_argument(
+        "--out-dir", default=d.out_dir, help="checkpoints, final weights and log (resumed if present)"
+    )
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--canvas", type=int, nargs="+", default=d.canvas, help="canvas sides drawn per step")
+    p.add_argument("--cell-px", type=float, nargs=2, default=d.cell_px, help="range of grid-cell sides (px)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--procedural", type=float, default=d.procedural, help="share of procedural images")
+    p.add_argument("--images", nargs="+", default=[], help="folders of your own images (replace the photos)")
+    p.add_argument("--width", type=int, default=d.width)
+    p.add_argument("--cell-width", type=int, default=d.cell_width)
+    p.add_argument("--blocks", type=int, default=d.blocks, help="residual convs at cell resolution")
+    p.add_argument("--reach", type=float, default=d.reach, help="largest centre move, in cells")
+    p.add_argument("--passes", type=int, default=d.passes, help="network passes (>1: residual refinement)")
+    p.add_argument("--save-every", type=int, default=d.save_every)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: default)")
+    p.add_argument("--export", default=None, help="also copy the final weights to this file")
+    p.add_argument("--if-missing", action="store_true", help="do nothing when --export exists")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_args(args) -> TrainInitConfig:
+    names = TrainInitConfig.__dataclass_fields__
+    return TrainInitConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def run(args) -> int:
+    """Body of `python -m gs_encoder.train_init` and `gsv train-init`."""
+    try:
+        cfg = config_from_args(args)
+        train_init(cfg, progress=not args.quiet and sys.stderr.isatty())
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""The learned splat initialiser: output contract, determinism, weights files, training and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gs_encoder import FitConfig, fit_images, structured_init
+from gs_encoder.fitting.learned_init import (
+    ARCH,
+    DEFAULT_WEIGHTS,
+    MIN_SCALE_PX,
+    LearnedInitError,
+    SplatInitNet,
+    learned_init,
+    load_learned_init,
+    save_learned_init,
+)
+from gs_encoder.image_io import to_canvas
+
+
+def _photo(name: str, size: int) -> torch.Tensor:
+    import skimage.data
+
+    return to_canvas(getattr(skimage.data, name)() / 255.0, size, "crop")
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.stack([_photo("chelsea", 48), _photo("coffee", 48), _photo("astronaut", 48)])
+
+
+def test_shipped_weights_are_safetensors_of_this_architecture():
+    from safetensors import safe_open
+
+    with safe_open(str(DEFAULT_WEIGHTS), framework="pt") as f:
+        assert f.metadata()["arch"] == ARCH
+    assert DEFAULT_WEIGHTS.stat().st_size <= 10 * 2**20
+
+
+def test_weights_load_without_torch_load(monkeypatch, tmp_path):
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load must not be used for the learned-init weights")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(DEFAULT_WEIGHTS.read_bytes())
+    net = load_learned_init(path)
+    ref = load_learned_init()
+    for (k, a), (_, b) in zip(net.state_dict().items(), ref.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("n, size", [(1, 8), (5, 4), (16, 16), (37, 32), (100, 48), (400, 64), (1000, 40)])
+def test_output_contract(n, size, images):
+    imgs = torch.nn.functional.interpolate(images, size=(size, size), mode="area")
+    s = learned_init(imgs, n)
+    assert s.shape == (3, n, 8) and s.dtype == torch.float32
+    assert torch.isfinite(s).all()
+    assert (s[..., 0:2] >= 0).all() and (s[..., 0:2] <= 1).all()
+    assert (s[..., 2] >= MIN_SCALE_PX / size - 1e-7).all() and (s[..., 4] >= MIN_SCALE_PX / size - 1e-7).all()
+
+
+def test_batch_equals_one_by_one_and_deterministic(images):
+    batch = learned_init(images, 144)
+    again = learned_init(images, 144)
+    assert torch.equal(batch, again)
+    for k in range(images.shape[0]):
+        torch.testing.assert_close(learned_init(images[k : k + 1], 144)[0], batch[k], atol=1e-5, rtol=1e-5)
+
+
+def test_untrained_network_is_the_structured_init(images):
+    net = SplatInitNet(width=8, cell_width=8, blocks=1, passes=2).eval()
+    with torch.no_grad():
+        s = net.splats(images, 100)
+    torch.testing.assert_close(s, structured_init(images, 100), atol=1e-6, rtol=1e-6)
+
+
+def test_learned_init_beats_structured_after_50_iterations():
+    """chelsea is a benchmark photo: never in the training data."""
+    img = _photo("chelsea", 64)[None]
+    cfg = dict(num_gaussians=256, iters=50)
+    structured = fit_images(img, FitConfig(**cfg, init="structured"))[0].psnr
+    learned = fit_images(img, FitConfig(**cfg, init="learned"))[0].psnr
+    assert learned > structured + 0.3, (learned, structured)
+
+
+def test_learned_init_starts_better_than_structured(images):
+    from gs_encoder import psnr, render
+
+    n = 144
+    with torch.no_grad():
+        s = structured_init(images, n)
+        le = learned_init(images, n)
+        ps = [float(psnr(render(x, size=48), im)) for x, im in zip(s, images, strict=True)]
+        pl = [float(psnr(render(x, size=48), im)) for x, im in zip(le, images, strict=True)]
+    assert sum(pl) / 3 > sum(ps) / 3 + 1.0, (pl, ps)
+
+
+@pytest.mark.parametrize("n", [0, -3, 1_000_001])
+def test_unsupported_count(n, images):
+    with pytest.raises(LearnedInitError, match="num_gaussians"):
+        learned_init(images, n)
+    with pytest.raises(ValueError):
+        FitConfig(num_gaussians=n, init="learned")
+
+
+def test_unsupported_canvas(images):
+    with pytest.raises(LearnedInitError, match="exceeds the 8×8 canvas"):
+        learned_init(images[:, :, :8, :8], 65)
+    with pytest.raises(LearnedInitError, match="shape"):
+        learned_init(images[:, :, :20, :24], 16)
+
+
+def _one_line(e: pytest.ExceptionInfo, path) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and "python -m gs_encoder.train_init" in msg
+    return msg
+
+
+def test_missing_weights(tmp_path, images):
+    path = tmp_path / "none.safetensors"
+    with pytest.raises(LearnedInitError) as e:
+        learned_init(images, 64, weights=path)
+    assert "not found" in _one_line(e, path)
+    with pytest.raises(LearnedInitError):
+        FitConfig(num_gaussians=64, init="learned", init_weights=str(path))
+
+
+def test_corrupt_weights(tmp_path, images):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(DEFAULT_WEIGHTS.read_bytes()[:200])
+    with pytest.raises(LearnedInitError) as e:
+        learned_init(images, 64, weights=path)
+    assert "safetensors" in _one_line(e, path)
+
+
+def test_weights_of_another_architecture(tmp_path, images):
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(3)}, str(other), metadata={"arch": "resnet18"})
+    with pytest.raises(LearnedInitError) as e:
+        learned_init(images, 64, weights=other)
+    assert "resnet18" in _one_line(e, other)
+    broken = tmp_path / "broken.safetensors"
+    save_learned_init(broken, SplatInitNet(width=8, cell_width=8, blocks=1))
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(broken))
+    tensors.pop("head.bias")
+    meta = {"arch": ARCH, "width": "8", "cell_width": "8", "blocks": "1", "reach": "0.5", "passes": "1"}
+    save_file(tensors, str(broken), metadata=meta)
+    with pytest.raises(LearnedInitError) as e:
+        learned_init(images, 64, weights=broken)
+    assert "do not fit" in _one_line(e, broken)
+
+
+def test_cli_reports_bad_weights(tmp_path, capsys):
+    from gs_encoder.cli import main
+
+    missing = tmp_path / "missing.safetensors"
+    img = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(img)
+    rc = main(
+        ["fit", str(img), "-o", str(tmp_path / "out"), "--init", "learned", "--init-weights", str(missing)]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and str(missing) in err[0] and err[0].startswith("error: ")
+
+
+def test_cli_fit_learned(tmp_path):
+    from gs_encoder.cli import main
+
+    img = tmp_path / "cat.png"
+    from PIL import Image
+
+    Image.fromarray((_photo("chelsea", 48).permute(1, 2, 0).numpy() * 255).astype("uint8")).save(img)
+    out = tmp_path / "out"
+    args = ["fit", str(img), "-o", str(out), "--size", "48", "--num-gaussians", "100", "--iters", "5"]
+    assert main([*args, "--init", "learned", "-q"]) == 0
+    meta = json.loads((out / "cat.json").read_text())
+    assert meta["init"] == "learned" and meta["num_gaussians"] == 100
+
+
+def test_train_three_steps_then_resume(tmp_path):
+    from gs_encoder.train_init import TrainInitConfig, train_init
+
+    out = tmp_path / "run"
+    small = dict(batch_size=2, canvas=[32], width=8, cell_width=8, blocks=1, passes=2, log_every=1)
+    cfg = TrainInitConfig(
+        out_dir=str(out), steps=3, save_every=2, export=str(tmp_path / "w.safetensors"), **small
+    )
+    final = train_init(cfg, progress=False)
+    state = json.loads((out / "state.json").read_text())
+    assert state["step"] == 3 and [e["step"] for e in state["log"]] == [1, 2, 3]
+    assert not list(out.glob("*.tmp"))
+    net = load_learned_init(final)
+    assert net.passes == 2 and load_learned_init(tmp_path / "w.safetensors").width == 8
+    assert (tmp_path / "w_log.json").is_file()
+    learned_init(torch.rand(1, 3, 32, 32), 64, weights=final)
+    before = (out / "checkpoint.safetensors").read_bytes()
+    cfg5 = TrainInitConfig(out_dir=str(out), steps=5, save_every=2, **small)
+    train_init(cfg5, progress=False)
+    state = json.loads((out / "state.json").read_text())
+    assert state["step"] == 5 and [e["step"] for e in state["log"]] == [1, 2, 3, 4, 5]
+    assert (out / "checkpoint.safetensors").read_bytes() != before
+
+
+def test_train_if_missing_does_nothing(tmp_path):
+    from gs_encoder.train_init import TrainInitConfig, train_init
+
+    cfg = TrainInitConfig(out_dir=str(tmp_path / "run"), export=str(DEFAULT_WEIGHTS), if_missing=True)
+    assert train_init(cfg, progress=False) == DEFAULT_WEIGHTS
+    assert not (tmp_path / "run").exists()
+
+
+def test_adaptive_init_follows_edges():
+    from gs_encoder import adaptive_init
+
+    img = torch.zeros(1, 3, 32, 32)
+    img[..., 16:] = 1.0  # a vertical edge: Gaussians next to it stretch along y
+    s = adaptive_init(img, 64)
+    ref = structured_init(img, 64)
+    assert (
+        s.shape == ref.shape and torch.isfinite(s).all() and (s[..., 2] > 0).all() and (s[..., 4] > 0).all()
+    )
+    area = s[..., 2] * s[..., 4]  # √det Σ = l11·l22: the structured area is kept
+    torch.testing.assert_close(area, ref[..., 2] * ref[..., 4], rtol=1e-4, atol=1e-9)
+    sxx = s[..., 2] ** 2
+    syy = s[..., 3] ** 2 + s[..., 4] ** 2
+    at_edge = (s[0, :, 0] - 0.5).abs() < 0.1
+    assert at_edge.any() and (syy[0, at_edge] > 4 * sxx[0, at_edge]).all()
+    flat = (s[0, :, 0] - 0.5).abs() > 0.2
+    torch.testing.assert_close(sxx[0, flat], syy[0, flat], rtol=1e-3, atol=1e-9)
+
+
+def test_fit_config_adaptive_runs():
+    img = _photo("coffee", 32)[None]
+    (res,) = fit_images(img, FitConfig(num_gaussians=64, iters=5, init="adaptive"))
+    assert res.splats.shape == (64, 8) and res.psnr > 15
+
+
+def test_processor_fits_with_the_learned_init():
+    pytest.importorskip("transformers")
+    from llava_gs.processing_llava_gs import GaussianProcessor
+    from llava_gs.splat_cache import SplatCache
+
+    proc = GaussianProcessor(num_gaussians=64, fit_iters=3, canvas=32, fit_init="learned")
+    assert proc.fit_config().init == "learned"
+    out = proc(images=[_photo("coffee", 40)])
+    assert out["gaussians"].shape == (1, 64, 8)
+    structured = GaussianProcessor(num_gaussians=64, fit_iters=3, canvas=32, fit_init="structured")
+    assert SplatCache(proc)._settings() != SplatCache(structured)._settings()
+    with pytest.raises(ValueError, match="unknown init 'learnt'"):
+        GaussianProcessor(fit_init="learnt")

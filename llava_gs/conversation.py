@@ -10,6 +10,7 @@ a sample whose `<image>` count differs from its number of images raises, naming 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "image_token_id",
     "tokenize_conversation",
 ]
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN = "<image>"
@@ -119,14 +122,14 @@ def tokenize_conversation(
         template: a Template or its name.
         num_images: images this sample carries; must equal its `<image>` count.
         num_image_tokens: K tokens each `<image>` becomes.
-        max_length: longest allowed sequence; a longer sample raises (truncating would cut image tokens
-            or every target).
+        max_length: longest allowed sequence; a longer sample is truncated with a warning naming it,
+            and raises when truncating would cut an image's tokens or every target.
         add_generation_prompt: the dialogue ends with a human turn; the ids end with the assistant's
             prefix, ready for `generate` (the chat CLI and lmms-eval use this, so inference prompts are
             built by the same code as training ones).
     Raises:
         ValueError naming the sample on a malformed dialogue, an `<image>` count mismatch or an
-        over-long sample.
+        over-long sample that cannot be truncated.
     """
     template = get_template(template) if isinstance(template, str) else template
     image_id = image_token_id(tokenizer)
@@ -149,5 +152,28 @@ def tokenize_conversation(
                 ids += tok
                 labels += tok if is_target else [IGNORE_INDEX] * len(tok)
     if max_length is not None and len(ids) > max_length:
-        raise ValueError(f"sample {sample_id}: {len(ids)} tokens exceed max_length {max_length}")
+        ids, labels = _truncate(ids, labels, max_length, image_id, sample_id)
     return ids, labels
+
+
+def _truncate(ids: list[int], labels: list[int], max_length: int, image_id: int, sample_id: str):
+    """The first max_length tokens, with a warning naming the sample (LLaVA truncates silently); an
+    error when that would cut an image's tokens or leave no answer token to learn from."""
+    kept = sum(x != IGNORE_INDEX for x in labels[:max_length])
+    total = sum(x != IGNORE_INDEX for x in labels)
+    cut_image = image_id in ids[max_length:]
+    if cut_image or kept == 0:
+        what = "an image's tokens" if cut_image else "every answer token"
+        raise ValueError(
+            f"sample {sample_id}: {len(ids)} tokens exceed max_length {max_length} and truncating would cut "
+            f"{what}; raise --model_max_length or shorten the sample"
+        )
+    logger.warning(
+        "sample %s: %d tokens exceed max_length %d; truncated, %d of its %d answer tokens kept",
+        sample_id,
+        len(ids),
+        max_length,
+        kept,
+        total,
+    )
+    return ids[:max_length], labels[:max_length]

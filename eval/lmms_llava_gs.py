@@ -4,9 +4,10 @@
         --tasks scienceqa_img,textvqa_val,pope,mme,mmvet,gqa --batch_size 8 --output_path results/
 
 Registered through the `lmms_eval.models` entry point (pyproject.toml → `MANIFEST` below). Model args:
-`pretrained` (a GS-LLaVA folder or a LoRA adapter over one), `num_gaussians`, `fit_iters` (fitting of the
-task's photos on the fly), `splat_cache` (folder of fitted sets, keyed by image content, reused across
-runs and tasks; `none` keeps them in memory), `device`, `dtype`, `batch_size`, `conv_template`
+`pretrained` (a GS-LLaVA folder or a LoRA adapter over one), `num_gaussians`, `fit_iters`, `fit_init`
+(fitting of the task's photos on the fly; `fit_init=learned` for the learned initialiser), `splat_cache`
+(folder of fitted sets, keyed by image content, reused across runs and tasks; `none` keeps them in
+memory), `device`, `dtype`, `batch_size`, `conv_template`
 (`vicuna_v1`, the training template), `seed`. Prompts are built by the same function as training prompts.
 Decoding follows lmms-eval's own LLaVA wrapper: greedy unless the task asks for a temperature > 0, which
 samples (whatever `do_sample` says; MM-Vet asks 0.2), seeded with `seed` before each batch.
@@ -53,6 +54,7 @@ class LlavaGSLmms(lmms):
         pretrained: str,
         num_gaussians: int | str | None = None,
         fit_iters: int | str | None = None,
+        fit_init: str | None = None,
         splat_cache: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
@@ -74,6 +76,7 @@ class LlavaGSLmms(lmms):
             dtype=getattr(torch, dtype) if dtype else None,
             num_gaussians=int(num_gaussians) if num_gaussians not in (None, "") else None,
             fit_iters=int(fit_iters) if fit_iters not in (None, "") else None,
+            fit_init=fit_init or None,
         )
         self.tokenizer = self.processor.tokenizer
         self.batch_size_per_gpu = int(batch_size)

@@ -15,6 +15,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -75,9 +76,9 @@ class GSVisionConfig:
         )
 
 
-@dataclass
-class VisionOutput:
-    """What both encoders return."""
+class VisionOutput(NamedTuple):
+    """What both encoders return. A named tuple, so that module hooks which walk outputs (DeepSpeed
+    ZeRO-3's parameter fetch and release) find every tensor in it."""
 
     hidden_states: tuple[torch.Tensor, ...]  # (embeddings, block 1, …, block L), each [B, 1 + K, D]
     image_embeds: torch.Tensor  # [B, embed_dim], not normalised (CLIP normalises before the logits)

@@ -296,6 +296,21 @@ def train(argv: list[str] | None = None) -> None:
     if _rank0():
         tokenizer.save_pretrained(out)
         processor.save_pretrained(out)
+    _log_resources(out)
+
+
+def _log_resources(out: pathlib.Path) -> None:
+    """With LLAVA_GS_RESOURCE_LOG=FILE, each rank appends its peak resident memory (one JSON line):
+    scripts/real_shapes_check.sh reports it per rank."""
+    path = os.environ.get("LLAVA_GS_RESOURCE_LOG")
+    if not path:
+        return
+    import resource
+
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    line = {"stage": out.name, "rank": int(os.environ.get("RANK", 0)), "peak_rss_mib": peak_kib / 1024}
+    with open(path, "a") as f:  # one short write per rank: appends do not interleave
+        f.write(json.dumps(line) + "\n")
 
 
 def _processor(margs: ModelArguments, dargs: DataArguments, config, tokenizer):

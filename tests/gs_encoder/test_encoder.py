@@ -138,3 +138,21 @@ def test_encoder_params_command(capsys, tmp_path):
     assert "| stage 2: + first 2 ViT blocks + proj |" in (tmp_path / "p.md").read_text()
     out = capsys.readouterr().out
     assert "9.74%" in out and "14.13%" in out  # ViT-B/16: 2 blocks + proj of 149.62 M; + 2 text blocks + proj
+
+
+def test_outputs_are_visible_to_zero3_hooks():
+    # DeepSpeed ZeRO-3 fetches and releases a module's parameters through hooks that walk its outputs;
+    # an output type they cannot walk hides its tensors (seen at real shapes: "A module has unknown inputs
+    # or outputs type (VisionOutput)")
+    from deepspeed.runtime.zero.utils import apply_to_tensors_only
+
+    from gs_encoder.modeling_gs_vision import VisionOutput
+
+    out = VisionOutput((torch.zeros(1, 2), torch.ones(1, 2)), torch.full((1, 3), 2.0))
+    seen = []
+    walked = apply_to_tensors_only(lambda t: seen.append(t) or t + 1, out)
+    assert len(seen) == 3 and isinstance(walked, VisionOutput)
+    assert (
+        torch.equal(walked.hidden_states[1], torch.full((1, 2), 2.0))
+        and walked.last_hidden_state is walked.hidden_states[-1]
+    )

@@ -1,0 +1,473 @@
+"""Real shapes without the weights: the parts of a real GS-LLaVA run, randomly initialised, on CPU.
+
+    python -m eval.real_shapes prepare OUT [--lm-layers 2] [--context 512]
+    python -m eval.real_shapes report OUT [-o eval/results/real_shapes]
+
+`prepare` writes what scripts/real_shapes_check.sh trains on: OUT/lm (a Llama with Vicuna-7B's config,
+hidden 4096, 32 heads, MLP 11008, vocab 32000, but `--lm-layers` layers, and a real Llama-format
+SentencePiece tokenizer, the 32000-token one that ships inside mistral-common), OUT/encoder (a GS encoder
+on open_clip's ViT-B-16 config, 196 tokens), OUT/data (LLaVA-format pretrain and finetune JSON over 8
+scikit-image photos; one finetune conversation is longer than `--context`) and OUT/shapes.json (forward
+shapes of the GS encoder at 196 and 98 tokens and of its RGB twin, and the parts' parameter counts).
+
+`report` reads the run's logs and trainer states and writes the resource report: parameters per part,
+tokens per sample, peak RSS per rank and seconds per step at these shapes, and, computed from the real
+configs, the memory per GPU of Vicuna-7B + ViT-B/16 under ZeRO-2 and ZeRO-3 on 8 GPUs with LLaVA-1.5's
+batch sizes, beside LLaVA-1.5's published requirement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+GIB = 2**30
+# Vicuna-7B v1.5 (lmsys/vicuna-7b-v1.5 config.json): a Llama-2-7B
+VICUNA_7B = {
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+    "tie_word_embeddings": False,
+}
+# LLaVA-1.5's recipe (scripts/v1_5/pretrain.sh, finetune.sh): 8 GPUs, per-device batch, ZeRO stage
+LLAVA15 = {
+    "gpus": 8,
+    "pretrain": {"micro_batch": 32, "zero": 2, "trains": "projector"},
+    "finetune": {"micro_batch": 16, "zero": 3, "trains": "LLM + projector"},
+    "context": 2048,
+    "published": "8× A100 80 GB for both stages (LLaVA-1.5 README: pretraining 5.5 h, finetuning ~20 h for 7B)",
+}
+PHOTOS = [
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "camera",
+    "cat",
+    "immunohistochemistry",
+    "hubble_deep_field",
+]
+CAPTIONS = [
+    "An astronaut in a white suit in front of a flag.",
+    "A ginger cat looking at the camera.",
+    "A cup of coffee on a saucer.",
+    "A rocket on a launch pad.",
+    "A man with a camera on a tripod.",
+    "A cat sitting on a sofa.",
+    "A stained tissue sample under a microscope.",
+    "Galaxies in deep space.",
+]
+
+
+def llama_tokenizer(out: Path):
+    """The 32000-token Llama-format SentencePiece tokenizer that mistral-common ships, as a transformers
+    tokenizer saved in `out` (Vicuna's specials: <unk> 0, <s> 1, </s> 2; pad = unk, as LLaVA sets it)."""
+    try:
+        import mistral_common
+    except ImportError as e:
+        raise SystemExit(
+            "needs mistral-common (pip install 'mistral-common'; the project's dev extra)"
+        ) from e
+    from transformers import LlamaTokenizer
+
+    model = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+    if not model.is_file():
+        raise SystemExit(f"{model}: missing from mistral-common; reinstall it (pip install 'mistral-common')")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model, out / "tokenizer.model")
+    tok = LlamaTokenizer.from_pretrained(str(out), add_bos_token=True, legacy=False)
+    if len(tok) != VICUNA_7B["vocab_size"]:
+        raise SystemExit(f"{model}: {len(tok)} tokens, expected {VICUNA_7B['vocab_size']}")
+    tok.pad_token = tok.unk_token
+    tok.save_pretrained(str(out))
+    return tok
+
+
+def _photo(name: str):
+    from eval.bench.common import sample_photo
+
+    return sample_photo(name)
+
+
+def write_data(out: Path, context: int, tokenizer) -> dict:
+    """8 JPEG photos and LLaVA JSON (pretrain: plain captions; finetune: dialogues, one past `context`)."""
+    from PIL import Image
+
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    pretrain, finetune = [], []
+    for i, (name, caption) in enumerate(zip(PHOTOS, CAPTIONS, strict=True)):
+        Image.fromarray(_photo(name)).convert("RGB").save(images / f"{name}.jpg", quality=90)
+        pretrain.append(
+            {
+                "id": f"pre-{name}",
+                "image": f"{name}.jpg",
+                "conversations": [{"from": "human", "value": "<image>\n"}, {"from": "gpt", "value": caption}],
+            }
+        )
+        turns = [
+            {"from": "human", "value": "<image>\nWhat is in the picture?"},
+            {"from": "gpt", "value": caption},
+            {"from": "human", "value": "Describe it in more detail."},
+            {"from": "gpt", "value": f"{caption} The photograph is sharp and well lit."},
+        ]
+        if i == 0:  # longer than the context: truncated with a warning naming it
+            words = (caption + " ") * ((context // max(1, len(tokenizer(caption)["input_ids"]))) + 20)
+            turns += [{"from": "human", "value": "Tell me everything."}, {"from": "gpt", "value": words}]
+        if i < 4:  # 2 steps of 2 see every finetune sample, the long one included
+            finetune.append({"id": f"ft-{name}", "image": f"{name}.jpg", "conversations": turns})
+    (out / "pretrain.json").write_text(json.dumps(pretrain, indent=1))
+    (out / "finetune.json").write_text(json.dumps(finetune, indent=1))
+    return {"long_sample": finetune[0]["id"], "samples": len(finetune)}
+
+
+def encoder_shapes(encoder) -> dict:
+    """Forward shapes of the GS encoder (196 tokens), a 98-token one and the RGB twin, on 2 inputs."""
+    import torch
+
+    from gs_encoder.modeling_gs_vision import GSVisionConfig, GSVisionModel, RGBVisionModel
+
+    g = torch.Generator().manual_seed(0)
+    splats = torch.rand(2, 3136, 8, generator=g)
+    splats[..., 2:5] = splats[..., 2:5] * 0.02 + 0.005
+    mask = torch.ones(2, 3136, dtype=torch.bool)
+    mask[1, 1600:] = False  # padding: two images of different N
+    out = {}
+    with torch.no_grad():
+        for label, model in (
+            ("gs_196", encoder),
+            ("gs_98", GSVisionModel(GSVisionConfig.from_open_clip("ViT-B-16", num_tokens=98))),
+        ):
+            o = model.eval()(splats, mask)
+            out[label] = {
+                "hidden_states": list(o.hidden_states[-2].shape),
+                "image_embeds": list(o.image_embeds.shape),
+            }
+        rgb = RGBVisionModel(GSVisionConfig.from_open_clip("ViT-B-16", input="rgb")).eval()
+        o = rgb(torch.rand(2, 3, 224, 224, generator=g))
+        out["rgb"] = {
+            "hidden_states": list(o.hidden_states[-2].shape),
+            "image_embeds": list(o.image_embeds.shape),
+        }
+    return out
+
+
+def prepare(out: Path, lm_layers: int, context: int) -> int:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from gs_encoder.modeling_gs_vision import GSVisionConfig, GSVisionModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = llama_tokenizer(out / "lm")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**{**VICUNA_7B, "num_hidden_layers": lm_layers, "torch_dtype": "float16"})
+    with torch.device("cpu"):
+        lm = LlamaForCausalLM(cfg).half()  # Vicuna ships float16
+    lm.save_pretrained(str(out / "lm"))
+    n_lm = sum(p.numel() for p in lm.parameters())
+    del lm
+    encoder = GSVisionModel(GSVisionConfig.from_open_clip("ViT-B-16", num_tokens=196))
+    encoder.init_from_visual()
+    encoder.save_pretrained(out / "encoder")
+    shapes = encoder_shapes(encoder)
+    data = write_data(out / "data", context, tokenizer)
+    record = {
+        "lm_layers": lm_layers,
+        "context": context,
+        "lm_parameters": n_lm,
+        "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
+        "shapes": shapes,
+        **data,
+    }
+    (out / "shapes.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+# ---- the memory of the real run, computed from the real configs ------------------------------------
+
+
+def real_parameter_counts() -> dict:
+    """Exact parameter counts of Vicuna-7B (vocab padded to 32064 after `<image>`, as build_from_parts
+    does), the GS encoder on ViT-B/16 and the mlp2x_gelu projector, built on the meta device."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from gs_encoder.modeling_gs_vision import GSVisionConfig, GSVisionModel
+
+    vocab = -(-(VICUNA_7B["vocab_size"] + 1) // 64) * 64
+    with torch.device("meta"):
+        lm = LlamaForCausalLM(LlamaConfig(**{**VICUNA_7B, "vocab_size": vocab}))
+        enc = GSVisionModel(GSVisionConfig.from_open_clip("ViT-B-16", num_tokens=196))
+    d, h = enc.config.width, VICUNA_7B["hidden_size"]
+    return {
+        "llm": sum(p.numel() for p in lm.parameters()),
+        "llm_embeddings_and_head": 2 * vocab * h,
+        "vision": sum(p.numel() for p in enc.parameters()),
+        "projector": d * h + h + h * h + h,
+        "vocab_padded": vocab,
+    }
+
+
+def activation_bytes(tokens: int, checkpointing: bool, vocab: int) -> int:
+    """Activation memory of one Llama-7B forward kept for backward, bf16 with SDPA attention (no s² term),
+    for `tokens` tokens on one GPU. Per layer and token (bytes): attention block 14h (RMSNorm input in fp32
+    4h, its output 2h, q/k/v 6h, attention output 2h), MLP block 6h + 8i (RMSNorm 6h, gate, up, SiLU,
+    product 2i each); with checkpointing only each layer's input (2h) is kept, plus one layer recomputed.
+    Both add the logits: bf16 (2V) and the float32 copy and log-softmax the loss keeps (8V) per token."""
+    h, i, layers = VICUNA_7B["hidden_size"], VICUNA_7B["intermediate_size"], VICUNA_7B["num_hidden_layers"]
+    per_layer = 20 * h + 8 * i
+    body = tokens * (layers * 2 * h + per_layer) if checkpointing else tokens * layers * per_layer
+    return body + tokens * 10 * vocab
+
+
+def memory_table(counts: dict, seq: dict[str, int]) -> list[dict]:
+    """GiB per GPU for each stage × ZeRO stage × checkpointing with LLaVA-1.5's micro-batches on 8 GPUs;
+    `seq`: tokens per sample of each stage (pretraining's captions are short, finetuning fills the context)."""
+    n = LLAVA15["gpus"]
+    total = counts["llm"] + counts["vision"] + counts["projector"]
+    rows = []
+    for stage in ("pretrain", "finetune"):
+        trainable = counts["projector"] + (counts["llm"] if stage == "finetune" else 0)
+        tokens = LLAVA15[stage]["micro_batch"] * seq[stage]
+        for zero in (2, 3):
+            weights = 2 * total / (n if zero == 3 else 1)  # bf16
+            grads = 2 * trainable / n  # bf16, partitioned from stage 2 on
+            optim = 12 * trainable / n  # fp32 master, Adam m and v
+            for ckpt in (True, False):
+                act = activation_bytes(tokens, ckpt, counts["vocab_padded"])
+                rows.append(
+                    {
+                        "stage": stage,
+                        "zero": zero,
+                        "checkpointing": ckpt,
+                        "micro_batch": LLAVA15[stage]["micro_batch"],
+                        "tokens_per_sample": seq[stage],
+                        "tokens_per_gpu": tokens,
+                        "weights_gib": weights / GIB,
+                        "grads_gib": grads / GIB,
+                        "optimizer_gib": optim / GIB,
+                        "activations_gib": act / GIB,
+                        "total_gib": (weights + grads + optim + act) / GIB,
+                        "recipe": stage == "pretrain"
+                        and zero == 2
+                        and ckpt
+                        or stage == "finetune"
+                        and zero == 3
+                        and ckpt,
+                    }
+                )
+    return rows
+
+
+# ---- what the CPU run measured ------------------------------------------------------------------------
+
+
+def _resources(out: Path) -> list[dict]:
+    path = out / "logs" / "resources.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _steps(folder: Path) -> dict:
+    state = json.loads((folder / "trainer_state.json").read_text())
+    runtime = next((h["train_runtime"] for h in state["log_history"] if "train_runtime" in h), None)
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    steps = state["global_step"]
+    return {
+        "steps": steps,
+        "seconds_per_step": runtime / steps if runtime and steps else None,
+        "losses": losses,
+    }
+
+
+def _tokens(out: Path) -> dict:
+    """Tokens per sample of the finetune data with the real tokenizer and 196 image tokens."""
+    from transformers import AutoTokenizer
+
+    from llava_gs.conversation import tokenize_conversation
+
+    tok = AutoTokenizer.from_pretrained(str(out / "init"))
+    rows = {}
+    for name in ("pretrain", "finetune"):
+        template = "plain" if name == "pretrain" else "vicuna_v1"
+        records = json.loads((out / "data" / f"{name}.json").read_text())
+        lengths = [len(tokenize_conversation(r["conversations"], tok, template, 1, 196)[0]) for r in records]
+        rows[name] = {"min": min(lengths), "max": max(lengths), "mean": sum(lengths) / len(lengths)}
+    return rows
+
+
+def report(out: Path, dest: Path) -> int:
+    from gs_encoder.report import machine_info, markdown_table
+
+    shapes = json.loads((out / "shapes.json").read_text())
+    timings = (
+        json.loads((out / "logs" / "timings.json").read_text())
+        if (out / "logs" / "timings.json").exists()
+        else {}
+    )
+    counts = real_parameter_counts()
+    measured = {
+        stage: _steps(out / stage)
+        for stage in ("pretrain", "finetune")
+        if (out / stage / "trainer_state.json").exists()
+    }
+    resources = _resources(out)
+    tokens = _tokens(out)
+    seq = {"pretrain": round(tokens["pretrain"]["mean"]), "finetune": LLAVA15["context"]}
+    mem = memory_table(counts, seq)
+    info = machine_info()
+    record = {
+        "machine": info,
+        "cpu_run": {
+            "shapes": shapes,
+            "tokens": tokens,
+            "training": measured,
+            "resources": resources,
+            "stage_seconds": timings,
+        },
+        "real_parameters": counts,
+        "memory_per_gpu": mem,
+        "llava15": LLAVA15,
+    }
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    md = [
+        "# Real shapes without the weights",
+        "",
+        f"`bash scripts/real_shapes_check.sh`, {info['date']}, {info.get('cpu', '')} ({info['cpu_count']} cores, commit {info['git']}). "
+        f"Random weights in the real architectures: a GS encoder on open_clip's ViT-B-16 (196 tokens), a Llama with "
+        f"Vicuna-7B's config but {shapes['lm_layers']} layers, the 32000-token Llama SentencePiece tokenizer; ZeRO-3 "
+        f"on 2 CPU ranks, bf16, gradient checkpointing, SDPA, context {shapes['context']}.",
+        "",
+        "## Parts",
+        "",
+        markdown_table(
+            ["part", "parameters (this run)", "parameters (real run)"],
+            [
+                [
+                    "GS encoder (ViT-B/16, 196 tokens)",
+                    f"{shapes['encoder_parameters'] / 1e6:.1f} M",
+                    f"{counts['vision'] / 1e6:.1f} M",
+                ],
+                ["projector mlp2x_gelu 768→4096", "", f"{counts['projector'] / 1e6:.1f} M"],
+                [
+                    f"Llama ({shapes['lm_layers']} / 32 layers)",
+                    f"{shapes['lm_parameters'] / 1e6:.1f} M",
+                    f"{counts['llm'] / 1e6:.1f} M",
+                ],
+                ["of which embeddings + LM head", "", f"{counts['llm_embeddings_and_head'] / 1e6:.1f} M"],
+            ],
+        ),
+        "",
+        "Encoder forward shapes (2 images, 3136 and 1600 Gaussians): "
+        + "; ".join(
+            f"{k}: hidden {v['hidden_states']}, embed {v['image_embeds']}"
+            for k, v in shapes["shapes"].items()
+        )
+        + ".",
+        "",
+        "## The CPU run",
+        "",
+        markdown_table(
+            ["stage", "steps", "s / step", "losses"],
+            [
+                [
+                    s,
+                    m["steps"],
+                    f"{m['seconds_per_step']:.1f}" if m["seconds_per_step"] else "–",
+                    ", ".join(f"{x:g}" for x in m["losses"]),
+                ]
+                for s, m in measured.items()
+            ],
+        ),
+        "",
+        markdown_table(
+            ["stage", "rank", "peak RSS (GiB)"],
+            [[r["stage"], r["rank"], f"{r['peak_rss_mib'] / 1024:.2f}"] for r in resources],
+        ),
+        "",
+        "Tokens per sample (196 image tokens + text, real tokenizer): "
+        + "; ".join(f"{k} {v['min']}–{v['max']} (mean {v['mean']:.0f})" for k, v in tokens.items())
+        + f". Sample `{shapes['long_sample']}` is longer than the context and was truncated with a warning.",
+        "",
+    ]
+    if timings:
+        md += ["Stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ".", ""]
+    md += [
+        f"## Memory per GPU of the real run (Vicuna-7B + ViT-B/16, {LLAVA15['gpus']} GPUs, context {LLAVA15['context']})",
+        "",
+        "Computed from the real configs (bf16 weights and gradients, fp32 Adam master + moments, partitioned "
+        "over the GPUs as each ZeRO stage does; activations of SDPA attention for micro-batch × tokens per "
+        f"sample, logits included: pretraining at this run's mean of {seq['pretrain']} tokens (196 image tokens + "
+        f"a caption), finetuning at the full {seq['finetune']}-token context; buffers, fragmentation and the "
+        "frozen tower's forward not counted). The recipe's rows are marked ✓. LLaVA-1.5's published "
+        f"requirement: {LLAVA15['published']}.",
+        "",
+        markdown_table(
+            [
+                "stage",
+                "ZeRO",
+                "ckpt",
+                "micro-batch × tokens",
+                "weights",
+                "grads",
+                "Adam",
+                "activations",
+                "total GiB",
+                "recipe",
+            ],
+            [
+                [
+                    r["stage"],
+                    r["zero"],
+                    "yes" if r["checkpointing"] else "no",
+                    f"{r['micro_batch']} × {r['tokens_per_sample']}",
+                    f"{r['weights_gib']:.1f}",
+                    f"{r['grads_gib']:.1f}",
+                    f"{r['optimizer_gib']:.1f}",
+                    f"{r['activations_gib']:.1f}",
+                    f"{r['total_gib']:.1f}",
+                    "✓" if r["recipe"] else "",
+                ]
+                for r in mem
+            ],
+        ),
+        "",
+    ]
+    dest.with_suffix(".md").write_text("\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eval.real_shapes", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare", help="write the random real-shape parts and data")
+    p.add_argument("out", type=Path)
+    p.add_argument("--lm-layers", type=int, default=2)
+    p.add_argument("--context", type=int, default=512)
+    r = sub.add_parser("report", help="write the resource report from a finished run")
+    r.add_argument("out", type=Path)
+    r.add_argument("-o", "--output", type=Path, default=Path("eval/results/real_shapes"))
+    args = ap.parse_args(argv)
+    if args.cmd == "prepare":
+        if args.lm_layers < 1 or args.context < 256:
+            ap.error("--lm-layers must be ≥ 1 and --context ≥ 256 (196 image tokens plus text)")
+        return prepare(args.out, args.lm_layers, args.context)
+    return report(args.out, args.output)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,7 +3,7 @@
 `GaussianProcessor` is the image processor: photos (paths, PIL images, [3, H, W] tensors) are placed on the
 S×S canvas exactly as the offline fitter does (`gs_encoder.load_image`, LLaVA's `pad` by default) and fitted
 with `gs_encoder.fit_images`; `.gs.npy` files and [N, 8] tensors are used as they are. The batch is padded
-to `gaussians [B, Nmax, 8]` + `gaussians_mask` (CONTRACTS.md §6). For the RGB twin tower it returns CLIP-
+to `gaussians [B, Nmax, 8]` + `gaussians_mask` (docs/encoder.md, GS-LLaVA). For the RGB twin tower it returns CLIP-
 normalised `pixel_values` instead.
 
 `LlavaGSProcessor` expands each `<image>` in the text into K image tokens and tokenizes; `prompt()` builds
@@ -146,7 +146,7 @@ class GaussianProcessor(BaseImageProcessor):
 
 
 class LlavaGSProcessor(ProcessorMixin):
-    """Tokenizer + GaussianProcessor; `<image>` → `num_image_tokens` image tokens (CONTRACTS.md §6)."""
+    """Tokenizer + GaussianProcessor; `<image>` → `num_image_tokens` image tokens (docs/encoder.md, GS-LLaVA)."""
 
     def __init__(
         self,

@@ -1,10 +1,10 @@
-"""Fitting splat sets to images (CONTRACTS.md §3): `FitConfig`, `fit_images`, `prune`, `psnr`.
+"""Fitting splat sets to images (docs/format.md, Fitting): `FitConfig`, `fit_images`, `prune`, `psnr`.
 
 The optimisation runs on all images of a batch at once, in a flat layout (every Gaussian of every image
 in one [Nt, 8] tensor with an image id), so a batch of images gives exactly the per-image results:
 the loss is a sum of per-image terms and Adam is element-wise. Parameters live in pixel units of the
 fitting canvas during the fit (learning rates then mean the same at any S) and are returned in the
-canvas units of CONTRACTS.md §1.
+canvas units of docs/format.md, Layout.
 
 On CUDA tensors with cuda_ext's kernels built, `fit_images` hands the same job to the fused batched
 fitter (fit_batched.py: padded layout, many iterations per launch loop); the loss, Adam and the
@@ -107,7 +107,7 @@ class FitResult:
 
 
 def luminance(rgb: torch.Tensor) -> torch.Tensor:
-    """Rec. 709 luminosity of |colour| (CONTRACTS.md §3), [..., 3] → [...]."""
+    """Rec. 709 luminosity of |colour| (docs/format.md, Fitting), [..., 3] → [...]."""
     w = rgb.new_tensor([0.2126, 0.7152, 0.0722])
     return rgb.abs() @ w
 

@@ -1,8 +1,8 @@
-"""Initial splat sets for fitting (CONTRACTS.md §3).
+"""Initial splat sets for fitting (docs/format.md, Structured initialisation).
 
 Structured: centres on a near-square grid of cells of side s, isotropic σ = s/2 (the circle inscribed
 in the cell), colour = cell-mean colour / (cell-mean of the grid's coverage), where the coverage is the
-grid rendered with unit colours. In the interior that is CONTRACTS.md §3's s²/(2πσ²), divided by
+grid rendered with unit colours. In the interior that is the paper's s²/(2πσ²), divided by
 m_Q = 1 − (1 + Q_MAX)·e^{−Q_MAX} = 0.939, the mass the 3-sigma cut-off leaves in a Gaussian; at the
 border it also makes up for the mass that falls off the canvas. So the summed grid starts at the
 image's brightness (docs/format.md).
@@ -52,7 +52,7 @@ def grid_shape(num_gaussians: int) -> tuple[int, int]:
 
 
 def structured_init(images: torch.Tensor, num_gaussians: int) -> torch.Tensor:
-    """Grid initialisation of CONTRACTS.md §3.
+    """Grid initialisation (docs/format.md, Structured initialisation).
 
     Args:
         images: [B, 3, S, S] targets in [0, 1].

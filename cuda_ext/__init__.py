@@ -1,33 +1,33 @@
 """cuda_ext: optional compiled kernels for splat rendering and fitting (imports torch only).
 
-Two modules, built by `bash scripts/build_ext.sh`: the C++/OpenMP CPU op (`available`, `load_error`)
-and the CUDA kernels (`cuda_available`, `cuda_load_error`). Nothing compiles at import. `cuda_ext.ops`
+Three modules, built by `bash scripts/build_ext.sh`: the C++/OpenMP CPU op (`available`, `load_error`),
+the CUDA kernels (`cuda_available`, `cuda_load_error`) and their CPU emulation (`emu_load_error`,
+docs/cuda_emulation.md). Nothing compiles at import. `cuda_ext.ops`
 raises ImportError (with the reason) when a compiled module is missing.
 """
 
-__all__ = ["available", "cuda_available", "cuda_load_error", "load_error"]
+__all__ = ["available", "cuda_available", "cuda_load_error", "emu_load_error", "load_error"]
+
+
+def _error(loader: str) -> str | None:
+    """Why `_backend.<loader>()` fails to load its module (None when it loads)."""
+    from . import _backend
+
+    try:
+        getattr(_backend, loader)()
+    except ImportError as e:
+        return str(e)
+    return None
 
 
 def available() -> bool:
     """True when the compiled CPU op loads."""
-    from . import _backend
-
-    try:
-        _backend.cpu_module()
-    except ImportError:
-        return False
-    return True
+    return load_error() is None
 
 
 def load_error() -> str | None:
     """Why the compiled op does not load (None when it does)."""
-    from . import _backend
-
-    try:
-        _backend.cpu_module()
-    except ImportError as e:
-        return str(e)
-    return None
+    return _error("cpu_module")
 
 
 def cuda_available() -> bool:
@@ -37,10 +37,9 @@ def cuda_available() -> bool:
 
 def cuda_load_error() -> str | None:
     """Why the compiled CUDA module does not load (None when it does)."""
-    from . import _backend
+    return _error("cuda_module")
 
-    try:
-        _backend.cuda_module()
-    except ImportError as e:
-        return str(e)
-    return None
+
+def emu_load_error() -> str | None:
+    """Why the CPU emulation of the CUDA kernels does not load (None when it does)."""
+    return _error("emu_module")

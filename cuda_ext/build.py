@@ -267,20 +267,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: python -m cuda_ext.build [cpu|cuda|emu|all] [-v], got {targets}", file=sys.stderr)
         return 2
     code = 0
-    if {"cpu", "all"} & set(targets):
-        try:
-            out = build_cpu(verbose=verbose)
-            print(f"built {CPU_NAME} in {out}")
-        except (RuntimeError, OSError) as e:
-            print(f"error: building the CPU op failed: {e}", file=sys.stderr)
-            code = 1
-    if {"emu", "all"} & set(targets):
-        try:
-            out = build_emu(verbose=verbose)
-            print(f"built {EMU_NAME} in {out}")
-        except (RuntimeError, OSError) as e:
-            print(f"error: building the CPU emulation of the CUDA kernels failed: {e}", file=sys.stderr)
-            code = 1
+    for target, build, name, what in (
+        ("cpu", build_cpu, CPU_NAME, "the CPU op"),
+        ("emu", build_emu, EMU_NAME, "the CPU emulation of the CUDA kernels"),
+    ):
+        if {target, "all"} & set(targets):
+            try:
+                print(f"built {name} in {build(verbose=verbose)}")
+            except (RuntimeError, OSError) as e:
+                print(f"error: building {what} failed: {e}", file=sys.stderr)
+                code = 1
     if {"cuda", "all"} & set(targets):
         try:
             out = build_cuda(verbose=verbose)

@@ -33,14 +33,6 @@ class Kernels:
         return _backend.emu_module() if self.emulate else _backend.cuda_module()
 
 
-def emu_load_error() -> str | None:
-    try:
-        _backend.emu_module()
-    except ImportError as e:
-        return str(e)
-    return None
-
-
 CUDA_PARAM = pytest.param(
     "cuda",
     marks=[
@@ -56,7 +48,7 @@ CUDA_PARAM = pytest.param(
 def kernels(request) -> Kernels:
     if request.param == "cuda":
         return Kernels("cuda", torch.device("cuda"), "cuda")
-    err = emu_load_error()
+    err = cuda_ext.emu_load_error()
     if err is not None:
         if not cuda_ext.available():  # no C++ compiler worked here at all: nothing compiled can run
             pytest.skip(f"neither the CPU op nor the kernels' emulation is built: {err}")

@@ -62,8 +62,8 @@ class LlavaGSLmms(lmms):
         conv_template: str = "vicuna_v1",
         progress: bool | str = True,
         max_rounds: int | str = 32,
-        **kwargs,
         seed: int | str = 0,
+        **kwargs,
     ) -> None:
         super().__init__()
         self._rank, self._world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -83,9 +83,9 @@ class LlavaGSLmms(lmms):
         self.conv_template = conv_template
         self.progress = _bool(progress)
         self.max_rounds = int(max_rounds)
+        self.seed = int(seed)
         folder = None if str(splat_cache).lower() == "none" else (splat_cache or default_cache_dir())
         self.cache = SplatCache(self.processor.image_processor, folder)
-        self.seed = int(seed)
         self.tower_input = self.processor.image_processor.tower_input
 
     # ---- shared pieces -------------------------------------------------------------------------------

@@ -316,6 +316,13 @@ def _fit_config(args):
     return cfg
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text}")
+    return value
+
+
 def cmd_fit_shards(args) -> int:
     from .shards import ShardJobConfig, run_shard_job
 
@@ -326,13 +333,6 @@ def cmd_fit_shards(args) -> int:
             resize=args.resize,
             background=args.background,
             max_pixels=args.max_pixels,
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text}")
-    return value
-
-
             batch_size=args.batch_size,
             shard_size=args.shard_size,
             device=args.device,
@@ -370,7 +370,10 @@ def _fraction(text: str) -> float:
         )
         return 1
     if failed:
-        print(f"{failed} sample(s) skipped ({rate:.2%}); listed in {args.output}/*.errors.jsonl", file=sys.stderr)
+        print(
+            f"{failed} sample(s) skipped ({rate:.2%}); listed in {args.output}/*.errors.jsonl",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -526,6 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument(
         "--teacher-config", help="open_clip architecture JSON for --teacher (custom or tiny models)"
     )
+    shards.add_argument(
+        "--max-failure-rate",
+        type=_fraction,
+        default=0.05,
+        help="exit non-zero when more than this fraction of the samples failed (default 0.05); "
+        "fewer failures are skipped, counted in summary.json and listed in <shard>.errors.jsonl",
+    )
     shards.set_defaults(func=cmd_fit_shards)
 
     ren = sub.add_parser("render", help="render a splat file to PNG")
@@ -536,13 +546,6 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--compare", metavar="IMAGE", help="original | render | error, with PSNR")
     ren.add_argument(
         "--canvas", type=int, default=224, help="canvas of the comparison when there is no sidecar"
-    shards.add_argument(
-        "--max-failure-rate",
-        type=_fraction,
-        default=0.05,
-        help="exit non-zero when more than this fraction of the samples failed (default 0.05); "
-        "fewer failures are skipped, counted in summary.json and listed in <shard>.errors.jsonl",
-    )
     )
     ren.add_argument(
         "--resize", choices=RESIZE_MODES, default="pad", help="resize of the comparison without sidecar"

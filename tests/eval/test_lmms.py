@@ -153,7 +153,7 @@ def test_loglikelihood_is_finite_and_greedy_flag_is_consistent(tiny_init, tmp_pa
     from lmms_eval.api.instance import Instance
     from PIL import Image
 
-    from eval.lmms_llava_gs import LlavaGSLmms
+    from llava_gs.eval.lmms_plugin import LlavaGSLmms
 
     lm = LlavaGSLmms(pretrained=str(tiny_init), splat_cache="none", progress=False)
     photo = Image.new("RGB", (40, 30), (200, 80, 20))
@@ -201,7 +201,7 @@ def test_decoding_follows_lmms_evals_llava_wrapper(tiny_init, monkeypatch):
     from lmms_eval.api.instance import Instance
     from PIL import Image
 
-    from eval.lmms_llava_gs import LlavaGSLmms
+    from llava_gs.eval.lmms_plugin import LlavaGSLmms
 
     lm = LlavaGSLmms(pretrained=str(tiny_init), splat_cache="none", progress=False, seed=7)
     lm.task_dict = {"t": {"test": [{"q": "?"}]}}
@@ -288,7 +288,7 @@ def test_multi_round_carries_the_dialogue(tiny_init):
     from lmms_eval.api.instance import Instance
     from PIL import Image
 
-    from eval.lmms_llava_gs import LlavaGSLmms
+    from llava_gs.eval.lmms_plugin import LlavaGSLmms
 
     lm = LlavaGSLmms(pretrained=str(tiny_init), splat_cache="none", progress=False)
     lm.task_dict = {"t": {"test": [{"id": 0}]}}

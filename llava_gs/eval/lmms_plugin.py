@@ -31,13 +31,13 @@ from lmms_eval.models.registry_v2 import ModelManifest
 from loguru import logger
 from tqdm import tqdm
 
-from llava_gs.builder import load_pretrained_model
-from llava_gs.conversation import IMAGE_TOKEN, tokenize_conversation
-from llava_gs.splat_cache import SplatCache, default_cache_dir
+from ..builder import load_pretrained_model
+from ..conversation import IMAGE_TOKEN, tokenize_conversation
+from ..splat_cache import SplatCache, default_cache_dir
 
 __all__ = ["MANIFEST", "LlavaGSLmms"]
 
-MANIFEST = ModelManifest(model_id="llava_gs", simple_class_path="eval.lmms_llava_gs.LlavaGSLmms")
+MANIFEST = ModelManifest(model_id="llava_gs", simple_class_path="llava_gs.eval.lmms_plugin.LlavaGSLmms")
 
 
 def _bool(v) -> bool:
@@ -125,7 +125,7 @@ class LlavaGSLmms(lmms):
 
     def _generate(self, prompts: list[list[int]], vision: dict, gen_kwargs: dict) -> list[str]:
         """Left-padded batched generation; `until` strings cut the answers."""
-        from llava_gs.data import left_pad_prompts
+        from ..data import left_pad_prompts
 
         pad = self.tokenizer.pad_token_id
         ids, attn = left_pad_prompts(prompts, pad)

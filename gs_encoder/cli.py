@@ -411,86 +411,18 @@ def cmd_encoder_from_clip(args) -> int:
 
 
 def cmd_encoder_params(args) -> int:
-    import open_clip
-    import torch
-
-    from .modeling_gs_vision import GSVisionConfig, GSVisionModel
+    from .modeling_gs_vision import stage_shares
     from .report import text_table
 
-    torch.manual_seed(0)
     try:
-        cfg = GSVisionConfig.from_open_clip(
-            args.model,
-            num_tokens=args.num_tokens,
-            resampler_depth=args.resampler_depth,
-            fourier_bands=args.fourier_bands,
+        shares = stage_shares(
+            args.model, args.num_tokens, args.resampler_depth, args.fourier_bands, args.vit_blocks
         )
     except ValueError as e:
         _error(str(e))
         return 2
-    clip = open_clip.create_model(args.model, pretrained=None)  # random weights: only the counts matter
-    gs = GSVisionModel(cfg)
-
-    def count(params):
-        return sum(p.numel() for p in params)
-
-    clip_total = count(clip.parameters())
-    gs_new = (
-        count(gs.stem.parameters())
-        + count(gs.resampler.parameters())
-        + gs.class_embedding.numel()
-        + gs.positional_embedding.numel()
-    )
-    total = clip_total + gs_new  # the CLIP model with its GS input head
-    text_blocks = clip.transformer.resblocks[: args.vit_blocks]
-    text_extra = count(text_blocks.parameters()) + clip.text_projection.numel()
-    rows = []
-    paper = {1: None, 2: 9.7, 3: 13.8}
-    for stage, label in (
-        (1, "stage 1: stem + resampler"),
-        (2, f"stage 2: + first {args.vit_blocks} ViT blocks + proj"),
-        (3, "stage 2 + symmetric text layers"),
-    ):
-        gs.set_stage(min(stage, 2), args.vit_blocks)
-        trainable = count(p for p in gs.parameters() if p.requires_grad) + (text_extra if stage == 3 else 0)
-        clip_part = trainable - gs_new  # what is trained inside the pretrained CLIP model
-        rows.append(
-            [
-                label,
-                f"{trainable / 1e6:.2f} M",
-                f"{100 * trainable / total:.2f}%",
-                f"{100 * clip_part / clip_total:.2f}%",
-                "" if paper[stage] is None else f"{paper[stage]}%",
-            ]
-        )
-    headline = (
-        f"{args.model}: CLIP {clip_total / 1e6:.2f} M parameters, GS head (stem + resampler + embeddings) "
-        f"{gs_new / 1e6:.2f} M (K = {args.num_tokens}, resampler depth {args.resampler_depth}), total {total / 1e6:.2f} M"
-    )
-    headers = ["stage", "trainable", "of CLIP + GS head", "CLIP part, of CLIP", "paper"]
-    print(headline)
-    print(text_table(headers, rows))
-    if args.output:
-        from .report import machine_info, markdown_table
-
-        info = machine_info()
-        md = [
-            "# GS encoder parameters per training stage (issue 6)",
-            "",
-            f"`gsv encoder-params --model {args.model} --num-tokens {args.num_tokens} --resampler-depth "
-            f"{args.resampler_depth}`, {info['date']}, commit {info['git']}.",
-            "",
-            headline + ".",
-            "",
-            markdown_table(headers, rows),
-            "",
-            "The paper's shares count what is trained inside CLIP (the GS head is new); ours match in that column. "
-            "With the two text blocks and the text projection we count 14.13% against the paper's 13.8%; the paper's "
-            "exact text set or denominator is not stated.",
-            "",
-        ]
-        Path(args.output).write_text("\n".join(md))
-        print(f"wrote {args.output}")
+    print(shares["headline"])
+    print(text_table(shares["headers"], shares["rows"]))
     return 0
 
 
@@ -574,7 +506,6 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--resampler-depth", type=int, default=2)
     ep.add_argument("--fourier-bands", type=int, default=16)
     ep.add_argument("--vit-blocks", type=int, default=2, help="ViT (and text) blocks unfrozen in stage 2")
-    ep.add_argument("--output", help="also write the table as Markdown to this file")
     ep.set_defaults(func=cmd_encoder_params)
 
     ex = sub.add_parser(

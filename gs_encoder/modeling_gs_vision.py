@@ -253,3 +253,69 @@ def _resample_positions(pos: torch.Tensor, k: int) -> torch.Tensor:
         out = torch.nn.functional.interpolate(grid.mT[None], size=k, mode="linear", align_corners=False)
         return torch.cat([cls, out[0].mT], dim=0)
     return torch.cat([cls, out.flatten(2)[0].mT], dim=0)
+
+
+PAPER_SHARES = {2: 9.7, 3: 13.8}  # the paper's trainable shares: stage 2, and stage 2 with the text layers
+
+
+def stage_shares(
+    model: str = "ViT-B-16",
+    num_tokens: int = 196,
+    resampler_depth: int = 2,
+    fourier_bands: int = 16,
+    vit_blocks: int = 2,
+) -> dict:
+    """Trainable parameters per training stage of a GS encoder on open_clip's `model` (random weights: only
+    the counts matter). Two shares per stage: of the whole GS encoder (CLIP + the GS head: stem,
+    resampler, GS embeddings), which is what the paper's 9.7% / 13.8% describe, and of what is trained
+    inside CLIP alone. Returns {"headline", "headers", "rows", "counts"}; ValueError for an unknown model."""
+    import open_clip
+
+    cfg = GSVisionConfig.from_open_clip(
+        model, num_tokens=num_tokens, resampler_depth=resampler_depth, fourier_bands=fourier_bands
+    )
+    clip = open_clip.create_model(model, pretrained=None)
+    gs = GSVisionModel(cfg)
+
+    def count(params) -> int:
+        return sum(p.numel() for p in params)
+
+    clip_total = count(clip.parameters())
+    head = count(gs.stem.parameters()) + count(gs.resampler.parameters())
+    head += gs.class_embedding.numel() + gs.positional_embedding.numel()
+    total = clip_total + head
+    text_extra = count(clip.transformer.resblocks[:vit_blocks].parameters()) + clip.text_projection.numel()
+    rows, counts = [], {"clip": clip_total, "gs_head": head, "stages": {}}
+    for stage, label in (
+        (1, "stage 1: stem + resampler"),
+        (2, f"stage 2: + first {vit_blocks} ViT blocks + proj"),
+        (3, "stage 2 + symmetric text layers"),
+    ):
+        gs.set_stage(min(stage, 2), vit_blocks)
+        trainable = count(p for p in gs.parameters() if p.requires_grad) + (text_extra if stage == 3 else 0)
+        whole = 100 * trainable / total
+        paper = PAPER_SHARES.get(stage)
+        counts["stages"][label] = {"trainable": trainable, "share_whole": whole, "paper": paper}
+        rows.append(
+            [
+                label,
+                f"{trainable / 1e6:.2f} M",
+                f"{whole:.2f}%",
+                "" if paper is None else f"{paper}%",
+                "" if paper is None else ("yes" if abs(whole - paper) <= 1.5 else "no"),
+                f"{100 * (trainable - head) / clip_total:.2f}%",
+            ]
+        )
+    headline = (
+        f"{model}: CLIP {clip_total / 1e6:.2f} M parameters + GS head (stem + resampler + embeddings) "
+        f"{head / 1e6:.2f} M (K = {num_tokens}, resampler depth {resampler_depth}) = {total / 1e6:.2f} M"
+    )
+    headers = [
+        "stage",
+        "trainable",
+        "of the whole encoder",
+        "paper",
+        "within 1.5 points",
+        "CLIP part, of CLIP",
+    ]
+    return {"headline": headline, "headers": headers, "rows": rows, "counts": counts}

@@ -133,11 +133,18 @@ def test_frozen_parameters_stay_and_trainable_ones_move(stage):
 
 def test_encoder_params_command(capsys, tmp_path):
     from gs_encoder.cli import main
+    from gs_encoder.modeling_gs_vision import stage_shares
 
-    assert main(["encoder-params", "--output", str(tmp_path / "p.md")]) == 0
-    assert "| stage 2: + first 2 ViT blocks + proj |" in (tmp_path / "p.md").read_text()
+    assert main(["encoder-params"]) == 0
     out = capsys.readouterr().out
     assert "9.74%" in out and "14.13%" in out  # ViT-B/16: 2 blocks + proj of 149.62 M; + 2 text blocks + proj
+    shares = stage_shares()
+    head, clip = shares["counts"]["gs_head"], shares["counts"]["clip"]
+    stage2 = shares["counts"]["stages"]["stage 2: + first 2 ViT blocks + proj"]
+    # the share of the whole encoder: the GS head and the unfrozen CLIP parts over CLIP plus the head
+    assert stage2["share_whole"] == pytest.approx(100 * stage2["trainable"] / (clip + head))
+    assert stage2["trainable"] - head == pytest.approx(0.0974 * clip, rel=1e-3)
+    assert f"{stage2['share_whole']:.2f}%" in out and "9.7%" in out
 
 
 def test_outputs_are_visible_to_zero3_hooks():

@@ -40,7 +40,9 @@ class FitConfig:
 
     num_gaussians: int = 3136  # N per image before pruning
     iters: int = 3000  # Adam steps of the main fit
-    init: str = "structured"  # structured (grid), random (GaussianImage), adaptive (init.py), learned
+    # learned (learned_init.py; the default: fastest to every quality in eval/results/fit_convergence.md),
+    # structured (grid), adaptive (structure-tensor grid, init.py) or random (GaussianImage)
+    init: str = "learned"
     init_weights: str | None = None  # weights of the learned init (None: the shipped file)
     lambda_l1: float = 0.0  # weight of mean |colour| in the loss; drives dim Gaussians towards 0 for pruning
     tau: float | None = None  # luminosity pruning threshold; None: no pruning

@@ -427,12 +427,17 @@ def cmd_encoder_params(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .image_io import RESIZE_MODES
-
     parser = argparse.ArgumentParser(prog="gsv", description="GaussianVision: images as 2D Gaussian splats")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_fit_commands(sub)
+    _add_file_commands(sub)
+    _add_encoder_commands(sub)
+    return parser
 
+
+def _add_fit_commands(sub) -> None:
+    """fit, fit-shards."""
     fit = sub.add_parser("fit", help="fit splat sets to images")
     fit.add_argument("images", nargs="+", help="image files (any format PIL reads)")
     fit.add_argument("-o", "--output", required=True, help="output folder for <name>.gs.npy + <name>.json")
@@ -470,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shards.set_defaults(func=cmd_fit_shards)
 
+
+def _add_file_commands(sub) -> None:
+    """render, convert, info."""
+    from .image_io import RESIZE_MODES
+
     ren = sub.add_parser("render", help="render a splat file to PNG")
     ren.add_argument("splats", help="a .gs.npy or .gsq file")
     ren.add_argument("-o", "--output", required=True, help="output PNG")
@@ -498,6 +508,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.set_defaults(func=cmd_convert)
 
+    info = sub.add_parser("info", help="describe splat files (no files: the environment)")
+    info.add_argument("splats", nargs="*", help=".gs.npy or .gsq files")
+    info.set_defaults(func=cmd_info)
+
+
+def _add_encoder_commands(sub) -> None:
+    """encoder-params, encoder-from-clip, train-init."""
     ep = sub.add_parser(
         "encoder-params", help="total / trainable parameters of the GS encoder per training stage"
     )
@@ -529,11 +546,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_init_args(ti)
     ti.set_defaults(func=cmd_train_init)
-
-    info = sub.add_parser("info", help="describe splat files (no files: the environment)")
-    info.add_argument("splats", nargs="*", help=".gs.npy or .gsq files")
-    info.set_defaults(func=cmd_info)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -375,7 +375,6 @@ def _validate(net, batches, device) -> dict:
 
 def train_init(cfg: TrainInitConfig, progress: bool = True) -> Path:
     """Run (or resume) the training described by cfg; returns the final weights file."""
-    from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
     from .fitting.learned_init import SplatInitNet, save_learned_init
@@ -396,13 +395,7 @@ def train_init(cfg: TrainInitConfig, progress: bool = True) -> Path:
         out / "checkpoint.safetensors",
         out / "optimizer.safetensors",
     )
-    start, log = 0, []
-    if state_file.is_file():
-        state = json.loads(state_file.read_text())
-        net.load_state_dict(load_file(str(ckpt)))
-        _load_optimizer(opt_file, opt)
-        start, log = int(state["step"]), state["log"]
-        print(f"resuming {out} at step {start}")
+    start, log = _resume(out, net, opt)
     photos = load_photos(cfg.images)
     val = _validation_set(cfg, photos)
     t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
@@ -441,6 +434,26 @@ def train_init(cfg: TrainInitConfig, progress: bool = True) -> Path:
             _save_optimizer(opt_file, opt)
             _atomic_json(state_file, {"step": done, "log": log, "config": asdict(cfg)})
     bar.close()
+    return _finish(cfg, out, net, log)
+
+
+def _resume(out: Path, net, opt) -> tuple[int, list]:
+    """(step, log) of the run in `out`, with the network and optimiser restored; (0, []) for a new run."""
+    from safetensors.torch import load_file
+
+    if not (out / "state.json").is_file():
+        return 0, []
+    state = json.loads((out / "state.json").read_text())
+    net.load_state_dict(load_file(str(out / "checkpoint.safetensors")))
+    _load_optimizer(out / "optimizer.safetensors", opt)
+    print(f"resuming {out} at step {state['step']}")
+    return int(state["step"]), state["log"]
+
+
+def _finish(cfg: TrainInitConfig, out: Path, net, log: list) -> Path:
+    """Save the final weights and the training log (and copy both to cfg.export); returns the weights."""
+    from .fitting.learned_init import save_learned_init
+
     net.eval()
     final = save_learned_init(out / "learned_init.safetensors", net, {"steps": str(cfg.steps)})
     train_log = {

@@ -26,7 +26,7 @@ from gs_encoder.fitting.init import adaptive_init, random_init
 from gs_encoder.fitting.learned_init import COLOUR_ITERS, learned_init, load_learned_init
 from gs_encoder.report import machine_info
 
-from .common import PHOTOS, RESULTS, photos, write_results
+from .common import PHOTOS, RESULTS, photos, timed, write_results
 
 INITS = ("structured", "random", "adaptive", "learned")
 SHORT = {"random": 1000}  # largest budget run for these inits
@@ -96,13 +96,7 @@ def network_cost(image: torch.Tensor, ns, repeat: int = 5) -> dict:
     out = {}
 
     def best(fn):
-        fn()
-        times = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
+        return timed(fn, repeat, best=True)
 
     for n in ns:
         with torch.no_grad():

@@ -38,8 +38,14 @@ def test_memory_model_partitions_as_zero_does():
 
 @pytest.mark.slow
 def test_real_shapes_check_script(tmp_path):
+    # one Llama layer: the two finetuning ranks then need ~7.5 GiB each instead of ~10.5 (measured), which
+    # leaves room for this test process on a 24 GiB machine; the committed report is the 2-layer default
     env = dict(
-        os.environ, OUT=str(tmp_path / "run"), REPORT=str(tmp_path / "real_shapes"), MASTER_PORT="29671"
+        os.environ,
+        OUT=str(tmp_path / "run"),
+        REPORT=str(tmp_path / "real_shapes"),
+        MASTER_PORT="29671",
+        LM_LAYERS="1",
     )
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     res = subprocess.run(
@@ -61,7 +67,7 @@ def test_real_shapes_check_script(tmp_path):
     ]
     assert shapes["rgb"]["hidden_states"] == [2, 197, 768] and shapes["gs_196"]["image_embeds"] == [2, 512]
     h, i, v = VICUNA_7B["hidden_size"], VICUNA_7B["intermediate_size"], VICUNA_7B["vocab_size"]
-    assert run["shapes"]["lm_parameters"] == 2 * v * h + 2 * (4 * h * h + 3 * h * i + 2 * h) + h
+    assert run["shapes"]["lm_parameters"] == 2 * v * h + 1 * (4 * h * h + 3 * h * i + 2 * h) + h
     assert {s: m["steps"] for s, m in run["training"].items()} == {"pretrain": 2, "finetune": 2}
     assert sorted((r["stage"], r["rank"]) for r in run["resources"]) == [
         ("finetune", 0), ("finetune", 1), ("pretrain", 0), ("pretrain", 1)

@@ -81,6 +81,7 @@ def _run_cli(model_dir, cache, out, env):
     return json.loads(found[-1].read_text()), res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_cli_runs_every_mini_task_and_reuses_the_splat_cache(tiny_init, tmp_path, judge):
     env = dict(
         os.environ,
@@ -261,6 +262,7 @@ def test_vqa_table_shows_the_papers_rows(tmp_path):
     assert rgb["scores"]["MME (perception)"] == 1398.98 and rgb["scores"]["GQA"] == 51.42
 
 
+@pytest.mark.slow
 def test_run_vqa_script_on_the_mini_tasks(tiny_init, tmp_path):
     env = dict(
         os.environ,

@@ -5,6 +5,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from eval.mini.score import chance, correct, question_only_prior, template
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +38,7 @@ def test_prior_uses_the_question_template_only():
     assert chance(train, test) == {"pope": 0.5}
 
 
+@pytest.mark.slow
 def test_mini_repro_smoke_runs_every_stage(tmp_path):
     env = dict(
         os.environ,

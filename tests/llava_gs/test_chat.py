@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_chat_streams_switches_survives_bad_paths_and_renders(tiny_init, tiny_parts, photo_path, tmp_path):
     png = tmp_path / "seen.png"
     script = "\n".join(

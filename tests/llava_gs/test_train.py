@@ -117,6 +117,7 @@ def _run(cmd, env, log: Path):
     return res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_train_in_process_lora_and_reload(tiny_parts, tmp_path, tiny_init):
     """python -m llava_gs.train (no launcher) with LoRA; the adapter folder reloads merged."""
     from llava_gs.builder import load_pretrained_model
@@ -172,6 +173,7 @@ def test_train_in_process_lora_and_reload(tiny_parts, tmp_path, tiny_init):
     assert not any("vision_tower" in n for n in diff)
 
 
+@pytest.mark.slow
 def test_bad_flags_exit_with_a_message(tiny_parts, tmp_path):
     base = [
         sys.executable,
@@ -204,6 +206,7 @@ def test_bad_flags_exit_with_a_message(tiny_parts, tmp_path):
     assert res.returncode != 0 and "--version 'llama_2'" in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_deepspeed_pretrain_then_finetune(tiny_parts, tmp_path, zero, tiny_init):
     """Both LLaVA stages through the real scripts with `deepspeed --num_gpus 2` on CPU (gloo)."""

@@ -38,7 +38,7 @@ def test_memory_model_partitions_as_zero_does():
 
 @pytest.mark.slow
 def test_real_shapes_check_script(tmp_path):
-    # one Llama layer: the two finetuning ranks then need ~7.5 GiB each instead of ~10.5 (measured), which
+    # one Llama layer: the two finetuning ranks then peak at 8.0 GiB each instead of 10.4 (measured), which
     # leaves room for this test process on a 24 GiB machine; the committed report is the 2-layer default
     env = dict(
         os.environ,

@@ -114,7 +114,7 @@ inline T __ldg(const T* p) {
   return *p;
 }
 
-// Round-to-nearest arithmetic that nvcc never contracts into FMAs; the emulation is built with
+// Round-to-nearest arithmetic that nvcc never fuses into FMAs; the emulation is built with
 // -ffp-contract=off, so every float operation is rounded on its own (as in the CPU op).
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }

@@ -94,21 +94,17 @@ def llama_tokenizer(out: Path):
     return tok
 
 
-def _photo(name: str):
-    from eval.bench.common import sample_photo
-
-    return sample_photo(name)
-
-
 def write_data(out: Path, context: int, tokenizer) -> dict:
     """8 JPEG photos and LLaVA JSON (pretrain: plain captions; finetune: dialogues, one past `context`)."""
     from PIL import Image
+
+    from eval.bench.common import sample_photo
 
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     pretrain, finetune = [], []
     for i, (name, caption) in enumerate(zip(PHOTOS, CAPTIONS, strict=True)):
-        Image.fromarray(_photo(name)).convert("RGB").save(images / f"{name}.jpg", quality=90)
+        Image.fromarray(sample_photo(name)).convert("RGB").save(images / f"{name}.jpg", quality=90)
         pretrain.append(
             {
                 "id": f"pre-{name}",
@@ -261,12 +257,7 @@ def memory_table(counts: dict, seq: dict[str, int]) -> list[dict]:
                         "optimizer_gib": optim / GIB,
                         "activations_gib": act / GIB,
                         "total_gib": (weights + grads + optim + act) / GIB,
-                        "recipe": stage == "pretrain"
-                        and zero == 2
-                        and ckpt
-                        or stage == "finetune"
-                        and zero == 3
-                        and ckpt,
+                        "recipe": ckpt and zero == LLAVA15[stage]["zero"],
                     }
                 )
     return rows

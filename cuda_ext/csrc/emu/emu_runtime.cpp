@@ -280,7 +280,8 @@ struct Runner {
     while (error.empty()) {
       for (Fibre& f : fibres)
         if (f.wait == Wait::kNone) resume(f);
-      if (!error.empty() || resolve_collectives() || !error.empty()) continue;
+      // only the scheduler sets `error` (in resolve_collectives or below), never a running fibre
+      if (resolve_collectives() || !error.empty()) continue;
       size_t live = 0, at_barrier = 0;
       const Fibre* exited = nullptr;
       for (const Fibre& f : fibres) {

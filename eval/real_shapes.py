@@ -457,6 +457,11 @@ def main(argv=None) -> int:
         if args.lm_layers < 1 or args.context < 256:
             ap.error("--lm-layers must be ≥ 1 and --context ≥ 256 (196 image tokens plus text)")
         return prepare(args.out, args.lm_layers, args.context)
+    missing = [f for f in ("shapes.json", "init/config.json") if not (args.out / f).is_file()]
+    if missing:
+        ap.error(
+            f"{args.out}: no {missing[0]}; run `bash scripts/real_shapes_check.sh` (OUT={args.out}) first"
+        )
     return report(args.out, args.output)
 
 

@@ -71,7 +71,10 @@ def test_kernel_ops_reject_non_finite_input(kernels):
     with pytest.raises(ValueError, match="render_cpu: xy holds 1 NaN/Inf"):
         ops.render_cpu(params[0, :, 0:2].cpu(), params[0, :, 2:5].cpu(), params[0, :, 5:8].cpu(),
                        torch.zeros(6, dtype=torch.long), 1, 16)  # fmt: skip
-    assert cuda_ops(emulate=kernels.emulate).render is not None
+    with pytest.raises(
+        ValueError, match="render_cuda: params holds 1 NaN/Inf"
+    ):  # the batched fitter's ops too
+        cuda_ops(emulate=kernels.emulate).render(params, alive, 16)
 
 
 @pytest.mark.skipif(not cuda_ext.available(), reason=f"CPU op not built: {cuda_ext.load_error()}")

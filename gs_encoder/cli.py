@@ -385,7 +385,7 @@ def cmd_train_init(args) -> int:
 
 def cmd_encoder_from_clip(args) -> int:
     """The RGB twin for RGB-LLaVA, or a fresh GS encoder initialised from a CLIP's vision tower."""
-    from .modeling_gs_vision import GSVisionModel, RGBVisionModel
+    from .modeling_gs_vision import GSVisionModel, RGBVisionModel, head_overrides
     from .teacher import register_model_config
 
     try:
@@ -395,11 +395,7 @@ def cmd_encoder_from_clip(args) -> int:
             model = RGBVisionModel.from_open_clip(args.clip_model, pretrained=args.clip_pretrained or None)
         else:
             model = GSVisionModel.from_open_clip(
-                args.clip_model,
-                pretrained=args.clip_pretrained or None,
-                num_tokens=args.num_tokens,
-                resampler_depth=args.resampler_depth,
-                fourier_bands=args.fourier_bands,
+                args.clip_model, pretrained=args.clip_pretrained or None, **head_overrides(args)
             )
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         _error(str(e))
@@ -411,13 +407,11 @@ def cmd_encoder_from_clip(args) -> int:
 
 
 def cmd_encoder_params(args) -> int:
-    from .modeling_gs_vision import stage_shares
+    from .modeling_gs_vision import head_overrides, stage_shares
     from .report import text_table
 
     try:
-        shares = stage_shares(
-            args.model, args.num_tokens, args.resampler_depth, args.fourier_bands, args.vit_blocks
-        )
+        shares = stage_shares(args.model, args.vit_blocks, **head_overrides(args))
     except ValueError as e:
         _error(str(e))
         return 2
@@ -515,13 +509,13 @@ def _add_file_commands(sub) -> None:
 
 def _add_encoder_commands(sub) -> None:
     """encoder-params, encoder-from-clip, train-init."""
+    from .modeling_gs_vision import add_head_args
+
     ep = sub.add_parser(
         "encoder-params", help="total / trainable parameters of the GS encoder per training stage"
     )
     ep.add_argument("--model", default="ViT-B-16", help="open_clip architecture")
-    ep.add_argument("--num-tokens", type=int, default=196, help="K resampled tokens")
-    ep.add_argument("--resampler-depth", type=int, default=2)
-    ep.add_argument("--fourier-bands", type=int, default=16)
+    add_head_args(ep)
     ep.add_argument("--vit-blocks", type=int, default=2, help="ViT (and text) blocks unfrozen in stage 2")
     ep.set_defaults(func=cmd_encoder_params)
 
@@ -533,9 +527,7 @@ def _add_encoder_commands(sub) -> None:
     ex.add_argument("--clip-pretrained", default="", help="open_clip tag or checkpoint path (empty: random)")
     ex.add_argument("--model-config", help="an open_clip architecture JSON to register first")
     ex.add_argument("--input", choices=("gs", "rgb"), default="gs", help="GS encoder or RGB twin")
-    ex.add_argument("--num-tokens", type=int, default=196, help="K resampled tokens (GS)")
-    ex.add_argument("--resampler-depth", type=int, default=2)
-    ex.add_argument("--fourier-bands", type=int, default=16)
+    add_head_args(ex)
     ex.add_argument("-o", "--output", required=True, help="folder to write (config.json + model.safetensors)")
     ex.set_defaults(func=cmd_encoder_from_clip)
 

@@ -23,7 +23,15 @@ from torch import nn
 from .resampler import PerceiverResampler
 from .stem import GSStem
 
-__all__ = ["GSVisionConfig", "GSVisionModel", "RGBVisionModel", "VisionOutput"]
+__all__ = [
+    "GSVisionConfig",
+    "GSVisionModel",
+    "RGBVisionModel",
+    "VisionOutput",
+    "add_head_args",
+    "head_overrides",
+    "stage_shares",
+]
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
@@ -40,7 +48,13 @@ class GSVisionConfig:
     num_tokens: int = 196  # K resampled tokens (196 or 98 in the paper)
     fourier_bands: int = 16  # Fourier frequencies per coordinate in the stem
     resampler_depth: int = 2
-    resampler_heads: int = 8
+    resampler_heads: int = 4
+    # the GS head works at its own width: Gaussian tokens, Perceiver latents and feed-forward at
+    # `gs_width`, one linear map up to the ViT width at the end (docs/encoder.md: ≈ 1.5 M parameters on
+    # ViT-B/16, so the trainable shares match the paper's). gs_width = the ViT width, ff 4 and no up
+    # projection is the full-width head of checkpoints written before these fields existed.
+    gs_width: int = 256
+    gs_ff_mult: int = 2
     input: str = "gs"  # "gs" or "rgb" (the twin)
 
     def __post_init__(self):
@@ -48,6 +62,11 @@ class GSVisionConfig:
             raise ValueError(f"input must be 'gs' or 'rgb', got {self.input!r}")
         if self.num_tokens < 1 or self.resampler_depth < 0 or self.fourier_bands < 1:
             raise ValueError("num_tokens ≥ 1, resampler_depth ≥ 0 and fourier_bands ≥ 1 are required")
+        if self.gs_width < 1 or self.gs_ff_mult < 1 or self.gs_width % self.resampler_heads:
+            raise ValueError(
+                f"gs_width ({self.gs_width}) must be a positive multiple of resampler_heads "
+                f"({self.resampler_heads}) and gs_ff_mult ({self.gs_ff_mult}) ≥ 1"
+            )
 
     @property
     def width(self) -> int:
@@ -55,11 +74,16 @@ class GSVisionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> GSVisionConfig:
+        """A saved config.json. One without `gs_width` was written with the full-width head (ViT width,
+        feed-forward ×4, 8 heads) and loads as that."""
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(
                 f"unknown GSVisionConfig keys {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}"
             )
+        if "gs_width" not in d:
+            width = int(d.get("vision_cfg", cls().vision_cfg)["width"])
+            d = {"resampler_heads": 8, **d, "gs_width": width, "gs_ff_mult": 4}
         return cls(**d)
 
     @classmethod
@@ -138,9 +162,12 @@ class GSVisionModel(_Base):
 
     def __init__(self, config: GSVisionConfig):
         super().__init__(config)
-        d, k = config.width, config.num_tokens
-        self.stem = GSStem(d, config.fourier_bands)
-        self.resampler = PerceiverResampler(d, config.resampler_depth, config.resampler_heads, k)
+        d, k, h = config.width, config.num_tokens, config.gs_width
+        self.stem = GSStem(h, config.fourier_bands)
+        self.resampler = PerceiverResampler(
+            h, config.resampler_depth, config.resampler_heads, k, config.gs_ff_mult
+        )
+        self.head_proj = nn.Linear(h, d) if h != d else nn.Identity()  # head width → ViT width
         self.class_embedding = nn.Parameter(torch.zeros(d))
         self.positional_embedding = nn.Parameter(torch.zeros(k + 1, d))
         # start from the ViT's own embeddings; under DeepSpeed ZeRO-3 construction the ViT's parameters are
@@ -160,7 +187,7 @@ class GSVisionModel(_Base):
         if not mask.any(1).all():
             raise ValueError("every splat set needs at least one real Gaussian (a mask row is all False)")
         tokens = self.stem(torch.where(mask[..., None], splats, 0.0))
-        latents = self.resampler(tokens.to(self.resampler.latents.dtype), mask)
+        latents = self.head_proj(self.resampler(tokens.to(self.resampler.latents.dtype), mask))
         cls = self.class_embedding.to(latents.dtype).expand(latents.shape[0], 1, -1)
         x = torch.cat([cls, latents], dim=1) + self.positional_embedding.to(latents.dtype)
         return self._run_vit(x)
@@ -168,7 +195,8 @@ class GSVisionModel(_Base):
     def set_stage(self, stage: int, vit_blocks: int = 2) -> None:
         """Freeze everything except what a training stage trains.
 
-        Stage 1 (RGB→GS distillation): the stem, the resampler and the GS CLS/position embeddings.
+        Stage 1 (RGB→GS distillation): the GS head: stem, resampler, up projection and the GS CLS/position
+        embeddings.
         Stage 2 (CLIP adaptation): stage 1 plus the first `vit_blocks` ViT blocks and the final projection.
         (The symmetric text layers of stage 2 live on the text tower: gs_encoder.train.)
         """
@@ -176,7 +204,7 @@ class GSVisionModel(_Base):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         for p in self.parameters():
             p.requires_grad_(False)
-        for m in (self.stem, self.resampler):
+        for m in self.head_modules():
             m.requires_grad_(True)
         self.class_embedding.requires_grad_(True)
         self.positional_embedding.requires_grad_(True)
@@ -184,6 +212,15 @@ class GSVisionModel(_Base):
             for block in self.visual.transformer.resblocks[:vit_blocks]:
                 block.requires_grad_(True)
             self.visual.proj.requires_grad_(True)
+
+    def head_modules(self) -> tuple[nn.Module, ...]:
+        """The GS head's modules (the GS CLS and position embeddings are parameters beside them)."""
+        return (self.stem, self.resampler, self.head_proj)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Every parameter of the GS head: what is not part of open_clip's ViT."""
+        params = [p for m in self.head_modules() for p in m.parameters()]
+        return params + [self.class_embedding, self.positional_embedding]
 
     def init_from_visual(self) -> None:
         """Copy the ViT's CLS and (resampled) position embeddings into the GS ones (after loading weights)."""
@@ -258,22 +295,29 @@ def _resample_positions(pos: torch.Tensor, k: int) -> torch.Tensor:
 PAPER_SHARES = {2: 9.7, 3: 13.8}  # the paper's trainable shares: stage 2, and stage 2 with the text layers
 
 
-def stage_shares(
-    model: str = "ViT-B-16",
-    num_tokens: int = 196,
-    resampler_depth: int = 2,
-    fourier_bands: int = 16,
-    vit_blocks: int = 2,
-) -> dict:
+def add_head_args(parser) -> None:
+    """The GS head's architecture flags (GSVisionConfig fields), shared by the commands that build one."""
+    parser.add_argument("--num-tokens", type=int, default=196, help="K resampled tokens")
+    parser.add_argument("--resampler-depth", type=int, default=2, help="Perceiver layers")
+    parser.add_argument("--fourier-bands", type=int, default=16, help="Fourier frequencies per coordinate")
+    parser.add_argument("--gs-width", type=int, default=256, help="width of the GS head (ViT width: full)")
+    parser.add_argument("--gs-ff-mult", type=int, default=2, help="Perceiver feed-forward, in head widths")
+
+
+def head_overrides(args) -> dict:
+    """The GSVisionConfig fields set by add_head_args' flags."""
+    keys = ("num_tokens", "resampler_depth", "fourier_bands", "gs_width", "gs_ff_mult")
+    return {k: getattr(args, k) for k in keys}
+
+
+def stage_shares(model: str = "ViT-B-16", vit_blocks: int = 2, **head) -> dict:
     """Trainable parameters per training stage of a GS encoder on open_clip's `model` (random weights: only
     the counts matter). Two shares per stage: of the whole GS encoder (CLIP + the GS head: stem,
     resampler, GS embeddings), which is what the paper's 9.7% / 13.8% describe, and of what is trained
-    inside CLIP alone. Returns {"headline", "headers", "rows", "counts"}; ValueError for an unknown model."""
+    inside CLIP alone. `head`: GSVisionConfig fields of the head (num_tokens, gs_width, …). Returns {"headline", "headers", "rows", "counts"}; ValueError for an unknown model."""
     import open_clip
 
-    cfg = GSVisionConfig.from_open_clip(
-        model, num_tokens=num_tokens, resampler_depth=resampler_depth, fourier_bands=fourier_bands
-    )
+    cfg = GSVisionConfig.from_open_clip(model, **head)
     clip = open_clip.create_model(model, pretrained=None)
     gs = GSVisionModel(cfg)
 
@@ -281,13 +325,12 @@ def stage_shares(
         return sum(p.numel() for p in params)
 
     clip_total = count(clip.parameters())
-    head = count(gs.stem.parameters()) + count(gs.resampler.parameters())
-    head += gs.class_embedding.numel() + gs.positional_embedding.numel()
+    head = count(gs.head_parameters())
     total = clip_total + head
     text_extra = count(clip.transformer.resblocks[:vit_blocks].parameters()) + clip.text_projection.numel()
     rows, counts = [], {"clip": clip_total, "gs_head": head, "stages": {}}
     for stage, label in (
-        (1, "stage 1: stem + resampler"),
+        (1, "stage 1: the GS head"),
         (2, f"stage 2: + first {vit_blocks} ViT blocks + proj"),
         (3, "stage 2 + symmetric text layers"),
     ):
@@ -307,8 +350,9 @@ def stage_shares(
             ]
         )
     headline = (
-        f"{model}: CLIP {clip_total / 1e6:.2f} M parameters + GS head (stem + resampler + embeddings) "
-        f"{head / 1e6:.2f} M (K = {num_tokens}, resampler depth {resampler_depth}) = {total / 1e6:.2f} M"
+        f"{model}: CLIP {clip_total / 1e6:.2f} M parameters + GS head (stem + resampler + up projection + embeddings) "
+        f"{head / 1e6:.2f} M (K = {cfg.num_tokens}, head width {cfg.gs_width}, resampler depth "
+        f"{cfg.resampler_depth}, feed-forward ×{cfg.gs_ff_mult}) = {total / 1e6:.2f} M"
     )
     headers = [
         "stage",

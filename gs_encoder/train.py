@@ -49,6 +49,8 @@ class DistillConfig:
     encoder: str | None = None  # a saved GS encoder to start from (stage 2: stage 1's final/)
     num_tokens: int = 196  # K resampled tokens
     resampler_depth: int = 2  # Perceiver layers
+    gs_width: int = 256  # width of the GS head (Gaussian tokens, Perceiver); docs/encoder.md
+    gs_ff_mult: int = 2  # the Perceiver's feed-forward width, in head widths
     vit_blocks: int = 2  # ViT (and text) blocks unfrozen in stage 2
     unfreeze_text: bool = False  # stage 2: also train the first text blocks and the text projection
     batch_size: int = 32  # per device
@@ -128,7 +130,11 @@ def _build_student(cfg: DistillConfig, clip) -> GSVisionModel:
     if cfg.encoder:
         return GSVisionModel.from_pretrained(cfg.encoder)
     config = GSVisionConfig.from_open_clip(
-        cfg.clip_model, num_tokens=cfg.num_tokens, resampler_depth=cfg.resampler_depth
+        cfg.clip_model,
+        num_tokens=cfg.num_tokens,
+        resampler_depth=cfg.resampler_depth,
+        gs_width=cfg.gs_width,
+        gs_ff_mult=cfg.gs_ff_mult,
     )
     student = GSVisionModel(config)
     student.visual.load_state_dict(clip.visual.state_dict(), strict=True)

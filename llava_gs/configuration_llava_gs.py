@@ -36,7 +36,9 @@ class GSVisionTowerConfig(PreTrainedConfig):
     num_tokens: int = 196
     fourier_bands: int = 16
     resampler_depth: int = 2
-    resampler_heads: int = 8
+    resampler_heads: int = 4
+    gs_width: int = 256
+    gs_ff_mult: int = 2
     input: Literal["gs", "rgb"] = "gs"
 
     def __post_init__(self, **kwargs):
@@ -54,6 +56,8 @@ class GSVisionTowerConfig(PreTrainedConfig):
             fourier_bands=self.fourier_bands,
             resampler_depth=self.resampler_depth,
             resampler_heads=self.resampler_heads,
+            gs_width=self.gs_width,
+            gs_ff_mult=self.gs_ff_mult,
             input=self.input,
         )
 

@@ -9,17 +9,25 @@
 #   bash scripts/mini_repro.sh --smoke    every stage at toy size (a few minutes; CI runs it)
 #   bash scripts/mini_repro.sh --demo     one small GS-LLaVA only (N = 64, K = 64; no RGB-LLaVA, zero-shot or
 #                                         evaluation) for scripts/demo.sh, in a few minutes
+#   --head-ablation (with the full run or --smoke) adds a GS encoder and its LLaVA with the full-width head
+#                                         (Perceiver at the ViT width, feed-forward ×4) beside the default
+#                                         narrow one (GS_WIDTH = 64, feed-forward ×2), at the middle budget
 # Stages already finished (their outputs exist) are skipped on a rerun. OUT (outputs/mini_repro) holds all.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 cd "$ROOT"
-SMOKE=0 DEMO=0
-case "${1:-}" in
-  --smoke) SMOKE=1 ;;
-  --demo) DEMO=1 ;;
-  "") ;;
-  *) echo "usage: bash scripts/mini_repro.sh [--smoke|--demo]" >&2; exit 2 ;;
-esac
+SMOKE=0 DEMO=0 HEAD_ABLATION=0
+for arg in "$@"; do
+  case "$arg" in
+    --smoke) SMOKE=1 ;;
+    --demo) DEMO=1 ;;
+    --head-ablation) HEAD_ABLATION=1 ;;
+    *) echo "usage: bash scripts/mini_repro.sh [--smoke|--demo] [--head-ablation]" >&2; exit 2 ;;
+  esac
+done
+if (( DEMO && (SMOKE || HEAD_ABLATION) )); then
+  echo "mini_repro.sh: --demo trains one GS-LLaVA only; it does not combine with --smoke or --head-ablation" >&2; exit 2
+fi
 LM_INIT="${LM_INIT:-pretrained}"
 case "$LM_INIT" in
   pretrained|random) ;;
@@ -41,6 +49,9 @@ else
   FT_EPOCHS="${FT_EPOCHS:-1}" MAX_STEPS=-1 KS="64 32"
 fi
 CFG=eval/mini/mini-vit.json
+# the GS head at its own width, narrower than the mini ViT's 128 as the default head is narrower than
+# ViT-B/16's 768 (docs/encoder.md); --head-ablation adds the full-width head (128, feed-forward ×4)
+GS_WIDTH="${GS_WIDTH:-64}" GS_FF_MULT="${GS_FF_MULT:-2}"
 JUDGE_PORT="${JUDGE_PORT:-18771}"
 T0=$(date +%s)
 TIMES="$OUT/timings.tsv"  # one line per stage start; eval.mini.report turns the last invocation into a table
@@ -86,23 +97,29 @@ if [[ $DEMO == 0 ]]; then
     --clip-pretrained "$CLIP_CKPT" --input rgb -o "$OUT/encoders/rgb"
 fi
 
-FIRST_N=${BUDGETS%% *}
 MID_N=$(echo "$BUDGETS" | awk '{print $2}')
+K1=${KS%% *}
+gs_encoder() {  # gs_encoder NAME N K GS_WIDTH GS_FF_MULT
+  local name=$1 n=$2 k=$3 width=$4 ff=$5
+  stamp "GS encoder $name: stage 1 (distillation to the RGB CLIP) + stage 2 (CLIP adaptation)"
+  done_or "$OUT/encoders/$name/stage2/final/model.safetensors" && return 0
+  python -m gs_encoder.train --stage 1 --data "$OUT/splats/n$n/train" --clip-model mini-vit \
+    --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --num-tokens "$k" --gs-width "$width" --gs-ff-mult "$ff" \
+    --output-dir "$OUT/encoders/$name/stage1" --batch-size 64 --lr 1e-3 --warmup-steps 20 --max-steps "$S1_STEPS" \
+    --num-workers 0 --save-every 0
+  python -m gs_encoder.train --stage 2 --data "$OUT/splats/n$n/train" --clip-model mini-vit \
+    --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --encoder "$OUT/encoders/$name/stage1/final" \
+    --output-dir "$OUT/encoders/$name/stage2" --batch-size 64 --lr 3e-4 --warmup-steps 10 \
+    --max-steps "$S2_STEPS" --num-workers 0 --save-every 0
+}
 for k in $KS; do
   for n in $BUDGETS; do
-    [[ $k != "${KS%% *}" && $n != "$MID_N" ]] && continue  # the half-token encoder only at the middle budget
-    name="gs-n$n-k$k"
-    stamp "GS encoder $name: stage 1 (distillation to the RGB CLIP) + stage 2 (CLIP adaptation)"
-    done_or "$OUT/encoders/$name/stage2/final/model.safetensors" && continue
-    python -m gs_encoder.train --stage 1 --data "$OUT/splats/n$n/train" --clip-model mini-vit \
-      --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --num-tokens "$k" --output-dir "$OUT/encoders/$name/stage1" \
-      --batch-size 64 --lr 1e-3 --warmup-steps 20 --max-steps "$S1_STEPS" --num-workers 0 --save-every 0
-    python -m gs_encoder.train --stage 2 --data "$OUT/splats/n$n/train" --clip-model mini-vit \
-      --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --encoder "$OUT/encoders/$name/stage1/final" \
-      --output-dir "$OUT/encoders/$name/stage2" --batch-size 64 --lr 3e-4 --warmup-steps 10 \
-      --max-steps "$S2_STEPS" --num-workers 0 --save-every 0
+    [[ $k != "$K1" && $n != "$MID_N" ]] && continue  # the half-token encoder only at the middle budget
+    gs_encoder "gs-n$n-k$k" "$n" "$k" "$GS_WIDTH" "$GS_FF_MULT"
   done
 done
+# the head-size ablation: the Perceiver at the mini ViT's width (128) with feed-forward ×4
+(( HEAD_ABLATION )) && gs_encoder "gs-n$MID_N-k$K1-wide" "$MID_N" "$K1" 128 4
 
 [[ $DEMO == 0 ]] && stamp "zero-shot, GS vs RGB (CLIP_benchmark, single-object scenes, 24 classes)"
 for enc in "$OUT"/encoders/gs-*/stage2/final; do
@@ -177,5 +194,5 @@ done
 
 stamp "report"
 python -m eval.mini.report --out "$OUT" --results "$([[ $SMOKE == 1 ]] && echo "$OUT/report" || echo eval/results)/mini_repro" \
-  --command "bash scripts/mini_repro.sh${1:+ $1}"
+  --command "bash scripts/mini_repro.sh${*:+ $*}"
 stamp "done"

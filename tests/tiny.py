@@ -24,6 +24,7 @@ def tiny_encoder():
 
     cfg = GSVisionConfig(
         vision_cfg={"image_size": CANVAS, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+        gs_width=32,
         embed_dim=32,
         num_tokens=K,
         fourier_bands=4,

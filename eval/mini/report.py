@@ -5,13 +5,16 @@
 Sections (the paper's tables in small): splat budgets (bytes, compression vs raw 64² RGB, fit PSNR, load
 time vs PNG decoding); zero-shot accuracy GS vs RGB and GS/RGB per encoder; VQA accuracy per question
 kind for RGB-LLaVA and each GS-LLaVA with chance, the question-only prior and the shuffled-image control
-(± one standard error); lmms-eval's official metrics. Writes <results>.md, .json and .png.
+(± one standard error); the GS head's size per encoder (the head-size ablation of --head-ablation: narrow
+head vs the full-width one, zero-shot and VQA); lmms-eval's official metrics. Writes <results>.md, .json and .png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import time
 from pathlib import Path
 
@@ -75,6 +78,48 @@ def _zeroshot(out: Path) -> tuple[list[str], list[list], dict]:
             data[name] = {"gs": gs, "rgb": rgb}
             rows.append([name, ds, f"{100 * rgb:.1f}", f"{100 * gs:.1f}", f"{gs / rgb:.3f}" if rgb else "–"])
     return ["encoder", "dataset", "RGB acc %", "GS acc %", "GS / RGB"], rows, data
+
+
+def _heads(out: Path, zs: dict) -> tuple[list[str], list[list], dict]:
+    """Each GS encoder's head: width, feed-forward, parameters (what is not the ViT), zero-shot GS/RGB."""
+    from safetensors import safe_open
+
+    rows, data = [], {}
+    for final in sorted((out / "encoders").glob("gs-*/stage2/final")):
+        name = final.parent.parent.name
+        cfg = json.loads((final / "config.json").read_text())
+        with safe_open(str(final / "model.safetensors"), "pt") as f:
+            sizes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+        head = sum(math.prod(shape) for k, shape in sizes.items() if not k.startswith("visual."))
+        vit = sum(math.prod(shape) for k, shape in sizes.items() if k.startswith("visual."))
+        width, ff = cfg.get("gs_width", cfg["vision_cfg"]["width"]), cfg.get("gs_ff_mult", 4)
+        ratio = zs[name]["gs"] / zs[name]["rgb"] if name in zs and zs[name]["rgb"] else None
+        data[name] = {
+            "gs_width": width,
+            "gs_ff_mult": ff,
+            "head_params": head,
+            "vit_params": vit,
+            "zs_ratio": ratio,
+        }
+        rows.append(
+            [
+                name,
+                width,
+                ff,
+                f"{head / 1e3:.0f} k",
+                f"{vit / 1e3:.0f} k",
+                "–" if ratio is None else f"{ratio:.3f}",
+            ]
+        )
+    headers = [
+        "encoder",
+        "head width",
+        "feed-forward ×",
+        "GS head parameters",
+        "ViT parameters",
+        "zero-shot GS / RGB",
+    ]
+    return headers, rows, data
 
 
 def _timings(out: Path) -> tuple[list[str], list[list], dict]:
@@ -141,9 +186,12 @@ def _targets(runs: dict, controls: dict) -> tuple[list[str], list[list], list[di
                 )
     gs = {}  # N → {K: label}
     for m in models:
-        if m.startswith("GS-LLaVA n"):
-            n, k = m[len("GS-LLaVA n") :].split("-k")
-            gs.setdefault(int(n), {})[int(k)] = m
+        match = re.fullmatch(r"GS-LLaVA n(\d+)-k(\d+)", m)
+        if match:
+            gs.setdefault(int(match[1]), {})[int(match[2])] = m
+        wide = m.removesuffix("-wide")
+        if wide != m and wide in runs:  # the head-size ablation: the default narrow head vs the full width
+            checks.append((f"{wide} (narrow head) − {m}", runs[wide], runs[m], "≥ −3", lambda d: d >= -3, m))
     for n, ks in sorted(gs.items()):
         if len(ks) >= 2:
             big, small = max(ks), min(ks)
@@ -218,6 +266,10 @@ def build(out: Path) -> tuple[list[tuple[str, list[str], list[list]]], dict]:
     z_headers, z_rows, zs = _zeroshot(out)
     if z_rows:
         sections.insert(1, ("Zero-shot classification, 24 classes (GS vs RGB)", z_headers, z_rows))
+    h_headers, h_rows, heads = _heads(out, zs) if (out / "encoders").exists() else ([], [], {})
+    if h_rows:  # after the zero-shot section, or first
+        at = next((i + 1 for i, (heading, _, _) in enumerate(sections) if heading.startswith("Zero-shot")), 0)
+        sections.insert(at, ("GS head size per encoder", h_headers, h_rows))
     l_headers, l_rows, lm = _lm(out)
     if l_rows:
         vqa = next(i for i, (heading, _, _) in enumerate(sections) if heading.startswith("VQA accuracy"))
@@ -237,6 +289,7 @@ def build(out: Path) -> tuple[list[tuple[str, list[str], list[list]]], dict]:
         "chance": ch,
         "budgets": budgets,
         "zeroshot": zs,
+        "gs_heads": heads,
         "timings": timings,
         "lm_caption_qa": lm,
         "targets": targets,

@@ -48,7 +48,7 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
         HF_HOME=str(tmp_path / "hf"),
     )
     res = subprocess.run(
-        ["bash", "scripts/mini_repro.sh", "--smoke"],
+        ["bash", "scripts/mini_repro.sh", "--smoke", "--head-ablation"],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -57,16 +57,24 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
     )
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     report = json.loads((tmp_path / "repro" / "report" / "mini_repro.json").read_text())
-    models = {"RGB-LLaVA", "GS-LLaVA n16-k16", "GS-LLaVA n36-k16", "GS-LLaVA n36-k8"}
+    models = {"RGB-LLaVA", "GS-LLaVA n16-k16", "GS-LLaVA n36-k16", "GS-LLaVA n36-k8", "GS-LLaVA n36-k16-wide"}
     assert models <= set(report["accuracy"]) and "question-only prior" in report["accuracy"]
     assert {f"{m}, shuffled images" for m in models} <= set(report["accuracy"])
-    assert set(report["budgets"]) == {"16", "36"} and len(report["zeroshot"]) == 3
+    assert set(report["budgets"]) == {"16", "36"} and len(report["zeroshot"]) == 4
+    # the head-size ablation: the default narrow head (64, ×2) beside the full-width one (128, ×4)
+    heads = report["gs_heads"]
+    assert (heads["gs-n36-k16"]["gs_width"], heads["gs-n36-k16-wide"]["gs_width"]) == (64, 128)
+    assert heads["gs-n36-k16-wide"]["head_params"] > 2 * heads["gs-n36-k16"]["head_params"]
+    assert heads["gs-n36-k16"]["vit_params"] == heads["gs-n36-k16-wide"]["vit_params"]
+    comparisons = {t["comparison"] for t in report["targets"]}
+    assert "GS-LLaVA n36-k16 (narrow head) − GS-LLaVA n36-k16-wide" in comparisons
+    assert "N = 36: K = 8 − K = 16 tokens" in comparisons
     for m in models:
         assert set(report["accuracy"][m]) == {"sqa", "text", "pope", "mme", "open", "gqa"}
     assert (tmp_path / "repro" / "report" / "mini_repro.png").stat().st_size > 0
     # a rerun skips every finished stage
     again = subprocess.run(
-        ["bash", "scripts/mini_repro.sh", "--smoke"],
+        ["bash", "scripts/mini_repro.sh", "--smoke", "--head-ablation"],
         env=env,
         cwd=ROOT,
         capture_output=True,

@@ -235,3 +235,23 @@ def test_relative_targets_need_a_reference_that_uses_the_image():
     _, _, rows = _targets(runs, controls)
     gs_vs_rgb = next(r for r in rows if r["comparison"] == "GS-LLaVA n144-k64 − RGB-LLaVA")
     assert gs_vs_rgb["points"] == -50 and gs_vs_rgb["met"] == "no"
+
+
+def test_head_ablation_is_compared_with_the_default_head_and_kept_out_of_the_token_comparison():
+    from eval.mini.report import _targets
+
+    n = 200
+    right = {"pope": [True] * n}
+    half = {"pope": [i % 2 == 0 for i in range(n)]}
+    runs = {
+        "question-only prior": half,
+        "GS-LLaVA n144-k64": right,
+        "GS-LLaVA n144-k32": right,
+        "GS-LLaVA n144-k64-wide": half,
+    }
+    _, _, rows = _targets(runs, {})
+    by_name = {r["comparison"]: r for r in rows}
+    head = by_name["GS-LLaVA n144-k64 (narrow head) − GS-LLaVA n144-k64-wide"]
+    assert head["points"] == 50 and head["met"] == "yes"
+    assert by_name["N = 144: K = 32 − K = 64 tokens"]["points"] == 0
+    assert not any("-wide" in r["comparison"] and "K = " in r["comparison"] for r in rows)

@@ -11,9 +11,8 @@ TINY = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_siz
 
 def tiny(num_tokens=16, **kw):
     torch.manual_seed(0)
-    return GSVisionModel(
-        GSVisionConfig(vision_cfg=TINY, embed_dim=32, num_tokens=num_tokens, resampler_heads=2, **kw)
-    ).eval()
+    kw = {"resampler_heads": 2, "gs_width": 32, **kw}
+    return GSVisionModel(GSVisionConfig(vision_cfg=TINY, embed_dim=32, num_tokens=num_tokens, **kw)).eval()
 
 
 def splats(n, seed):
@@ -125,6 +124,7 @@ def test_frozen_parameters_stay_and_trainable_ones_move(stage):
     opt.step()
     changed = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
     assert any(n.startswith("stem.") for n in changed) and any(n.startswith("resampler.") for n in changed)
+    assert {"head_proj.weight", "class_embedding", "positional_embedding"} <= changed
     assert ("visual.proj" in changed) == (stage == 2)
     assert any(n.startswith("visual.transformer.resblocks.0.") for n in changed) == (stage == 2)
     assert not any(n.startswith("visual.transformer.resblocks.1.") for n in changed)
@@ -140,11 +140,46 @@ def test_encoder_params_command(capsys, tmp_path):
     assert "9.74%" in out and "14.13%" in out  # ViT-B/16: 2 blocks + proj of 149.62 M; + 2 text blocks + proj
     shares = stage_shares()
     head, clip = shares["counts"]["gs_head"], shares["counts"]["clip"]
-    stage2 = shares["counts"]["stages"]["stage 2: + first 2 ViT blocks + proj"]
+    stages = shares["counts"]["stages"]
+    stage2 = stages["stage 2: + first 2 ViT blocks + proj"]
     # the share of the whole encoder: the GS head and the unfrozen CLIP parts over CLIP plus the head
     assert stage2["share_whole"] == pytest.approx(100 * stage2["trainable"] / (clip + head))
     assert stage2["trainable"] - head == pytest.approx(0.0974 * clip, rel=1e-3)
     assert f"{stage2['share_whole']:.2f}%" in out and "9.7%" in out
+    # the default head is sized so that both whole-encoder shares are the paper's within 1.5 points
+    for row in ("stage 2: + first 2 ViT blocks + proj", "stage 2 + symmetric text layers"):
+        assert abs(stages[row]["share_whole"] - stages[row]["paper"]) <= 1.5, row
+    gs = GSVisionModel(GSVisionConfig.from_open_clip("ViT-B-16"))
+    assert head == sum(p.numel() for p in gs.parameters()) - sum(p.numel() for p in gs.visual.parameters())
+    # the full-width head (Perceiver at 768, feed-forward ×4) was twice the paper's stage-2 share
+    full = stage_shares(gs_width=768, gs_ff_mult=4, resampler_heads=8)["counts"]["stages"]
+    assert full["stage 2: + first 2 ViT blocks + proj"]["share_whole"] > 2 * 8.2
+    assert main(["encoder-params", "--gs-width", "192"]) == 0
+    assert "head width 192" in capsys.readouterr().out
+
+
+def test_narrow_head_projects_up_and_full_width_head_loads_from_older_configs(tmp_path):
+    import json
+
+    narrow = tiny()
+    assert narrow.config.gs_width == 32 and isinstance(narrow.head_proj, torch.nn.Linear)
+    assert narrow.head_proj.in_features == 32 and narrow.head_proj.out_features == 64
+    assert narrow.resampler.latents.shape == (narrow.config.num_tokens, 32)
+    # a config.json written before the head had its own width describes the full-width head
+    full = tiny(gs_width=64, gs_ff_mult=4, resampler_heads=8)
+    assert isinstance(full.head_proj, torch.nn.Identity)
+    full.save_pretrained(tmp_path / "old")
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    for key in ("gs_width", "gs_ff_mult", "resampler_heads"):
+        del cfg[key]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    old = GSVisionModel.from_pretrained(tmp_path / "old")
+    assert (old.config.gs_width, old.config.gs_ff_mult, old.config.resampler_heads) == (64, 4, 8)
+    x = torch.stack([splats(6, 0), splats(6, 1)])
+    with torch.no_grad():
+        assert torch.equal(old.eval()(x).image_embeds, full.eval()(x).image_embeds)
+    with pytest.raises(ValueError, match="gs_width"):
+        GSVisionConfig(vision_cfg=TINY, gs_width=30, resampler_heads=4)
 
 
 def test_outputs_are_visible_to_zero3_hooks():

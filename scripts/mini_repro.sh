@@ -193,6 +193,10 @@ for model in "$OUT"/llava/*/final; do
 done
 
 stamp "report"
-python -m eval.mini.report --out "$OUT" --results "$([[ $SMOKE == 1 ]] && echo "$OUT/report" || echo eval/results)/mini_repro" \
+RESULTS="$([[ $SMOKE == 1 ]] && echo "$OUT/report" || echo eval/results)/mini_repro"
+python -m eval.mini.report --out "$OUT" --results "$RESULTS" --command "bash scripts/mini_repro.sh${*:+ $*}"
+# the best GS-LLaVA ships with the repository for scripts/demo.sh (the smoke run writes it beside its report)
+python -m eval.mini.ship_demo --out "$OUT" --report "$RESULTS.json" \
+  --dest "$([[ $SMOKE == 1 ]] && echo "$OUT/report/demo_llava" || echo eval/mini/demo_llava)" \
   --command "bash scripts/mini_repro.sh${*:+ $*}"
 stamp "done"

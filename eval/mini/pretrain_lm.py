@@ -34,6 +34,7 @@ from pathlib import Path
 
 from eval.mini import world
 from eval.mini.make_lm import new_llama, template_text
+from llava_gs.conversation import tokenize_conversation
 
 LM_SEED_BASE = 50_000_000  # scenes for LM pretraining: disjoint from world.scenes_for's train/test ranges
 
@@ -43,6 +44,16 @@ def caption_dialogues(seed: int) -> list[list[dict]]:
     scene = world.make_scene(seed)
     cap = world.caption(scene)
     return [world.dialogue_turns(d, cap) for d in world.dialogues(scene, world.questions(scene))]
+
+
+def plain_caption(seed: int, tok) -> dict:
+    """Scene `seed`'s caption as a stage-1 (projector pretraining) sample without its image: LLaVA's plain
+    template, where `<image>` is followed by the caption and the human text is dropped, with 0 image tokens
+    — so the LM has learned to write the world's captions before the projector has to make it write them."""
+    cap = world.caption(world.make_scene(seed))
+    turns = [{"from": "human", "value": "<image>\n"}, {"from": "gpt", "value": cap}]
+    ids, labels = tokenize_conversation(turns, tok, "plain", 1, 0)
+    return {"input_ids": ids, "labels": labels}
 
 
 def texts(n_scenes: int = 3000):
@@ -100,6 +111,21 @@ def evaluate(model, tok, scenes, template="vicuna_v1") -> dict[str, float]:
     return acc
 
 
+def caption_loss(model, tok, scenes) -> float:
+    """Mean loss (nats per caption token) of the scenes' plain captions with no image: where LLaVA's stage-1
+    projector pretraining starts from on this world (eval.mini.report shows the stage-1 loss it reaches)."""
+    import torch
+
+    from llava_gs.data import pad_text
+
+    model.eval()
+    with torch.no_grad():
+        batch = pad_text([plain_caption(s.seed, tok) for s in scenes], tok.pad_token_id)
+        loss = float(model(**batch).loss)
+    model.train()
+    return loss
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -119,19 +145,27 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-scenes", type=int, default=80, help="test scenes for the caption-QA accuracy")
+    ap.add_argument(
+        "--caption-fraction",
+        type=float,
+        default=0.0,
+        help="share of training samples that are plain captions (LLaVA's stage-1 template, caption as the "
+        "target) beside the caption-in-place dialogues; 0 = dialogues only (the shipped LM)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     for name in ("steps", "schedule_steps", "batch_size", "eval_every", "eval_scenes", "warmup"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.caption_fraction < 1:
+        ap.error(f"--caption-fraction must be in [0, 1), got {args.caption_fraction}")
 
     import torch
     from tqdm import tqdm
 
     from llava_gs import train_bpe_tokenizer
     from llava_gs.builder import save_folder
-    from llava_gs.conversation import tokenize_conversation
     from llava_gs.data import pad_text
 
     torch.set_num_threads(args.threads)
@@ -156,9 +190,14 @@ def main(argv=None) -> int:
     losses = []
     for step in bar:
         while len(pool) < 8 * args.batch_size:
-            for turns in caption_dialogues(next_seed):
+            dialogues = caption_dialogues(next_seed)
+            for turns in dialogues:
                 ids, labels = tokenize_conversation(turns, tok, "vicuna_v1", 0, 0)
                 pool.append({"input_ids": ids, "labels": labels})
+            if args.caption_fraction > 0:  # plain captions, that share of all samples on average
+                expected = len(dialogues) * args.caption_fraction / (1 - args.caption_fraction)
+                for _ in range(int(expected) + (rng.random() < expected % 1)):
+                    pool.append(plain_caption(next_seed, tok))
             next_seed += 1
         rng.shuffle(pool)
         batch, pool = pool[: args.batch_size], pool[args.batch_size :]
@@ -176,6 +215,7 @@ def main(argv=None) -> int:
                 "step": step,
                 "minutes": round((time.time() - t0) / 60, 2),
                 "loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+                "caption_loss": round(caption_loss(model, tok, eval_scenes), 4),
                 **{k: round(v, 1) for k, v in acc.items()},
             }
             log.append(entry)

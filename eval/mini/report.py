@@ -232,6 +232,23 @@ def _lm(out: Path) -> tuple[list[str], list[list], dict]:
     return ["language model stand-in", *KINDS, "all"], [row], last
 
 
+def _stage1(out: Path) -> tuple[list[str], list[list], dict]:
+    """Each LLaVA's stage-1 (projector pretraining on captions) loss: first step, mean of the first and of the
+    last tenth of the steps (trainer_state.json of scripts/pretrain.sh, one logged loss per step)."""
+    rows, data = [], {}
+    for state in sorted((out / "llava").glob("*/pretrain/trainer_state.json")):
+        losses = [e["loss"] for e in json.loads(state.read_text())["log_history"] if "loss" in e]
+        if not losses:
+            continue
+        tenth = max(1, len(losses) // 10)
+        name = state.parent.parent.name
+        first, head, tail = losses[0], sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth
+        data[name] = {"steps": len(losses), "first": first, "first_tenth": head, "last_tenth": tail}
+        rows.append([name, len(losses), f"{first:.3f}", f"{head:.3f}", f"{tail:.3f}"])
+    headers = ["LLaVA", "steps", "loss at step 1", "mean, first tenth", "mean, last tenth"]
+    return headers, rows, data
+
+
 def _official(out: Path, name: str) -> dict:
     files = sorted((out / "vqa" / name).rglob("*_results.json"))
     return json.loads(files[-1].read_text())["results"] if files else {}
@@ -276,6 +293,11 @@ def build(out: Path) -> tuple[list[tuple[str, list[str], list[list]]], dict]:
         sections.insert(
             vqa, ("Language model stand-in: the test questions with the caption as text", l_headers, l_rows)
         )
+    s_headers, s_rows, stage1 = _stage1(out)
+    if s_rows:
+        sections.append(
+            ("Stage 1: caption loss of the projector pretraining (nats per token)", s_headers, s_rows)
+        )
     t_headers, t_rows, timings = _timings(out)
     if t_rows:
         sections.append(("Time per stage", t_headers, t_rows))
@@ -292,6 +314,7 @@ def build(out: Path) -> tuple[list[tuple[str, list[str], list[list]]], dict]:
         "gs_heads": heads,
         "timings": timings,
         "lm_caption_qa": lm,
+        "stage1_caption_loss": stage1,
         "targets": targets,
         "official_lmms_eval": official,
     }

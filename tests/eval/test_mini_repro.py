@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,32 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
     assert (heads["gs-n36-k16"]["gs_width"], heads["gs-n36-k16-wide"]["gs_width"]) == (64, 128)
     assert heads["gs-n36-k16-wide"]["head_params"] > 2 * heads["gs-n36-k16"]["head_params"]
     assert heads["gs-n36-k16"]["vit_params"] == heads["gs-n36-k16-wide"]["vit_params"]
+    # the best GS-LLaVA, shipped the way eval/mini/demo_llava is, answers its scenes' questions
+    shipped = tmp_path / "repro" / "report" / "demo_llava"
+    build = json.loads((shipped / "build.json").read_text())
+    assert build["model"].startswith("gs-n") and (shipped / "model" / "model.safetensors").is_file()
+    assert len(build["scenes"]) == 2 and all((shipped / "scenes" / s).is_file() for s in build["scenes"])
+    asked = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eval.mini.ask",
+            "--model",
+            str(shipped / "model"),
+            "--scenes",
+            str(shipped / "scenes"),
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    n = len(json.loads((shipped / "scenes" / "questions.json").read_text()))
+    assert asked.returncode == 0 and f" of {n} answered right" in asked.stdout, asked.stderr[-2000:]
+    assert report["stage1_caption_loss"] and all(
+        v["steps"] >= 1 for v in report["stage1_caption_loss"].values()
+    )
     comparisons = {t["comparison"] for t in report["targets"]}
     assert "GS-LLaVA n36-k16 (narrow head) − GS-LLaVA n36-k16-wide" in comparisons
     assert "N = 36: K = 8 − K = 16 tokens" in comparisons

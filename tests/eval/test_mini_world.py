@@ -255,3 +255,21 @@ def test_head_ablation_is_compared_with_the_default_head_and_kept_out_of_the_tok
     assert head["points"] == 50 and head["met"] == "yes"
     assert by_name["N = 144: K = 32 − K = 64 tokens"]["points"] == 0
     assert not any("-wide" in r["comparison"] and "K = " in r["comparison"] for r in rows)
+
+
+def test_the_shipped_demo_model_is_the_best_gs_llava_over_all_questions():
+    from eval.mini.ship_demo import best_gs_model
+
+    report = {
+        "counts": {"pope": 300, "text": 100},
+        "accuracy": {
+            "RGB-LLaVA": {"pope": 1.0, "text": 1.0},  # not a GS model
+            "GS-LLaVA n144-k64": {"pope": 0.8, "text": 0.2},  # 0.65 over all questions
+            "GS-LLaVA n144-k32": {"pope": 0.6, "text": 0.9},  # 0.675: better overall, worse on pope
+            "GS-LLaVA n144-k32, shuffled images": {"pope": 1.0, "text": 1.0},  # a control
+        },
+    }
+    name, acc = best_gs_model(report)
+    assert name == "gs-n144-k32" and acc == pytest.approx(0.675)
+    with pytest.raises(ValueError, match="no GS-LLaVA"):
+        best_gs_model({"counts": {"pope": 1}, "accuracy": {"RGB-LLaVA": {"pope": 1.0}}})

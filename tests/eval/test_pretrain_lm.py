@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from eval.mini import world
-from eval.mini.pretrain_lm import LM_SEED_BASE, caption_dialogues, evaluate, main
+from eval.mini.pretrain_lm import LM_SEED_BASE, caption_dialogues, evaluate, main, plain_caption
 
 SHIPPED = Path(__file__).resolve().parents[2] / "eval" / "mini" / "lm"
 
@@ -28,6 +28,44 @@ def test_caption_takes_the_place_of_the_image_and_answers_are_the_training_ones(
             for h, g in zip(turns[::2], turns[1::2], strict=True)
         ]
         assert got == qa
+
+
+def test_plain_caption_is_the_stage_1_sample_without_its_image(tiny_tokenizer):
+    from llava_gs.conversation import IGNORE_INDEX, tokenize_conversation
+
+    seed = LM_SEED_BASE + 11
+    cap = world.caption(world.make_scene(seed))
+    sample = plain_caption(seed, tiny_tokenizer)
+    # what stage 1 trains on, with K = 4 image tokens, is the same caption after those tokens
+    stage1 = {"from": "human", "value": "<image>\n"}, {"from": "gpt", "value": cap}
+    ids, labels = tokenize_conversation(list(stage1), tiny_tokenizer, "plain", 1, 4)
+    image_id = tiny_tokenizer.convert_tokens_to_ids("<image>")
+    assert ids.count(image_id) == 4 and image_id not in sample["input_ids"]
+    kept = [(i, t) for i, t in zip(ids, labels, strict=True) if i != image_id]
+    assert [i for i, _ in kept] == sample["input_ids"] and [t for _, t in kept] == sample["labels"]
+    target = [t for t in sample["labels"] if t != IGNORE_INDEX]
+    assert tiny_tokenizer.decode(target, skip_special_tokens=True).strip() == cap
+
+
+def test_caption_fraction_mixes_plain_captions_into_the_training_stream(tmp_path, monkeypatch):
+    from eval.mini import pretrain_lm
+
+    seen = []
+    real = pretrain_lm.plain_caption
+    monkeypatch.setattr(pretrain_lm, "plain_caption", lambda seed, tok: seen.append(seed) or real(seed, tok))
+    args = (
+        "--steps 2 --batch-size 4 --hidden 32 --layers 1 --heads 2 --warmup 1 --eval-every 2 --eval-scenes 2"
+    )
+    assert main(["--out", str(tmp_path / "a"), *args.split(), "--threads", "1"]) == 0
+    assert seen == [s.seed for s in world.scenes_for("test", 2)]  # only the logged caption loss
+    seen.clear()
+    assert main(["--out", str(tmp_path / "b"), *args.split(), "--caption-fraction", "0.5"]) == 0
+    trained = [s for s in seen if s >= LM_SEED_BASE]
+    assert len(trained) >= 8  # 0.5: one caption per dialogue, two dialogues a scene, 32+ samples pooled
+    log = json.loads((tmp_path / "b" / "pretrain_log.json").read_text())
+    assert log[-1]["caption_loss"] > 0
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "c"), "--caption-fraction", "1"])
 
 
 def test_lm_scenes_are_not_train_or_test_scenes():

@@ -1,0 +1,118 @@
+"""Ship the miniature's best GS-LLaVA with the repository, for `bash scripts/demo.sh`.
+
+    python -m eval.mini.ship_demo --out outputs/mini_repro --report eval/results/mini_repro.json \
+        --dest eval/mini/demo_llava --command "bash scripts/mini_repro.sh"
+
+Picks the GS-LLaVA with the best accuracy over all test questions in the report (the head-size ablation's
+full-width model included), and writes `dest/` the way a downloaded checkpoint is laid out:
+- `model/`: the GS-LLaVA folder as finetune.sh saved it (config, safetensors weights, tokenizer, processor);
+- `scenes/`: the first `--scenes` test scenes (64² PNG and caption) and `questions.json` with their
+  questions and the answers in the style the model was taught;
+- `build.json`: which model, its accuracy, the run, and the command that rebuilds it all.
+The folder is written under a temporary name and renamed, so a failed run never leaves half a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from .ask import scene_questions
+
+# what a GS-LLaVA folder needs to load (weights, configs, tokenizer, processor); optimiser state, trainer
+# logs and checkpoints stay behind
+_MODEL_SUFFIXES = (".json", ".safetensors", ".model", ".txt", ".jinja")
+_SKIP = ("trainer_state.json", "training_args.bin", "all_results.json", "train_results.json")
+
+
+def best_gs_model(report: dict) -> tuple[str, float]:
+    """(lmms-eval folder name, accuracy over all questions) of the best GS-LLaVA in a mini_repro report."""
+    counts = report["counts"]
+    total = sum(counts.values())
+    best = None
+    for label, acc in report["accuracy"].items():
+        if not label.startswith("GS-LLaVA ") or "shuffled" in label:
+            continue
+        overall = sum(acc[k] * counts[k] for k in counts if acc.get(k) is not None) / total
+        if best is None or overall > best[1]:
+            best = (label[len("GS-LLaVA ") :], overall)
+    if best is None:
+        raise ValueError("the report has no GS-LLaVA accuracy; run scripts/mini_repro.sh to its end first")
+    return f"gs-{best[0]}", best[1]
+
+
+def _copy_model(src: Path, dst: Path) -> int:
+    dst.mkdir(parents=True)
+    size = 0
+    for f in sorted(src.iterdir()):
+        if f.is_file() and f.suffix in _MODEL_SUFFIXES and f.name not in _SKIP:
+            shutil.copy2(f, dst / f.name)
+            size += f.stat().st_size
+    if not (dst / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{src}: no model.safetensors (was finetune.sh's run finished?)")
+    return size
+
+
+def _copy_scenes(data: Path, dst: Path, n: int) -> list[dict]:
+    """The first `n` test scenes (PNG + caption) and questions.json with their questions, image paths relative."""
+    dst.mkdir(parents=True)
+    qs = scene_questions(data, n)
+    for image in sorted({q["image"] for q in qs}):
+        for f in (Path(image), Path(image).with_suffix(".txt")):
+            if f.is_file():
+                shutil.copy2(f, dst / f.name)
+    qs = [{**q, "image": Path(q["image"]).name} for q in qs]
+    (dst / "questions.json").write_text(json.dumps(qs, indent=1, ensure_ascii=False) + "\n")
+    return qs
+
+
+def ship(out: Path, report_path: Path, dest: Path, command: str, scenes: int = 2) -> dict:
+    """Write dest/ (model/, scenes/, build.json) from a finished mini_repro run; returns build.json's data."""
+    report = json.loads(report_path.read_text())
+    name, accuracy = best_gs_model(report)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    size = _copy_model(out / "llava" / name / "final", tmp / "model")
+    qs = _copy_scenes(out / "data", tmp / "scenes", scenes)
+    build = {
+        "model": name,
+        "accuracy_all_questions": round(accuracy, 4),
+        "accuracy_per_kind": report["accuracy"][f"GS-LLaVA {name[3:]}"],
+        "model_bytes": size,
+        "scenes": sorted({q["image"] for q in qs}),
+        "run": {"date": report["machine"]["date"], "commit": report["machine"]["git"], "command": command},
+        "rebuild": f"{command}  (then this folder is rewritten from the run's best GS-LLaVA)",
+    }
+    (tmp / "build.json").write_text(json.dumps(build, indent=1) + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return build
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="the OUT folder of a finished scripts/mini_repro.sh run")
+    ap.add_argument("--report", required=True, help="its report JSON (eval.mini.report)")
+    ap.add_argument("--dest", required=True, help="folder to write (eval/mini/demo_llava ships)")
+    ap.add_argument(
+        "--command", default="bash scripts/mini_repro.sh", help="the run's command, for build.json"
+    )
+    ap.add_argument("--scenes", type=int, default=2, help="test scenes to ship with their questions")
+    args = ap.parse_args(argv)
+    try:
+        build = ship(Path(args.out), Path(args.report), Path(args.dest), args.command, args.scenes)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"ship_demo: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"shipped {build['model']} ({100 * build['accuracy_all_questions']:.1f}% of all test questions, "
+        f"{build['model_bytes'] / 1e6:.1f} MB) and {len(build['scenes'])} test scenes to {args.dest}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

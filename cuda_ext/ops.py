@@ -220,7 +220,7 @@ def fit_steps(
     Each iteration: render, dL/dpixel of Σ_b mean((image_b − target_b)²), the Gaussian-parallel
     backward plus λ·Σ|c|/(3·n_b), Adam (t = it + 1, step sizes lr × cosine schedule over iters_total,
     ending at lr_final) and the Cholesky constraint. The pure-torch twin that defines it is
-    gs_encoder.fitting.fit_batched.fit_steps_torch.
+    gs_encoder.fitting.fit_ops.fit_steps_torch.
     """
     op = "fit_steps"
     _check_int("it0", it0, 0, op)

@@ -1,20 +1,22 @@
-"""Fitting splat sets to images (docs/format.md, Fitting): `FitConfig`, `fit_images`, `prune`, `psnr`.
+"""Fitting splat sets to images (docs/format.md, Fitting): `FitConfig`, `fit_images`, `fit_sets`, `prune`.
 
-The optimisation runs on all images of a batch at once, in a flat layout (every Gaussian of every image
-in one [Nt, 8] tensor with an image id), so a batch of images gives exactly the per-image results:
-the loss is a sum of per-image terms and Adam is element-wise. Parameters live in pixel units of the
-fitting canvas during the fit (learning rates then mean the same at any S) and are returned in the
-canvas units of docs/format.md, Layout.
+One loop fits on every backend. The images of a batch are fitted together in the padded layout of
+docs/format.md, Layout (params [B, Nmax, 8] plus an alive mask [B, Nmax]; padding and pruned Gaussians
+are dead rows, so shapes never change and pruning is a new mask), and a batch gives exactly the
+per-image results: the loss is a sum of per-image terms and Adam is element-wise. Parameters live in
+pixel units of the fitting canvas during the fit (learning rates then mean the same at any S) and are
+returned in the canvas units of docs/format.md, Layout.
 
-On CUDA tensors with cuda_ext's kernels built, `fit_images` hands the same job to the fused batched
-fitter (fit_batched.py: padded layout, many iterations per launch loop); the loss, Adam and the
-constraint below are what it computes (`_loss_gradient`, `_adam_step`).
+The loop (`fit_sets`) owns the schedule: it runs the iterations in stretches between the PSNR checks
+(every cfg.check_every: early stop, history, progress bar) and the pruning iteration, and reads values
+back to the host only there. A `FitOps` of fit_ops.py does the work of each stretch: `torch_ops` (the
+pure-torch twins, rendering with the windowed pair list or the compiled CPU op) or `cuda_ops` (cuda_ext's
+fused kernels on the GPU, or their CPU emulation); `fit_images` picks one from cfg.backend.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -23,15 +25,15 @@ from tqdm.auto import tqdm
 
 from ..splat_io import as_stored, validate_splats
 from .backend import BACKENDS, KERNEL_BACKENDS, resolve_backend
+from .fit_ops import FitOps, cuda_ops, luminance, prune_mask_torch, torch_ops
 from .init import adaptive_init, random_init, structured_init
-from .render import render, render_flat
+from .render import render
 
-__all__ = ["FitConfig", "FitResult", "fit_images", "fit_sidecar", "luminance", "prune", "psnr"]
+__all__ = ["FitConfig", "FitResult", "fit_images", "fit_sets", "fit_sidecar", "luminance", "prune", "psnr"]
 
 logger = logging.getLogger(__name__)
 
 INITS = ("structured", "random", "adaptive", "learned")
-BETAS, EPS = (0.9, 0.999), 1e-8  # Adam
 
 
 @dataclass
@@ -108,12 +110,6 @@ class FitResult:
         return int(self.splats.shape[0])
 
 
-def luminance(rgb: torch.Tensor) -> torch.Tensor:
-    """Rec. 709 luminosity of |colour| (docs/format.md, Fitting), [..., 3] → [...]."""
-    w = rgb.new_tensor([0.2126, 0.7152, 0.0722])
-    return rgb.abs() @ w
-
-
 def psnr(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """PSNR in dB of the [0, 1]-clamped image against the target, over all but the first dim if batched."""
     dims = tuple(range(1, image.dim())) if image.dim() == 4 else tuple(range(image.dim()))
@@ -123,135 +119,8 @@ def psnr(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def prune(splats: torch.Tensor, tau: float) -> torch.Tensor:
     """Drop Gaussians whose luminosity is below tau; the brightest one always stays. [N, 8] → [M, 8]."""
-    return splats[_prune_rows(splats, torch.zeros_like(splats[:, 0], dtype=torch.long), 1, tau)]
-
-
-def _prune_rows(params: torch.Tensor, image_ids: torch.Tensor, num_images: int, tau: float) -> torch.Tensor:
-    """Keep mask [Nt] of flat rows: luminosity ≥ tau, plus each image's brightest (first on ties)."""
-    lum = luminance(params[:, 5:8])
-    keep = lum >= tau
-    for b in range(num_images):
-        rows = (image_ids == b).nonzero().squeeze(1)
-        if rows.numel():
-            keep[rows[lum[rows].argmax()]] = True
-    return keep
-
-
-def _canonical(params: torch.Tensor, size: int) -> torch.Tensor:
-    """Pixel-unit parameters → canvas units with l11 > 0, l22 > 0 (Σ = LLᵀ is unchanged by the flips)."""
-    out = params.detach().clone()
-    flip1 = out[:, 2] < 0  # negating column 1 of L, (l11, l21), keeps Σ
-    out[flip1, 2:4] = -out[flip1, 2:4]
-    out[:, 4] = out[:, 4].abs()
-    out[:, 0:5] /= size
-    return out.float()
-
-
-def _constrain(p: torch.Tensor, min_scale: float) -> None:
-    """In place: keep l11, l22 ≥ min_scale (pixel units), flipping signs first so Σ is unchanged."""
-    flip1 = p[:, 2] < 0
-    p[:, 2:4] = torch.where(flip1[:, None], -p[:, 2:4], p[:, 2:4])
-    p[:, 2].clamp_(min=min_scale)
-    p[:, 4].abs_().clamp_(min=min_scale)
-
-
-def _lr_scale(it: int, iters: int, lr_final: float) -> float:
-    """Cosine decay of the step sizes from 1 at iteration 0 to lr_final at iteration iters − 1."""
-    frac = it / max(iters - 1, 1)
-    return lr_final + (1 - lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
-
-
-def _base_lr(cfg: FitConfig, like: torch.Tensor) -> torch.Tensor:
-    """Step sizes of the 8 columns [8]: xy, then the Cholesky factor, then colour."""
-    return like.new_tensor([cfg.lr_xy] * 2 + [cfg.lr_chol] * 3 + [cfg.lr_rgb] * 3)
-
-
-def _loss_gradient(p, image, targets, image_ids, counts, lambda_l1: float) -> torch.Tensor:
-    """d/dp of Σ_b [mean((image_b − target_b)²) + λ·Σ_{g∈b} |c_g| / (3·n_b)]; p [Nt, 8], image [B, S, S, 3]."""
-    loss = (image - targets).pow(2).mean(dim=(1, 2, 3)).sum()
-    if lambda_l1 > 0:
-        l1 = torch.zeros(targets.shape[0], dtype=p.dtype, device=p.device).index_add(
-            0, image_ids, p[:, 5:8].abs().sum(1)
-        )
-        loss = loss + lambda_l1 * (l1 / (3 * counts)).sum()
-    (grad,) = torch.autograd.grad(loss, p)
-    return grad
-
-
-@torch.no_grad()
-def _adam_step(
-    p, grad, m, v, it: int, iters: int, base_lr, lr_final: float, min_scale: float, row_active=None
-):
-    """In place on p, m, v [Nt, 8]: Adam step t = it + 1 with bias correction, step sizes base_lr [8] ×
-    the cosine schedule, rows with row_active False left where they are; then the constraint."""
-    beta1, beta2 = BETAS
-    t = it + 1
-    m.mul_(beta1).add_(grad, alpha=1 - beta1)
-    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    step_size = base_lr * (_lr_scale(it, iters, lr_final) / (1 - beta1**t))
-    denom = (v / (1 - beta2**t)).sqrt_().add_(EPS)
-    step = (m / denom) * step_size
-    if row_active is not None:
-        step *= row_active[:, None]
-    p -= step
-    _constrain(p, min_scale)
-
-
-def _optimise(params, image_ids, targets, iters, cfg: FitConfig, progress: bool, desc: str, prune_at=None):
-    """Adam on flat params [Nt, 8] (pixel units) against targets [B, S, S, 3].
-
-    Early stop is per image: once an image reaches cfg.target_psnr its Gaussians stop moving. With
-    `prune_at`, the Gaussians under cfg.tau are dropped before that iteration (Adam state kept).
-    Returns (params, image_ids, iters_run, history, PSNR [B] just before pruning or None).
-    """
-    num_images, size = targets.shape[0], targets.shape[1]
-    p = params.detach().clone().requires_grad_(True)
-    m = torch.zeros_like(p)
-    v = torch.zeros_like(p)
-    base_lr = _base_lr(cfg, p)
-    counts = torch.bincount(image_ids, minlength=num_images).to(p.dtype)
-    active = torch.ones(num_images, dtype=torch.bool, device=p.device)
-    iters_run = torch.zeros(num_images, dtype=torch.long)
-    history: list[list[tuple[int, float]]] = [[] for _ in range(num_images)]
-    score_unpruned = None
-    plan = None
-    bar = tqdm(range(iters), desc=desc, disable=not progress, leave=False, unit="it")
-    for it in bar:
-        if it == prune_at:
-            with torch.no_grad():
-                score_unpruned = _render_psnr(p, image_ids, targets)
-                keep = _prune_rows(p, image_ids, num_images, cfg.tau)
-            p, m, v, image_ids = p.detach()[keep].requires_grad_(True), m[keep], v[keep], image_ids[keep]
-            counts = torch.bincount(image_ids, minlength=num_images).to(p.dtype)
-            plan = None
-        image, plan = render_flat(
-            p[:, 0:2], p[:, 2:5], p[:, 5:8], image_ids, num_images, size, plan, cfg.plan_margin, cfg.backend
-        )
-        grad = _loss_gradient(p, image, targets, image_ids, counts, cfg.lambda_l1)
-        with torch.no_grad():
-            if it % cfg.check_every == 0 or it == iters - 1:
-                score = psnr(image.detach(), targets)
-                for b in range(num_images):
-                    if active[b]:
-                        history[b].append((it, float(score[b])))
-                if cfg.target_psnr is not None:
-                    active &= score < cfg.target_psnr
-                bar.set_postfix(psnr=f"{float(score.mean()):.2f}")
-                if not active.any():
-                    break
-            iters_run += active.cpu()
-            row_active = None if bool(active.all()) else active[image_ids]
-            _adam_step(p, grad, m, v, it, iters, base_lr, cfg.lr_final, cfg.min_scale_px, row_active)
-    bar.close()
-    return p.detach(), image_ids, iters_run.tolist(), history, score_unpruned
-
-
-def _render_psnr(params, image_ids, targets) -> torch.Tensor:
-    with torch.no_grad():
-        image, _ = render_flat(
-            params[:, 0:2], params[:, 2:5], params[:, 5:8], image_ids, targets.shape[0], targets.shape[1]
-        )
-        return psnr(image, targets)
+    alive = torch.ones(1, splats.shape[0], dtype=torch.bool, device=splats.device)
+    return splats[prune_mask_torch(splats[None], alive, tau)[0]]
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -263,6 +132,28 @@ def _check_images(images: torch.Tensor) -> None:
         raise TypeError(f"images must be floating point in [0, 1], got {images.dtype}")
     if not torch.isfinite(images).all():
         raise ValueError("images contain NaN or Inf")
+
+
+def _initial_sets(images: torch.Tensor, cfg: FitConfig, initial) -> list[torch.Tensor]:
+    """The starting splat sets, one [N_b, 8] per image in canvas units: `initial` or cfg.init's."""
+    if initial is not None:
+        if len(initial) != images.shape[0]:
+            raise ValueError(
+                f"initial must hold one splat set per image ({images.shape[0]}), got {len(initial)}"
+            )
+        for k, s in enumerate(initial):
+            validate_splats(s, f"initial[{k}]")
+        return [s.to(images.device, torch.float32) for s in initial]
+    if cfg.init == "structured":
+        return list(structured_init(images, cfg.num_gaussians))
+    if cfg.init == "adaptive":
+        return list(adaptive_init(images, cfg.num_gaussians, backend=cfg.backend))
+    if cfg.init == "learned":
+        from .learned_init import learned_init
+
+        return list(learned_init(images, cfg.num_gaussians, cfg.init_weights, backend=cfg.backend))
+    gen = torch.Generator(device=images.device).manual_seed(cfg.seed)
+    return list(random_init(images, cfg.num_gaussians, gen))
 
 
 def fit_images(
@@ -286,64 +177,138 @@ def fit_images(
         ValueError / TypeError on bad images or settings; ImportError when cfg.backend names a compiled
         backend that is not built.
 
-    CUDA tensors run on the fused batched fitter of cuda_ext when it is built (cfg.backend "auto" or
-    "cuda"), with the same results up to float32 summation order; "auto" falls back to the pure-torch
-    path with one warning when it is not.
+    The backend (resolve_backend) picks the ops of the loop: "cuda" and "cuda-emu" run cuda_ext's fused
+    kernels (`cuda_ops`), "cpp" and "torch" the pure-torch twins (`torch_ops`); the results agree up to
+    float32 summation order. "auto" on CUDA tensors without the kernels falls back to "torch" with one
+    warning.
     """
     cfg = cfg or FitConfig()
     _check_images(images)
     backend = resolve_backend(cfg.backend, images.device)
     start = time.perf_counter()
     images = images.float()
-    num_images, size = images.shape[0], images.shape[-1]
     targets = images.permute(0, 2, 3, 1).contiguous()  # [B, S, S, 3]
-    if initial is not None:
-        if len(initial) != num_images:
-            raise ValueError(f"initial must hold one splat set per image ({num_images}), got {len(initial)}")
-        for k, s in enumerate(initial):
-            validate_splats(s, f"initial[{k}]")
-        sets = [s.to(images.device, torch.float32) for s in initial]
-    elif cfg.init == "structured":
-        sets = list(structured_init(images, cfg.num_gaussians))
-    elif cfg.init == "adaptive":
-        sets = list(adaptive_init(images, cfg.num_gaussians, backend=cfg.backend))
-    elif cfg.init == "learned":
-        from .learned_init import learned_init
-
-        sets = list(learned_init(images, cfg.num_gaussians, cfg.init_weights, backend=cfg.backend))
-    else:
-        gen = torch.Generator(device=images.device).manual_seed(cfg.seed)
-        sets = list(random_init(images, cfg.num_gaussians, gen))
-    counts = [s.shape[0] for s in sets]
+    sets = _initial_sets(images, cfg, initial)
     if backend in KERNEL_BACKENDS:
-        from .fit_batched import cuda_ops, fit_sets
+        ops = cuda_ops(emulate=backend == "cuda-emu")
+    else:
+        ops = torch_ops(backend, cfg.plan_margin)
+    return fit_sets(sets, targets, cfg, ops, progress, start)
 
-        return fit_sets(sets, targets, cfg, cuda_ops(emulate=backend == "cuda-emu"), progress, start)
-    params = torch.cat(sets).clone()
-    params[:, 0:5] *= size
-    image_ids = torch.repeat_interleave(
-        torch.arange(num_images, device=images.device), torch.tensor(counts, device=images.device)
+
+def fit_sets(
+    sets: list[torch.Tensor],  # one [N_b, 8] initial splat set per image, canvas units, on the device
+    targets: torch.Tensor,  # [B, S, S, 3] float32
+    cfg: FitConfig,
+    ops: FitOps,
+    progress: bool = False,
+    start: float | None = None,  # perf_counter at the start of the job (FitResult.seconds); None: now
+) -> list[FitResult]:
+    """The fitting loop behind fit_images, on the backend of `ops`: main fit, pruning (at cfg.prune_at
+    or after the fit), fine-tune, results. cfg.backend is not read here; `ops` decides.
+
+    Returns:
+        One FitResult per image, in order.
+    """
+    start = time.perf_counter() if start is None else start
+    size = targets.shape[1]
+    counts = [s.shape[0] for s in sets]
+    params = torch.nn.utils.rnn.pad_sequence([s.float() for s in sets], batch_first=True).contiguous()
+    params[..., 0:5] *= size  # pixel units
+    alive = (
+        torch.arange(params.shape[1], device=params.device)[None, :]
+        < torch.tensor(counts, device=params.device)[:, None]
     )
     prune_at = cfg.prune_at if cfg.tau is not None else None
-    params, image_ids, iters_run, history, score_full = _optimise(
-        params, image_ids, targets, cfg.iters, cfg, progress, "fit", prune_at
+    alive, iters_run, history, score_full = _optimise(
+        params, alive, targets, cfg.iters, cfg, ops, progress, "fit", prune_at
     )
     pruned = score_full is not None
     if not pruned:
-        score_full = _render_psnr(params, image_ids, targets)
+        score_full = _psnr(ops, params, alive, targets)
     score = score_full
     if cfg.tau is not None:
         if not pruned:
-            keep = _prune_rows(params, image_ids, num_images, cfg.tau)
-            params, image_ids = params[keep], image_ids[keep]
+            alive = ops.prune_mask(params, alive, cfg.tau)
         if cfg.finetune_iters > 0:
-            ft = FitConfig(**{**cfg.__dict__, "target_psnr": None})
-            params, image_ids, *_ = _optimise(
-                params, image_ids, targets, cfg.finetune_iters, ft, progress, "finetune"
-            )
-        score = _render_psnr(params, image_ids, targets)
-    rows = [params[image_ids == b] for b in range(num_images)]
+            ft = FitConfig(**{**cfg.__dict__, "target_psnr": None})  # fresh Adam state, own schedule
+            alive, *_ = _optimise(params, alive, targets, cfg.finetune_iters, ft, ops, progress, "finetune")
+        score = _psnr(ops, params, alive, targets)
+    rows = [params[b][alive[b]] for b in range(params.shape[0])]
     return _results(rows, size, score, score_full, counts, iters_run, history, start)
+
+
+def _optimise(params, alive, targets, iters, cfg: FitConfig, ops: FitOps, progress, desc, prune_at=None):
+    """Adam on params [B, Nmax, 8] (pixel units, in place) against targets [B, S, S, 3].
+
+    Early stop is per image: once an image reaches cfg.target_psnr at a check, its Gaussians stop
+    moving. With `prune_at`, the Gaussians under cfg.tau are dropped before that iteration (Adam state
+    kept). Returns (alive, iters_run [B], history, PSNR [B] just before pruning or None).
+    """
+    num_images = params.shape[0]
+    exp_avg, exp_avg_sq = torch.zeros_like(params), torch.zeros_like(params)
+    active = torch.ones(num_images, dtype=torch.bool, device=params.device)
+    iters_run = [0] * num_images
+    history: list[list[tuple[int, float]]] = [[] for _ in range(num_images)]
+    score_unpruned = None
+    step_args = {
+        "iters_total": iters,
+        "lr": (cfg.lr_xy, cfg.lr_chol, cfg.lr_rgb),
+        "lr_final": cfg.lr_final,
+        "lambda_l1": cfg.lambda_l1,
+        "min_scale": cfg.min_scale_px,
+    }
+    starts, checks = _stops(iters, cfg.check_every, prune_at)
+    bar = tqdm(total=iters, desc=desc, disable=not progress, leave=False, unit="it")
+    for k, it in enumerate(starts):
+        if it == prune_at:
+            score_unpruned = _psnr(ops, params, alive, targets)
+            alive = ops.prune_mask(params, alive, cfg.tau)
+        if it in checks:
+            score = _psnr(ops, params, alive, targets).cpu()
+            was_active = active.cpu()
+            for b in range(num_images):
+                if was_active[b]:
+                    history[b].append((it, float(score[b])))
+            if cfg.target_psnr is not None:
+                active &= (score < cfg.target_psnr).to(active.device)
+            bar.set_postfix(psnr=f"{float(score.mean()):.2f}")
+            if not bool(active.any()):
+                break
+        end = starts[k + 1] if k + 1 < len(starts) else iters
+        now_active = active.cpu()
+        for b in range(num_images):
+            iters_run[b] += (end - it) * int(now_active[b])
+        ops.fit_steps(
+            params, exp_avg, exp_avg_sq, alive, active, targets, it0=it, num_steps=end - it, **step_args
+        )
+        bar.update(end - it)
+    bar.close()
+    return alive, iters_run, history, score_unpruned
+
+
+def _stops(iters: int, check_every: int, prune_at: int | None) -> tuple[list[int], set[int]]:
+    """Where the stretches of fit_steps start (the checks and the prune iteration), and the checks:
+    every check_every-th iteration from 0 and the last one."""
+    checks = set(range(0, iters, check_every)) | ({iters - 1} if iters > 0 else set())
+    starts = checks | ({prune_at} if prune_at is not None and prune_at < iters else set())
+    return sorted(starts), checks
+
+
+def _psnr(ops: FitOps, params, alive, targets) -> torch.Tensor:
+    """PSNR [B] of the alive Gaussians, rendered by the loop's backend."""
+    with torch.no_grad():
+        return psnr(ops.render(params, alive, targets.shape[1]), targets)
+
+
+def _canonical(params: torch.Tensor, size: int) -> torch.Tensor:
+    """Pixel-unit parameters → canvas units with l11 > 0, l22 > 0 (Σ = LLᵀ is unchanged by the flips)."""
+    out = params.detach().clone()
+    flip1 = out[:, 2] < 0  # negating column 1 of L, (l11, l21), keeps Σ
+    out[flip1, 2:4] = -out[flip1, 2:4]
+    out[:, 4] = out[:, 4].abs()
+    out[:, 0:5] /= size
+    return out.float()
 
 
 def _results(rows, size, score, score_full, counts, iters_run, history, start) -> list[FitResult]:

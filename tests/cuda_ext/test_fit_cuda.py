@@ -10,7 +10,7 @@ import torch
 
 import cuda_ext
 from gs_encoder import FitConfig, fit_images, prune, structured_init
-from gs_encoder.fitting.fit_batched import fit_steps_torch
+from gs_encoder.fitting.fit_ops import fit_steps_torch
 
 CPU_RENDER = "cpp" if cuda_ext.available() else "torch"
 LR = (0.1, 0.04, 0.02)  # FitConfig's defaults: xy, Cholesky factor, colour

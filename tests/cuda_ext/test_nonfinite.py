@@ -9,7 +9,7 @@ import torch
 import cuda_ext
 from cuda_ext import _backend, ops
 from gs_encoder import render
-from gs_encoder.fitting.fit_batched import cuda_ops
+from gs_encoder.fitting.fit_ops import cuda_ops
 
 from ..gs_encoder.test_render import random_splats
 

@@ -48,13 +48,13 @@ class GSVisionConfig:
     num_tokens: int = 196  # K resampled tokens (196 or 98 in the paper)
     fourier_bands: int = 16  # Fourier frequencies per coordinate in the stem
     resampler_depth: int = 2
-    resampler_heads: int = 4
-    # the GS head works at its own width: Gaussian tokens, Perceiver latents and feed-forward at
-    # `gs_width`, one linear map up to the ViT width at the end (docs/encoder.md: ≈ 1.5 M parameters on
-    # ViT-B/16, so the trainable shares match the paper's). gs_width = the ViT width, ff 4 and no up
-    # projection is the full-width head of checkpoints written before these fields existed.
-    gs_width: int = 256
-    gs_ff_mult: int = 2
+    resampler_heads: int = 2
+    # the GS head is narrower than the ViT: Gaussian tokens, the Perceiver's attention and its feed-forward
+    # (`gs_ff_mult` × `gs_width`) at `gs_width`, the latents at the ViT width (docs/encoder.md: 1.58 M
+    # parameters on ViT-B/16, so the trainable shares match the paper's). gs_width = the ViT width with
+    # feed-forward ×4 and 8 heads is the full-width head of checkpoints written before these fields existed.
+    gs_width: int = 128
+    gs_ff_mult: int = 1
     input: str = "gs"  # "gs" or "rgb" (the twin)
 
     def __post_init__(self):
@@ -165,9 +165,8 @@ class GSVisionModel(_Base):
         d, k, h = config.width, config.num_tokens, config.gs_width
         self.stem = GSStem(h, config.fourier_bands)
         self.resampler = PerceiverResampler(
-            h, config.resampler_depth, config.resampler_heads, k, config.gs_ff_mult
+            d, config.resampler_depth, config.resampler_heads, k, config.gs_ff_mult, media_dim=h, inner=h
         )
-        self.head_proj = nn.Linear(h, d) if h != d else nn.Identity()  # head width → ViT width
         self.class_embedding = nn.Parameter(torch.zeros(d))
         self.positional_embedding = nn.Parameter(torch.zeros(k + 1, d))
         # start from the ViT's own embeddings; under DeepSpeed ZeRO-3 construction the ViT's parameters are
@@ -187,7 +186,7 @@ class GSVisionModel(_Base):
         if not mask.any(1).all():
             raise ValueError("every splat set needs at least one real Gaussian (a mask row is all False)")
         tokens = self.stem(torch.where(mask[..., None], splats, 0.0))
-        latents = self.head_proj(self.resampler(tokens.to(self.resampler.latents.dtype), mask))
+        latents = self.resampler(tokens.to(self.resampler.latents.dtype), mask)
         cls = self.class_embedding.to(latents.dtype).expand(latents.shape[0], 1, -1)
         x = torch.cat([cls, latents], dim=1) + self.positional_embedding.to(latents.dtype)
         return self._run_vit(x)
@@ -195,8 +194,7 @@ class GSVisionModel(_Base):
     def set_stage(self, stage: int, vit_blocks: int = 2) -> None:
         """Freeze everything except what a training stage trains.
 
-        Stage 1 (RGB→GS distillation): the GS head: stem, resampler, up projection and the GS CLS/position
-        embeddings.
+        Stage 1 (RGB→GS distillation): the GS head: stem, resampler and the GS CLS/position embeddings.
         Stage 2 (CLIP adaptation): stage 1 plus the first `vit_blocks` ViT blocks and the final projection.
         (The symmetric text layers of stage 2 live on the text tower: gs_encoder.train.)
         """
@@ -215,7 +213,7 @@ class GSVisionModel(_Base):
 
     def head_modules(self) -> tuple[nn.Module, ...]:
         """The GS head's modules (the GS CLS and position embeddings are parameters beside them)."""
-        return (self.stem, self.resampler, self.head_proj)
+        return (self.stem, self.resampler)
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Every parameter of the GS head: what is not part of open_clip's ViT."""
@@ -300,13 +298,14 @@ def add_head_args(parser) -> None:
     parser.add_argument("--num-tokens", type=int, default=196, help="K resampled tokens")
     parser.add_argument("--resampler-depth", type=int, default=2, help="Perceiver layers")
     parser.add_argument("--fourier-bands", type=int, default=16, help="Fourier frequencies per coordinate")
-    parser.add_argument("--gs-width", type=int, default=256, help="width of the GS head (ViT width: full)")
-    parser.add_argument("--gs-ff-mult", type=int, default=2, help="Perceiver feed-forward, in head widths")
+    parser.add_argument("--resampler-heads", type=int, default=2, help="Perceiver attention heads")
+    parser.add_argument("--gs-width", type=int, default=128, help="width of the GS head (ViT width: full)")
+    parser.add_argument("--gs-ff-mult", type=int, default=1, help="Perceiver feed-forward, in head widths")
 
 
 def head_overrides(args) -> dict:
     """The GSVisionConfig fields set by add_head_args' flags."""
-    keys = ("num_tokens", "resampler_depth", "fourier_bands", "gs_width", "gs_ff_mult")
+    keys = ("num_tokens", "resampler_depth", "resampler_heads", "fourier_bands", "gs_width", "gs_ff_mult")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -350,7 +349,7 @@ def stage_shares(model: str = "ViT-B-16", vit_blocks: int = 2, **head) -> dict:
             ]
         )
     headline = (
-        f"{model}: CLIP {clip_total / 1e6:.2f} M parameters + GS head (stem + resampler + up projection + embeddings) "
+        f"{model}: CLIP {clip_total / 1e6:.2f} M parameters + GS head (stem + resampler + embeddings) "
         f"{head / 1e6:.2f} M (K = {cfg.num_tokens}, head width {cfg.gs_width}, resampler depth "
         f"{cfg.resampler_depth}, feed-forward ×{cfg.gs_ff_mult}) = {total / 1e6:.2f} M"
     )

@@ -49,8 +49,9 @@ class DistillConfig:
     encoder: str | None = None  # a saved GS encoder to start from (stage 2: stage 1's final/)
     num_tokens: int = 196  # K resampled tokens
     resampler_depth: int = 2  # Perceiver layers
-    gs_width: int = 256  # width of the GS head (Gaussian tokens, Perceiver); docs/encoder.md
-    gs_ff_mult: int = 2  # the Perceiver's feed-forward width, in head widths
+    resampler_heads: int = 2  # Perceiver attention heads
+    gs_width: int = 128  # width of the GS head (Gaussian tokens, Perceiver attention); docs/encoder.md
+    gs_ff_mult: int = 1  # the Perceiver's feed-forward width, in head widths
     vit_blocks: int = 2  # ViT (and text) blocks unfrozen in stage 2
     unfreeze_text: bool = False  # stage 2: also train the first text blocks and the text projection
     batch_size: int = 32  # per device
@@ -133,6 +134,7 @@ def _build_student(cfg: DistillConfig, clip) -> GSVisionModel:
         cfg.clip_model,
         num_tokens=cfg.num_tokens,
         resampler_depth=cfg.resampler_depth,
+        resampler_heads=cfg.resampler_heads,
         gs_width=cfg.gs_width,
         gs_ff_mult=cfg.gs_ff_mult,
     )

@@ -10,8 +10,9 @@
 #   bash scripts/mini_repro.sh --demo     one small GS-LLaVA only (N = 64, K = 64; no RGB-LLaVA, zero-shot or
 #                                         evaluation) for scripts/demo.sh, in a few minutes
 #   --head-ablation (with the full run or --smoke) adds a GS encoder and its LLaVA with the full-width head
-#                                         (Perceiver at the ViT width, feed-forward ×4) beside the default
-#                                         narrow one (GS_WIDTH = 64, feed-forward ×2), at the middle budget
+#                                         (Gaussian tokens and Perceiver at the ViT width 128, feed-forward ×4)
+#                                         beside the default narrow one (GS_WIDTH = 64, feed-forward ×1), at the
+#                                         middle budget
 # Stages already finished (their outputs exist) are skipped on a rerun. OUT (outputs/mini_repro) holds all.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
@@ -49,9 +50,9 @@ else
   FT_EPOCHS="${FT_EPOCHS:-1}" MAX_STEPS=-1 KS="64 32"
 fi
 CFG=eval/mini/mini-vit.json
-# the GS head at its own width, narrower than the mini ViT's 128 as the default head is narrower than
-# ViT-B/16's 768 (docs/encoder.md); --head-ablation adds the full-width head (128, feed-forward ×4)
-GS_WIDTH="${GS_WIDTH:-64}" GS_FF_MULT="${GS_FF_MULT:-2}"
+# the GS head narrower than the mini ViT's 128, as the default head is narrower than ViT-B/16's 768
+# (docs/encoder.md); --head-ablation adds the full-width head (128, feed-forward ×4)
+GS_WIDTH="${GS_WIDTH:-64}" GS_FF_MULT="${GS_FF_MULT:-1}" GS_HEADS="${GS_HEADS:-2}"
 JUDGE_PORT="${JUDGE_PORT:-18771}"
 T0=$(date +%s)
 TIMES="$OUT/timings.tsv"  # one line per stage start; eval.mini.report turns the last invocation into a table
@@ -99,12 +100,13 @@ fi
 
 MID_N=$(echo "$BUDGETS" | awk '{print $2}')
 K1=${KS%% *}
-gs_encoder() {  # gs_encoder NAME N K GS_WIDTH GS_FF_MULT
-  local name=$1 n=$2 k=$3 width=$4 ff=$5
+gs_encoder() {  # gs_encoder NAME N K GS_WIDTH GS_FF_MULT HEADS
+  local name=$1 n=$2 k=$3 width=$4 ff=$5 heads=$6
   stamp "GS encoder $name: stage 1 (distillation to the RGB CLIP) + stage 2 (CLIP adaptation)"
   done_or "$OUT/encoders/$name/stage2/final/model.safetensors" && return 0
   python -m gs_encoder.train --stage 1 --data "$OUT/splats/n$n/train" --clip-model mini-vit \
     --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --num-tokens "$k" --gs-width "$width" --gs-ff-mult "$ff" \
+    --resampler-heads "$heads" \
     --output-dir "$OUT/encoders/$name/stage1" --batch-size 64 --lr 1e-3 --warmup-steps 20 --max-steps "$S1_STEPS" \
     --num-workers 0 --save-every 0
   python -m gs_encoder.train --stage 2 --data "$OUT/splats/n$n/train" --clip-model mini-vit \
@@ -115,11 +117,11 @@ gs_encoder() {  # gs_encoder NAME N K GS_WIDTH GS_FF_MULT
 for k in $KS; do
   for n in $BUDGETS; do
     [[ $k != "$K1" && $n != "$MID_N" ]] && continue  # the half-token encoder only at the middle budget
-    gs_encoder "gs-n$n-k$k" "$n" "$k" "$GS_WIDTH" "$GS_FF_MULT"
+    gs_encoder "gs-n$n-k$k" "$n" "$k" "$GS_WIDTH" "$GS_FF_MULT" "$GS_HEADS"
   done
 done
 # the head-size ablation: the Perceiver at the mini ViT's width (128) with feed-forward ×4
-(( HEAD_ABLATION )) && gs_encoder "gs-n$MID_N-k$K1-wide" "$MID_N" "$K1" 128 4
+(( HEAD_ABLATION )) && gs_encoder "gs-n$MID_N-k$K1-wide" "$MID_N" "$K1" 128 4 4
 
 [[ $DEMO == 0 ]] && stamp "zero-shot, GS vs RGB (CLIP_benchmark, single-object scenes, 24 classes)"
 for enc in "$OUT"/encoders/gs-*/stage2/final; do

@@ -23,8 +23,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     head = head_overrides(args)
     shares = stage_shares(args.model, args.vit_blocks, **head)
-    full_width = dict(head, gs_width=GSVisionConfig.from_open_clip(args.model).width, gs_ff_mult=4)
-    full = stage_shares(args.model, args.vit_blocks, resampler_heads=8, **full_width)
+    full_width = dict(
+        head, gs_width=GSVisionConfig.from_open_clip(args.model).width, gs_ff_mult=4, resampler_heads=8
+    )
+    full = stage_shares(args.model, args.vit_blocks, **full_width)
     notes = (
         shares["headline"]
         + ". The paper counts the GS stem (Perceiver included) in its trainable share, so the share of the whole "

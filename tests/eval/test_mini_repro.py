@@ -62,7 +62,7 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
     assert models <= set(report["accuracy"]) and "question-only prior" in report["accuracy"]
     assert {f"{m}, shuffled images" for m in models} <= set(report["accuracy"])
     assert set(report["budgets"]) == {"16", "36"} and len(report["zeroshot"]) == 4
-    # the head-size ablation: the default narrow head (64, ×2) beside the full-width one (128, ×4)
+    # the head-size ablation: the default narrow head (64, ×1) beside the full-width one (128, ×4)
     heads = report["gs_heads"]
     assert (heads["gs-n36-k16"]["gs_width"], heads["gs-n36-k16-wide"]["gs_width"]) == (64, 128)
     assert heads["gs-n36-k16-wide"]["head_params"] > 2 * heads["gs-n36-k16"]["head_params"]

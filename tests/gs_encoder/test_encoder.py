@@ -124,7 +124,7 @@ def test_frozen_parameters_stay_and_trainable_ones_move(stage):
     opt.step()
     changed = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
     assert any(n.startswith("stem.") for n in changed) and any(n.startswith("resampler.") for n in changed)
-    assert {"head_proj.weight", "class_embedding", "positional_embedding"} <= changed
+    assert {"resampler.layers.0.0.to_kv_media.weight", "class_embedding", "positional_embedding"} <= changed
     assert ("visual.proj" in changed) == (stage == 2)
     assert any(n.startswith("visual.transformer.resblocks.0.") for n in changed) == (stage == 2)
     assert not any(n.startswith("visual.transformer.resblocks.1.") for n in changed)
@@ -154,20 +154,21 @@ def test_encoder_params_command(capsys, tmp_path):
     # the full-width head (Perceiver at 768, feed-forward ×4) was twice the paper's stage-2 share
     full = stage_shares(gs_width=768, gs_ff_mult=4, resampler_heads=8)["counts"]["stages"]
     assert full["stage 2: + first 2 ViT blocks + proj"]["share_whole"] > 2 * 8.2
-    assert main(["encoder-params", "--gs-width", "192"]) == 0
+    assert main(["encoder-params", "--gs-width", "192", "--resampler-heads", "3"]) == 0
     assert "head width 192" in capsys.readouterr().out
 
 
-def test_narrow_head_projects_up_and_full_width_head_loads_from_older_configs(tmp_path):
+def test_narrow_head_keeps_latents_at_the_vit_width_and_full_width_head_loads_from_older_configs(tmp_path):
     import json
 
     narrow = tiny()
-    assert narrow.config.gs_width == 32 and isinstance(narrow.head_proj, torch.nn.Linear)
-    assert narrow.head_proj.in_features == 32 and narrow.head_proj.out_features == 64
-    assert narrow.resampler.latents.shape == (narrow.config.num_tokens, 32)
+    attn = narrow.resampler.layers[0][0]
+    assert narrow.config.gs_width == 32 and narrow.stem.pos.out_features == 32
+    assert narrow.resampler.latents.shape == (narrow.config.num_tokens, 64)  # the ViT's width
+    assert (attn.to_kv_media.in_features, attn.to_q.in_features, attn.to_out.out_features) == (32, 64, 64)
     # a config.json written before the head had its own width describes the full-width head
     full = tiny(gs_width=64, gs_ff_mult=4, resampler_heads=8)
-    assert isinstance(full.head_proj, torch.nn.Identity)
+    assert full.resampler.layers[0][0].to_kv_media is None  # one key/value map, open_flamingo's layer
     full.save_pretrained(tmp_path / "old")
     cfg = json.loads((tmp_path / "old" / "config.json").read_text())
     for key in ("gs_width", "gs_ff_mult", "resampler_heads"):

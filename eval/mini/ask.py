@@ -61,7 +61,7 @@ def ask(model_dir: str, questions: list[dict], out=sys.stdout) -> tuple[int, int
         reply = session.ask(q["question"])
         ok = correct(q["kind"], q["answer"], reply)
         right += ok
-        question = q["question"].split("\n")[0]
+        question = " ".join(q["question"].split())  # multiple-choice options on the same line
         print(f"  {'✓' if ok else '✗'} {question} → {reply!r}  (true: {q['shown']})", file=out, flush=True)
     print(f"\n{right} of {len(questions)} answered right", file=out)
     return right, len(questions)

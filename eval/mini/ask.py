@@ -45,6 +45,14 @@ def ask(model_dir: str, questions: list[dict], out=sys.stdout) -> tuple[int, int
     from llava_gs.chat import ChatSession
     from llava_gs.splat_cache import SplatCache
 
+    build = Path(model_dir).parent / "build.json"  # a model shipped by eval.mini.ship_demo says what it is
+    if build.is_file():
+        b = json.loads(build.read_text())
+        print(
+            f"{b['model']}, the best GS-LLaVA of `{b['run']['command']}` ({b['run']['date'][:10]}): "
+            f"{100 * b['accuracy_all_questions']:.1f}% of all its test questions",
+            file=out,
+        )
     model, processor = load_pretrained_model(model_dir)
     quiet = io.StringIO()  # the session streams answers; here they are printed in the table below
     session = ChatSession(model, processor, SplatCache(processor.image_processor, None), quiet, 0.0, None, 16)

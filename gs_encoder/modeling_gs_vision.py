@@ -293,27 +293,34 @@ def _resample_positions(pos: torch.Tensor, k: int) -> torch.Tensor:
 PAPER_SHARES = {2: 9.7, 3: 13.8}  # the paper's trainable shares: stage 2, and stage 2 with the text layers
 
 
+_HEAD_FLAGS = {  # the GS head's GSVisionConfig fields that commands expose as flags
+    "num_tokens": "K resampled tokens",
+    "resampler_depth": "Perceiver layers",
+    "fourier_bands": "Fourier frequencies per coordinate",
+    "resampler_heads": "Perceiver attention heads",
+    "gs_width": "width of the GS head (the ViT width: the full-width head)",
+    "gs_ff_mult": "Perceiver feed-forward, in head widths",
+}
+
+
 def add_head_args(parser) -> None:
-    """The GS head's architecture flags (GSVisionConfig fields), shared by the commands that build one."""
-    parser.add_argument("--num-tokens", type=int, default=196, help="K resampled tokens")
-    parser.add_argument("--resampler-depth", type=int, default=2, help="Perceiver layers")
-    parser.add_argument("--fourier-bands", type=int, default=16, help="Fourier frequencies per coordinate")
-    parser.add_argument("--resampler-heads", type=int, default=2, help="Perceiver attention heads")
-    parser.add_argument("--gs-width", type=int, default=128, help="width of the GS head (ViT width: full)")
-    parser.add_argument("--gs-ff-mult", type=int, default=1, help="Perceiver feed-forward, in head widths")
+    """The GS head's architecture flags, GSVisionConfig's defaults, for the commands that build one."""
+    defaults = GSVisionConfig()
+    for key, text in _HEAD_FLAGS.items():
+        parser.add_argument("--" + key.replace("_", "-"), type=int, default=getattr(defaults, key), help=text)
 
 
 def head_overrides(args) -> dict:
     """The GSVisionConfig fields set by add_head_args' flags."""
-    keys = ("num_tokens", "resampler_depth", "resampler_heads", "fourier_bands", "gs_width", "gs_ff_mult")
-    return {k: getattr(args, k) for k in keys}
+    return {key: getattr(args, key) for key in _HEAD_FLAGS}
 
 
 def stage_shares(model: str = "ViT-B-16", vit_blocks: int = 2, **head) -> dict:
     """Trainable parameters per training stage of a GS encoder on open_clip's `model` (random weights: only
     the counts matter). Two shares per stage: of the whole GS encoder (CLIP + the GS head: stem,
     resampler, GS embeddings), which is what the paper's 9.7% / 13.8% describe, and of what is trained
-    inside CLIP alone. `head`: GSVisionConfig fields of the head (num_tokens, gs_width, …). Returns {"headline", "headers", "rows", "counts"}; ValueError for an unknown model."""
+    inside CLIP alone. `head`: GSVisionConfig fields of the head (num_tokens, gs_width, …).
+    Returns {"headline", "headers", "rows", "counts"}; ValueError for an unknown model."""
     import open_clip
 
     cfg = GSVisionConfig.from_open_clip(model, **head)

@@ -36,9 +36,9 @@ class GSVisionTowerConfig(PreTrainedConfig):
     num_tokens: int = 196
     fourier_bands: int = 16
     resampler_depth: int = 2
-    resampler_heads: int = 2
-    gs_width: int = 128
-    gs_ff_mult: int = 1
+    resampler_heads: int = GSVisionConfig.resampler_heads
+    gs_width: int = GSVisionConfig.gs_width
+    gs_ff_mult: int = GSVisionConfig.gs_ff_mult
     input: Literal["gs", "rgb"] = "gs"
 
     def __post_init__(self, **kwargs):

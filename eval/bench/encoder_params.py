@@ -1,7 +1,7 @@
 """`python -m eval.bench.encoder_params`: trainable parameters of the GS encoder per training stage, as
 shares of the whole encoder beside the paper's 9.7% / 13.8% → eval/results/encoder_params.{md,json}.
 
-    python -m eval.bench.encoder_params [--model ViT-B-16] [--num-tokens 196] [--gs-width 256] ...
+    python -m eval.bench.encoder_params [--model ViT-B-16] [--num-tokens 196] [--gs-width 128] ...
 
 Beside the asked head it counts the full-width head (Perceiver at the ViT width, feed-forward ×4, 8 heads:
 the default before the head was sized to the paper's shares).

@@ -39,6 +39,12 @@ def scene_questions(data: Path, scenes: int) -> list[dict]:
     ]
 
 
+def shipped_questions(scenes: Path) -> list[dict]:
+    """A scenes folder written by eval.mini.ship_demo: its questions.json, image paths made whole."""
+    qs = json.loads((scenes / "questions.json").read_text())
+    return [{**q, "image": str(scenes / q["image"])} for q in qs]
+
+
 def ask(model_dir: str, questions: list[dict], out=sys.stdout) -> tuple[int, int]:
     """Print each scene's caption, then question → model answer (true answer, ✓/✗); returns (right, asked)."""
     from llava_gs.builder import load_pretrained_model
@@ -55,7 +61,8 @@ def ask(model_dir: str, questions: list[dict], out=sys.stdout) -> tuple[int, int
         )
     model, processor = load_pretrained_model(model_dir)
     quiet = io.StringIO()  # the session streams answers; here they are printed in the table below
-    session = ChatSession(model, processor, SplatCache(processor.image_processor, None), quiet, 0.0, None, 16)
+    cache = SplatCache(processor.image_processor, None)  # fitted on the fly, nothing written
+    session = ChatSession(model, processor, cache, out=quiet, temperature=0.0, max_new_tokens=16)
     right, image = 0, None
     for q in questions:
         if q["image"] != image:
@@ -85,9 +92,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.scenes:
-            qs = json.loads((Path(args.scenes) / "questions.json").read_text())
-            for q in qs:
-                q["image"] = str(Path(args.scenes) / q["image"])
+            qs = shipped_questions(Path(args.scenes))
         else:
             qs = scene_questions(Path(args.data), args.num_scenes)
         ask(args.model, qs)

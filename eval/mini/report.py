@@ -84,15 +84,17 @@ def _heads(out: Path, zs: dict) -> tuple[list[str], list[list], dict]:
     """Each GS encoder's head: width, feed-forward, parameters (what is not the ViT), zero-shot GS/RGB."""
     from safetensors import safe_open
 
+    from gs_encoder.modeling_gs_vision import GSVisionConfig
+
     rows, data = [], {}
     for final in sorted((out / "encoders").glob("gs-*/stage2/final")):
         name = final.parent.parent.name
-        cfg = json.loads((final / "config.json").read_text())
+        cfg = GSVisionConfig.from_dict(json.loads((final / "config.json").read_text()))  # older: full width
         with safe_open(str(final / "model.safetensors"), "pt") as f:
             sizes = {k: f.get_slice(k).get_shape() for k in f.keys()}
         head = sum(math.prod(shape) for k, shape in sizes.items() if not k.startswith("visual."))
         vit = sum(math.prod(shape) for k, shape in sizes.items() if k.startswith("visual."))
-        width, ff = cfg.get("gs_width", cfg["vision_cfg"]["width"]), cfg.get("gs_ff_mult", 4)
+        width, ff = cfg.gs_width, cfg.gs_ff_mult
         ratio = zs[name]["gs"] / zs[name]["rgb"] if name in zs and zs[name]["rgb"] else None
         data[name] = {
             "gs_width": width,
@@ -283,7 +285,7 @@ def build(out: Path) -> tuple[list[tuple[str, list[str], list[list]]], dict]:
     z_headers, z_rows, zs = _zeroshot(out)
     if z_rows:
         sections.insert(1, ("Zero-shot classification, 24 classes (GS vs RGB)", z_headers, z_rows))
-    h_headers, h_rows, heads = _heads(out, zs) if (out / "encoders").exists() else ([], [], {})
+    h_headers, h_rows, heads = _heads(out, zs)
     if h_rows:  # after the zero-shot section, or first
         at = next((i + 1 for i, (heading, _, _) in enumerate(sections) if heading.startswith("Zero-shot")), 0)
         sections.insert(at, ("GS head size per encoder", h_headers, h_rows))

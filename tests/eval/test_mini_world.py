@@ -286,11 +286,9 @@ def test_the_shipped_demo_model_answers_its_scenes_from_their_images():
     """What `bash scripts/demo.sh` ends with: the shipped GS-LLaVA, its images fitted on the fly."""
     import io
 
-    from eval.mini.ask import ask
+    from eval.mini.ask import ask, shipped_questions
 
-    qs = json.loads((SHIPPED_DEMO / "scenes" / "questions.json").read_text())
-    for q in qs:
-        q["image"] = str(SHIPPED_DEMO / "scenes" / q["image"])
+    qs = shipped_questions(SHIPPED_DEMO / "scenes")
     out = io.StringIO()
     right, asked = ask(str(SHIPPED_DEMO / "model"), qs, out)
     text = out.getvalue()

@@ -36,6 +36,15 @@ __all__ = ["ContrastiveObjective", "DistillConfig", "DistillObjective", "main", 
 logger = logging.getLogger(__name__)
 
 
+_HEAD_FIELDS = (
+    "num_tokens",
+    "resampler_depth",
+    "resampler_heads",
+    "gs_width",
+    "gs_ff_mult",
+)  # DistillConfig's
+
+
 @dataclass
 class DistillConfig:
     """Settings of one training stage."""
@@ -49,9 +58,10 @@ class DistillConfig:
     encoder: str | None = None  # a saved GS encoder to start from (stage 2: stage 1's final/)
     num_tokens: int = 196  # K resampled tokens
     resampler_depth: int = 2  # Perceiver layers
-    resampler_heads: int = 2  # Perceiver attention heads
-    gs_width: int = 128  # width of the GS head (Gaussian tokens, Perceiver attention); docs/encoder.md
-    gs_ff_mult: int = 1  # the Perceiver's feed-forward width, in head widths
+    # the GS head's shape (docs/encoder.md), GSVisionConfig's defaults
+    resampler_heads: int = GSVisionConfig.resampler_heads  # Perceiver attention heads
+    gs_width: int = GSVisionConfig.gs_width  # width of the Gaussian tokens and the Perceiver's attention
+    gs_ff_mult: int = GSVisionConfig.gs_ff_mult  # the Perceiver's feed-forward width, in head widths
     vit_blocks: int = 2  # ViT (and text) blocks unfrozen in stage 2
     unfreeze_text: bool = False  # stage 2: also train the first text blocks and the text projection
     batch_size: int = 32  # per device
@@ -80,6 +90,8 @@ class DistillConfig:
         for name in ("batch_size", "grad_accum", "max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
+        if not self.encoder:  # the head is built here: its shape is checked before any data is read
+            GSVisionConfig(**{k: getattr(self, k) for k in _HEAD_FIELDS})
 
 
 def _cosine_with_warmup(warmup: int, total: int):
@@ -130,14 +142,7 @@ def _loader(cfg: DistillConfig, need_images: bool):
 def _build_student(cfg: DistillConfig, clip) -> GSVisionModel:
     if cfg.encoder:
         return GSVisionModel.from_pretrained(cfg.encoder)
-    config = GSVisionConfig.from_open_clip(
-        cfg.clip_model,
-        num_tokens=cfg.num_tokens,
-        resampler_depth=cfg.resampler_depth,
-        resampler_heads=cfg.resampler_heads,
-        gs_width=cfg.gs_width,
-        gs_ff_mult=cfg.gs_ff_mult,
-    )
+    config = GSVisionConfig.from_open_clip(cfg.clip_model, **{k: getattr(cfg, k) for k in _HEAD_FIELDS})
     student = GSVisionModel(config)
     student.visual.load_state_dict(clip.visual.state_dict(), strict=True)
     student.init_from_visual()
@@ -400,12 +405,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        cfg = DistillConfig(**vars(args))
-    except ValueError as e:
+    try:  # bad settings, or data / an encoder folder that is missing or empty: one line naming it
+        final = train(DistillConfig(**vars(args)))
+    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    final = train(cfg)
     print(f"wrote {final}")
     return 0
 

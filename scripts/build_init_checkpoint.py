@@ -2,7 +2,8 @@
 """Assemble the initial GS-LLaVA folder from a Llama/Vicuna checkpoint and a trained GS encoder.
 
     python scripts/build_init_checkpoint.py --lm lmsys/vicuna-7b-v1.5 --encoder checkpoints/gs-encoder \\
-        --output checkpoints/llava-gs-init [--projector mlp2x_gelu] [--select-layer -2] [--dtype bfloat16]
+        --output checkpoints/llava-gs-init [--projector mlp2x_gelu] [--select-layer -2] [--dtype bfloat16] \\
+        [--seed 0]
 
 The folder holds config.json (model_type "llava_gs"), model.safetensors (LLM + encoder + a fresh
 projector), the tokenizer with `<image>` added (embeddings padded to a multiple of 64, as llava-hf),
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         "--num-gaussians", type=int, default=3136, help="processor: N for photos fitted on the fly"
     )
     ap.add_argument("--fit-iters", type=int, default=3000, help="processor: iterations of on-the-fly fitting")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the fresh projector's initialisation")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
 
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not args.overwrite:
         print(f"error: {out} exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
+    torch.manual_seed(args.seed)  # the projector is the only freshly initialised part
     try:
         model, tokenizer = build_from_parts(
             args.lm,

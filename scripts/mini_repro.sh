@@ -13,21 +13,32 @@
 #                                         (Gaussian tokens and Perceiver at the ViT width 128, feed-forward ×4)
 #                                         beside the default narrow one (GS_WIDTH = 64, feed-forward ×1), at the
 #                                         middle budget
+#   --seeds K (with the full run or --smoke) repeats everything after the shared data (world, teacher, splats,
+#                                         LM) with seeds 0 … K−1: GS encoders, zero-shot, LLaVAs, evaluation;
+#                                         the report gives mean ± between-seed s.d. (seed 0 in OUT, seed s in
+#                                         OUT/seed<s>)
 # Stages already finished (their outputs exist) are skipped on a rerun. OUT (outputs/mini_repro) holds all.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 cd "$ROOT"
-SMOKE=0 DEMO=0 HEAD_ABLATION=0
-for arg in "$@"; do
-  case "$arg" in
+SMOKE=0 DEMO=0 HEAD_ABLATION=0 SEEDS=1
+USAGE="usage: bash scripts/mini_repro.sh [--smoke|--demo] [--head-ablation] [--seeds K]"
+COMMAND="bash scripts/mini_repro.sh${*:+ $*}"
+while (( $# )); do
+  case "$1" in
     --smoke) SMOKE=1 ;;
     --demo) DEMO=1 ;;
     --head-ablation) HEAD_ABLATION=1 ;;
-    *) echo "usage: bash scripts/mini_repro.sh [--smoke|--demo] [--head-ablation]" >&2; exit 2 ;;
+    --seeds=*) SEEDS=${1#--seeds=} ;;
+    --seeds) [[ $# -ge 2 ]] || { echo "$USAGE (--seeds needs a count)" >&2; exit 2; }; SEEDS=$2; shift ;;
+    *) echo "$USAGE" >&2; exit 2 ;;
   esac
+  shift
 done
-if (( DEMO && (SMOKE || HEAD_ABLATION) )); then
-  echo "mini_repro.sh: --demo trains one GS-LLaVA only; it does not combine with --smoke or --head-ablation" >&2; exit 2
+[[ $SEEDS =~ ^[1-9][0-9]*$ ]] || { echo "mini_repro.sh: --seeds takes a count ≥ 1, not '$SEEDS'" >&2; exit 2; }
+if (( DEMO && (SMOKE || HEAD_ABLATION || SEEDS > 1) )); then
+  echo "mini_repro.sh: --demo trains one GS-LLaVA only; it does not combine with --smoke, --head-ablation or --seeds" >&2
+  exit 2
 fi
 LM_INIT="${LM_INIT:-pretrained}"
 case "$LM_INIT" in
@@ -61,7 +72,11 @@ stamp() {
   echo "== [$(( $(date +%s) - T0 ))s] $*"
   printf '%s\t%s\n' "$(date +%s)" "$*" >>"$TIMES"
 }
-done_or() { [[ -e "$1" ]] && { echo "   (done: $1)"; return 0; } || return 1; }
+done_or() {  # done_or PATH: PATH exists, so its stage is skipped (and counted as skipped in TIMES)
+  [[ -e "$1" ]] || return 1
+  echo "   (done: $1)"
+  printf '%s\t# skipped %s\n' "$(date +%s)" "$1" >>"$TIMES"
+}
 
 stamp "world: $NTRAIN train / $NTEST test scenes"
 done_or "$OUT/data/test_questions.json" || \
@@ -98,45 +113,9 @@ if [[ $DEMO == 0 ]]; then
     --clip-pretrained "$CLIP_CKPT" --input rgb -o "$OUT/encoders/rgb"
 fi
 
-MID_N=$(echo "$BUDGETS" | awk '{print $2}')
-K1=${KS%% *}
-gs_encoder() {  # gs_encoder NAME N K GS_WIDTH GS_FF_MULT HEADS
-  local name=$1 n=$2 k=$3 width=$4 ff=$5 heads=$6
-  stamp "GS encoder $name: stage 1 (distillation to the RGB CLIP) + stage 2 (CLIP adaptation)"
-  done_or "$OUT/encoders/$name/stage2/final/model.safetensors" && return 0
-  python -m gs_encoder.train --stage 1 --data "$OUT/splats/n$n/train" --clip-model mini-vit \
-    --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --num-tokens "$k" --gs-width "$width" --gs-ff-mult "$ff" \
-    --resampler-heads "$heads" \
-    --output-dir "$OUT/encoders/$name/stage1" --batch-size 64 --lr 1e-3 --warmup-steps 20 --max-steps "$S1_STEPS" \
-    --num-workers 0 --save-every 0
-  python -m gs_encoder.train --stage 2 --data "$OUT/splats/n$n/train" --clip-model mini-vit \
-    --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --encoder "$OUT/encoders/$name/stage1/final" \
-    --output-dir "$OUT/encoders/$name/stage2" --batch-size 64 --lr 3e-4 --warmup-steps 10 \
-    --max-steps "$S2_STEPS" --num-workers 0 --save-every 0
-}
-for k in $KS; do
-  for n in $BUDGETS; do
-    [[ $k != "$K1" && $n != "$MID_N" ]] && continue  # the half-token encoder only at the middle budget
-    gs_encoder "gs-n$n-k$k" "$n" "$k" "$GS_WIDTH" "$GS_FF_MULT" "$GS_HEADS"
-  done
-done
-# the head-size ablation: the Perceiver at the mini ViT's width (128) with feed-forward ×4
-(( HEAD_ABLATION )) && gs_encoder "gs-n$MID_N-k$K1-wide" "$MID_N" "$K1" 128 4 4
-
-[[ $DEMO == 0 ]] && stamp "zero-shot, GS vs RGB (CLIP_benchmark, single-object scenes, 24 classes)"
-for enc in "$OUT"/encoders/gs-*/stage2/final; do
-  [[ $DEMO == 1 ]] && break
-  name=$(basename "$(dirname "$(dirname "$enc")")")
-  n=${name#gs-n}; n=${n%%-*}
-  done_or "$OUT/zeroshot/$name/zeroshot.json" || python -m eval.zeroshot --gs "$enc" --clip-model mini-vit \
-    --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --datasets wds/mini_world --dataset-root "$OUT/data/zeroshot" \
-    --num-gaussians "$n" --fit-iters "$FIT_ITERS" --canvas 64 --resize resize --batch-size 64 --num-workers 0 \
-    -o "$OUT/zeroshot/$name"
-done
-
 # the Vicuna stand-in: eval/mini/lm, a small Llama pretrained on the world's texts (captions in place of the
-# images), shipped like a downloaded checkpoint and rebuilt by `python -m eval.mini.pretrain_lm` when absent;
-# LM_INIT=random gives the ablation with an untrained LM
+# images, and the captions themselves), shipped like a downloaded checkpoint and rebuilt by
+# `python -m eval.mini.pretrain_lm` when absent; LM_INIT=random gives the ablation with an untrained LM
 if [[ $LM_INIT == random ]]; then
   stamp "language model stand-in (BPE tokenizer on the world's texts + random Llama)"
   done_or "$OUT/lm/model.safetensors" || python -m eval.mini.make_lm --data "$OUT/data" --out "$OUT/lm"
@@ -146,59 +125,107 @@ else
   done_or "$OUT/lm/model.safetensors" || { rm -rf "$OUT/lm.tmp"; cp -r eval/mini/lm "$OUT/lm.tmp"; mv "$OUT/lm.tmp" "$OUT/lm"; }
 fi
 
+# ---- from here on, once per seed: seed 0 writes to OUT, seed s > 0 to OUT/seed<s> ----
+MID_N=$(echo "$BUDGETS" | awk '{print $2}')
+K1=${KS%% *}
+gs_encoder() {  # gs_encoder RUN SEED NAME N K GS_WIDTH GS_FF_MULT HEADS
+  local run=$1 seed=$2 name=$3 n=$4 k=$5 width=$6 ff=$7 heads=$8
+  stamp "GS encoder $name: stage 1 (distillation to the RGB CLIP) + stage 2 (CLIP adaptation)$SEED_LABEL"
+  done_or "$run/encoders/$name/stage2/final/model.safetensors" && return 0
+  python -m gs_encoder.train --stage 1 --data "$OUT/splats/n$n/train" --clip-model mini-vit \
+    --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --num-tokens "$k" --gs-width "$width" --gs-ff-mult "$ff" \
+    --resampler-heads "$heads" --seed "$seed" \
+    --output-dir "$run/encoders/$name/stage1" --batch-size 64 --lr 1e-3 --warmup-steps 20 --max-steps "$S1_STEPS" \
+    --num-workers 0 --save-every 0
+  python -m gs_encoder.train --stage 2 --data "$OUT/splats/n$n/train" --clip-model mini-vit \
+    --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --encoder "$run/encoders/$name/stage1/final" \
+    --output-dir "$run/encoders/$name/stage2" --batch-size 64 --lr 3e-4 --warmup-steps 10 --seed "$seed" \
+    --max-steps "$S2_STEPS" --num-workers 0 --save-every 0
+}
+
 # LLaVA's scripts turn gradient checkpointing on (a 7B model needs it); a 1 M-parameter LM on a CPU only
 # pays its recomputation, so it is off here
 NO_CKPT="--gradient_checkpointing False"
 # finetune: the projector keeps pretrain.sh's 1e-3; the LM, pretrained unless LM_INIT=random, moves slower
 FT_LR="${FT_LR:-$([[ $LM_INIT == random ]] && echo 1e-3 || echo 3e-4)}"
-llava() {  # llava NAME ENCODER_DIR SPLAT_FOLDER N
-  local name=$1 enc=$2 splats=$3 n=$4
-  stamp "LLaVA $name: init → pretrain.sh (projector) → finetune.sh (projector + LM)"
-  done_or "$OUT/llava/$name/final/model.safetensors" && return 0
-  python scripts/build_init_checkpoint.py --lm "$OUT/lm" --encoder "$enc" --output "$OUT/llava/$name/init" \
-    --dtype float32 --num-gaussians "$n" --fit-iters "$FIT_ITERS" --overwrite >/dev/null
-  local common=(MODEL="$OUT/llava/$name/init" IMAGE_FOLDER="$OUT/data/images" NUM_GPUS=1 WORKERS=0
+llava() {  # llava RUN SEED NAME ENCODER_DIR SPLAT_FOLDER N
+  local run=$1 seed=$2 name=$3 enc=$4 splats=$5 n=$6
+  stamp "LLaVA $name: init → pretrain.sh (projector) → finetune.sh (projector + LM)$SEED_LABEL"
+  done_or "$run/llava/$name/final/model.safetensors" && return 0
+  python scripts/build_init_checkpoint.py --lm "$OUT/lm" --encoder "$enc" --output "$run/llava/$name/init" \
+    --dtype float32 --num-gaussians "$n" --fit-iters "$FIT_ITERS" --seed "$seed" --overwrite >/dev/null
+  local common=(MODEL="$run/llava/$name/init" IMAGE_FOLDER="$OUT/data/images" NUM_GPUS=1 WORKERS=0
                 MAX_STEPS="$MAX_STEPS" MASTER_PORT="${MASTER_PORT:-29581}" DS_CONFIG=scripts/zero2.json)
   [[ -n "$splats" ]] && common+=(SPLAT_FOLDER="$splats")
-  env "${common[@]}" DATA_PATH="$OUT/data/train_pretrain.json" OUTPUT_DIR="$OUT/llava/$name/pretrain" \
-    PER_DEVICE_BATCH=32 GLOBAL_BATCH=32 LR=1e-3 EXTRA_ARGS="$NO_CKPT" bash scripts/pretrain.sh
-  env "${common[@]}" DATA_PATH="$OUT/data/train_finetune.json" OUTPUT_DIR="$OUT/llava/$name/final" \
-    PROJECTOR="$OUT/llava/$name/pretrain/mm_projector.safetensors" PER_DEVICE_BATCH=16 GLOBAL_BATCH=16 LR="$FT_LR" \
-    EXTRA_ARGS="--num_train_epochs $FT_EPOCHS --mm_projector_lr 1e-3 $NO_CKPT" bash scripts/finetune.sh
+  env "${common[@]}" DATA_PATH="$OUT/data/train_pretrain.json" OUTPUT_DIR="$run/llava/$name/pretrain" \
+    PER_DEVICE_BATCH=32 GLOBAL_BATCH=32 LR=1e-3 EXTRA_ARGS="$NO_CKPT --seed $seed" bash scripts/pretrain.sh
+  env "${common[@]}" DATA_PATH="$OUT/data/train_finetune.json" OUTPUT_DIR="$run/llava/$name/final" \
+    PROJECTOR="$run/llava/$name/pretrain/mm_projector.safetensors" PER_DEVICE_BATCH=16 GLOBAL_BATCH=16 LR="$FT_LR" \
+    EXTRA_ARGS="--num_train_epochs $FT_EPOCHS --mm_projector_lr 1e-3 $NO_CKPT --seed $seed" bash scripts/finetune.sh
 }
-[[ $DEMO == 1 ]] || llava rgb "$OUT/encoders/rgb" "" 64
-for enc in "$OUT"/encoders/gs-*/stage2/final; do
-  name=$(basename "$(dirname "$(dirname "$enc")")")
-  n=${name#gs-n}; n=${n%%-*}
-  llava "$name" "$enc" "$OUT/splats/n$n" "$n"
+
+if [[ $DEMO == 0 ]]; then
+  python -m eval.mini_judge --port "$JUDGE_PORT" >/dev/null 2>&1 &
+  JUDGE=$!
+  trap 'kill $JUDGE 2>/dev/null || true' EXIT
+  export OPENAI_API_URL="http://127.0.0.1:$JUDGE_PORT/v1" OPENAI_API_KEY=local HF_DATASETS_OFFLINE=1
+fi
+evaluate() {  # evaluate RUN: lmms-eval on the world's test questions and the shuffled-image control
+  local run=$1 model name out splats
+  stamp "lmms-eval on the world's test questions (six kinds) and the shuffled-image control$SEED_LABEL"
+  for model in "$run"/llava/*/final; do
+    name=$(basename "$(dirname "$model")")
+    out="$run/vqa/$name"
+    find "$out" -name '*_results.json' 2>/dev/null | grep -q . && continue
+    splats=""
+    [[ $name == gs-* ]] && { n=${name#gs-n}; n=${n%%-*}; splats=",splat_cache=$OUT/eval_cache/n$n"; }
+    python -m lmms_eval --model llava_gs --model_args "pretrained=$model,progress=false$splats" \
+      --tasks mw_all,mw_all_shuffled --include_path "$OUT/tasks" --batch_size 32 --output_path "$out" \
+      --log_samples --verbosity WARNING
+  done
+}
+
+for (( seed = 0; seed < SEEDS; seed++ )); do
+  RUN="$OUT$( ((seed)) && echo "/seed$seed" || true)"
+  SEED_LABEL="$( ((SEEDS > 1)) && echo ", seed $seed" || true)"
+  for k in $KS; do
+    for n in $BUDGETS; do
+      [[ $k != "$K1" && $n != "$MID_N" ]] && continue  # the half-token encoder only at the middle budget
+      gs_encoder "$RUN" "$seed" "gs-n$n-k$k" "$n" "$k" "$GS_WIDTH" "$GS_FF_MULT" "$GS_HEADS"
+    done
+  done
+  # the head-size ablation: the Perceiver at the mini ViT's width (128) with feed-forward ×4
+  (( HEAD_ABLATION )) && gs_encoder "$RUN" "$seed" "gs-n$MID_N-k$K1-wide" "$MID_N" "$K1" 128 4 4
+
+  [[ $DEMO == 0 ]] && stamp "zero-shot, GS vs RGB (CLIP_benchmark, single-object scenes, 24 classes)$SEED_LABEL"
+  for enc in "$RUN"/encoders/gs-*/stage2/final; do
+    [[ $DEMO == 1 ]] && break
+    name=$(basename "$(dirname "$(dirname "$enc")")")
+    n=${name#gs-n}; n=${n%%-*}
+    done_or "$RUN/zeroshot/$name/zeroshot.json" || python -m eval.zeroshot --gs "$enc" --clip-model mini-vit \
+      --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --datasets wds/mini_world --dataset-root "$OUT/data/zeroshot" \
+      --num-gaussians "$n" --fit-iters "$FIT_ITERS" --canvas 64 --resize resize --batch-size 64 --num-workers 0 \
+      -o "$RUN/zeroshot/$name"
+  done
+
+  # the RGB twin encoder is the teacher's tower itself (no training), shared by every seed
+  [[ $DEMO == 1 ]] || llava "$RUN" "$seed" rgb "$OUT/encoders/rgb" "" 64
+  for enc in "$RUN"/encoders/gs-*/stage2/final; do
+    name=$(basename "$(dirname "$(dirname "$enc")")")
+    n=${name#gs-n}; n=${n%%-*}
+    llava "$RUN" "$seed" "$name" "$enc" "$OUT/splats/n$n" "$n"
+  done
+  [[ $DEMO == 1 ]] || evaluate "$RUN"
 done
 if [[ $DEMO == 1 ]]; then
   stamp "done: $(ls -d "$OUT"/llava/*/final)"
   exit 0
 fi
 
-stamp "lmms-eval on the world's test questions (six kinds) and the shuffled-image control"
-python -m eval.mini_judge --port "$JUDGE_PORT" >/dev/null 2>&1 &
-JUDGE=$!
-trap 'kill $JUDGE 2>/dev/null || true' EXIT
-export OPENAI_API_URL="http://127.0.0.1:$JUDGE_PORT/v1" OPENAI_API_KEY=local HF_DATASETS_OFFLINE=1
-sleep 1
-for model in "$OUT"/llava/*/final; do
-  name=$(basename "$(dirname "$model")")
-  out="$OUT/vqa/$name"
-  find "$out" -name '*_results.json' 2>/dev/null | grep -q . && continue
-  splats=""
-  [[ $name == gs-* ]] && { n=${name#gs-n}; n=${n%%-*}; splats=",splat_cache=$OUT/eval_cache/n$n"; }
-  python -m lmms_eval --model llava_gs --model_args "pretrained=$model,progress=false$splats" \
-    --tasks mw_all,mw_all_shuffled --include_path "$OUT/tasks" --batch_size 32 --output_path "$out" \
-    --log_samples --verbosity WARNING
-done
-
 stamp "report"
 RESULTS="$([[ $SMOKE == 1 ]] && echo "$OUT/report" || echo eval/results)/mini_repro"
-python -m eval.mini.report --out "$OUT" --results "$RESULTS" --command "bash scripts/mini_repro.sh${*:+ $*}"
+python -m eval.mini.report --out "$OUT" --seeds "$SEEDS" --results "$RESULTS" --command "$COMMAND"
 # the best GS-LLaVA ships with the repository for scripts/demo.sh (the smoke run writes it beside its report)
 python -m eval.mini.ship_demo --out "$OUT" --report "$RESULTS.json" \
-  --dest "$([[ $SMOKE == 1 ]] && echo "$OUT/report/demo_llava" || echo eval/mini/demo_llava)" \
-  --command "bash scripts/mini_repro.sh${*:+ $*}"
+  --dest "$([[ $SMOKE == 1 ]] && echo "$OUT/report/demo_llava" || echo eval/mini/demo_llava)" --command "$COMMAND"
 stamp "done"

@@ -4,7 +4,7 @@
         --dest eval/mini/demo_llava --command "bash scripts/mini_repro.sh"
 
 Picks the GS-LLaVA with the best accuracy over all test questions in the report (the head-size ablation's
-full-width model included), and writes `dest/` the way a downloaded checkpoint is laid out:
+full-width model included; with several seeds, the best mean, then its best seed), and writes `dest/` the way a downloaded checkpoint is laid out:
 - `model/`: the GS-LLaVA folder as finetune.sh saved it (config, safetensors weights, tokenizer, processor);
 - `scenes/`: the first `--scenes` test scenes (64² PNG and caption) and `questions.json` with their
   questions and the answers in the style the model was taught;
@@ -44,6 +44,15 @@ def best_gs_model(report: dict) -> tuple[str, float]:
     return f"gs-{best[0]}", best[1]
 
 
+def best_seed(report: dict, name: str) -> int:
+    """Which seed of GS-LLaVA `name` (lmms-eval folder name) scored best over all questions (0 for a
+    one-seed report)."""
+    accs = report.get("accuracy_per_seed", {}).get(f"GS-LLaVA {name[3:]}")
+    if not accs:
+        return 0
+    return max(range(len(accs)), key=lambda s: accs[s]["all"])
+
+
 def _copy_model(src: Path, dst: Path) -> int:
     dst.mkdir(parents=True)
     size = 0
@@ -73,14 +82,19 @@ def ship(out: Path, report_path: Path, dest: Path, command: str, scenes: int = 2
     """Write dest/ (model/, scenes/, build.json) from a finished mini_repro run; returns build.json's data."""
     report = json.loads(report_path.read_text())
     name, accuracy = best_gs_model(report)
+    seed = best_seed(report, name)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    size = _copy_model(out / "llava" / name / "final", tmp / "model")
+    size = _copy_model(out / ("" if seed == 0 else f"seed{seed}") / "llava" / name / "final", tmp / "model")
     qs = _copy_scenes(out / "data", tmp / "scenes", scenes)
     build = {
         "model": name,
         "accuracy_all_questions": round(accuracy, 4),
         "accuracy_per_kind": report["accuracy"][f"GS-LLaVA {name[3:]}"],
+        "seed": seed,
+        "accuracy_of_this_seed": report.get("accuracy_per_seed", {})
+        .get(f"GS-LLaVA {name[3:]}", [{}])[seed]
+        .get("all", accuracy),
         "model_bytes": size,
         "scenes": sorted({q["image"] for q in qs}),
         "run": {"date": report["machine"]["date"], "commit": report["machine"]["git"], "command": command},

@@ -1,6 +1,7 @@
 """The miniature world: deterministic, answers checked against the scene description, disjoint splits."""
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -221,21 +222,21 @@ def test_clip_pairs_add_one_object_scenes_and_keep_held_out_scenes_out():
 
 
 def test_relative_targets_need_a_reference_that_uses_the_image():
-    """GS within 5 points of RGB is only evidence when RGB's answers depend on the image."""
+    """GS within 3 points of RGB is only evidence when RGB's answers depend on the image."""
     from eval.mini.report import _targets
 
     n = 400
     seeing = {"pope": [True] * n}  # answers every question right
     blind = {"pope": [i % 4 < 2 for i in range(n)]}  # right half the time, whatever the image
     runs = {"question-only prior": blind, "RGB-LLaVA": blind, "GS-LLaVA n144-k64": blind}
-    controls = {"RGB-LLaVA, shuffled images": blind}
-    _, _, rows = _targets(runs, controls)
+    runs["RGB-LLaVA, shuffled images"] = blind
+    _, _, rows = _targets([runs], {"pope": 0.5})
     gs_vs_rgb = next(r for r in rows if r["comparison"] == "GS-LLaVA n144-k64 − RGB-LLaVA")
     assert gs_vs_rgb["points"] == 0 and gs_vs_rgb["met"].startswith("not testable")
     runs["RGB-LLaVA"] = seeing  # now RGB reads the image: +50 points over its control
-    _, _, rows = _targets(runs, controls)
+    _, _, rows = _targets([runs], {"pope": 0.5})
     gs_vs_rgb = next(r for r in rows if r["comparison"] == "GS-LLaVA n144-k64 − RGB-LLaVA")
-    assert gs_vs_rgb["points"] == -50 and gs_vs_rgb["met"] == "no"
+    assert gs_vs_rgb["points"] == -50 and gs_vs_rgb["met"] == "no" and gs_vs_rgb["target"] == "≥ −3"
 
 
 def test_head_ablation_is_compared_with_the_default_head_and_kept_out_of_the_token_comparison():
@@ -250,12 +251,58 @@ def test_head_ablation_is_compared_with_the_default_head_and_kept_out_of_the_tok
         "GS-LLaVA n144-k32": right,
         "GS-LLaVA n144-k64-wide": half,
     }
-    _, _, rows = _targets(runs, {})
+    _, _, rows = _targets([runs], {})
     by_name = {r["comparison"]: r for r in rows}
     head = by_name["GS-LLaVA n144-k64 (narrow head) − GS-LLaVA n144-k64-wide"]
     assert head["points"] == 50 and head["met"] == "yes"
     assert by_name["N = 144: K = 32 − K = 64 tokens"]["points"] == 0
     assert not any("-wide" in r["comparison"] and "K = " in r["comparison"] for r in rows)
+
+
+def _answers(right: int, n: int = 400) -> dict[str, list[bool]]:
+    return {"pope": [i < right for i in range(n)]}
+
+
+def test_targets_over_seeds_take_the_mean_and_need_it_beyond_the_combined_error():
+    """Three seeds: the mean difference, the between-seed s.d., the test-set s.e.; met only when the mean
+    beats the threshold by more than sqrt(s.e.² + s.d.² / seeds)."""
+    from eval.mini.report import _targets
+
+    prior = _answers(160)  # 40%
+    seeds = [
+        {
+            "question-only prior": prior,
+            "RGB-LLaVA": _answers(right),
+            "GS-LLaVA n144-k64": _answers(right - 10),
+        }
+        for right in (248, 256, 264)  # 62, 64, 66%: +22, +24, +26 over the prior
+    ]
+    _, _, rows = _targets(seeds, {"pope": 0.5})
+    by_name = {r["comparison"]: r for r in rows}
+    rgb = by_name["RGB-LLaVA − question-only prior"]
+    assert rgb["seeds"] == 3 and abs(rgb["points"] - 24) < 1e-9 and abs(rgb["sd"] - 2) < 1e-9
+    # paired s.e. of one seed: the answers differ on (right − 160) of 400 questions, all in a's favour
+    se = [100 * math.sqrt((d / 400) * (1 - d / 400) / 400 * 400 / 399) for d in (88, 96, 104)]
+    assert abs(rgb["se"] - math.sqrt(sum(x * x for x in se) / 3)) < 1e-9
+    assert abs(rgb["error"] - math.sqrt(rgb["se"] ** 2 + 4 / 3)) < 1e-9
+    assert rgb["met"] == ("yes" if 24 - 20 > rgb["error"] else "no") == "yes"
+    # GS 2.5 points below RGB in every seed: within 3, but not by more than the error (0.8)
+    gs = by_name["GS-LLaVA n144-k64 − RGB-LLaVA"]
+    assert abs(gs["points"] + 2.5) < 1e-9 and gs["sd"] == 0 and gs["met"] == "no"
+    # the stretch target is the plain accuracy over all questions
+    assert abs(by_name["RGB-LLaVA, accuracy over all questions (stretch)"]["points"] - 64) < 1e-9
+    assert by_name["RGB-LLaVA, accuracy over all questions (stretch)"]["met"] == "no"
+
+
+def test_report_refuses_a_seed_that_did_not_finish(tmp_path):
+    from eval.mini.report import seed_runs
+
+    (tmp_path / "vqa").mkdir()
+    assert seed_runs(tmp_path, 1) == [tmp_path]
+    with pytest.raises(FileNotFoundError, match="seed1: no vqa/ results.*--seeds 2"):
+        seed_runs(tmp_path, 2)
+    (tmp_path / "seed1" / "vqa").mkdir(parents=True)
+    assert seed_runs(tmp_path, 2) == [tmp_path, tmp_path / "seed1"]
 
 
 def test_the_shipped_demo_model_is_the_best_gs_llava_over_all_questions():

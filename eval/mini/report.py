@@ -344,14 +344,16 @@ def _targets(per_seed: list[dict], chance: dict[str, float]) -> tuple[list[str],
 
 def _lm(out: Path) -> tuple[list[str], list[list], dict]:
     """The LM stand-in's own accuracy on the test scenes' questions with the caption given as text (from its
-    pretraining log): what the LLaVAs could reach with a perfect vision side."""
+    pretraining log): what the LLaVAs could reach with a perfect vision side; and its loss on the plain
+    captions with no image (when logged): where stage 1 starts if the projector's tokens told it nothing."""
     path = out / "lm" / "pretrain_log.json"
     if not path.exists():
         return [], [], {}
     last = json.loads(path.read_text())[-1]
     row = [f"pretrained Llama, {last['step']} steps, caption as text"]
     row += [f"{last[k]:.1f}" if k in last else "–" for k in KINDS] + [f"{last['all']:.1f}"]
-    return ["language model stand-in", *KINDS, "all"], [row], last
+    row.append(f"{last['caption_loss']:.3f}" if "caption_loss" in last else "not logged (answers-only LM)")
+    return ["language model stand-in", *KINDS, "all", "caption loss, no image (nats)"], [row], last
 
 
 def _stage1(runs: list[Path]) -> tuple[list[str], list[list], dict]:

@@ -93,6 +93,39 @@ def test_a_few_steps_write_a_loadable_checkpoint_and_its_log(tmp_path):
     assert model.config.num_hidden_layers == 1 and tok.convert_tokens_to_ids("<image>") == 3
 
 
+def test_init_continues_a_previous_lm_its_tokenizer_and_its_log(tmp_path, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    small = "--batch-size 4 --hidden 32 --layers 1 --heads 2 --warmup 1 --eval-scenes 2 --threads 1"
+    first = tmp_path / "first"
+    assert main(["--out", str(first), "--steps", "2", "--eval-every", "2", *small.split()]) == 0
+    before = AutoModelForCausalLM.from_pretrained(first).state_dict()
+    out = tmp_path / "cont"
+    args = [
+        "--init",
+        str(first),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--caption-fraction",
+        "0.3",
+    ]
+    assert main([*args, *small.split()]) == 0
+    log = json.loads((out / "pretrain_log.json").read_text())
+    assert [e["step"] for e in log] == [2, 3, 4]  # the first run's entry, then its steps continued
+    assert log[-1]["continued_from"] == str(first) and log[-1]["caption_fraction"] == 0.3
+    assert (out / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert not (tmp_path / "cont.tmp").exists()
+    with pytest.raises(SystemExit, match="no model.safetensors"):
+        main(["--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "x"), "--steps", "1"])
+
+
 @pytest.mark.skipif(
     not (SHIPPED / "model.safetensors").exists(), reason="eval/mini/lm is not in this checkout"
 )

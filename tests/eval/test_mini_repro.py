@@ -97,15 +97,25 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
     assert "GS-LLaVA n36-k16 (narrow head) − GS-LLaVA n36-k16-wide" in comparisons
     assert "N = 36: K = 8 − K = 16 tokens" in comparisons
     for m in models:
-        assert set(report["accuracy"][m]) == {"sqa", "text", "pope", "mme", "open", "gqa"}
+        assert set(report["accuracy"][m]) == {"sqa", "text", "pope", "mme", "open", "gqa", "all"}
     assert (tmp_path / "repro" / "report" / "mini_repro.png").stat().st_size > 0
-    # a rerun skips every finished stage
+    # a rerun with a second seed skips every finished stage of seed 0 and the shared data, trains seed 1 in
+    # OUT/seed1, and the report gives the mean over both seeds
     again = subprocess.run(
-        ["bash", "scripts/mini_repro.sh", "--smoke", "--head-ablation"],
+        ["bash", "scripts/mini_repro.sh", "--smoke", "--head-ablation", "--seeds", "2"],
         env=env,
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,
     )
-    assert again.returncode == 0 and again.stdout.count("(done:") >= 10
+    assert again.returncode == 0 and again.stdout.count("(done:") >= 10, (again.stdout + again.stderr)[-4000:]
+    assert (tmp_path / "repro" / "seed1" / "llava" / "gs-n36-k16" / "final" / "model.safetensors").is_file()
+    two = json.loads((tmp_path / "repro" / "report" / "mini_repro.json").read_text())
+    assert two["seeds"] == 2 and all(len(two["accuracy_per_seed"][m]) == 2 for m in models)
+    for m in models:
+        seeds = [a["all"] for a in two["accuracy_per_seed"][m]]
+        assert abs(two["accuracy"][m]["all"] - sum(seeds) / 2) < 1e-9
+    assert all(t["seeds"] == 2 for t in two["targets"] if "seeds" in t)
+    time_row = next(t for t in two["targets"] if t["comparison"].startswith("time of the whole run"))
+    assert time_row["met"].startswith("not testable")  # a resumed run's time is not a whole run's

@@ -4,7 +4,8 @@
         --dest eval/mini/demo_llava --command "bash scripts/mini_repro.sh"
 
 Picks the GS-LLaVA with the best accuracy over all test questions in the report (the head-size ablation's
-full-width model included; with several seeds, the best mean, then its best seed), and writes `dest/` the way a downloaded checkpoint is laid out:
+full-width model included; with several seeds, the best mean, then its best seed), and writes `dest/` the
+way a downloaded checkpoint is laid out:
 - `model/`: the GS-LLaVA folder as finetune.sh saved it (config, safetensors weights, tokenizer, processor);
 - `scenes/`: the first `--scenes` test scenes (64² PNG and caption) and `questions.json` with their
   questions and the answers in the style the model was taught;
@@ -44,13 +45,14 @@ def best_gs_model(report: dict) -> tuple[str, float]:
     return f"gs-{best[0]}", best[1]
 
 
-def best_seed(report: dict, name: str) -> int:
-    """Which seed of GS-LLaVA `name` (lmms-eval folder name) scored best over all questions (0 for a
-    one-seed report)."""
+def best_seed(report: dict, name: str, accuracy: float) -> tuple[int, float]:
+    """(seed, its accuracy over all questions) of GS-LLaVA `name` (lmms-eval folder name) that scored best;
+    (0, `accuracy`) for a report without per-seed accuracies."""
     accs = report.get("accuracy_per_seed", {}).get(f"GS-LLaVA {name[3:]}")
     if not accs:
-        return 0
-    return max(range(len(accs)), key=lambda s: accs[s]["all"])
+        return 0, accuracy
+    seed = max(range(len(accs)), key=lambda s: accs[s]["all"])
+    return seed, accs[seed]["all"]
 
 
 def _copy_model(src: Path, dst: Path) -> int:
@@ -82,7 +84,7 @@ def ship(out: Path, report_path: Path, dest: Path, command: str, scenes: int = 2
     """Write dest/ (model/, scenes/, build.json) from a finished mini_repro run; returns build.json's data."""
     report = json.loads(report_path.read_text())
     name, accuracy = best_gs_model(report)
-    seed = best_seed(report, name)
+    seed, seed_accuracy = best_seed(report, name, accuracy)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     size = _copy_model(out / ("" if seed == 0 else f"seed{seed}") / "llava" / name / "final", tmp / "model")
@@ -92,9 +94,7 @@ def ship(out: Path, report_path: Path, dest: Path, command: str, scenes: int = 2
         "accuracy_all_questions": round(accuracy, 4),
         "accuracy_per_kind": report["accuracy"][f"GS-LLaVA {name[3:]}"],
         "seed": seed,
-        "accuracy_of_this_seed": report.get("accuracy_per_seed", {})
-        .get(f"GS-LLaVA {name[3:]}", [{}])[seed]
-        .get("all", accuracy),
+        "accuracy_of_this_seed": seed_accuracy,
         "model_bytes": size,
         "scenes": sorted({q["image"] for q in qs}),
         "run": {"date": report["machine"]["date"], "commit": report["machine"]["git"], "command": command},

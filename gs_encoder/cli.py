@@ -279,6 +279,13 @@ def _add_fit_args(p: argparse.ArgumentParser, batch_size: int) -> None:
         help="prune at this main-fit iteration, not after the fit (needs --tau)",
     )
     p.add_argument("--finetune-iters", type=int, default=0, help="iterations after pruning")
+    p.add_argument(
+        "--coarse-iters",
+        type=int,
+        default=0,
+        help="coarse-to-fine: iterations on the canvas shrunk --coarse-factor× before the main fit (default 0)",
+    )
+    p.add_argument("--coarse-factor", type=int, default=2, help="canvas shrink of --coarse-iters (default 2)")
     p.add_argument("--target-psnr", type=float, default=None, help="stop an image early at this PSNR (dB)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch-size", type=int, default=batch_size, help="images fitted together")
@@ -304,6 +311,8 @@ def _fit_config(args):
         tau=args.tau,
         prune_at=args.prune_at,
         finetune_iters=args.finetune_iters,
+        coarse_iters=args.coarse_iters,
+        coarse_factor=args.coarse_factor,
         target_psnr=args.target_psnr,
         seed=args.seed,
     )

@@ -3,7 +3,8 @@
     python -m eval.bench.fit_convergence [--threads 1] [--quick]
 
 For each init (structured grid, GaussianImage's random, the content-adaptive grid of
-gs_encoder/fitting/init.py, the learned network of gs_encoder/fitting/learned_init.py) and N ∈ {400, 1600, 3136} on the four benchmark photos at 224²
+gs_encoder/fitting/init.py, the learned network of gs_encoder/fitting/learned_init.py, and the learned init with coarse-to-fine:
+K iterations on the canvas shrunk 2× first) and N ∈ {400, 1600, 3136} on the four benchmark photos at 224²
 (centre crop; never part of the learned init's training data), one fit per iteration budget
 K ∈ {50, 100, 300, 1000, 3000}, each with the full learning-rate schedule of a K-iteration fit (what
 `gsv fit --iters K` runs; random stops at 1000 to save time), timed from the raw image to the fitted splats (init, network included);
@@ -28,8 +29,18 @@ from gs_encoder.report import machine_info
 
 from .common import PHOTOS, RESULTS, photos, timed, write_results
 
-INITS = ("structured", "random", "adaptive", "learned")
+INITS = ("structured", "random", "adaptive", "learned", "learned+c2f")
 SHORT = {"random": 1000}  # largest budget run for these inits
+C2F = "+c2f"  # suffix: coarse-to-fine, K iterations on the canvas shrunk 2× before the K of the budget
+
+
+def fit_config(init: str, n: int, k: int) -> FitConfig:
+    """The FitConfig of budget K for `init` (a FitConfig init, or one with the C2F suffix)."""
+    base = init.removesuffix(C2F)
+    coarse = k if init.endswith(C2F) else 0
+    return FitConfig(num_gaussians=n, iters=k, init=base, coarse_iters=coarse, check_every=max(k // 60, 1))
+
+
 BUDGETS = (50, 100, 300, 1000, 3000)
 
 
@@ -54,11 +65,11 @@ def run_fits(images, inits, budgets, ns) -> dict:
     data = {}
     for n in ns:
         for init in inits:
-            p0, s0 = init_psnr(images, init, n)
+            p0, s0 = init_psnr(images, init.removesuffix(C2F), n)
             entry = {"psnr": {0: p0}, "seconds": {0: s0}, "per_image": {}}
             print(f"N={n:5d} {init:10s} K=   0 {p0:6.2f} dB  {s0:7.2f} s", flush=True)
             for k in [b for b in budgets if b <= SHORT.get(init, b)]:
-                cfg = FitConfig(num_gaussians=n, iters=k, init=init, check_every=max(k // 60, 1))
+                cfg = fit_config(init, n, k)
                 t = time.perf_counter()
                 res = fit_images(images, cfg)
                 secs = time.perf_counter() - t
@@ -90,35 +101,45 @@ def time_to(entry: dict, target: float) -> tuple[int | None, float | None, float
 
 
 def network_cost(image: torch.Tensor, ns, repeat: int = 5) -> dict:
-    """Seconds for one image: the network alone, the learned init with its colour solve, and 20 fit
-    iterations (structured init, the same N; marginal cost of 20 iterations = time(25) − time(5))."""
+    """Seconds for one image: the network alone, the learned init with its colour solve, 20 fit
+    iterations and 20 coarse-stage iterations (the canvas shrunk 2×) (structured init, the same N;
+    marginal cost of 20 iterations = time(25) − time(5))."""
     net = load_learned_init()
+    small = torch.nn.functional.interpolate(image, size=(image.shape[-1] // 2,) * 2, mode="area")
     out = {}
 
     def best(fn):
         return timed(fn, repeat, best=True)
 
+    def fit20(img, n):
+        def run(k):
+            cfg = FitConfig(num_gaussians=n, iters=k, init="structured", check_every=10**6)
+            return best(lambda: fit_images(img, cfg))
+
+        return run(25) - run(5)
+
     for n in ns:
         with torch.no_grad():
             t_net = best(lambda n=n: net.splats(image, n))
         t_init = best(lambda n=n: learned_init(image, n))
-        t5 = best(
-            lambda n=n: fit_images(
-                image, FitConfig(num_gaussians=n, iters=5, init="structured", check_every=10**6)
-            )
-        )
-        t25 = best(
-            lambda n=n: fit_images(
-                image, FitConfig(num_gaussians=n, iters=25, init="structured", check_every=10**6)
-            )
-        )
-        out[n] = {"network_s": t_net, "learned_init_s": t_init, "fit20_s": t25 - t5}
+        out[n] = {
+            "network_s": t_net,
+            "learned_init_s": t_init,
+            "fit20_s": fit20(image, n),
+            "coarse20_s": fit20(small, n),
+        }
         print(
             f"N={n}: network {1000 * t_net:.1f} ms, learned init {1000 * t_init:.1f} ms, 20 fit iterations "
-            f"{1000 * (t25 - t5):.1f} ms",
+            f"{1000 * out[n]['fit20_s']:.1f} ms, 20 coarse iterations {1000 * out[n]['coarse20_s']:.1f} ms",
             flush=True,
         )
     return out
+
+
+def iteration_cost(init: str, cost: dict) -> float:
+    """Cost of one budget iteration in full-canvas fit iterations: 1, or with coarse-to-fine 1 plus one
+    coarse-stage iteration."""
+    return 1.0 + (cost["coarse20_s"] / cost["fit20_s"] if init.endswith(C2F) else 0.0)
 
 
 def plot(data, inits, ns, path) -> None:
@@ -186,7 +207,7 @@ def load_run(path) -> dict:
     return run
 
 
-def report(run: dict, name: str) -> Path:
+def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
     """Tables, targets and plot of a measured run {fits, network_cost, size, photos, budgets, ns, threads}."""
     data, cost, names, size = run["fits"], run["network_cost"], run["photos"], run["size"]
     ns, budgets, inits = run["ns"], run["budgets"], run["inits"]
@@ -198,8 +219,9 @@ def report(run: dict, name: str) -> Path:
     ref_k = 1000 if 1000 in budgets else budgets[-1]
     top_k = budgets[-1]
     near = {k: min(budgets, key=lambda b, k=k: abs(b - k)) for k in (100, 300)}
-    speed_rows, targets = [], {}
+    speed_rows, targets, c2f_rows = [], {}, []
     for n in ns:
+        equiv_of, init_its_of = {}, {}
         s = data[f"structured/{n}"]
         ref_p, ref_t = s["psnr"][ref_k], s["seconds"][ref_k]
         per_it = cost[n]["fit20_s"] / 20  # one image, one iteration
@@ -207,8 +229,11 @@ def report(run: dict, name: str) -> Path:
             e = data[f"{init}/{n}"]
             k, t_meas, t_interp = time_to(e, ref_p)
             k_interp = iters_to(e, ref_p)
-            init_its = (e["seconds"][0] / len(names)) / per_it  # the init's cost in fit iterations
-            equiv = None if k_interp is None else ref_k / (k_interp + init_its)
+            # the init's cost in fit iterations (a coarse-to-fine entry has its base init's: the same network)
+            init_its = init_its_of.setdefault(init.removesuffix(C2F), (e["seconds"][0] / len(names)) / per_it)
+            equiv = (
+                None if k_interp is None else ref_k / (k_interp * iteration_cost(init, cost[n]) + init_its)
+            )
             speed_rows.append(
                 [
                     n,
@@ -223,6 +248,17 @@ def report(run: dict, name: str) -> Path:
             )
             if init == "learned":
                 ratio_learned = equiv
+            if init.endswith(C2F):
+                c2f_rows.append(
+                    [
+                        n,
+                        init.removesuffix(C2F),
+                        iteration_cost(init, cost[n]),
+                        equiv,
+                        equiv_of.get(init.removesuffix(C2F)),
+                    ]
+                )
+            equiv_of[init] = equiv
         le = data[f"learned/{n}"]
         targets[n] = {
             f"learned@{near[100]} ≥ structured@{ref_k}": le["psnr"][near[100]] >= ref_p,
@@ -233,6 +269,9 @@ def report(run: dict, name: str) -> Path:
             "learned init costs ≤ 20 fit iterations": cost[n]["learned_init_s"] <= cost[n]["fit20_s"],
         }
     target_rows = [[n, t, "met" if ok else "missed"] for n in ns for t, ok in targets[n].items()]
+    for row in c2f_rows:  # the coarse-to-fine decision: default only where it reaches the target sooner
+        with_c2f, without = row[3], row[4]
+        row.append("yes" if with_c2f is not None and (without is None or with_c2f > without) else "no")
     cost_rows = [
         [
             n,
@@ -240,6 +279,7 @@ def report(run: dict, name: str) -> Path:
             1000 * c["learned_init_s"],
             1000 * c["fit20_s"],
             c["learned_init_s"] / c["fit20_s"],
+            1000 * c["coarse20_s"] if "coarse20_s" in c else None,
         ]
         for n, c in cost.items()
     ]
@@ -270,7 +310,10 @@ def report(run: dict, name: str) -> Path:
         "interpolated in log K between budgets, plus the init's measured cost in fit iterations), which the "
         "sharing does not distort. Learned init: the shipped weights, network + one residual refinement pass "
         f"+ {COLOUR_ITERS} conjugate-gradient steps of least-squares colours. Adaptive: structured grid shaped "
-        f"by the structure tensor + the same colour solve. All fits ran in one process, finished {run['measured']}."
+        f"by the structure tensor + the same colour solve. learned+c2f: the learned init, then K iterations on the "
+        f"canvas area-averaged to {size // 2}² (own schedule), then the K iterations of the budget on the full canvas "
+        "(FitConfig.coarse_iters = K); its iteration equivalents count a coarse iteration at its measured cost. "
+        f"All fits ran in one process, finished {run['measured']}."
     )
     sections = [
         ("Mean PSNR (dB) after K iterations", ["N", "init", *[f"K={k}" for k in ks]], curve_rows),
@@ -291,8 +334,27 @@ def report(run: dict, name: str) -> Path:
         ),
         (
             "Cost of the learned init vs 20 fit iterations (one image, ms)",
-            ["N", "network", "network + colour solve", "20 fit iterations", "ratio"],
+            [
+                "N",
+                "network",
+                "network + colour solve",
+                "20 fit iterations",
+                "ratio",
+                f"20 coarse iterations ({size // 2}²)",
+            ],
             cost_rows,
+        ),
+        (
+            f"Coarse-to-fine: K iterations on the 2×-shrunk canvas before the K of the budget (speed-up to structured@{ref_k} in iteration equivalents)",
+            [
+                "N",
+                "init",
+                "cost of one budget iteration (fit iterations)",
+                "with coarse-to-fine",
+                "without",
+                "faster with it",
+            ],
+            c2f_rows,
         ),
         ("Targets", ["N", "target", "result"], target_rows),
         (
@@ -317,12 +379,26 @@ def report(run: dict, name: str) -> Path:
     ]
     md = write_results(
         name,
-        "Fit convergence: structured vs random vs adaptive vs learned initialisation",
+        "Fit convergence: structured vs random vs adaptive vs learned initialisation (± coarse-to-fine)",
         sections,
-        {**run, "targets": {str(n): t for n, t in targets.items()}, "preset": preset},
+        {
+            **run,
+            "targets": {str(n): t for n, t in targets.items()},
+            "preset": preset,
+            "coarse_to_fine": {
+                f"{init}/{n}": {
+                    "iteration_cost": c,
+                    "speedup": w,
+                    "speedup_without": wo,
+                    "faster": f == "yes",
+                }
+                for n, init, c, w, wo, f in c2f_rows
+            },
+        },
         notes,
+        out_dir=out_dir,
     )
-    plot(data, inits, ns, RESULTS / f"{name}.png")
+    plot(data, inits, ns, out_dir / f"{name}.png")
     return md
 
 

@@ -17,8 +17,9 @@ fused kernels on the GPU, or their CPU emulation); `fit_images` picks one from c
 from __future__ import annotations
 
 import logging
+import numbers
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -50,6 +51,10 @@ class FitConfig:
     tau: float | None = None  # luminosity pruning threshold; None: no pruning
     prune_at: int | None = None  # main-fit iteration at which to prune (needs tau); None: after the fit
     finetune_iters: int = 0  # Adam steps after the main fit when pruning (fresh Adam state, own schedule)
+    # coarse-to-fine: Adam steps on the canvas shrunk coarse_factor× (area average) before the main fit (own
+    # schedule and Adam state); 0: none (measured in eval/results/fit_convergence.md)
+    coarse_iters: int = 0
+    coarse_factor: int = 2
     lr_xy: float = 0.1  # Adam step size of centres, pixels
     lr_chol: float = 0.04  # Adam step size of the Cholesky factor, pixels
     lr_rgb: float = 0.02  # Adam step size of colours
@@ -64,8 +69,16 @@ class FitConfig:
     def __post_init__(self):
         if not isinstance(self.num_gaussians, int) or self.num_gaussians < 1:
             raise ValueError(f"num_gaussians must be a positive int, got {self.num_gaussians!r}")
-        if self.iters < 0 or self.finetune_iters < 0:
-            raise ValueError(f"iters and finetune_iters must be ≥ 0, got {self.iters}, {self.finetune_iters}")
+        for name in ("iters", "finetune_iters", "coarse_iters"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"{name} must be an int ≥ 0, got {value!r}")
+        if (
+            isinstance(self.coarse_factor, bool)
+            or not isinstance(self.coarse_factor, int)
+            or self.coarse_factor < 2
+        ):
+            raise ValueError(f"coarse_factor must be an int ≥ 2, got {self.coarse_factor!r}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
         if self.init == "learned":
@@ -177,6 +190,9 @@ def fit_images(
         ValueError / TypeError on bad images or settings; ImportError when cfg.backend names a compiled
         backend that is not built.
 
+    With cfg.coarse_iters > 0 the initial sets are first fitted to the images shrunk cfg.coarse_factor×
+    (canvas units do not depend on the canvas size), then the main fit starts from there.
+
     The backend (resolve_backend) picks the ops of the loop: "cuda" and "cuda-emu" run cuda_ext's fused
     kernels (`cuda_ops`), "cpp" and "torch" the pure-torch twins (`torch_ops`); the results agree up to
     float32 summation order. "auto" on CUDA tensors without the kernels falls back to "torch" with one
@@ -189,11 +205,32 @@ def fit_images(
     images = images.float()
     targets = images.permute(0, 2, 3, 1).contiguous()  # [B, S, S, 3]
     sets = _initial_sets(images, cfg, initial)
-    if backend in KERNEL_BACKENDS:
-        ops = cuda_ops(emulate=backend == "cuda-emu")
-    else:
-        ops = torch_ops(backend, cfg.plan_margin)
-    return fit_sets(sets, targets, cfg, ops, progress, start)
+
+    def new_ops() -> FitOps:  # one per canvas: the torch ops keep a render plan of their canvas
+        if backend in KERNEL_BACKENDS:
+            return cuda_ops(emulate=backend == "cuda-emu")
+        return torch_ops(backend, cfg.plan_margin)
+
+    if cfg.coarse_iters > 0:
+        sets = _coarse_fit(sets, images, cfg, new_ops(), progress)
+    return fit_sets(sets, targets, cfg, new_ops(), progress, start)
+
+
+def _coarse_fit(
+    sets, images: torch.Tensor, cfg: FitConfig, ops: FitOps, progress: bool
+) -> list[torch.Tensor]:
+    """The coarse stage of coarse-to-fine: cfg.coarse_iters iterations against the images area-averaged to
+    S // cfg.coarse_factor. Returns the sets in canvas units on the images' device."""
+    size = images.shape[-1] // cfg.coarse_factor
+    if size < 1:
+        raise ValueError(
+            f"coarse_factor {cfg.coarse_factor} leaves no pixel of the {images.shape[-1]}² canvas"
+        )
+    small = torch.nn.functional.interpolate(images, size=(size, size), mode="area")
+    coarse = replace(cfg, iters=cfg.coarse_iters, coarse_iters=0, tau=None, prune_at=None, target_psnr=None)
+    targets = small.permute(0, 2, 3, 1).contiguous()
+    results = fit_sets(sets, targets, coarse, ops, progress, desc=f"coarse fit ({size}²)")
+    return [r.splats.to(images.device) for r in results]
 
 
 def fit_sets(
@@ -203,6 +240,7 @@ def fit_sets(
     ops: FitOps,
     progress: bool = False,
     start: float | None = None,  # perf_counter at the start of the job (FitResult.seconds); None: now
+    desc: str = "fit",  # label of the progress bar
 ) -> list[FitResult]:
     """The fitting loop behind fit_images, on the backend of `ops`: main fit, pruning (at cfg.prune_at
     or after the fit), fine-tune, results. cfg.backend is not read here; `ops` decides.
@@ -221,7 +259,7 @@ def fit_sets(
     )
     prune_at = cfg.prune_at if cfg.tau is not None else None
     alive, iters_run, history, score_full = _optimise(
-        params, alive, targets, cfg.iters, cfg, ops, progress, "fit", prune_at
+        params, alive, targets, cfg.iters, cfg, ops, progress, desc, prune_at
     )
     pruned = score_full is not None
     if not pruned:
@@ -349,6 +387,8 @@ def fit_sidecar(result: FitResult, target: torch.Tensor, cfg: FitConfig, resize:
         "psnr_unpruned": round(result.psnr_unpruned, 4),
         "fit_iters": result.iters,
         "finetune_iters": cfg.finetune_iters if cfg.tau is not None else 0,
+        "coarse_iters": cfg.coarse_iters,
+        "coarse_factor": cfg.coarse_factor if cfg.coarse_iters else None,
         "init": cfg.init,
         "lambda_l1": cfg.lambda_l1,
         "tau": cfg.tau,

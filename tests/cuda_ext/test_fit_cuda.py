@@ -158,6 +158,15 @@ def test_fit_with_l1_pruning_and_finetune_matches_the_cpu_fit(kernels, photo):
             assert abs(c.psnr - g.psnr) < 0.01 and abs(c.psnr_unpruned - g.psnr_unpruned) < 0.01
 
 
+def test_coarse_to_fine_matches_the_cpu_fit(kernels, photo):
+    images = torch.stack([photo("chelsea", 64), photo("rocket", 64)])
+    cfg = FitConfig(num_gaussians=256, iters=40, coarse_iters=40, init="structured")
+    cpu = fit_images(images, cfg)
+    gpu = fit_images(images.to(kernels.device), replace(cfg, backend=kernels.backend))
+    for c, g in zip(cpu, gpu, strict=True):
+        assert abs(c.psnr - g.psnr) < 0.01 and c.iters == g.iters == 40
+
+
 def test_early_stop_on_the_gpu(kernels, photo):
     grey = torch.full((3, 32, 32), 0.4)
     images = torch.stack([grey, photo("astronaut", 32)]).to(kernels.device)

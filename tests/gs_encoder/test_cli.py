@@ -182,10 +182,13 @@ def test_fit_with_l1_pruning_and_early_stop(tmp_path, photo_path, capsys):
         "0.05",
         "--finetune-iters",
         "10",
+        "--coarse-iters",
+        "20",
         "-q",
     ]
     assert main(argv) == 0
     meta = json.loads((out / "coffee.json").read_text())
+    assert meta["coarse_iters"] == 20 and meta["coarse_factor"] == 2 and meta["fit_iters"] == 60
     assert meta["num_gaussians_initial"] == 100 and 1 <= meta["num_gaussians"] < 100
     assert np.load(out / "coffee.gs.npy").shape == (meta["num_gaussians"], 8)
     assert meta["finetune_iters"] == 10 and meta["tau"] == 0.05

@@ -99,6 +99,40 @@ def test_l1_sparsifies_colours(photo):
     assert sparse.splats[:, 5:].abs().mean() < plain.splats[:, 5:].abs().mean()
 
 
+def test_coarse_to_fine_is_a_fit_on_the_shrunk_canvas_then_the_full_one(photo):
+    imgs = torch.stack([photo("chelsea", 32), photo("rocket", 32)])
+    cfg = FitConfig(num_gaussians=64, iters=30, init="structured", coarse_iters=40, coarse_factor=2)
+    both = fit_images(imgs, cfg)
+    # by hand: the structured init fitted 40 iterations to the 16² area averages, then 30 on the 32² images
+    small = torch.nn.functional.interpolate(imgs, size=(16, 16), mode="area")
+    coarse = fit_images(
+        small,
+        FitConfig(num_gaussians=64, iters=40, init="structured"),
+        initial=list(structured_init(imgs, 64)),
+    )
+    plain_cfg = FitConfig(num_gaussians=64, iters=30, init="structured")
+    by_hand = fit_images(imgs, plain_cfg, initial=[r.splats for r in coarse])
+    for a, b in zip(both, by_hand, strict=True):
+        torch.testing.assert_close(a.splats, b.splats)
+        assert a.psnr == pytest.approx(b.psnr, abs=1e-5) and a.iters == 30
+    # the coarse stage moved the splats: without it the result differs and starts lower
+    plain = fit_images(imgs, plain_cfg)
+    assert not torch.allclose(plain[0].splats, both[0].splats)
+    assert both[0].history[0][1] > plain[0].history[0][1]
+
+
+@pytest.mark.parametrize(
+    "bad", [{"coarse_factor": 1}, {"coarse_iters": -1}, {"coarse_iters": 2.5}, {"iters": True}]
+)
+def test_bad_coarse_settings(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        FitConfig(num_gaussians=16, init="structured", **bad)
+    with pytest.raises(ValueError, match="no pixel"):
+        fit_images(
+            torch.rand(1, 3, 4, 4), FitConfig(num_gaussians=4, iters=2, coarse_iters=2, coarse_factor=8)
+        )
+
+
 def test_bad_images_and_config():
     with pytest.raises(ValueError, match="shape"):
         fit_images(torch.rand(3, 16, 16))

@@ -1,0 +1,53 @@
+"""The convergence benchmark's accounting, on a synthetic run: iterations to the target interpolated
+between budgets, the init's cost, and a coarse-to-fine iteration counted at its measured cost."""
+
+import json
+
+import pytest
+
+from eval.bench import fit_convergence as fc
+
+
+def _entry(psnr: dict, seconds: dict) -> dict:
+    return {"psnr": psnr, "seconds": seconds, "per_image": {k: [v] * 4 for k, v in psnr.items() if k}}
+
+
+def _run(c2f_psnr_at_10: float) -> dict:
+    budgets = [10, 30]
+    secs = {0: 0.4, 10: 1.0, 30: 3.0}  # K = 0: 0.1 s per photo = 10 fit iterations of 0.01 s
+    return {
+        "size": 48,
+        "photos": ["astronaut", "chelsea", "coffee", "rocket"],
+        "ns": [16],
+        "budgets": budgets,
+        "inits": ["structured", "learned", "learned+c2f"],
+        "threads": 1,
+        "measured": "2026-12-03T00:00:00+00:00",
+        "fits": {
+            "structured/16": _entry({0: 20.0, 10: 24.0, 30: 26.0}, {0: 0.0, 10: 1.0, 30: 3.0}),
+            "learned/16": _entry({0: 23.0, 10: 26.5, 30: 27.0}, secs),
+            # the same init measured again: its K = 0 time is noise and must not count
+            "learned+c2f/16": _entry({0: 23.0, 10: c2f_psnr_at_10, 30: 27.5}, {**secs, 0: 0.04}),
+        },
+        "network_cost": {16: {"network_s": 0.01, "learned_init_s": 0.05, "fit20_s": 0.2, "coarse20_s": 0.1}},
+    }
+
+
+@pytest.mark.parametrize(("c2f_at_10", "faster"), [(27.0, False), (30.0, True)])
+def test_coarse_to_fine_is_charged_for_its_coarse_iterations(tmp_path, c2f_at_10, faster):
+    fc.report(_run(c2f_at_10), "conv", out_dir=tmp_path)
+    out = json.loads((tmp_path / "conv.json").read_text())["coarse_to_fine"]["learned/16"]
+    # learned reaches structured@30 (26 dB) after 10·3/3.5 = 8.57 iterations, + 10 for the init
+    assert out["speedup_without"] == pytest.approx(30 / (10 * 3 / 3.5 + 10))
+    # coarse-to-fine after 10·3/(c − 23) budget iterations, each 1 + 0.1/0.2 fit iterations
+    assert out["iteration_cost"] == pytest.approx(1.5)
+    assert out["speedup"] == pytest.approx(30 / (10 * 3 / (c2f_at_10 - 23) * 1.5 + 10))
+    assert out["faster"] is faster
+    md = (tmp_path / "conv.md").read_text()
+    assert "| 16 | learned | 1.50 |" in md and ("| yes |" in md) is faster
+
+
+def test_fit_config_of_a_coarse_to_fine_budget():
+    cfg = fc.fit_config("learned+c2f", 400, 100)
+    assert (cfg.init, cfg.iters, cfg.coarse_iters, cfg.num_gaussians) == ("learned", 100, 100, 400)
+    assert fc.fit_config("structured", 400, 100).coarse_iters == 0

@@ -294,6 +294,29 @@ def test_targets_over_seeds_take_the_mean_and_need_it_beyond_the_combined_error(
     assert by_name["RGB-LLaVA, accuracy over all questions (stretch)"]["met"] == "no"
 
 
+def test_run_time_targets_give_the_one_seed_time_of_a_several_seed_run():
+    from eval.mini.report import _time_targets
+
+    stages = {
+        "world": 60,
+        "teacher": 120,
+        "LLaVA rgb, seed 0": 600,
+        "eval, seed 0": 60,
+        "LLaVA rgb, seed 1": 900,
+    }
+    timings = {"stages": stages, "total_s": sum(stages.values()), "skipped": 0}
+    whole, one = _time_targets(timings, 2)
+    assert (
+        whole["points"] == pytest.approx(29.0) and whole["target"] == "≤ 82.5 min" and whole["met"] == "yes"
+    )
+    assert one["points"] == pytest.approx(14.0) and one["target"] == "≤ 45 min" and one["met"] == "yes"
+    (single,) = _time_targets({**timings, "total_s": 46 * 60}, 1)
+    assert single["met"] == "no" and single["comparison"].startswith("time of the whole run, 1 seed ")
+    resumed = _time_targets({**timings, "skipped": 3}, 2)
+    assert all(t["met"].startswith("not testable: 3 finished stages") for t in resumed)
+    assert _time_targets({}, 2) == []
+
+
 def test_report_refuses_a_seed_that_did_not_finish(tmp_path):
     from eval.mini.report import seed_runs
 

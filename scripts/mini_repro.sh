@@ -63,6 +63,12 @@ else
   # three projector-pretraining epochs (189 steps): RGB-LLaVA 62.9 → 68.2%, GS n144-k64 69.0 → 68.7% (seed 0)
   FT_EPOCHS="${FT_EPOCHS:-3}" PT_EPOCHS="${PT_EPOCHS:-3}" MAX_STEPS=-1 KS="64 32"
 fi
+# reading (opt-in until a 3-seed run measures it): word labels LABEL_SCALE × larger, CLIP_WORDS label-only pairs
+# for the teacher, PT_WORDS label-only captions in LLaVA's stage 1 ("The word CAT."), each reading question
+# asked READING times in finetuning (eval/mini/world.py: word_scenes, with_reading). Seed 0, RGB-LLaVA, words
+# read of the test scenes (chance 8%): 1 / 0 / 0 / 1 (the default) 8–11%; 1.45 / 1000 / 1000 / 1 22%;
+# 1.45 / 1000 / 1000 / 3 80%
+LABEL_SCALE="${LABEL_SCALE:-1}" CLIP_WORDS="${CLIP_WORDS:-0}" PT_WORDS="${PT_WORDS:-0}" READING="${READING:-1}"
 CFG=eval/mini/mini-vit.json
 # the GS head narrower than the mini ViT's 128, as the default head is narrower than ViT-B/16's 768
 # (docs/encoder.md); --head-ablation adds the full-width head (128, feed-forward ×4)
@@ -83,7 +89,8 @@ done_or() {  # done_or PATH: PATH exists, so its stage is skipped (and counted a
 
 stamp "world: $NTRAIN train / $NTEST test scenes"
 done_or "$OUT/data/test_questions.json" || \
-  python -m eval.mini.world --out "$OUT/data" --train "$NTRAIN" --test "$NTEST" --zeroshot-per-class "$ZS"
+  python -m eval.mini.world --out "$OUT/data" --train "$NTRAIN" --test "$NTEST" --zeroshot-per-class "$ZS" \
+    --label-scale "$LABEL_SCALE" --clip-words "$CLIP_WORDS" --pretrain-words "$PT_WORDS" --reading "$READING"
 done_or "$OUT/tasks/_mw_all_shuffled.yaml" || python -m eval.mini.tasks --data "$OUT/data" --out "$OUT/tasks" --shuffled
 
 stamp "RGB CLIP teacher from scratch (open_clip_train, $CLIP_EPOCHS epochs)"
@@ -93,7 +100,7 @@ if ! done_or "$CLIP_CKPT"; then
   n_shards=$(ls "$OUT"/data/shards/clip-*.tar | wc -l)
   last=$(printf "%04d" $((n_shards - 1)))
   python -m eval.mini.train_clip --model-config "$CFG" --train-data "$OUT/data/shards/clip-{0000..$last}.tar" \
-    --train-num-samples "$((2 * NTRAIN))" --dataset-type webdataset --batch-size "$CLIP_BATCH" --epochs "$CLIP_EPOCHS" --lr 1e-3 \
+    --train-num-samples "$((2 * NTRAIN + CLIP_WORDS))" --dataset-type webdataset --batch-size "$CLIP_BATCH" --epochs "$CLIP_EPOCHS" --lr 1e-3 \
     --warmup 50 --wd 0.1 --workers 0 --precision fp32 --logs "$OUT/runs" --name rgb-clip \
     --save-frequency "$CLIP_EPOCHS" --seed 0 --log-every-n-steps 20
 fi
@@ -102,7 +109,7 @@ for n in $BUDGETS; do
   stamp "splats: N = $n, $FIT_ITERS iterations, 64² canvas (+ teacher embeddings)"
   for split in train test; do
     done_or "$OUT/splats/n$n/.$split.done" || {
-      gsv fit-shards "$OUT/data/${split}_finetune.json" --image-folder "$OUT/data/images" -o "$OUT/splats/n$n" \
+      gsv fit-shards "$OUT/data/${split}_pretrain.json" --image-folder "$OUT/data/images" -o "$OUT/splats/n$n" \
         --num-gaussians "$n" --iters "$FIT_ITERS" --size 64 --resize resize --batch-size 64 \
         --teacher "mini-vit:$CLIP_CKPT" --teacher-config "$CFG" -q
       touch "$OUT/splats/n$n/.$split.done"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,11 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
         JUDGE_PORT="18793",
         MASTER_PORT="29593",
         HF_HOME=str(tmp_path / "hf"),
+        # the reading options: larger labels, label-only scenes for the teacher and for stage 1
+        LABEL_SCALE="1.45",
+        CLIP_WORDS="8",
+        PT_WORDS="8",
+        READING="3",
     )
     res = subprocess.run(
         ["bash", "scripts/mini_repro.sh", "--smoke", "--head-ablation"],
@@ -57,6 +63,14 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
         timeout=1500,
     )
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    data = tmp_path / "repro" / "data"
+    label_only = [
+        r
+        for r in json.loads((data / "train_pretrain.json").read_text())
+        if re.fullmatch(r"The word [A-Z]+\.", r["conversations"][1]["value"])
+    ]
+    assert len(label_only) == 8  # stage-1 captions of label-only scenes, fitted to splats like the rest
+    assert len(list((tmp_path / "repro" / "splats" / "n16" / "train").rglob("*.gs.npy"))) == 64 + 8
     report = json.loads((tmp_path / "repro" / "report" / "mini_repro.json").read_text())
     models = {"RGB-LLaVA", "GS-LLaVA n16-k16", "GS-LLaVA n36-k16", "GS-LLaVA n36-k8", "GS-LLaVA n36-k16-wide"}
     assert models <= set(report["accuracy"]) and "question-only prior" in report["accuracy"]

@@ -221,6 +221,76 @@ def test_clip_pairs_add_one_object_scenes_and_keep_held_out_scenes_out():
     assert first.seed not in {s.seed for s in again} and len(again) == 80
 
 
+def _white(scene) -> int:
+    """Pixels of the rendered scene that are (nearly) pure white: the label's paper."""
+    return sum(1 for p in render(scene).getdata() if min(p) >= 250)
+
+
+def test_label_scale_enlarges_the_label_and_objects_keep_clear_of_it():
+    big = [make_scene(s, text_prob=1.0, label_scale=1.45) for s in range(40)]
+    small = [make_scene(s, text_prob=1.0) for s in range(40)]
+    for a, b in zip(big, small, strict=True):
+        assert a.word == b.word  # the same draw, only the label's size differs
+        (w, h), (w0, h0) = a.label_size(), b.label_size()
+        assert (w, h) == (12 * len(a.word) + 6, 20) and (w0, h0) == (8 * len(b.word) + 6, 14)
+        x0, y0 = a.word_xy
+        assert 0 <= x0 and x0 + w <= 64 and 0 <= y0 and y0 + h <= 64
+        for o in a.objects:  # no object's box reaches into the label
+            r = SIZES[o.size]
+            assert o.x + r <= x0 or o.x - r >= x0 + w or o.y + r <= y0 or o.y - r >= y0 + h
+    ratio = sum(map(_white, big)) / sum(map(_white, small))
+    assert 1.6 < ratio < 2.6  # ~1.45² more white paper
+    with pytest.raises(ValueError, match="label_scale"):
+        make_scene(0, label_scale=3.0)
+
+
+def test_word_scenes_hold_a_label_alone_and_reach_the_teacher_and_stage_one(tmp_path):
+    from eval.mini.world import clip_scenes, word_scenes
+
+    words = word_scenes(12, label_scale=1.45)
+    assert words == word_scenes(12, label_scale=1.45)  # deterministic
+    assert all(not s.objects and s.word and caption(s) == f"The word {s.word}." for s in words)
+    assert len({s.word for s in words}) > 3
+    assert not {s.seed for s in words} & {s.seed for s in word_scenes(12, purpose="pretrain")}
+    train = scenes_for("train", 10)
+    pairs = clip_scenes(train, 5, words=7)
+    assert len(pairs) == 22 and sum(not s.objects for s in pairs) == 7
+    counts = write_split(tmp_path, "train", train, word_scenes(4, purpose="pretrain"))
+    assert counts["scenes"] == 10 and counts["caption_only"] == 4
+    pre = json.loads((tmp_path / "train_pretrain.json").read_text())
+    fin = json.loads((tmp_path / "train_finetune.json").read_text())
+    qs = json.loads((tmp_path / "train_questions.json").read_text())
+    assert len(pre) == 14 and all((tmp_path / "images" / r["image"]).is_file() for r in pre)
+    label_only = [r for r in pre if r["conversations"][1]["value"].startswith("The word ")]
+    assert len(label_only) >= 4
+    only = {r["image"] for r in pre} - {r["image"] for r in fin}
+    assert len(only) == 4 and not only & {q["image"] for q in qs}  # captions only: no questions
+
+
+def test_reading_is_asked_as_often_as_asked_for_and_nothing_else_changes(tmp_path):
+    from eval.mini.world import dialogues, with_reading
+
+    scene = next(s for s in scenes_for("train", 40) if s.word)
+    base = dialogues(scene, questions(scene))
+    assert with_reading(scene, base, 1) is base
+    for times in (2, 3, 5):
+        more = with_reading(scene, base, times)
+        assert more == with_reading(scene, base, times)  # seeded
+        reading = [q for d in more for q in d if q["kind"] == "text"]
+        assert len(reading) == times and all(sum(q["kind"] == "text" for q in d) == 1 for d in more)
+        others = [[q for q in d if q["kind"] != "text"] for d in more[: len(base)]]
+        assert others == [[q for q in d if q["kind"] != "text"] for d in base]  # the rest as it was
+    plain = next(s for s in scenes_for("train", 40) if not s.word)
+    assert with_reading(plain, dialogues(plain, questions(plain)), 3) == dialogues(plain, questions(plain))
+    # the finetuning data ask it three times, the test questions once
+    write_split(tmp_path, "train", [scene], reading=3)
+    fin = json.loads((tmp_path / "train_finetune.json").read_text())
+    asked = [t for r in fin for t in r["conversations"] if t["value"].endswith(scene.word)]
+    assert len(asked) == 3 and len(fin) == len(base) + 1
+    qs = json.loads((tmp_path / "train_questions.json").read_text())
+    assert sum(q["kind"] == "text" for q in qs) == 1
+
+
 def test_relative_targets_need_a_reference_that_uses_the_image():
     """GS within 3 points of RGB is only evidence when RGB's answers depend on the image."""
     from eval.mini.report import _targets

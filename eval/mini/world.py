@@ -598,30 +598,25 @@ def main(argv=None) -> int:
     ap.add_argument("--test", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--zeroshot-per-class", type=int, default=10, help="single-object test scenes per class")
-    ap.add_argument(
-        "--label-scale",
-        type=float,
-        default=1.0,
-        help="size of the word labels (1: 14 px high, 8 px per letter)",
+    options = (  # flag, type, default, help
+        ("--label-scale", float, 1.0, "size of the word labels (1: 14 px high, 8 px per letter)"),
+        ("--clip-words", int, 0, "label-only scenes added to the CLIP teacher's pairs"),
+        (
+            "--pretrain-words",
+            int,
+            0,
+            "label-only scenes added to the train captions (LLaVA stage 1; no questions)",
+        ),
+        ("--reading", int, 1, "times the train dialogues ask a scene's reading question"),
+        (
+            "--clip-single",
+            int,
+            None,
+            "one-object scenes added to the teacher's pairs (default: as many as --train)",
+        ),
     )
-    ap.add_argument(
-        "--clip-words", type=int, default=0, help="label-only scenes added to the CLIP teacher's pairs"
-    )
-    ap.add_argument(
-        "--pretrain-words",
-        type=int,
-        default=0,
-        help="label-only scenes added to the train split's captions (LLaVA stage 1; no questions)",
-    )
-    ap.add_argument(
-        "--reading", type=int, default=1, help="times the train dialogues ask a scene's reading question"
-    )
-    ap.add_argument(
-        "--clip-single",
-        type=int,
-        default=None,
-        help="one-object scenes added to the CLIP teacher's pairs (default: as many as --train)",
-    )
+    for flag, kind, default, text in options:
+        ap.add_argument(flag, type=kind, default=default, help=text)
     args = ap.parse_args(argv)
     if args.reading < 1:
         ap.error(f"--reading counts how often a reading question is asked: 1 or more, not {args.reading}")

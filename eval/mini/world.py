@@ -64,6 +64,7 @@ COLOURS = {
 }
 SIZES = {"small": 7, "large": 11}  # radius in pixels on the 64² canvas
 LABEL = {"height": 14, "char": 8, "font": 11}  # the word label in pixels at label_scale 1
+LABEL_SCALES = (0.5, 2.0)  # label_scale bounds: a label that fits the 64² canvas
 WORDS = ("CAT", "SUN", "BOX", "GO", "TOP", "MAP", "RED", "ZIP", "OWL", "FOX", "HAT", "JAM")
 KINDS = ("sqa", "text", "pope", "mme", "open", "gqa")
 SHORT = "\nAnswer the question using a single word or phrase."
@@ -125,9 +126,9 @@ def make_scene(
 ) -> Scene:
     """The scene of `seed`: 1–4 (or `num_objects`, 0 for a label alone) non-overlapping objects with distinct
     (colour, shape), maybe a word on a label `label_scale` × the default size."""
-    if not 0.5 <= label_scale <= 2.0:
+    if not LABEL_SCALES[0] <= label_scale <= LABEL_SCALES[1]:
         raise ValueError(
-            f"label_scale must lie in [0.5, 2] (a label that fits the 64² canvas), not {label_scale}"
+            f"label_scale must lie in {list(LABEL_SCALES)} (a label that fits the 64² canvas), not {label_scale}"
         )
     rng = random.Random(seed)
     word = word_xy = None
@@ -385,25 +386,25 @@ def dialogues(scene: Scene, qs: list[dict], per_scene: int = 2) -> list[list[dic
     return [d for d in out if d]
 
 
-def with_reading(scene: Scene, dialogues: list[list[dict]], times: int) -> list[list[dict]]:
-    """`dialogues` with the scene's reading question asked `times` times: added at a seeded position to each
+def with_reading(scene: Scene, asked: list[list[dict]], times: int) -> list[list[dict]]:
+    """The dialogues `asked` (from `dialogues`) with the scene's reading question asked `times` times: added at a seeded position to each
     dialogue that lacks it, then as questions of their own. times = 1 (or a scene without a word) leaves
     them as they are.
 
     Measured on seed 0 (RGB-LLaVA, a teacher that reads, label-only captions in stage 1): reading once per
     scene 22% of the test words, three times 80% (chance 8%); GQA-like 75% → 67%, the rest within error."""
-    reading = [q for d in dialogues for q in d if q["kind"] == "text"]
+    reading = [q for d in asked for q in d if q["kind"] == "text"]
     if times <= 1 or not reading:
-        return dialogues
+        return asked
     q, rng = reading[0], random.Random(scene.seed * 15485863 + 5)
-    out, asked = [], 0
-    for d in dialogues:
+    out, count = [], 0
+    for d in asked:
         d = list(d)
-        if q not in d and asked < times - 1:
+        if q not in d and count < times - 1:
             d.insert(rng.randrange(len(d) + 1), q)
-        asked += q in d
+        count += q in d
         out.append(d)
-    return out + [[q] for _ in range(times - asked)]
+    return out + [[q] for _ in range(times - count)]
 
 
 def dialogue_turns(dialogue: list[dict], context: str = "<image>") -> list[dict]:
@@ -416,19 +417,23 @@ def dialogue_turns(dialogue: list[dict], context: str = "<image>") -> list[dict]
     return turns
 
 
+def _extra_scenes(base: int, n: int, exclude: set[str], **kind) -> list[Scene]:
+    """The first n scenes `make_scene(base + k, **kind)`, k = 0, 1, …, whose signature is not excluded."""
+    out, k = [], 0
+    while len(out) < n:
+        s = make_scene(base + k, **kind)
+        k += 1
+        if s.signature() not in exclude:
+            out.append(s)
+    return out
+
+
 def scenes_for(
     split: str, n: int, seed: int = 0, exclude: set[str] | None = None, label_scale: float = 1.0
 ) -> list[Scene]:
     """n scenes of a split; `test` seeds are drawn from a disjoint range and never repeat a train scene."""
     base = {"train": 0, "test": 10_000_000}[split] + seed * 100_000_000
-    out, k = [], 0
-    while len(out) < n:
-        s = make_scene(base + k, label_scale=label_scale)
-        k += 1
-        if exclude is not None and s.signature() in exclude:
-            continue
-        out.append(s)
-    return out
+    return _extra_scenes(base, n, exclude or set(), label_scale=label_scale)
 
 
 def write_split(
@@ -515,16 +520,6 @@ def write_shards(out: Path, split: str, scenes: list[Scene], shard_size: int = 1
         tmp.replace(path)
         paths.append(path)
     return paths
-
-
-def _extra_scenes(base: int, n: int, exclude: set[str], **kind) -> list[Scene]:
-    out, k = [], 0
-    while len(out) < n:
-        s = make_scene(base + k, **kind)
-        k += 1
-        if s.signature() not in exclude:
-            out.append(s)
-    return out
 
 
 def word_scenes(n: int, seed: int = 0, label_scale: float = 1.0, purpose: str = "clip") -> list[Scene]:
@@ -620,6 +615,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.reading < 1:
         ap.error(f"--reading counts how often a reading question is asked: 1 or more, not {args.reading}")
+    for flag, count in (("--clip-words", args.clip_words), ("--pretrain-words", args.pretrain_words)):
+        if count < 0:
+            ap.error(f"{flag} counts scenes to add: 0 or more, not {count}")
+    if not LABEL_SCALES[0] <= args.label_scale <= LABEL_SCALES[1]:
+        ap.error(
+            f"--label-scale must lie in {list(LABEL_SCALES)} (a label that fits the 64² canvas), not {args.label_scale}"
+        )
     out = Path(args.out)
     scale = args.label_scale
     train = scenes_for("train", args.train, args.seed, label_scale=scale)

@@ -291,6 +291,25 @@ def test_reading_is_asked_as_often_as_asked_for_and_nothing_else_changes(tmp_pat
     assert sum(q["kind"] == "text" for q in qs) == 1
 
 
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--label-scale", "3"], "--label-scale must lie in"),
+        (["--label-scale", "nan"], "--label-scale must lie in"),
+        (["--clip-words", "-5"], "--clip-words counts scenes"),
+        (["--pretrain-words", "-1"], "--pretrain-words counts scenes"),
+        (["--reading", "0"], "--reading counts"),
+    ],
+)
+def test_world_command_rejects_bad_reading_options(tmp_path, capsys, bad, message):
+    from eval.mini.world import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path / "w"), "--train", "4", "--test", "2", *bad])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # rejected before anything is written
+
+
 def test_relative_targets_need_a_reference_that_uses_the_image():
     """GS within 3 points of RGB is only evidence when RGB's answers depend on the image."""
     from eval.mini.report import _targets

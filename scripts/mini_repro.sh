@@ -105,6 +105,8 @@ if ! done_or "$CLIP_CKPT"; then
     --save-frequency "$CLIP_EPOCHS" --seed 0 --log-every-n-steps 20
 fi
 
+# the images of each split's captions: its scenes (splats/n$n/<split>, the GS encoders' data) and, with
+# PT_WORDS, the label-only images (splats/n$n/<split>_words, for LLaVA's stage 1 only)
 for n in $BUDGETS; do
   stamp "splats: N = $n, $FIT_ITERS iterations, 64² canvas (+ teacher embeddings)"
   for split in train test; do

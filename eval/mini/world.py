@@ -14,7 +14,7 @@ alone and checked against the scene description by the tests:
 - `gqa`    compositional (GQA style): "What colour is the shape left of the square?" → "red".
 
     python -m eval.mini.world --out data/mini --train 4000 --test 500
-writes per split: images/<split>/ (PNG), <split>_pretrain.json (captions, LLaVA plain format),
+writes per split: images/<split>/ (PNG; label-only caption images in images/<split>_words/), <split>_pretrain.json (captions, LLaVA plain format),
 <split>_finetune.json (the questions as vicuna_v1 dialogues, see `dialogues`), <split>_questions.json (with kind and answer),
 <split>_scenes.jsonl, shards/test-NNNN.tar (png + caption) and shards/clip-NNNN.tar (the CLIP teacher's pairs: the train
 scenes plus as many one-object scenes, see `clip_scenes`); zeroshot/ (24 classes "<colour> <shape>" in
@@ -441,14 +441,18 @@ def write_split(
 ) -> dict:
     """Images and LLaVA-format JSON for a split; returns counts. Files are written under temp names first.
 
-    `caption_only` scenes (the label-only ones of `word_scenes`) go into the split's images and its
-    captions (<split>_pretrain.json) but ask no questions. `reading`: how often the finetuning dialogues
-    ask a scene's reading question (`with_reading`); the test questions ask it once."""
-    img_dir = out / "images" / split
-    img_dir.mkdir(parents=True, exist_ok=True)
+    `caption_only` scenes (the label-only ones of `word_scenes`) go into the split's captions
+    (<split>_pretrain.json) but ask no questions; their images sit apart, in images/<split>_words/, so that
+    their splats (splats/<split>_words/ of `gsv fit-shards`) serve LLaVA's stage 1 but not the GS encoders,
+    which distil on splats/<split>/ (measured, seed 0, N = 64: with the label-only splats in the encoder's
+    data, stage-1 loss 5.5e-3 and zero-shot 5% after stage 1; without, 2.2e-3 and 22%).
+    `reading`: how often the finetuning dialogues ask a scene's reading question (`with_reading`); the
+    test questions ask it once."""
+    for folder in [split, f"{split}_words"] if caption_only else [split]:
+        (out / "images" / folder).mkdir(parents=True, exist_ok=True)
     pretrain, finetune, test = [], [], []
-    for s in [*scenes, *caption_only]:
-        name = f"{split}/{s.seed}.png"
+    for s, folder in [*((s, split) for s in scenes), *((s, f"{split}_words") for s in caption_only)]:
+        name = f"{folder}/{s.seed}.png"
         path = out / "images" / name
         if not path.exists():
             tmp = path.with_suffix(".tmp.png")
@@ -465,7 +469,7 @@ def write_split(
                 ],
             }
         )
-        if not s.objects:
+        if folder != split:
             continue
         qs = questions(s)
         for j, dialogue in enumerate(with_reading(s, dialogues(s, qs), reading)):

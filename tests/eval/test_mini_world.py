@@ -265,6 +265,9 @@ def test_word_scenes_hold_a_label_alone_and_reach_the_teacher_and_stage_one(tmp_
     assert len(label_only) >= 4
     only = {r["image"] for r in pre} - {r["image"] for r in fin}
     assert len(only) == 4 and not only & {q["image"] for q in qs}  # captions only: no questions
+    # apart from the scenes, so that the GS encoders' splats (of images/train/) leave them out
+    assert all(name.startswith("train_words/") for name in only)
+    assert all(r["image"].startswith("train/") for r in fin)
 
 
 def test_reading_is_asked_as_often_as_asked_for_and_nothing_else_changes(tmp_path):

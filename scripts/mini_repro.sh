@@ -23,7 +23,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 cd "$ROOT"
 SMOKE=0 DEMO=0 HEAD_ABLATION=0 SEEDS=1
 USAGE="usage: bash scripts/mini_repro.sh [--smoke|--demo] [--head-ablation] [--seeds K]"
-COMMAND="bash scripts/mini_repro.sh${*:+ $*}"
+# the command as the report records it: the settings given in the environment first
+COMMAND=""
+for knob in OUT NTRAIN NTEST ZS CLIP_EPOCHS FIT_ITERS BUDGETS S1_STEPS S2_STEPS FT_EPOCHS PT_EPOCHS FT_LR LM_INIT \
+  LABEL_SCALE CLIP_WORDS PT_WORDS READING GS_WIDTH GS_FF_MULT GS_HEADS; do
+  if [[ -n ${!knob+set} ]]; then printf -v COMMAND '%s%s=%q ' "$COMMAND" "$knob" "${!knob}"; fi
+done
+COMMAND="${COMMAND}bash scripts/mini_repro.sh${*:+ $*}"
 while (( $# )); do
   case "$1" in
     --smoke) SMOKE=1 ;;

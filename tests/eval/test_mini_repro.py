@@ -70,8 +70,15 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
         if re.fullmatch(r"The word [A-Z]+\.", r["conversations"][1]["value"])
     ]
     assert len(label_only) == 8  # stage-1 captions of label-only scenes, fitted to splats like the rest
-    assert len(list((tmp_path / "repro" / "splats" / "n16" / "train").rglob("*.gs.npy"))) == 64 + 8
+    splats = tmp_path / "repro" / "splats" / "n16"
+    assert len(list((splats / "train").rglob("*.gs.npy"))) == 64  # the GS encoders' data: the scenes
+    assert len(list((splats / "train_words").rglob("*.gs.npy"))) == 8  # for stage 1 only
     report = json.loads((tmp_path / "repro" / "report" / "mini_repro.json").read_text())
+    # the report names the settings given in the environment
+    assert (
+        "LABEL_SCALE=1.45 CLIP_WORDS=8 PT_WORDS=8 READING=3 bash scripts/mini_repro.sh --smoke"
+        in report["command"]
+    )
     models = {"RGB-LLaVA", "GS-LLaVA n16-k16", "GS-LLaVA n36-k16", "GS-LLaVA n36-k8", "GS-LLaVA n36-k16-wide"}
     assert models <= set(report["accuracy"]) and "question-only prior" in report["accuracy"]
     assert {f"{m}, shuffled images" for m in models} <= set(report["accuracy"])

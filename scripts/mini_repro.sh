@@ -69,7 +69,8 @@ else
   # three projector-pretraining epochs (189 steps): RGB-LLaVA 62.9 → 68.2%, GS n144-k64 69.0 → 68.7% (seed 0)
   FT_EPOCHS="${FT_EPOCHS:-3}" PT_EPOCHS="${PT_EPOCHS:-3}" MAX_STEPS=-1 KS="64 32"
 fi
-# reading (opt-in until a 3-seed run measures it): word labels LABEL_SCALE × larger, CLIP_WORDS label-only pairs
+# reading (opt-in: with them, RGB-LLaVA read on one seed of three and GS-LLaVA on none, which widens the GS −
+# RGB gap past its target; eval/results/mini_repro_reading.md): word labels LABEL_SCALE × larger, CLIP_WORDS label-only pairs
 # for the teacher, PT_WORDS label-only captions in LLaVA's stage 1 ("The word CAT."), each reading question
 # asked READING times in finetuning (eval/mini/world.py: word_scenes, with_reading). Seed 0, RGB-LLaVA, words
 # read of the test scenes (chance 8%): 1 / 0 / 0 / 1 (the default) 8–11%; 1.45 / 1000 / 1000 / 1 22%;

@@ -121,15 +121,20 @@ def _overlaps(x, y, r, placed, label_box) -> bool:
     return False
 
 
+def _check_label_scale(value: float, name: str = "label_scale") -> None:
+    """ValueError unless `value` lies in LABEL_SCALES (NaN does not)."""
+    if not LABEL_SCALES[0] <= value <= LABEL_SCALES[1]:
+        raise ValueError(
+            f"{name} must lie in {list(LABEL_SCALES)} (a label that fits the 64² canvas), not {value}"
+        )
+
+
 def make_scene(
     seed: int, text_prob: float = 0.35, num_objects: int | None = None, label_scale: float = 1.0
 ) -> Scene:
     """The scene of `seed`: 1–4 (or `num_objects`, 0 for a label alone) non-overlapping objects with distinct
     (colour, shape), maybe a word on a label `label_scale` × the default size."""
-    if not LABEL_SCALES[0] <= label_scale <= LABEL_SCALES[1]:
-        raise ValueError(
-            f"label_scale must lie in {list(LABEL_SCALES)} (a label that fits the 64² canvas), not {label_scale}"
-        )
+    _check_label_scale(label_scale)
     rng = random.Random(seed)
     word = word_xy = None
     label_box = None
@@ -448,10 +453,11 @@ def write_split(
     data, stage-1 loss 5.5e-3 and zero-shot 5% after stage 1; without, 2.2e-3 and 22%).
     `reading`: how often the finetuning dialogues ask a scene's reading question (`with_reading`); the
     test questions ask it once."""
-    for folder in [split, f"{split}_words"] if caption_only else [split]:
+    words = f"{split}_words"
+    for folder in [split, words] if caption_only else [split]:
         (out / "images" / folder).mkdir(parents=True, exist_ok=True)
     pretrain, finetune, test = [], [], []
-    for s, folder in [*((s, split) for s in scenes), *((s, f"{split}_words") for s in caption_only)]:
+    for s, folder in [*((s, split) for s in scenes), *((s, words) for s in caption_only)]:
         name = f"{folder}/{s.seed}.png"
         path = out / "images" / name
         if not path.exists():
@@ -622,10 +628,10 @@ def main(argv=None) -> int:
     for flag, count in (("--clip-words", args.clip_words), ("--pretrain-words", args.pretrain_words)):
         if count < 0:
             ap.error(f"{flag} counts scenes to add: 0 or more, not {count}")
-    if not LABEL_SCALES[0] <= args.label_scale <= LABEL_SCALES[1]:
-        ap.error(
-            f"--label-scale must lie in {list(LABEL_SCALES)} (a label that fits the 64² canvas), not {args.label_scale}"
-        )
+    try:
+        _check_label_scale(args.label_scale, "--label-scale")
+    except ValueError as e:
+        ap.error(str(e))
     out = Path(args.out)
     scale = args.label_scale
     train = scenes_for("train", args.train, args.seed, label_scale=scale)

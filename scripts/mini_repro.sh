@@ -26,7 +26,7 @@ USAGE="usage: bash scripts/mini_repro.sh [--smoke|--demo] [--head-ablation] [--s
 # the command as the report records it: the settings given in the environment first
 COMMAND=""
 for knob in OUT NTRAIN NTEST ZS CLIP_EPOCHS FIT_ITERS BUDGETS S1_STEPS S2_STEPS FT_EPOCHS PT_EPOCHS FT_LR LM_INIT \
-  LABEL_SCALE CLIP_WORDS PT_WORDS READING GS_WIDTH GS_FF_MULT GS_HEADS; do
+  LABEL_SCALE CLIP_WORDS PT_WORDS FT_WORDS READING GS_WIDTH GS_FF_MULT GS_HEADS; do
   if [[ -n ${!knob+set} ]]; then printf -v COMMAND '%s%s=%q ' "$COMMAND" "$knob" "${!knob}"; fi
 done
 COMMAND="${COMMAND}bash scripts/mini_repro.sh${*:+ $*}"
@@ -75,7 +75,8 @@ fi
 # asked READING times in finetuning (eval/mini/world.py: word_scenes, with_reading). Seed 0, RGB-LLaVA, words
 # read of the test scenes (chance 8%): 1 / 0 / 0 / 1 (the default) 8–11%; 1.45 / 1000 / 1000 / 1 22%;
 # 1.45 / 1000 / 1000 / 3 80%
-LABEL_SCALE="${LABEL_SCALE:-1}" CLIP_WORDS="${CLIP_WORDS:-0}" PT_WORDS="${PT_WORDS:-0}" READING="${READING:-1}"
+LABEL_SCALE="${LABEL_SCALE:-1}" CLIP_WORDS="${CLIP_WORDS:-0}" PT_WORDS="${PT_WORDS:-0}" FT_WORDS="${FT_WORDS:-0}"
+READING="${READING:-1}"
 CFG=eval/mini/mini-vit.json
 # the GS head narrower than the mini ViT's 128, as the default head is narrower than ViT-B/16's 768
 # (docs/encoder.md); --head-ablation adds the full-width head (128, feed-forward ×4)
@@ -97,7 +98,8 @@ done_or() {  # done_or PATH: PATH exists, so its stage is skipped (and counted a
 stamp "world: $NTRAIN train / $NTEST test scenes"
 done_or "$OUT/data/test_questions.json" || \
   python -m eval.mini.world --out "$OUT/data" --train "$NTRAIN" --test "$NTEST" --zeroshot-per-class "$ZS" \
-    --label-scale "$LABEL_SCALE" --clip-words "$CLIP_WORDS" --pretrain-words "$PT_WORDS" --reading "$READING"
+    --label-scale "$LABEL_SCALE" --clip-words "$CLIP_WORDS" --pretrain-words "$PT_WORDS" \
+    --finetune-words "$FT_WORDS" --reading "$READING"
 done_or "$OUT/tasks/_mw_all_shuffled.yaml" || python -m eval.mini.tasks --data "$OUT/data" --out "$OUT/tasks" --shuffled
 
 stamp "RGB CLIP teacher from scratch (open_clip_train, $CLIP_EPOCHS epochs)"

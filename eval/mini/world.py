@@ -45,6 +45,7 @@ __all__ = [
     "label_size",
     "make_scene",
     "questions",
+    "reading_question",
     "render",
     "with_reading",
     "word_scenes",
@@ -240,16 +241,8 @@ def questions(scene: Scene) -> list[dict]:
                 "stem": q,
             }
         )
-    # text
     if scene.word:
-        out.append(
-            {
-                "kind": "text",
-                "raw": "What word is written in the image?",
-                "question": f"What word is written in the image?{SHORT}",
-                "answer": scene.word.lower(),
-            }
-        )
+        out.append(reading_question(scene))
     # pope: one present object, one absent (colour, shape) pair
     present = {(p.colour, p.shape) for p in objs}
     absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
@@ -361,6 +354,16 @@ def questions(scene: Scene) -> list[dict]:
     return out
 
 
+def reading_question(scene: Scene) -> dict:
+    """The TextVQA-like question of a scene with a word label."""
+    return {
+        "kind": "text",
+        "raw": "What word is written in the image?",
+        "question": f"What word is written in the image?{SHORT}",
+        "answer": scene.word.lower(),
+    }
+
+
 def answer_style(q: dict) -> str:
     """The answer text a model is trained to give (LLaVA-1.5's short-answer style)."""
     if q["kind"] == "pope":
@@ -442,7 +445,12 @@ def scenes_for(
 
 
 def write_split(
-    out: Path, split: str, scenes: list[Scene], caption_only: list[Scene] = (), reading: int = 1
+    out: Path,
+    split: str,
+    scenes: list[Scene],
+    caption_only: list[Scene] = (),
+    reading: int = 1,
+    read_words: int = 0,
 ) -> dict:
     """Images and LLaVA-format JSON for a split; returns counts. Files are written under temp names first.
 
@@ -452,12 +460,18 @@ def write_split(
     which distil on splats/<split>/ (measured, seed 0, N = 64: with the label-only splats in the encoder's
     data, stage-1 loss 5.5e-3 and zero-shot 5% after stage 1; without, 2.2e-3 and 22%).
     `reading`: how often the finetuning dialogues ask a scene's reading question (`with_reading`); the
-    test questions ask it once."""
+    test questions ask it once. `read_words`: the first that many `caption_only` scenes are also asked
+    their reading question in finetuning (LLaVA-1.5's OCR-VQA in miniature)."""
+    if not 0 <= read_words <= len(caption_only):
+        raise ValueError(
+            f"read_words asks the reading question of label-only caption scenes: 0 to {len(caption_only)}, "
+            f"not {read_words}"
+        )
     words = f"{split}_words"
     for folder in [split, words] if caption_only else [split]:
         (out / "images" / folder).mkdir(parents=True, exist_ok=True)
     pretrain, finetune, test = [], [], []
-    for s, folder in [*((s, split) for s in scenes), *((s, words) for s in caption_only)]:
+    for k, (s, folder) in enumerate([*((s, split) for s in scenes), *((s, words) for s in caption_only)]):
         name = f"{folder}/{s.seed}.png"
         path = out / "images" / name
         if not path.exists():
@@ -476,6 +490,9 @@ def write_split(
             }
         )
         if folder != split:
+            if k - len(scenes) < read_words:
+                turns = dialogue_turns([reading_question(s)])
+                finetune.append({"id": f"{split}-{s.seed}-read", "image": name, "conversations": turns})
             continue
         qs = questions(s)
         for j, dialogue in enumerate(with_reading(s, dialogues(s, qs), reading)):
@@ -506,7 +523,12 @@ def write_split(
                 + "\n"
             )
     (out / f"{split}_scenes.jsonl.tmp").replace(out / f"{split}_scenes.jsonl")
-    return {"scenes": len(scenes), "questions": len(test), "caption_only": len(caption_only)}
+    return {
+        "scenes": len(scenes),
+        "questions": len(test),
+        "caption_only": len(caption_only),
+        "read_words": read_words,
+    }
 
 
 def write_shards(out: Path, split: str, scenes: list[Scene], shard_size: int = 1000) -> list[Path]:
@@ -614,6 +636,12 @@ def main(argv=None) -> int:
         ),
         ("--reading", int, 1, "times the train dialogues ask a scene's reading question"),
         (
+            "--finetune-words",
+            int,
+            0,
+            "of the --pretrain-words scenes, how many are also asked their reading question in finetuning",
+        ),
+        (
             "--clip-single",
             int,
             None,
@@ -628,6 +656,11 @@ def main(argv=None) -> int:
     for flag, count in (("--clip-words", args.clip_words), ("--pretrain-words", args.pretrain_words)):
         if count < 0:
             ap.error(f"{flag} counts scenes to add: 0 or more, not {count}")
+    if not 0 <= args.finetune_words <= args.pretrain_words:
+        ap.error(
+            f"--finetune-words asks the reading question of label-only caption images: 0 to --pretrain-words "
+            f"({args.pretrain_words}), not {args.finetune_words}"
+        )
     try:
         _check_label_scale(args.label_scale, "--label-scale")
     except ValueError as e:
@@ -643,7 +676,9 @@ def main(argv=None) -> int:
     single = args.train if args.clip_single is None else args.clip_single
     clip = clip_scenes(train, single, args.seed, exclude=held_out, words=args.clip_words, label_scale=scale)
     words = word_scenes(args.pretrain_words, args.seed, scale, "pretrain")
-    train_counts = write_split(out, "train", train, words, reading=args.reading)
+    train_counts = write_split(
+        out, "train", train, words, reading=args.reading, read_words=args.finetune_words
+    )
     stats = {"train": train_counts, "test": write_split(out, "test", test)}
     stats["shards"] = [p.name for p in write_shards(out, "clip", clip) + write_shards(out, "test", test)]
     stats["clip_pairs"] = len(clip)

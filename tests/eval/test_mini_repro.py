@@ -48,10 +48,12 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
         JUDGE_PORT="18793",
         MASTER_PORT="29593",
         HF_HOME=str(tmp_path / "hf"),
-        # the reading options: larger labels, label-only scenes for the teacher and for stage 1
+        # the reading options: larger labels, label-only scenes for the teacher, for stage 1 and (4 of
+        # them) asked their word in finetuning
         LABEL_SCALE="1.45",
         CLIP_WORDS="8",
         PT_WORDS="8",
+        FT_WORDS="4",
         READING="3",
     )
     res = subprocess.run(
@@ -70,13 +72,15 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
         if re.fullmatch(r"The word [A-Z]+\.", r["conversations"][1]["value"])
     ]
     assert len(label_only) == 8  # stage-1 captions of label-only scenes, fitted to splats like the rest
+    read = [r for r in json.loads((data / "train_finetune.json").read_text()) if r["id"].endswith("-read")]
+    assert {r["image"] for r in read} <= {r["image"] for r in label_only} and len(read) == 4
     splats = tmp_path / "repro" / "splats" / "n16"
     assert len(list((splats / "train").rglob("*.gs.npy"))) == 64  # the GS encoders' data: the scenes
     assert len(list((splats / "train_words").rglob("*.gs.npy"))) == 8  # for stage 1 only
     report = json.loads((tmp_path / "repro" / "report" / "mini_repro.json").read_text())
     # the report names the settings given in the environment
     assert (
-        "LABEL_SCALE=1.45 CLIP_WORDS=8 PT_WORDS=8 READING=3 bash scripts/mini_repro.sh --smoke"
+        "LABEL_SCALE=1.45 CLIP_WORDS=8 PT_WORDS=8 FT_WORDS=4 READING=3 bash scripts/mini_repro.sh --smoke"
         in report["command"]
     )
     models = {"RGB-LLaVA", "GS-LLaVA n16-k16", "GS-LLaVA n36-k16", "GS-LLaVA n36-k8", "GS-LLaVA n36-k16-wide"}

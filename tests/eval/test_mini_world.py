@@ -294,9 +294,35 @@ def test_reading_is_asked_as_often_as_asked_for_and_nothing_else_changes(tmp_pat
     assert sum(q["kind"] == "text" for q in qs) == 1
 
 
+def test_finetune_words_ask_the_first_label_only_images_their_word_and_nothing_else_changes(tmp_path):
+    from eval.mini.world import word_scenes
+
+    train, words = scenes_for("train", 6), word_scenes(5, purpose="pretrain")
+    write_split(tmp_path / "a", "train", train, words)
+    counts = write_split(tmp_path / "b", "train", train, words, read_words=3)
+    assert counts["read_words"] == 3
+
+    def load(folder, split):
+        return json.loads((tmp_path / folder / f"train_{split}.json").read_text())
+
+    for split in ("pretrain", "questions"):
+        assert load("a", split) == load("b", split)  # captions and test questions as they were
+    fin_a, fin_b = load("a", "finetune"), load("b", "finetune")
+    assert fin_b[: len(fin_a)] == fin_a
+    added = fin_b[len(fin_a) :]
+    assert [r["image"] for r in added] == [f"train_words/{s.seed}.png" for s in words[:3]]
+    for r, s in zip(added, words[:3], strict=True):
+        human, gpt = r["conversations"]
+        assert human["value"].startswith("<image>\nWhat word is written in the image?")
+        assert gpt["value"] == s.word  # the word as the reading questions of the scenes answer it
+    with pytest.raises(ValueError, match="0 to 5, not 6"):
+        write_split(tmp_path / "c", "train", train, words, read_words=6)
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
+        (["--pretrain-words", "2", "--finetune-words", "3"], "0 to --pretrain-words (2), not 3"),
         (["--label-scale", "3"], "--label-scale must lie in"),
         (["--label-scale", "nan"], "--label-scale must lie in"),
         (["--clip-words", "-5"], "--clip-words counts scenes"),

@@ -71,10 +71,11 @@ else
 fi
 # reading (opt-in: with them, RGB-LLaVA read on one seed of three and GS-LLaVA on none, which widens the GS −
 # RGB gap past its target; eval/results/mini_repro_reading.md): word labels LABEL_SCALE × larger, CLIP_WORDS label-only pairs
-# for the teacher, PT_WORDS label-only captions in LLaVA's stage 1 ("The word CAT."), each reading question
-# asked READING times in finetuning (eval/mini/world.py: word_scenes, with_reading). Seed 0, RGB-LLaVA, words
-# read of the test scenes (chance 8%): 1 / 0 / 0 / 1 (the default) 8–11%; 1.45 / 1000 / 1000 / 1 22%;
-# 1.45 / 1000 / 1000 / 3 80%
+# for the teacher, PT_WORDS label-only captions in LLaVA's stage 1 ("The word CAT."), FT_WORDS of those asked
+# their word in finetuning, each reading question asked READING times in finetuning (eval/mini/world.py:
+# word_scenes, with_reading). Seed 0, RGB-LLaVA, words read of the test scenes (chance 8%): 1 / 0 / 0 / 1
+# (the default) 8–11%; 1.45 / 1000 / 1000 / 1 22%; 1.45 / 1000 / 1000 / 3 80%. With CLIP_WORDS=4000
+# FT_WORDS=1000 single LLaVA runs read 8–77% (README: why seeds split)
 LABEL_SCALE="${LABEL_SCALE:-1}" CLIP_WORDS="${CLIP_WORDS:-0}" PT_WORDS="${PT_WORDS:-0}" FT_WORDS="${FT_WORDS:-0}"
 READING="${READING:-1}"
 CFG=eval/mini/mini-vit.json

@@ -130,6 +130,15 @@ def _check_label_scale(value: float, name: str = "label_scale") -> None:
         )
 
 
+def _check_read_words(value: int, limit: int, name: str = "read_words", limit_name: str = "") -> None:
+    """ValueError unless 0 ≤ `value` ≤ `limit`: only label-only caption images can be asked their word."""
+    if not 0 <= value <= limit:
+        bound = f"{limit_name} ({limit})" if limit_name else str(limit)
+        raise ValueError(
+            f"{name} asks the reading question of label-only caption images: 0 to {bound}, not {value}"
+        )
+
+
 def make_scene(
     seed: int, text_prob: float = 0.35, num_objects: int | None = None, label_scale: float = 1.0
 ) -> Scene:
@@ -462,16 +471,13 @@ def write_split(
     `reading`: how often the finetuning dialogues ask a scene's reading question (`with_reading`); the
     test questions ask it once. `read_words`: the first that many `caption_only` scenes are also asked
     their reading question in finetuning (LLaVA-1.5's OCR-VQA in miniature)."""
-    if not 0 <= read_words <= len(caption_only):
-        raise ValueError(
-            f"read_words asks the reading question of label-only caption scenes: 0 to {len(caption_only)}, "
-            f"not {read_words}"
-        )
+    _check_read_words(read_words, len(caption_only))
     words = f"{split}_words"
     for folder in [split, words] if caption_only else [split]:
         (out / "images" / folder).mkdir(parents=True, exist_ok=True)
     pretrain, finetune, test = [], [], []
-    for k, (s, folder) in enumerate([*((s, split) for s in scenes), *((s, words) for s in caption_only)]):
+    read = {s.seed for s in caption_only[:read_words]}
+    for s, folder in [*((s, split) for s in scenes), *((s, words) for s in caption_only)]:
         name = f"{folder}/{s.seed}.png"
         path = out / "images" / name
         if not path.exists():
@@ -490,7 +496,7 @@ def write_split(
             }
         )
         if folder != split:
-            if k - len(scenes) < read_words:
+            if s.seed in read:
                 turns = dialogue_turns([reading_question(s)])
                 finetune.append({"id": f"{split}-{s.seed}-read", "image": name, "conversations": turns})
             continue
@@ -656,12 +662,8 @@ def main(argv=None) -> int:
     for flag, count in (("--clip-words", args.clip_words), ("--pretrain-words", args.pretrain_words)):
         if count < 0:
             ap.error(f"{flag} counts scenes to add: 0 or more, not {count}")
-    if not 0 <= args.finetune_words <= args.pretrain_words:
-        ap.error(
-            f"--finetune-words asks the reading question of label-only caption images: 0 to --pretrain-words "
-            f"({args.pretrain_words}), not {args.finetune_words}"
-        )
     try:
+        _check_read_words(args.finetune_words, args.pretrain_words, "--finetune-words", "--pretrain-words")
         _check_label_scale(args.label_scale, "--label-scale")
     except ValueError as e:
         ap.error(str(e))

@@ -15,7 +15,8 @@ alone and checked against the scene description by the tests:
 
     python -m eval.mini.world --out data/mini --train 4000 --test 500
 writes per split: images/<split>/ (PNG; label-only caption images in images/<split>_words/), <split>_pretrain.json (captions, LLaVA plain format),
-<split>_finetune.json (the questions as vicuna_v1 dialogues, see `dialogues`), <split>_questions.json (with kind and answer),
+<split>_finetune.json (the questions as vicuna_v1 dialogues, see `dialogues`), <split>_reading.json (with
+--finetune-words: the label-only images asked their word, also in <split>_finetune.json), <split>_questions.json (with kind and answer),
 <split>_scenes.jsonl, shards/test-NNNN.tar (png + caption) and shards/clip-NNNN.tar (the CLIP teacher's pairs: the train
 scenes plus as many one-object scenes, see `clip_scenes`); zeroshot/ (24 classes "<colour> <shape>" in
 CLIP_benchmark's layout) and classes.json.
@@ -470,12 +471,13 @@ def write_split(
     data, stage-1 loss 5.5e-3 and zero-shot 5% after stage 1; without, 2.2e-3 and 22%).
     `reading`: how often the finetuning dialogues ask a scene's reading question (`with_reading`); the
     test questions ask it once. `read_words`: the first that many `caption_only` scenes are also asked
-    their reading question in finetuning (LLaVA-1.5's OCR-VQA in miniature)."""
+    their reading question in finetuning (LLaVA-1.5's OCR-VQA in miniature), and those questions are also
+    written alone to <split>_reading.json for a reading warm-up before finetuning."""
     _check_read_words(read_words, len(caption_only))
     words = f"{split}_words"
     for folder in [split, words] if caption_only else [split]:
         (out / "images" / folder).mkdir(parents=True, exist_ok=True)
-    pretrain, finetune, test = [], [], []
+    pretrain, finetune, test, reading_only = [], [], [], []
     read = {s.seed for s in caption_only[:read_words]}
     for s, folder in [*((s, split) for s in scenes), *((s, words) for s in caption_only)]:
         name = f"{folder}/{s.seed}.png"
@@ -498,7 +500,7 @@ def write_split(
         if folder != split:
             if s.seed in read:
                 turns = dialogue_turns([reading_question(s)])
-                finetune.append({"id": f"{split}-{s.seed}-read", "image": name, "conversations": turns})
+                reading_only.append({"id": f"{split}-{s.seed}-read", "image": name, "conversations": turns})
             continue
         qs = questions(s)
         for j, dialogue in enumerate(with_reading(s, dialogues(s, qs), reading)):
@@ -506,11 +508,14 @@ def write_split(
             finetune.append({"id": f"{split}-{s.seed}-d{j}", "image": name, "conversations": turns})
         for i, q in enumerate(qs):
             test.append({"id": f"{split}-{s.seed}-{i}", "image": name, **q})
-    for fname, data in (
+    files = [
         (f"{split}_pretrain.json", pretrain),
-        (f"{split}_finetune.json", finetune),
+        (f"{split}_finetune.json", finetune + reading_only),
         (f"{split}_questions.json", test),
-    ):
+    ]
+    if reading_only:  # the label-only reading questions alone too, for a reading warm-up before finetuning
+        files.append((f"{split}_reading.json", reading_only))
+    for fname, data in files:
         tmp = out / (fname + ".tmp")
         tmp.write_text(json.dumps(data, indent=1))
         tmp.replace(out / fname)

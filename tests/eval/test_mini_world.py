@@ -315,6 +315,8 @@ def test_finetune_words_ask_the_first_label_only_images_their_word_and_nothing_e
         human, gpt = r["conversations"]
         assert human["value"].startswith("<image>\nWhat word is written in the image?")
         assert gpt["value"] == s.word  # the word as the reading questions of the scenes answer it
+    assert load("b", "reading") == added  # alone too, for the reading warm-up
+    assert not (tmp_path / "a" / "train_reading.json").exists()
     with pytest.raises(ValueError, match="0 to 5, not 6"):
         write_split(tmp_path / "c", "train", train, words, read_words=6)
 

@@ -206,6 +206,15 @@ def test_bad_flags_exit_with_a_message(tiny_parts, tmp_path):
     assert res.returncode != 0 and "--version 'llama_2'" in res.stderr
 
 
+@pytest.mark.parametrize("extra", [{"MODEL": "no/such/folder"}, {"VISION_TOWER": "checkpoints/gs-encoder"}])
+def test_finetune_without_projector_needs_a_llava_folder(tiny_init, tmp_path, extra):
+    """PROJECTOR= (empty) trains on from MODEL's own projector, so MODEL must be a GS-LLaVA folder."""
+    env = _env() | {"MODEL": str(tiny_init), "PROJECTOR": "", "OUTPUT_DIR": str(tmp_path / "out")} | extra
+    res = subprocess.run(["bash", "scripts/finetune.sh"], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 2 and "Set PROJECTOR to the stage-1 mm_projector.safetensors" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_deepspeed_pretrain_then_finetune(tiny_parts, tmp_path, zero, tiny_init):
@@ -277,6 +286,25 @@ def test_deepspeed_pretrain_then_finetune(tiny_parts, tmp_path, zero, tiny_init)
     fs, ss = final.state_dict(), start.state_dict()
     assert all(torch.equal(fs[k], ss[k]) for k in fs if "vision_tower" in k)  # tower frozen
     assert any(not torch.equal(fs[k], ss[k]) for k in fs if "language_model.layers" in k)  # LLM trained
+    if zero == "zero2":  # PROJECTOR= (empty): train on from a finetuned folder, its own projector included
+        again = tmp_path / "again"
+        log = _run(
+            ["bash", "scripts/finetune.sh"],
+            env
+            | {
+                "MODEL": str(ft),
+                "DATA_PATH": str(tiny_parts / "data/finetune.json"),
+                "OUTPUT_DIR": str(again),
+                "PROJECTOR": "",
+                "MASTER_PORT": str(port + 2),
+                "LR": "0",  # nothing moves: the result is the starting point
+                "MAX_STEPS": "1",
+            },
+            tmp_path / "again.log",
+        )
+        assert f"training on from the projector inside {ft}" in log and "projector loaded from" not in log
+        ag = AutoModelForImageTextToText.from_pretrained(again).state_dict()
+        assert all(torch.equal(ag[k], fs[k]) for k in fs)
     if zero == "zero3":  # LoRA instruction tuning through its script, ZeRO-3 like LLaVA's
         lora = tmp_path / "lora"
         _run(

@@ -26,7 +26,7 @@ USAGE="usage: bash scripts/mini_repro.sh [--smoke|--demo] [--head-ablation] [--s
 # the command as the report records it: the settings given in the environment first
 COMMAND=""
 for knob in OUT NTRAIN NTEST ZS CLIP_EPOCHS FIT_ITERS BUDGETS S1_STEPS S2_STEPS FT_EPOCHS PT_EPOCHS FT_LR LM_INIT \
-  LABEL_SCALE CLIP_WORDS PT_WORDS FT_WORDS READING GS_WIDTH GS_FF_MULT GS_HEADS; do
+  LABEL_SCALE CLIP_WORDS PT_WORDS FT_WORDS READING WARM_EPOCHS GS_WIDTH GS_FF_MULT GS_HEADS; do
   if [[ -n ${!knob+set} ]]; then printf -v COMMAND '%s%s=%q ' "$COMMAND" "$knob" "${!knob}"; fi
 done
 COMMAND="${COMMAND}bash scripts/mini_repro.sh${*:+ $*}"
@@ -52,7 +52,6 @@ case "$LM_INIT" in
   *) echo "mini_repro.sh: LM_INIT (the LLaVAs' language model) must be 'pretrained' (eval/mini/lm) or 'random', not '$LM_INIT'" >&2; exit 2 ;;
 esac
 OUT="${OUT:-outputs/mini_repro$( ((SMOKE)) && echo _smoke || true)$( ((DEMO)) && echo _demo || true)}"
-mkdir -p "$OUT"
 if [[ $DEMO == 1 ]]; then
   NTRAIN=1000 NTEST=50 ZS=2 CLIP_EPOCHS=10 CLIP_BATCH=128 FIT_ITERS=60 BUDGETS="64" S1_STEPS=150 S2_STEPS=30
   FT_EPOCHS=1.5 PT_EPOCHS=1 MAX_STEPS=-1 KS="64"
@@ -69,15 +68,22 @@ else
   # three projector-pretraining epochs (189 steps): RGB-LLaVA 62.9 → 68.2%, GS n144-k64 69.0 → 68.7% (seed 0)
   FT_EPOCHS="${FT_EPOCHS:-3}" PT_EPOCHS="${PT_EPOCHS:-3}" MAX_STEPS=-1 KS="64 32"
 fi
-# reading (opt-in: with them, RGB-LLaVA read on one seed of three and GS-LLaVA on none, which widens the GS −
-# RGB gap past its target; eval/results/mini_repro_reading.md): word labels LABEL_SCALE × larger, CLIP_WORDS label-only pairs
-# for the teacher, PT_WORDS label-only captions in LLaVA's stage 1 ("The word CAT."), FT_WORDS of those asked
-# their word in finetuning, each reading question asked READING times in finetuning (eval/mini/world.py:
-# word_scenes, with_reading). Seed 0, RGB-LLaVA, words read of the test scenes (chance 8%): 1 / 0 / 0 / 1
-# (the default) 8–11%; 1.45 / 1000 / 1000 / 1 22%; 1.45 / 1000 / 1000 / 3 80%. With CLIP_WORDS=4000
-# FT_WORDS=1000 single LLaVA runs read 8–77% (README: why seeds split)
+# reading (opt-in; eval/mini/world.py: word_scenes, with_reading): word labels LABEL_SCALE × larger, CLIP_WORDS
+# label-only pairs for the teacher, PT_WORDS label-only captions in LLaVA's stage 1 ("The word CAT."), FT_WORDS
+# of those asked their word in finetuning, each reading question asked READING times in finetuning, and
+# WARM_EPOCHS epochs of finetuning on the FT_WORDS reading questions alone before it (a warm-up run of
+# finetune.sh). RGB-LLaVA alone, words of the test scenes read (chance 8%), seeds 0 / 1 / 2: labels 1.45×,
+# CLIP_WORDS=1000 PT_WORDS=1000 READING=3 74 / 16 / 9% (eval/results/mini_repro_reading.md); at label scale 2
+# (a letter about one 8-px patch; the teacher then reads 53% zero-shot, against 24% at 1.45) with FT_WORDS=1000
+# 89 / 70 / 13%; + WARM_EPOCHS=2: seed 2 94% (README: why seeds split)
 LABEL_SCALE="${LABEL_SCALE:-1}" CLIP_WORDS="${CLIP_WORDS:-0}" PT_WORDS="${PT_WORDS:-0}" FT_WORDS="${FT_WORDS:-0}"
-READING="${READING:-1}"
+READING="${READING:-1}" WARM_EPOCHS="${WARM_EPOCHS:-0}"
+if ! [[ $WARM_EPOCHS =~ ^[0-9]+$ ]] || (( WARM_EPOCHS > 0 && FT_WORDS == 0 )); then
+  echo "mini_repro.sh: WARM_EPOCHS (epochs of the reading warm-up) must be an int ≥ 0, and it needs FT_WORDS > 0" \
+    "(the label-only images asked their word, which it trains on); got WARM_EPOCHS=$WARM_EPOCHS FT_WORDS=$FT_WORDS" >&2
+  exit 2
+fi
+mkdir -p "$OUT"
 CFG=eval/mini/mini-vit.json
 # the GS head narrower than the mini ViT's 128, as the default head is narrower than ViT-B/16's 768
 # (docs/encoder.md); --head-ablation adds the full-width head (128, feed-forward ×4)
@@ -176,17 +182,25 @@ NO_CKPT="--gradient_checkpointing False"
 FT_LR="${FT_LR:-$([[ $LM_INIT == random ]] && echo 1e-3 || echo 3e-4)}"
 llava() {  # llava RUN SEED NAME ENCODER_DIR SPLAT_FOLDER N
   local run=$1 seed=$2 name=$3 enc=$4 splats=$5 n=$6
-  stamp "LLaVA $name: init → pretrain.sh (projector) → finetune.sh (projector + LM)$SEED_LABEL"
-  done_or "$run/llava/$name/final/model.safetensors" && return 0
-  python scripts/build_init_checkpoint.py --lm "$OUT/lm" --encoder "$enc" --output "$run/llava/$name/init" \
+  local dir="$run/llava/$name" warm=""
+  (( WARM_EPOCHS > 0 )) && warm=" → reading warm-up"
+  stamp "LLaVA $name: init → pretrain.sh (projector)$warm → finetune.sh (projector + LM)$SEED_LABEL"
+  done_or "$dir/final/model.safetensors" && return 0
+  python scripts/build_init_checkpoint.py --lm "$OUT/lm" --encoder "$enc" --output "$dir/init" \
     --dtype float32 --num-gaussians "$n" --fit-iters "$FIT_ITERS" --seed "$seed" --overwrite >/dev/null
-  local common=(MODEL="$run/llava/$name/init" IMAGE_FOLDER="$OUT/data/images" NUM_GPUS=1 WORKERS=0
+  local common=(IMAGE_FOLDER="$OUT/data/images" NUM_GPUS=1 WORKERS=0
                 MAX_STEPS="$MAX_STEPS" MASTER_PORT="${MASTER_PORT:-29581}" DS_CONFIG=scripts/zero2.json)
   [[ -n "$splats" ]] && common+=(SPLAT_FOLDER="$splats")
-  env "${common[@]}" DATA_PATH="$OUT/data/train_pretrain.json" OUTPUT_DIR="$run/llava/$name/pretrain" \
+  env "${common[@]}" MODEL="$dir/init" DATA_PATH="$OUT/data/train_pretrain.json" OUTPUT_DIR="$dir/pretrain" \
     PER_DEVICE_BATCH=32 GLOBAL_BATCH=32 LR=1e-3 EXTRA_ARGS="--num_train_epochs $PT_EPOCHS $NO_CKPT --seed $seed" bash scripts/pretrain.sh
-  env "${common[@]}" DATA_PATH="$OUT/data/train_finetune.json" OUTPUT_DIR="$run/llava/$name/final" \
-    PROJECTOR="$run/llava/$name/pretrain/mm_projector.safetensors" PER_DEVICE_BATCH=16 GLOBAL_BATCH=16 LR="$FT_LR" \
+  local from=(MODEL="$dir/init" PROJECTOR="$dir/pretrain/mm_projector.safetensors")
+  local tune=(PER_DEVICE_BATCH=16 GLOBAL_BATCH=16 LR="$FT_LR")
+  if (( WARM_EPOCHS > 0 )); then  # projector + LM on the label-only images' reading questions alone first
+    env "${common[@]}" "${from[@]}" "${tune[@]}" DATA_PATH="$OUT/data/train_reading.json" OUTPUT_DIR="$dir/warm" \
+      EXTRA_ARGS="--num_train_epochs $WARM_EPOCHS --mm_projector_lr 1e-3 $NO_CKPT --seed $seed" bash scripts/finetune.sh
+    from=(MODEL="$dir/warm" PROJECTOR=)  # train on from the warm-up's folder, its projector included
+  fi
+  env "${common[@]}" "${from[@]}" "${tune[@]}" DATA_PATH="$OUT/data/train_finetune.json" OUTPUT_DIR="$dir/final" \
     EXTRA_ARGS="--num_train_epochs $FT_EPOCHS --mm_projector_lr 1e-3 $NO_CKPT --seed $seed" bash scripts/finetune.sh
 }
 

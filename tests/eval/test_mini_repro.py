@@ -40,6 +40,30 @@ def test_prior_uses_the_question_template_only():
     assert chance(train, test) == {"pope": 0.5}
 
 
+@pytest.mark.parametrize(
+    "knobs, args",
+    [
+        ({"WARM_EPOCHS": "1"}, ["--smoke"]),
+        ({"WARM_EPOCHS": "two"}, []),
+        ({"WARM_EPOCHS": "2", "FT_WORDS": "0"}, []),
+    ],
+)
+def test_reading_warm_up_needs_label_only_reading_questions(tmp_path, knobs, args):
+    """WARM_EPOCHS trains on the FT_WORDS reading questions: without them (none by default), or not a count,
+    one line and exit 2 before anything is written."""
+    env = dict(os.environ, OUT=str(tmp_path / "repro"), **knobs)
+    res = subprocess.run(
+        ["bash", "scripts/mini_repro.sh", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 2 and "WARM_EPOCHS (epochs of the reading warm-up) must be" in res.stderr
+    assert not (tmp_path / "repro").exists()
+
+
 @pytest.mark.slow
 def test_mini_repro_smoke_runs_every_stage(tmp_path):
     env = dict(
@@ -49,12 +73,13 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
         MASTER_PORT="29593",
         HF_HOME=str(tmp_path / "hf"),
         # the reading options: larger labels, label-only scenes for the teacher, for stage 1 and (4 of
-        # them) asked their word in finetuning
+        # them) asked their word in finetuning, after a one-epoch warm-up on those alone
         LABEL_SCALE="1.45",
         CLIP_WORDS="8",
         PT_WORDS="8",
         FT_WORDS="4",
         READING="3",
+        WARM_EPOCHS="1",
     )
     res = subprocess.run(
         ["bash", "scripts/mini_repro.sh", "--smoke", "--head-ablation"],
@@ -74,13 +99,17 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
     assert len(label_only) == 8  # stage-1 captions of label-only scenes, fitted to splats like the rest
     read = [r for r in json.loads((data / "train_finetune.json").read_text()) if r["id"].endswith("-read")]
     assert {r["image"] for r in read} <= {r["image"] for r in label_only} and len(read) == 4
+    assert json.loads((data / "train_reading.json").read_text()) == read  # the warm-up's data
+    for name in ("rgb", "gs-n36-k16"):  # warm-up, then the finetuning from its folder and projector
+        llava = tmp_path / "repro" / "llava" / name
+        assert all((llava / stage / "model.safetensors").is_file() for stage in ("warm", "final"))
     splats = tmp_path / "repro" / "splats" / "n16"
     assert len(list((splats / "train").rglob("*.gs.npy"))) == 64  # the GS encoders' data: the scenes
     assert len(list((splats / "train_words").rglob("*.gs.npy"))) == 8  # for stage 1 only
     report = json.loads((tmp_path / "repro" / "report" / "mini_repro.json").read_text())
     # the report names the settings given in the environment
     assert (
-        "LABEL_SCALE=1.45 CLIP_WORDS=8 PT_WORDS=8 FT_WORDS=4 READING=3 bash scripts/mini_repro.sh --smoke"
+        "LABEL_SCALE=1.45 CLIP_WORDS=8 PT_WORDS=8 FT_WORDS=4 READING=3 WARM_EPOCHS=1 bash scripts/mini_repro.sh --smoke"
         in report["command"]
     )
     models = {"RGB-LLaVA", "GS-LLaVA n16-k16", "GS-LLaVA n36-k16", "GS-LLaVA n36-k8", "GS-LLaVA n36-k16-wide"}

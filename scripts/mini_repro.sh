@@ -195,14 +195,15 @@ llava() {  # llava RUN SEED NAME ENCODER_DIR SPLAT_FOLDER N
   env "${common[@]}" MODEL="$dir/init" DATA_PATH="$OUT/data/train_pretrain.json" OUTPUT_DIR="$dir/pretrain" \
     PER_DEVICE_BATCH=32 GLOBAL_BATCH=32 LR=1e-3 EXTRA_ARGS="--num_train_epochs $PT_EPOCHS $NO_CKPT --seed $seed" bash scripts/pretrain.sh
   local from=(MODEL="$dir/init" PROJECTOR="$dir/pretrain/mm_projector.safetensors")
-  local tune=(PER_DEVICE_BATCH=16 GLOBAL_BATCH=16 LR="$FT_LR")
-  if (( WARM_EPOCHS > 0 )); then  # projector + LM on the label-only images' reading questions alone first
-    env "${common[@]}" "${from[@]}" "${tune[@]}" DATA_PATH="$OUT/data/train_reading.json" OUTPUT_DIR="$dir/warm" \
-      EXTRA_ARGS="--num_train_epochs $WARM_EPOCHS --mm_projector_lr 1e-3 $NO_CKPT --seed $seed" bash scripts/finetune.sh
+  finetune() {  # finetune EPOCHS DATA OUTPUT: projector + LM from "${from[@]}"
+    env "${common[@]}" "${from[@]}" PER_DEVICE_BATCH=16 GLOBAL_BATCH=16 LR="$FT_LR" DATA_PATH="$2" OUTPUT_DIR="$3" \
+      EXTRA_ARGS="--num_train_epochs $1 --mm_projector_lr 1e-3 $NO_CKPT --seed $seed" bash scripts/finetune.sh
+  }
+  if (( WARM_EPOCHS > 0 )); then  # on the label-only images' reading questions alone first
+    finetune "$WARM_EPOCHS" "$OUT/data/train_reading.json" "$dir/warm"
     from=(MODEL="$dir/warm" PROJECTOR=)  # train on from the warm-up's folder, its projector included
   fi
-  env "${common[@]}" "${from[@]}" "${tune[@]}" DATA_PATH="$OUT/data/train_finetune.json" OUTPUT_DIR="$dir/final" \
-    EXTRA_ARGS="--num_train_epochs $FT_EPOCHS --mm_projector_lr 1e-3 $NO_CKPT --seed $seed" bash scripts/finetune.sh
+  finetune "$FT_EPOCHS" "$OUT/data/train_finetune.json" "$dir/final"
 }
 
 if [[ $DEMO == 0 ]]; then

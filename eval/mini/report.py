@@ -620,6 +620,8 @@ def main(argv=None) -> int:
         print(f"report: {e}", file=sys.stderr)
         return 2
     info = machine_info()
+    if data["timings"]:  # the run's own start, not this report's time (a rerun on a finished OUT)
+        info["reported"], info["date"] = info["date"], data["timings"]["started"]
     res = Path(args.results)
     res.parent.mkdir(parents=True, exist_ok=True)
     lines = [

@@ -243,15 +243,19 @@ for (( seed = 0; seed < SEEDS; seed++ )); do
   # the head-size ablation: the Perceiver at the mini ViT's width (128) with feed-forward ×4
   (( HEAD_ABLATION )) && gs_encoder "$RUN" "$seed" "gs-n$MID_N-k$K1-wide" "$MID_N" "$K1" 128 4 4
 
-  [[ $DEMO == 0 ]] && stamp "zero-shot, GS vs RGB (CLIP_benchmark, single-object scenes, 24 classes)$SEED_LABEL"
+  [[ $DEMO == 0 ]] && stamp "zero-shot, GS vs RGB (CLIP_benchmark: single-object scenes, 24 classes; label-only scenes, 12 words)$SEED_LABEL"
   for enc in "$RUN"/encoders/gs-*/stage2/final; do
     [[ $DEMO == 1 ]] && break
     name=$(basename "$(dirname "$(dirname "$enc")")")
     n=${name#gs-n}; n=${n%%-*}
-    done_or "$RUN/zeroshot/$name/zeroshot.json" || python -m eval.zeroshot --gs "$enc" --clip-model mini-vit \
-      --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --datasets wds/mini_world --dataset-root "$OUT/data/zeroshot" \
-      --num-gaussians "$n" --fit-iters "$FIT_ITERS" --canvas 64 --resize resize --batch-size 64 --num-workers 0 \
-      -o "$RUN/zeroshot/$name"
+    # zeroshot: single-object scenes, 24 classes; zeroshot_words (reading): label-only scenes, the 12 words
+    for zs in zeroshot:mini_world zeroshot_words:mini_words; do
+      dir=${zs%%:*}
+      done_or "$RUN/$dir/$name/zeroshot.json" || python -m eval.zeroshot --gs "$enc" --clip-model mini-vit \
+        --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --datasets "wds/${zs#*:}" --dataset-root "$OUT/data/$dir" \
+        --num-gaussians "$n" --fit-iters "$FIT_ITERS" --canvas 64 --resize resize --batch-size 64 --num-workers 0 \
+        -o "$RUN/$dir/$name"
+    done
   done
 
   # the RGB twin encoder is the teacher's tower itself (no training), shared by every seed

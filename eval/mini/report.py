@@ -71,10 +71,11 @@ def _budgets(out: Path) -> tuple[list[str], list[list], dict]:
     return headers, rows, data
 
 
-def _zeroshot(run: Path) -> dict[str, dict]:
-    """encoder → {"dataset", "gs", "rgb"} top-1 accuracies of one seed's zero-shot runs."""
+def _zeroshot(run: Path, folder: str = "zeroshot") -> dict[str, dict]:
+    """encoder → {"dataset", "gs", "rgb"} top-1 accuracies of one seed's zero-shot runs in run/folder
+    (zeroshot: 24 shape classes; zeroshot_words: reading, the 12 words)."""
     data = {}
-    for f in sorted((run / "zeroshot").glob("*/zeroshot.json")):
+    for f in sorted((run / folder).glob("*/zeroshot.json")):
         for ds, r in json.loads(f.read_text())["results"].items():
             gs, rgb = r.get("GS", {}).get("acc1"), r.get("RGB", {}).get("acc1")
             if gs is not None and rgb is not None:
@@ -502,6 +503,10 @@ def build(out: Path, seeds: int = 1) -> tuple[list[tuple[str, list[str], list[li
     z_headers, z_rows, zs = _zeroshot_over_seeds([_zeroshot(run) for run in runs])
     if z_rows:
         sections.insert(1, ("Zero-shot classification, 24 classes (GS vs RGB)", z_headers, z_rows))
+    w_headers, w_rows, zs_words = _zeroshot_over_seeds([_zeroshot(run, "zeroshot_words") for run in runs])
+    if w_rows:  # runs before the reading zero-shot have none
+        title = "Zero-shot reading, label-only scenes, 12 words, chance 8.3% (GS vs RGB)"
+        sections.insert(2, (title, w_headers, w_rows))
     h_headers, h_rows, heads = _heads(out, zs)
     if h_rows:  # after the zero-shot section, or first
         at = next((i + 1 for i, (heading, _, _) in enumerate(sections) if heading.startswith("Zero-shot")), 0)
@@ -527,6 +532,7 @@ def build(out: Path, seeds: int = 1) -> tuple[list[tuple[str, list[str], list[li
         "chance": ch,
         "budgets": budgets,
         "zeroshot": zs,
+        "zeroshot_words": zs_words,
         "gs_heads": heads,
         "timings": timings,
         "lm_caption_qa": lm,
@@ -577,16 +583,35 @@ def _plot(data: dict, path: Path) -> None:
     ax = axes[1]
     zs = data["zeroshot"]
     names = sorted(zs)
+    sets = [("24 classes", zs, "")] + [("12 words", w, "//") for w in [data.get("zeroshot_words")] if w]
     if names:
         x = np.arange(len(names))
-        ax.bar(x - 0.2, [100 * zs[n]["rgb"] for n in names], 0.4, label="RGB CLIP")
-        sd = [100 * (zs[n]["gs_sd"] or 0) for n in names] if data["seeds"] > 1 else None
-        ax.bar(x + 0.2, [100 * zs[n]["gs"] for n in names], 0.4, yerr=sd, capsize=2, label="GS encoder")
+        width = 0.8 / (2 * len(sets))
+        for j, (label, res, hatch) in enumerate(sets):  # RGB CLIP and GS encoder per set, side by side
+            for i, (tower, colour) in enumerate((("rgb", "C0"), ("gs", "C1"))):
+                sd = (
+                    [100 * (res[n]["gs_sd"] or 0) for n in names]
+                    if tower == "gs" and data["seeds"] > 1
+                    else None
+                )
+                ax.bar(
+                    x - 0.4 + (2 * j + i + 0.5) * width,
+                    [100 * res[n][tower] if n in res else 0 for n in names],
+                    width,
+                    yerr=sd,
+                    capsize=2,
+                    color=colour,
+                    hatch=hatch,
+                    edgecolor="w" if hatch else None,
+                    label=f"{'RGB CLIP' if tower == 'rgb' else 'GS encoder'}, {label}",
+                )
         ax.set_xticks(x, names, fontsize=7)
-        ax.set_ylim(0, ax.get_ylim()[1] * 1.2)
-        ax.legend(fontsize=7, ncol=2, loc="upper left")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
+        ax.legend(fontsize=6, ncol=2, loc="upper left")
     ax.set_ylabel("top-1 %")
-    ax.set_title("zero-shot, 24 classes")
+    ax.set_title(
+        "zero-shot: " + " / ".join(label + (" (hatched)" if hatch else "") for label, _, hatch in sets)
+    )
 
     ax = axes[2]
     budgets = data["budgets"]

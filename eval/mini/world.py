@@ -19,7 +19,7 @@ writes per split: images/<split>/ (PNG; label-only caption images in images/<spl
 --finetune-words: the label-only images asked their word, also in <split>_finetune.json), <split>_questions.json (with kind and answer),
 <split>_scenes.jsonl, shards/test-NNNN.tar (png + caption) and shards/clip-NNNN.tar (the CLIP teacher's pairs: the train
 scenes plus as many one-object scenes, see `clip_scenes`); zeroshot/ (24 classes "<colour> <shape>" in
-CLIP_benchmark's layout) and classes.json.
+CLIP_benchmark's layout), zeroshot_words/ (label-only scenes, the 12 words as classes) and classes.json.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ __all__ = [
     "word_scenes",
     "write_split",
     "zeroshot_scenes",
+    "zeroshot_word_scenes",
 ]
 
 SIZE = 64
@@ -604,21 +605,40 @@ ZS_TEMPLATES = ["a {c}.", "a picture of a {c}.", "a {c} on a grey background."]
 
 
 ZS_CLASSES = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+ZW_TEMPLATES = ["the word {c}."]  # the teacher's caption of a label-only image ("The word CAT.")
+
+
+def _balanced(base: int, per_class: int, classes: list[str], label, exclude=None, **kind) -> list[Scene]:
+    """`per_class` scenes `make_scene(base + k, **kind)` of each class, in seed order; `label(scene)` names
+    its class; excluded signatures are skipped."""
+    counts = dict.fromkeys(classes, 0)
+    out, k = [], 0
+    while min(counts.values()) < per_class:
+        scene = make_scene(base + k, **kind)
+        k += 1
+        name = label(scene)
+        if counts[name] >= per_class or (exclude and scene.signature() in exclude):
+            continue
+        counts[name] += 1
+        out.append(scene)
+    return out
 
 
 def zeroshot_scenes(per_class: int = 10, seed: int = 0, exclude: set[str] | None = None) -> list[Scene]:
     """`per_class` one-object scenes of each of the 24 classes '<colour> <shape>'."""
-    counts = dict.fromkeys(ZS_CLASSES, 0)
-    out, k = [], 0
-    while min(counts.values()) < per_class:
-        scene = make_scene(20_000_000 + seed * 100_000_000 + k, text_prob=0.0, num_objects=1)
-        k += 1
-        label = scene.objects[0].name
-        if counts[label] >= per_class or (exclude and scene.signature() in exclude):
-            continue
-        counts[label] += 1
-        out.append(scene)
-    return out
+    base = 20_000_000 + seed * 100_000_000
+    return _balanced(
+        base, per_class, ZS_CLASSES, lambda s: s.objects[0].name, exclude, text_prob=0.0, num_objects=1
+    )
+
+
+def zeroshot_word_scenes(per_class: int = 10, seed: int = 0, label_scale: float = 1.0) -> list[Scene]:
+    """`per_class` label-only scenes of each of the 12 words, from a seed range of their own (the reading
+    zero-shot: can an image tower name the word, with "the word {c}." as the class prompt)."""
+    base = 60_000_000 + seed * 100_000_000
+    return _balanced(
+        base, per_class, list(WORDS), lambda s: s.word, text_prob=1.0, num_objects=0, label_scale=label_scale
+    )
 
 
 def write_zeroshot(root: Path, scenes: list[Scene]) -> Path:
@@ -627,6 +647,14 @@ def write_zeroshot(root: Path, scenes: list[Scene]) -> Path:
 
     samples = [(f"{s.seed:09d}", png_bytes(render(s)), ZS_CLASSES.index(s.objects[0].name)) for s in scenes]
     return write_classification(root, samples, ZS_CLASSES, ZS_TEMPLATES)
+
+
+def write_zeroshot_words(root: Path, scenes: list[Scene]) -> Path:
+    """Zero-shot reading of label-only scenes, the 12 words as classes (CLIP_benchmark layout)."""
+    from eval.mini_zeroshot import png_bytes, write_classification
+
+    samples = [(f"{s.seed:09d}", png_bytes(render(s)), WORDS.index(s.word)) for s in scenes]
+    return write_classification(root, samples, list(WORDS), ZW_TEMPLATES)
 
 
 def main(argv=None) -> int:
@@ -690,6 +718,9 @@ def main(argv=None) -> int:
     stats["shards"] = [p.name for p in write_shards(out, "clip", clip) + write_shards(out, "test", test)]
     stats["clip_pairs"] = len(clip)
     write_zeroshot(out / "zeroshot", zeroshot)
+    write_zeroshot_words(
+        out / "zeroshot_words", zeroshot_word_scenes(args.zeroshot_per_class, args.seed, scale)
+    )
     classes = {"shapes": list(SHAPES), "colours": list(COLOURS), "kinds": list(KINDS)}
     (out / "classes.json").write_text(json.dumps(classes, indent=1))
     print(json.dumps(stats))

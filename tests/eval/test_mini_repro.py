@@ -105,7 +105,10 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
         assert all((llava / stage / "model.safetensors").is_file() for stage in ("warm", "final"))
     splats = tmp_path / "repro" / "splats" / "n16"
     assert len(list((splats / "train").rglob("*.gs.npy"))) == 64  # the GS encoders' data: the scenes
-    assert len(list((splats / "train_words").rglob("*.gs.npy"))) == 8  # for stage 1 only
+    assert len(list((splats / "train_words").rglob("*.gs.npy"))) == 8  # LLaVA's stage 1 ...
+    for stage in ("stage1", "stage2"):  # ... and, beside the scenes, the GS encoders' data
+        config = tmp_path / "repro" / "encoders" / "gs-n16-k16" / stage / "distill_config.json"
+        assert json.loads(config.read_text())["data"] == [str(splats / "train"), str(splats / "train_words")]
     report = json.loads((tmp_path / "repro" / "report" / "mini_repro.json").read_text())
     # the report names the settings given in the environment
     assert (
@@ -120,6 +123,8 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
     assert models <= set(report["accuracy"]) and "question-only prior" in report["accuracy"]
     assert {f"{m}, shuffled images" for m in models} <= set(report["accuracy"])
     assert set(report["budgets"]) == {"16", "36"} and len(report["zeroshot"]) == 4
+    assert {z["dataset"] for z in report["zeroshot_words"].values()} == {"wds/mini_words"}  # reading
+    assert report["zeroshot_words"].keys() == report["zeroshot"].keys()
     # the head-size ablation: the default narrow head (64, ×1) beside the full-width one (128, ×4)
     heads = report["gs_heads"]
     assert (heads["gs-n36-k16"]["gs_width"], heads["gs-n36-k16-wide"]["gs_width"]) == (64, 128)

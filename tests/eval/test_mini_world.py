@@ -270,6 +270,28 @@ def test_word_scenes_hold_a_label_alone_and_reach_the_teacher_and_stage_one(tmp_
     assert all(r["image"].startswith("train/") for r in fin)
 
 
+def test_the_reading_zero_shot_set_holds_each_word_on_its_own_labels(tmp_path):
+    import tarfile
+
+    from eval.mini.world import WORDS, clip_scenes, word_scenes, write_zeroshot_words, zeroshot_word_scenes
+
+    scenes = zeroshot_word_scenes(per_class=2, label_scale=2.0)
+    assert scenes == zeroshot_word_scenes(per_class=2, label_scale=2.0)  # deterministic
+    assert sorted(s.word for s in scenes) == sorted(WORDS * 2)  # balanced: each word twice
+    assert all(not s.objects and s.label_scale == 2.0 for s in scenes)
+    # seeds of their own: none is a teacher pair or a stage-1 caption image
+    seen = {s.seed for s in clip_scenes([], 0, words=300) + word_scenes(300, purpose="pretrain")}
+    assert not {s.seed for s in scenes} & seen
+    root = write_zeroshot_words(tmp_path / "zeroshot_words", scenes)
+    assert (root / "classnames.txt").read_text().split("\n")[:-1] == list(WORDS)
+    assert (root / "zeroshot_classification_templates.txt").read_text() == "the word {c}.\n"
+    with tarfile.open(root / "test" / "0.tar") as tf:
+        labels = {
+            m.name[: -len(".cls")]: int(tf.extractfile(m).read()) for m in tf if m.name.endswith(".cls")
+        }
+    assert labels == {f"{s.seed:09d}": WORDS.index(s.word) for s in scenes}
+
+
 def test_reading_is_asked_as_often_as_asked_for_and_nothing_else_changes(tmp_path):
     from eval.mini.world import dialogues, with_reading
 
@@ -435,6 +457,27 @@ def test_run_time_targets_give_the_one_seed_time_of_a_several_seed_run():
     resumed = _time_targets({**timings, "skipped": 3}, 2)
     assert all(t["met"].startswith("not testable: 3 finished stages") for t in resumed)
     assert _time_targets({}, 2) == []
+
+
+def test_report_reads_each_zero_shot_set_from_its_own_folder(tmp_path):
+    from eval.mini.report import _zeroshot, _zeroshot_over_seeds
+
+    def write(run, folder, dataset, gs, rgb):
+        f = run / folder / "gs-n144-k64" / "zeroshot.json"
+        f.parent.mkdir(parents=True)
+        f.write_text(json.dumps({"results": {dataset: {"GS": {"acc1": gs}, "RGB": {"acc1": rgb}}}}))
+
+    seeds = [tmp_path / "s0", tmp_path / "s1"]
+    for run, gs in zip(seeds, (0.2, 0.3), strict=True):
+        write(run, "zeroshot", "wds/mini_world", 0.5, 0.6)
+        write(run, "zeroshot_words", "wds/mini_words", gs, 0.5)
+    _, rows, words = _zeroshot_over_seeds([_zeroshot(run, "zeroshot_words") for run in seeds])
+    assert rows[0][:3] == ["gs-n144-k64", "wds/mini_words", "50.0"]
+    assert words["gs-n144-k64"]["gs"] == pytest.approx(0.25) and words["gs-n144-k64"][
+        "ratio"
+    ] == pytest.approx(0.5)
+    assert _zeroshot(seeds[0])["gs-n144-k64"]["dataset"] == "wds/mini_world"  # the 24 classes by default
+    assert _zeroshot(tmp_path / "older run", "zeroshot_words") == {}  # runs before the reading set
 
 
 def test_report_refuses_a_seed_that_did_not_finish(tmp_path):

@@ -76,7 +76,9 @@ fi
 # CLIP_WORDS=1000 PT_WORDS=1000 READING=3 74 / 16 / 9% (eval/results/mini_repro_reading.md); at label scale 2
 # (a letter about one 8-px patch; the teacher then reads 53% zero-shot, against 24% at 1.45) with FT_WORDS=1000
 # 89 / 70 / 13 / 78 / 90% (seeds 0–4); + WARM_EPOCHS=2: seed 2 94%. The whole pipeline with all of them, seed 0:
-# RGB-LLaVA reads 97%, GS-LLaVA N = 144 at chance, 53 min (eval/results/mini_repro_reading_warm_1seed.md)
+# RGB-LLaVA reads 97%, GS-LLaVA N = 144 at chance, 53 min (eval/results/mini_repro_reading_warm_1seed.md); with
+# the GS encoders also trained on the label-only images every GS-LLaVA reads (88–92%), n144-k64 − RGB −2.5, but
+# n144-k32 drops elsewhere (−13.8), 56 min (eval/results/mini_repro_reading_words_1seed.md)
 LABEL_SCALE="${LABEL_SCALE:-1}" CLIP_WORDS="${CLIP_WORDS:-0}" PT_WORDS="${PT_WORDS:-0}" FT_WORDS="${FT_WORDS:-0}"
 READING="${READING:-1}" WARM_EPOCHS="${WARM_EPOCHS:-0}"
 if ! [[ $WARM_EPOCHS =~ ^[0-9]+$ ]] || (( WARM_EPOCHS > 0 && FT_WORDS == 0 )); then

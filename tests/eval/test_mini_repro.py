@@ -126,7 +126,9 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
     assert report["zeroshot_words"].keys() == report["zeroshot"].keys()  # reading, for every GS encoder
     for name in report["zeroshot_words"]:
         run = json.loads((tmp_path / "repro" / "zeroshot_words" / name / "zeroshot.json").read_text())
-        assert set(run["results"]) == {"wds/mini_words"} and run["args"]["num_gaussians"] == int(name[4:6])
+        assert set(run["results"]) == {"wds/mini_words"} and run["args"]["num_gaussians"] == int(
+            name.split("-")[1][1:]
+        )
     # the head-size ablation: the default narrow head (64, ×1) beside the full-width one (128, ×4)
     heads = report["gs_heads"]
     assert (heads["gs-n36-k16"]["gs_width"], heads["gs-n36-k16-wide"]["gs_width"]) == (64, 128)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import random
 import warnings
@@ -22,6 +23,7 @@ from .splat_io import SplatFileError, validate_splats
 
 __all__ = [
     "SplatFolder",
+    "UpsampledSampler",
     "collate_splats",
     "decode_sample",
     "pad_splat_sets",
@@ -160,6 +162,36 @@ class SplatFolder(torch.utils.data.Dataset):
         except (SplatFileError, ImageLoadError) as e:
             _warn_and_continue(e)
             return None
+
+
+class UpsampledSampler(torch.utils.data.Sampler):
+    """Indices into a concatenation of sources, each drawn at its own rate (open_clip's
+    --train-data-upsampling-factors for map-style data): an epoch is round(Σ factor_i · size_i) draws with
+    replacement, sample j of source i weighted by factor_i, so source i gives factor_i · size_i samples per
+    epoch on average. Seeded per epoch (`set_epoch`), so a resumed run sees the same order."""
+
+    def __init__(self, sizes: list[int], factors: list[float], seed: int = 0):
+        if len(sizes) != len(factors):
+            raise ValueError(
+                f"{len(factors)} upsampling factors for {len(sizes)} data sources: give one each"
+            )
+        if not all(math.isfinite(f) and f > 0 for f in factors):
+            raise ValueError(f"upsampling factors must be finite and > 0, got {factors}")
+        self.weights = torch.cat(
+            [torch.full((n,), float(f), dtype=torch.float64) for n, f in zip(sizes, factors, strict=True)]
+        )
+        self.num_samples = max(1, round(sum(n * f for n, f in zip(sizes, factors, strict=True))))
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g).tolist()
 
 
 def _warn_and_continue(exn) -> bool:

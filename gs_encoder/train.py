@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import SplatFolder, collate_splats, splat_loader
+from .data import SplatFolder, UpsampledSampler, collate_splats, splat_loader
 from .modeling_gs_vision import GSVisionConfig, GSVisionModel
 from .teacher import ClipTeacher, build_clip, register_model_config
 
@@ -51,6 +51,9 @@ class DistillConfig:
 
     stage: int  # 1: distillation, 2: CLIP adaptation
     data: list[str] = field(default_factory=list)  # folders of .gs.npy files and/or splat .tar shards
+    # the rate each --data folder is drawn at, one factor per folder (open_clip's
+    # --train-data-upsampling-factors): an epoch draws Σ factor × size samples, with replacement
+    data_upsampling_factors: list[float] | None = None
     output_dir: str = "runs/gs_encoder"  # checkpoints/ and final/ go here
     clip_model: str = "ViT-B-16"  # open_clip architecture of the teacher and the ViT
     clip_pretrained: str | None = None  # open_clip tag or checkpoint path (None: random, for tests)
@@ -82,7 +85,14 @@ class DistillConfig:
             raise ValueError(f"--stage must be 1 or 2, got {self.stage}")
         if not self.data:
             raise ValueError("--data: give at least one folder of .gs.npy files or splat .tar shard")
-        splat_folders(self.data)
+        folders = splat_folders(self.data)
+        if self.data_upsampling_factors is not None:
+            if not folders:
+                raise ValueError(
+                    "--data-upsampling-factors weighs folders of .gs.npy files; for tar shards mix the sources "
+                    "in the shards themselves (or pass the folders the shards were written from)"
+                )
+            UpsampledSampler([1] * len(self.data), self.data_upsampling_factors)  # checks count and values
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.report_to not in ("none", "tensorboard", "wandb"):
@@ -121,15 +131,20 @@ def splat_folders(data) -> list:
 def _loader(cfg: DistillConfig, need_images: bool):
     folders = splat_folders(cfg.data)
     if folders:
-        ds = torch.utils.data.ConcatDataset([SplatFolder(d, load_images=need_images) for d in folders])
+        parts = [SplatFolder(d, load_images=need_images) for d in folders]
+        ds = torch.utils.data.ConcatDataset(parts)
+        sampler = None
+        if cfg.data_upsampling_factors is not None:
+            sampler = UpsampledSampler([len(p) for p in parts], cfg.data_upsampling_factors, cfg.seed)
         return torch.utils.data.DataLoader(
             ds,
             batch_size=cfg.batch_size,
-            shuffle=True,
+            shuffle=sampler is None,
+            sampler=sampler,
             collate_fn=collate_splats,
             num_workers=cfg.num_workers,
-            drop_last=len(ds) >= cfg.batch_size,
-        ), len(ds)
+            drop_last=len(sampler or ds) >= cfg.batch_size,
+        ), len(sampler or ds)
     tars = []
     for d in cfg.data:
         p = Path(d)
@@ -391,6 +406,14 @@ def _parser() -> argparse.ArgumentParser:
         if f.name == "data":
             ap.add_argument(
                 flag, nargs="+", required=True, help="folders of .gs.npy files and/or splat .tar shards"
+            )
+        elif f.name == "data_upsampling_factors":
+            ap.add_argument(
+                flag,
+                nargs="+",
+                type=float,
+                default=None,
+                help="one rate per --data folder (e.g. 1 0.3): an epoch draws Σ rate × size samples",
             )
         elif f.type in ("bool", bool):
             ap.add_argument(flag, action="store_true")

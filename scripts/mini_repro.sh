@@ -26,7 +26,7 @@ USAGE="usage: bash scripts/mini_repro.sh [--smoke|--demo] [--head-ablation] [--s
 # the command as the report records it: the settings given in the environment first
 COMMAND=""
 for knob in OUT NTRAIN NTEST ZS CLIP_EPOCHS FIT_ITERS BUDGETS S1_STEPS S2_STEPS FT_EPOCHS PT_EPOCHS FT_LR LM_INIT \
-  LABEL_SCALE CLIP_WORDS PT_WORDS FT_WORDS READING WARM_EPOCHS GS_WIDTH GS_FF_MULT GS_HEADS; do
+  LABEL_SCALE CLIP_WORDS PT_WORDS ENC_WORDS_RATE FT_WORDS READING WARM_EPOCHS GS_WIDTH GS_FF_MULT GS_HEADS; do
   if [[ -n ${!knob+set} ]]; then printf -v COMMAND '%s%s=%q ' "$COMMAND" "$knob" "${!knob}"; fi
 done
 COMMAND="${COMMAND}bash scripts/mini_repro.sh${*:+ $*}"
@@ -79,8 +79,15 @@ fi
 # RGB-LLaVA reads 97%, GS-LLaVA N = 144 at chance, 53 min (eval/results/mini_repro_reading_warm_1seed.md); with
 # the GS encoders also trained on the label-only images every GS-LLaVA reads (88–92%), n144-k64 − RGB −2.5, but
 # n144-k32 drops elsewhere (−13.8), 56 min (eval/results/mini_repro_reading_words_1seed.md)
+# ENC_WORDS_RATE: with PT_WORDS, the rate the GS encoders draw the label-only images at, against the scenes'
+# (gs_encoder.train --data-upsampling-factors 1 RATE)
 LABEL_SCALE="${LABEL_SCALE:-1}" CLIP_WORDS="${CLIP_WORDS:-0}" PT_WORDS="${PT_WORDS:-0}" FT_WORDS="${FT_WORDS:-0}"
-READING="${READING:-1}" WARM_EPOCHS="${WARM_EPOCHS:-0}"
+READING="${READING:-1}" WARM_EPOCHS="${WARM_EPOCHS:-0}" ENC_WORDS_RATE="${ENC_WORDS_RATE:-1}"
+if ! [[ $ENC_WORDS_RATE =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] || [[ $ENC_WORDS_RATE =~ ^[0.]+$ ]]; then
+  echo "mini_repro.sh: ENC_WORDS_RATE (the rate the GS encoders draw the label-only images at, against the" \
+    "scenes') must be a number > 0, got '$ENC_WORDS_RATE'" >&2
+  exit 2
+fi
 if ! [[ $WARM_EPOCHS =~ ^[0-9]+$ ]] || (( WARM_EPOCHS > 0 && FT_WORDS == 0 )); then
   echo "mini_repro.sh: WARM_EPOCHS (epochs of the reading warm-up) must be an int ≥ 0, and it needs FT_WORDS > 0" \
     "(the label-only images asked their word, which it trains on); got WARM_EPOCHS=$WARM_EPOCHS FT_WORDS=$FT_WORDS" >&2
@@ -169,14 +176,14 @@ gs_encoder() {  # gs_encoder RUN SEED NAME N K GS_WIDTH GS_FF_MULT HEADS
   done_or "$run/encoders/$name/stage2/final/model.safetensors" && return 0
   # the scenes and, with PT_WORDS, the label-only images too (the teacher learnt to read on such images; GS
   # n144-k64 encoder zero-shot on the test words, 12 choices: 8.9% from the scenes alone, 17.8% with them)
-  local data=("$OUT/splats/n$n/train")
-  (( PT_WORDS > 0 )) && data+=("$OUT/splats/n$n/train_words")
-  python -m gs_encoder.train --stage 1 --data "${data[@]}" --clip-model mini-vit \
+  local data=(--data "$OUT/splats/n$n/train")
+  (( PT_WORDS > 0 )) && data+=("$OUT/splats/n$n/train_words" --data-upsampling-factors 1 "$ENC_WORDS_RATE")
+  python -m gs_encoder.train --stage 1 "${data[@]}" --clip-model mini-vit \
     --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --num-tokens "$k" --gs-width "$width" --gs-ff-mult "$ff" \
     --resampler-heads "$heads" --seed "$seed" \
     --output-dir "$run/encoders/$name/stage1" --batch-size 64 --lr 1e-3 --warmup-steps 20 --max-steps "$S1_STEPS" \
     --num-workers 0 --save-every 0
-  python -m gs_encoder.train --stage 2 --data "${data[@]}" --clip-model mini-vit \
+  python -m gs_encoder.train --stage 2 "${data[@]}" --clip-model mini-vit \
     --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --encoder "$run/encoders/$name/stage1/final" \
     --output-dir "$run/encoders/$name/stage2" --batch-size 64 --lr 3e-4 --warmup-steps 10 --seed "$seed" \
     --max-steps "$S2_STEPS" --num-workers 0 --save-every 0

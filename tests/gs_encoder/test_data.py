@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gs_encoder.data import collate_splats, splat_loader
+from gs_encoder.data import UpsampledSampler, collate_splats, splat_loader
 
 from .test_shards import make_shards, make_tar
 
@@ -99,3 +99,30 @@ def test_shuffle_is_a_seeded_permutation(tmp_path):
 
     a, b = keys(1), keys(1)
     assert a == b and sorted(a) == [f"k{i:02d}" for i in range(20)] and a != sorted(a)
+
+
+def test_upsampled_sampler_draws_each_source_at_its_rate():
+    # 300 scenes at rate 1, 200 word images at rate 0.25: 350 draws an epoch, about 50 of them words
+    sampler = UpsampledSampler([300, 200], [1.0, 0.25], seed=3)
+    assert len(sampler) == 350
+    epochs = []
+    for epoch in range(40):
+        sampler.set_epoch(epoch)
+        idx = list(sampler)
+        assert len(idx) == 350 and 0 <= min(idx) and max(idx) < 500
+        epochs.append(idx)
+    words = np.mean([sum(i >= 300 for i in idx) for idx in epochs])
+    assert abs(words - 50) < 4, words  # expected 350 · 50/350; s.e. of the mean over 40 epochs ≈ 1
+    # an epoch's order is a function of (seed, epoch): a resumed run sees the same batches
+    again = UpsampledSampler([300, 200], [1.0, 0.25], seed=3)
+    again.set_epoch(7)
+    assert list(again) == epochs[7] and epochs[7] != epochs[8]
+
+
+@pytest.mark.parametrize(
+    "sizes, factors, msg",
+    [([3, 4], [1.0], "1 upsampling factors for 2 data sources"), ([3], [0.0], "finite and > 0")],
+)
+def test_upsampled_sampler_rejects_bad_factors(sizes, factors, msg):
+    with pytest.raises(ValueError, match=msg):
+        UpsampledSampler(sizes, factors)

@@ -185,3 +185,22 @@ def test_stage1_from_shards_with_stored_teacher_embeddings(splat_folder, tmp_pat
         == 0
     )
     assert json.loads((out / "final" / "train_log.json").read_text())["steps"] == 4
+
+
+def test_stage1_draws_the_folders_at_their_upsampling_factors(splat_folder, tmp_path, capsys):
+    # two folders (8 photos each), the second drawn at half rate: an epoch is 12 samples, 3 batches of 4
+    root, cfg, data = splat_folder
+    args = common(root, cfg, data, tmp_path / "o", "--batch-size", "4", "--max-steps", "4")
+    i = args.index("--data")
+    args[i + 1 : i + 2] = [str(data), str(data), "--data-upsampling-factors", "1", "0.5"]
+    assert train(["--stage", "1", *args]) == 0
+    saved = json.loads((tmp_path / "o" / "distill_config.json").read_text())
+    assert saved["data_upsampling_factors"] == [1.0, 0.5]
+    from gs_encoder.train import DistillConfig, _loader
+
+    loader, size = _loader(DistillConfig(**saved), need_images=False)
+    assert size == 12 and len(loader) == 3
+    # one factor per folder, and only for folders: one line naming the problem
+    args[i + 4 : i + 6] = ["2"]
+    assert train(["--stage", "1", *args]) == 2
+    assert "1 upsampling factors for 2 data sources" in capsys.readouterr().err

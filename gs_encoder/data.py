@@ -170,13 +170,16 @@ class UpsampledSampler(torch.utils.data.Sampler):
     replacement, sample j of source i weighted by factor_i, so source i gives factor_i · size_i samples per
     epoch on average. Seeded per epoch (`set_epoch`), so a resumed run sees the same order."""
 
-    def __init__(self, sizes: list[int], factors: list[float], seed: int = 0):
-        if len(sizes) != len(factors):
-            raise ValueError(
-                f"{len(factors)} upsampling factors for {len(sizes)} data sources: give one each"
-            )
+    @staticmethod
+    def check(sources: int, factors: list[float]) -> None:
+        """ValueError unless `factors` holds one finite rate > 0 per source."""
+        if sources != len(factors):
+            raise ValueError(f"{len(factors)} upsampling factors for {sources} data sources: give one each")
         if not all(math.isfinite(f) and f > 0 for f in factors):
             raise ValueError(f"upsampling factors must be finite and > 0, got {factors}")
+
+    def __init__(self, sizes: list[int], factors: list[float], seed: int = 0):
+        self.check(len(sizes), factors)
         self.weights = torch.cat(
             [torch.full((n,), float(f), dtype=torch.float64) for n, f in zip(sizes, factors, strict=True)]
         )

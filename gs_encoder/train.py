@@ -92,7 +92,7 @@ class DistillConfig:
                     "--data-upsampling-factors weighs folders of .gs.npy files; for tar shards mix the sources "
                     "in the shards themselves (or pass the folders the shards were written from)"
                 )
-            UpsampledSampler([1] * len(self.data), self.data_upsampling_factors)  # checks count and values
+            UpsampledSampler.check(len(self.data), self.data_upsampling_factors)
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.report_to not in ("none", "tensorboard", "wandb"):

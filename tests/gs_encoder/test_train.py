@@ -200,7 +200,7 @@ def test_stage1_draws_the_folders_at_their_upsampling_factors(splat_folder, tmp_
 
     loader, size = _loader(DistillConfig(**saved), need_images=False)
     assert size == 12 and len(loader) == 3
-    # one factor per folder, and only for folders: one line naming the problem
+    # one factor per folder: one line naming the problem
     args[i + 4 : i + 6] = ["2"]
     assert train(["--stage", "1", *args]) == 2
     assert "1 upsampling factors for 2 data sources" in capsys.readouterr().err

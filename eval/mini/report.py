@@ -508,8 +508,11 @@ def build(out: Path, seeds: int = 1) -> tuple[list[tuple[str, list[str], list[li
         title = "Zero-shot reading, label-only scenes, 12 words, chance 8.3% (GS vs RGB)"
         sections.insert(2, (title, w_headers, w_rows))
     h_headers, h_rows, heads = _heads(out, zs)
-    if h_rows:  # after the zero-shot section, or first
-        at = next((i + 1 for i, (heading, _, _) in enumerate(sections) if heading.startswith("Zero-shot")), 0)
+    if h_rows:  # after the zero-shot sections (classes and reading), or first
+        at = max(
+            (i + 1 for i, (heading, _, _) in enumerate(sections) if heading.startswith("Zero-shot")),
+            default=0,
+        )
         sections.insert(at, ("GS head size per encoder", h_headers, h_rows))
     l_headers, l_rows, lm = _lm(out)
     if l_rows:

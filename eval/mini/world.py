@@ -641,20 +641,17 @@ def zeroshot_word_scenes(per_class: int = 10, seed: int = 0, label_scale: float 
     )
 
 
-def write_zeroshot(root: Path, scenes: list[Scene]) -> Path:
-    """Zero-shot classification of one-object scenes (CLIP_benchmark layout)."""
+def write_zeroshot(root: Path, scenes: list[Scene], words: bool = False) -> Path:
+    """Zero-shot classification in CLIP_benchmark layout: one-object scenes by their object's class, or with
+    `words`, label-only scenes by their word (the reading zero-shot)."""
     from eval.mini_zeroshot import png_bytes, write_classification
 
-    samples = [(f"{s.seed:09d}", png_bytes(render(s)), ZS_CLASSES.index(s.objects[0].name)) for s in scenes]
-    return write_classification(root, samples, ZS_CLASSES, ZS_TEMPLATES)
-
-
-def write_zeroshot_words(root: Path, scenes: list[Scene]) -> Path:
-    """Zero-shot reading of label-only scenes, the 12 words as classes (CLIP_benchmark layout)."""
-    from eval.mini_zeroshot import png_bytes, write_classification
-
-    samples = [(f"{s.seed:09d}", png_bytes(render(s)), WORDS.index(s.word)) for s in scenes]
-    return write_classification(root, samples, list(WORDS), ZW_TEMPLATES)
+    classes, templates = (list(WORDS), ZW_TEMPLATES) if words else (ZS_CLASSES, ZS_TEMPLATES)
+    samples = [
+        (f"{s.seed:09d}", png_bytes(render(s)), classes.index(s.word if words else s.objects[0].name))
+        for s in scenes
+    ]
+    return write_classification(root, samples, classes, templates)
 
 
 def main(argv=None) -> int:
@@ -718,9 +715,8 @@ def main(argv=None) -> int:
     stats["shards"] = [p.name for p in write_shards(out, "clip", clip) + write_shards(out, "test", test)]
     stats["clip_pairs"] = len(clip)
     write_zeroshot(out / "zeroshot", zeroshot)
-    write_zeroshot_words(
-        out / "zeroshot_words", zeroshot_word_scenes(args.zeroshot_per_class, args.seed, scale)
-    )
+    words_zs = zeroshot_word_scenes(args.zeroshot_per_class, args.seed, scale)
+    write_zeroshot(out / "zeroshot_words", words_zs, words=True)
     classes = {"shapes": list(SHAPES), "colours": list(COLOURS), "kinds": list(KINDS)}
     (out / "classes.json").write_text(json.dumps(classes, indent=1))
     print(json.dumps(stats))

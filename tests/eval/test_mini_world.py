@@ -273,7 +273,7 @@ def test_word_scenes_hold_a_label_alone_and_reach_the_teacher_and_stage_one(tmp_
 def test_the_reading_zero_shot_set_holds_each_word_on_its_own_labels(tmp_path):
     import tarfile
 
-    from eval.mini.world import WORDS, clip_scenes, word_scenes, write_zeroshot_words, zeroshot_word_scenes
+    from eval.mini.world import WORDS, clip_scenes, word_scenes, write_zeroshot, zeroshot_word_scenes
 
     scenes = zeroshot_word_scenes(per_class=2, label_scale=2.0)
     assert scenes == zeroshot_word_scenes(per_class=2, label_scale=2.0)  # deterministic
@@ -282,7 +282,7 @@ def test_the_reading_zero_shot_set_holds_each_word_on_its_own_labels(tmp_path):
     # seeds of their own: none is a teacher pair or a stage-1 caption image
     seen = {s.seed for s in clip_scenes([], 0, words=300) + word_scenes(300, purpose="pretrain")}
     assert not {s.seed for s in scenes} & seen
-    root = write_zeroshot_words(tmp_path / "zeroshot_words", scenes)
+    root = write_zeroshot(tmp_path / "zeroshot_words", scenes, words=True)
     assert (root / "classnames.txt").read_text().split("\n")[:-1] == list(WORDS)
     assert (root / "zeroshot_classification_templates.txt").read_text() == "the word {c}.\n"
     with tarfile.open(root / "test" / "0.tar") as tf:

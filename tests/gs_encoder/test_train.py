@@ -204,3 +204,10 @@ def test_stage1_draws_the_folders_at_their_upsampling_factors(splat_folder, tmp_
     args[i + 4 : i + 6] = ["2"]
     assert train(["--stage", "1", *args]) == 2
     assert "1 upsampling factors for 2 data sources" in capsys.readouterr().err
+    # shards carry no per-source sizes to weigh: refused, naming what to do instead
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "000000.tar").write_bytes(b"")
+    args[i + 1 : i + 5] = [str(shards), "--data-upsampling-factors", "1"]
+    assert train(["--stage", "1", *args]) == 2
+    assert "for tar shards mix the sources in the shards themselves" in capsys.readouterr().err

@@ -95,7 +95,7 @@ def _zeroshot_over_seeds(per_seed: list[dict]) -> tuple[list[str], list[list], d
         data[name] = {
             "gs": gs / 100,
             "rgb": rgb / 100,
-            "gs_sd": gs_sd,
+            "gs_sd": None if gs_sd is None else gs_sd / 100,  # a fraction, as "gs"
             "gs_per_seed": [z["gs"] for z in seeds],
             "ratio": ratio,
             "ratio_sd": ratio_sd,
@@ -623,6 +623,7 @@ def _plot(data: dict, path: Path) -> None:
         ax.plot([int(n) for n in ns], [budgets[n]["psnr"] for n in ns], "o-")
         for n in ns:
             ax.annotate(f"{budgets[n]['bytes']} B", (int(n), budgets[n]["psnr"]), fontsize=7)
+        ax.margins(x=0.2, y=0.15)  # room for the labels at the ends
     ax.set_xlabel("Gaussians N (64² canvas)")
     ax.set_ylabel("fit PSNR dB")
     ax.set_title("splat budgets")

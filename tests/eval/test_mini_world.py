@@ -476,6 +476,8 @@ def test_report_reads_each_zero_shot_set_from_its_own_folder(tmp_path):
     assert words["gs-n144-k64"]["gs"] == pytest.approx(0.25) and words["gs-n144-k64"][
         "ratio"
     ] == pytest.approx(0.5)
+    # the between-seed s.d. in the unit of the mean (a fraction; the plot's error bars scale both by 100)
+    assert words["gs-n144-k64"]["gs_sd"] == pytest.approx(0.0707, abs=1e-4)
     assert _zeroshot(seeds[0])["gs-n144-k64"]["dataset"] == "wds/mini_world"  # the 24 classes by default
     assert _zeroshot(tmp_path / "older run", "zeroshot_words") == {}  # runs before the reading set
 

@@ -80,7 +80,9 @@ fi
 # the GS encoders also trained on the label-only images every GS-LLaVA reads (88–92%), n144-k64 − RGB −2.5, but
 # n144-k32 drops elsewhere (−13.8), 56 min (eval/results/mini_repro_reading_words_1seed.md)
 # ENC_WORDS_RATE: with PT_WORDS, the rate the GS encoders draw the label-only images at, against the scenes'
-# (gs_encoder.train --data-upsampling-factors 1 RATE)
+# (gs_encoder.train --data-upsampling-factors 1 RATE). ENC_WORDS_RATE=0.3 READING=1 WARM_EPOCHS=1, seeds 0 and 1:
+# 44.5 min for one seed, RGB-LLaVA reads 70%, but one or two GS-LLaVAs per seed fall 7–13 points, with the warm-up
+# or without (eval/results/mini_repro_reading_fast.md, mini_repro_reading_nowarm.md; README, "Reading")
 LABEL_SCALE="${LABEL_SCALE:-1}" CLIP_WORDS="${CLIP_WORDS:-0}" PT_WORDS="${PT_WORDS:-0}" FT_WORDS="${FT_WORDS:-0}"
 READING="${READING:-1}" WARM_EPOCHS="${WARM_EPOCHS:-0}" ENC_WORDS_RATE="${ENC_WORDS_RATE:-1}"
 if ! [[ $ENC_WORDS_RATE =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] || [[ $ENC_WORDS_RATE =~ ^[0.]+$ ]]; then

@@ -1,0 +1,107 @@
+"""How RGB-like are the tokens a GS-LLaVA reads? Mean cosine of each GS encoder's patch tokens with the RGB
+tower's at the same positions, on the miniature's test scenes.
+
+Stage 1 distils the CLS embedding only, so the 24-class zero-shot (a CLS task) can look fine while the patch
+tokens LLaVA's projector reads (block `--layer`, CLS dropped, as llava_gs does) drift from the teacher's.
+For K < G² tokens the RGB grid is resized as the GS encoder's position embeddings are (area average for the
+half budget). Also printed: the mean cosine between the tokens of one image (token diversity; 1 = collapse).
+
+    python -m eval.mini.token_agreement --out outputs/mini_repro [--seed-dir seed1] [--count 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gs_encoder.modeling_gs_vision import GSVisionModel, RGBVisionModel, _resample_positions
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _pixels(paths: list[Path]) -> torch.Tensor:
+    from PIL import Image
+
+    mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
+    out = []
+    for p in paths:
+        rgb = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0
+        out.append((torch.from_numpy(rgb).permute(2, 0, 1) - mean) / std)
+    return torch.stack(out)
+
+
+def _pool_like_positions(tokens: torch.Tensor, k: int) -> torch.Tensor:
+    """RGB patch tokens [B, G², D] → [B, K, D], resized as GS position embeddings are."""
+    dummy_cls = tokens.new_zeros(1, tokens.shape[-1])
+    return torch.stack([_resample_positions(torch.cat([dummy_cls, t]), k)[1:] for t in tokens])
+
+
+@torch.no_grad()
+def agreement(out: Path, run: Path, count: int = 120, layer: int = -2) -> dict[str, dict[str, float]]:
+    """{encoder: {"cosine", "diversity_gs", "diversity_rgb"}} for every GS encoder of `run` (OUT or OUT/seed<s>)."""
+    images = sorted((out / "data" / "images" / "test").glob("*.png"))[:count]
+    if not images:
+        raise FileNotFoundError(f"{out}/data/images/test holds no .png scenes: is {out} a mini_repro.sh OUT?")
+    rgb_dir = out / "encoders" / "rgb"
+    rgb = RGBVisionModel.from_pretrained(rgb_dir).eval()
+    r_all = rgb(_pixels(images)).hidden_states[layer][:, 1:]
+    result = {}
+    for enc in sorted((run / "encoders").glob("gs-*/stage2/final")):
+        name = enc.parent.parent.name
+        n = name.split("-")[1]  # gs-n<N>-k<K>
+        splats = []
+        for img in images:
+            f = out / "splats" / n / "test" / f"{img.stem}.gs.npy"
+            if not f.exists():
+                raise FileNotFoundError(
+                    f"{f}: missing the splats of {img.name}; run scripts/mini_repro.sh to fit them"
+                )
+            splats.append(torch.from_numpy(np.load(f).astype(np.float32)))
+        gs = GSVisionModel.from_pretrained(enc).eval()
+        g = gs(torch.stack(splats)).hidden_states[layer][:, 1:]
+        r = r_all if g.shape[1] == r_all.shape[1] else _pool_like_positions(r_all, g.shape[1])
+
+        def diversity(t: torch.Tensor) -> float:
+            t = F.normalize(t, dim=-1)
+            return (t @ t.mT).mean().item()
+
+        result[name] = {
+            "cosine": F.cosine_similarity(g, r, dim=-1).mean().item(),
+            "diversity_gs": diversity(g),
+            "diversity_rgb": diversity(r),
+        }
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="the OUT folder of scripts/mini_repro.sh")
+    ap.add_argument("--seed-dir", default="", help="a seed's subfolder of OUT (seed1, ...); default seed 0")
+    ap.add_argument("--count", type=int, default=120, help="test scenes to use")
+    ap.add_argument("--layer", type=int, default=-2, help="hidden state LLaVA reads (vision_feature_layer)")
+    ap.add_argument("--json", help="also write the numbers here")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    try:
+        res = agreement(out, out / args.seed_dir, args.count, args.layer)
+    except FileNotFoundError as e:
+        print(f"token_agreement: {e}", file=sys.stderr)
+        return 2
+    print("| encoder | cosine with RGB tokens | token diversity GS | token diversity RGB |")
+    print("|---|---|---|---|")
+    for name, r in res.items():
+        print(f"| {name} | {r['cosine']:.3f} | {r['diversity_gs']:.3f} | {r['diversity_rgb']:.3f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

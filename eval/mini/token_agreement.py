@@ -16,25 +16,14 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gs_encoder.data import pad_splat_sets
+from gs_encoder.image_io import ImageLoadError, load_image
 from gs_encoder.modeling_gs_vision import GSVisionModel, RGBVisionModel, _resample_positions
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _pixels(paths: list[Path]) -> torch.Tensor:
-    from PIL import Image
-
-    mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
-    out = []
-    for p in paths:
-        rgb = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0
-        out.append((torch.from_numpy(rgb).permute(2, 0, 1) - mean) / std)
-    return torch.stack(out)
+from gs_encoder.splat_io import SplatFileError, load_splats
+from gs_encoder.teacher import clip_normalise
 
 
 def _pool_like_positions(tokens: torch.Tensor, k: int) -> torch.Tensor:
@@ -43,39 +32,34 @@ def _pool_like_positions(tokens: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack([_resample_positions(torch.cat([dummy_cls, t]), k)[1:] for t in tokens])
 
 
+def _diversity(tokens: torch.Tensor) -> float:
+    """Mean cosine between the tokens of one image, over images [B, K, D]."""
+    t = F.normalize(tokens, dim=-1)
+    return (t @ t.mT).mean().item()
+
+
 @torch.no_grad()
 def agreement(out: Path, run: Path, count: int = 120, layer: int = -2) -> dict[str, dict[str, float]]:
     """{encoder: {"cosine", "diversity_gs", "diversity_rgb"}} for every GS encoder of `run` (OUT or OUT/seed<s>)."""
     images = sorted((out / "data" / "images" / "test").glob("*.png"))[:count]
     if not images:
         raise FileNotFoundError(f"{out}/data/images/test holds no .png scenes: is {out} a mini_repro.sh OUT?")
-    rgb_dir = out / "encoders" / "rgb"
-    rgb = RGBVisionModel.from_pretrained(rgb_dir).eval()
-    r_all = rgb(_pixels(images)).hidden_states[layer][:, 1:]
+    rgb = RGBVisionModel.from_pretrained(out / "encoders" / "rgb").eval()
+    size = rgb.config.vision_cfg["image_size"]
+    pixels = clip_normalise(torch.stack([load_image(p, size) for p in images]), size)
+    r_all = rgb(pixels).hidden_states[layer][:, 1:]
     result = {}
     for enc in sorted((run / "encoders").glob("gs-*/stage2/final")):
         name = enc.parent.parent.name
         n = name.split("-")[1]  # gs-n<N>-k<K>
-        splats = []
-        for img in images:
-            f = out / "splats" / n / "test" / f"{img.stem}.gs.npy"
-            if not f.exists():
-                raise FileNotFoundError(
-                    f"{f}: missing the splats of {img.name}; run scripts/mini_repro.sh to fit them"
-                )
-            splats.append(torch.from_numpy(np.load(f).astype(np.float32)))
-        gs = GSVisionModel.from_pretrained(enc).eval()
-        g = gs(torch.stack(splats)).hidden_states[layer][:, 1:]
+        sets = [load_splats(out / "splats" / n / "test" / f"{img.stem}.gs.npy") for img in images]
+        splats, mask = pad_splat_sets(sets)
+        g = GSVisionModel.from_pretrained(enc).eval()(splats, mask).hidden_states[layer][:, 1:]
         r = r_all if g.shape[1] == r_all.shape[1] else _pool_like_positions(r_all, g.shape[1])
-
-        def diversity(t: torch.Tensor) -> float:
-            t = F.normalize(t, dim=-1)
-            return (t @ t.mT).mean().item()
-
         result[name] = {
             "cosine": F.cosine_similarity(g, r, dim=-1).mean().item(),
-            "diversity_gs": diversity(g),
-            "diversity_rgb": diversity(r),
+            "diversity_gs": _diversity(g),
+            "diversity_rgb": _diversity(r),
         }
     return result
 
@@ -91,7 +75,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     try:
         res = agreement(out, out / args.seed_dir, args.count, args.layer)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ImageLoadError, SplatFileError) as e:
         print(f"token_agreement: {e}", file=sys.stderr)
         return 2
     print("| encoder | cosine with RGB tokens | token diversity GS | token diversity RGB |")

@@ -3,9 +3,10 @@
 Work is split into units; each unit becomes one output tar:
 - an input tar in the img2dataset / DataComp webdataset layout (`<key>.jpg|png|…`, `<key>.txt`,
   `<key>.json`, …) → a tar of the same name with, per sample, `<key>.gs.npy` (float16 [N, 8]),
-  `<key>.json` (the input json's fields plus the fit's: canvas, resize, N, PSNR, iterations, source id)
-  and every other field passed through unchanged; the image itself is dropped;
-- a folder of images → tars of `shard_size` images each (`images-000000.tar`, …), keys = relative paths.
+  `<key>.json` (the input json's fields plus the fit's: canvas, resize, N, PSNR, iterations, source = the
+  key) and every other field passed through unchanged; the image itself is dropped;
+- a folder of images → tars of `shard_size` images each (`images-000000.tar`, …), keys = relative paths,
+  source = the image file's path.
 
 Resumability: a unit is written to a hidden temporary name and renamed when complete, together with
 `<name>.errors.jsonl` (undecodable samples: key and reason) and `<name>.stats.json`, written before the
@@ -146,15 +147,17 @@ def plan_units(
     return units
 
 
-def read_samples(unit: Unit) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) for each sample of a unit, in order; a missing LLaVA image yields {} (an error)."""
+def read_samples(unit: Unit) -> Iterator[tuple[str, dict[str, bytes], str]]:
+    """(key, {ext: bytes}, source) for each sample of a unit, in order; a missing LLaVA image yields {} (an
+    error). `source` is the image file's path when the unit reads files (the sidecar's `source`, which stage-1
+    patch distillation loads the image from), else the sample's key in its tar."""
     if unit.images is not None:
         for key, path in unit.images:
             fields = {path.suffix.lower().lstrip(".") or "img": path.read_bytes()} if path.is_file() else {}
             caption = path.with_suffix(".txt")
             if fields and caption.is_file():
                 fields["txt"] = caption.read_bytes()
-            yield key, fields
+            yield key, fields, str(path)
         return
     if unit.files is not None:
         for f in unit.files:
@@ -164,7 +167,7 @@ def read_samples(unit: Unit) -> Iterator[tuple[str, dict[str, bytes]]]:
             caption = f.with_suffix(".txt")
             if caption.exists():
                 fields["txt"] = caption.read_bytes()
-            yield key, fields
+            yield key, fields, str(f)
         return
     try:
         with tarfile.open(unit.tar) as tf:
@@ -174,12 +177,12 @@ def read_samples(unit: Unit) -> Iterator[tuple[str, dict[str, bytes]]]:
                     continue
                 k, ext = _split_key(member.name)
                 if key is not None and k != key:
-                    yield key, fields
+                    yield key, fields, key
                     fields = {}
                 key = k
                 fields[ext] = tf.extractfile(member).read()
             if key is not None:
-                yield key, fields
+                yield key, fields, key
     except (tarfile.TarError, EOFError, OSError) as e:
         raise ImageLoadError(f"{unit.tar}: unreadable tar shard ({e})") from e
 
@@ -220,15 +223,15 @@ def _sample_meta(name: str, fields: dict[str, bytes]) -> dict:
 
 
 def _fit_batch(batch, cfg: ShardJobConfig, device, teacher=None) -> list[tuple[str, dict, dict[str, bytes]]]:
-    images = torch.stack([img for _, img, _, _ in batch]).to(device)
+    images = torch.stack([img for _, img, _, _, _ in batch]).to(device)
     results = fit_images(images, cfg.fit)
     if teacher is not None:  # the teacher sees the same canvas image the splats were fitted to
         embeds = teacher(images).cpu().numpy().astype(np.float16)
-        for (_, _, fields, _), e in zip(batch, embeds, strict=True):
+        for (_, _, fields, _, _), e in zip(batch, embeds, strict=True):
             fields["t16.npy"] = npy_bytes(e)
     out = []
-    for (key, img, fields, meta), r in zip(batch, results, strict=True):
-        meta.update(fit_sidecar(r, img, cfg.fit, cfg.resize, key))
+    for (key, img, fields, meta, source), r in zip(batch, results, strict=True):
+        meta.update(fit_sidecar(r, img, cfg.fit, cfg.resize, source))
         fields["gs.npy"] = splat_npy_bytes(r.splats, f"{key}.gs.npy")
         out.append((key, meta, fields))
     return out
@@ -322,7 +325,7 @@ def _process_unit(unit: Unit, out_dir: Path, cfg: ShardJobConfig, device, bar, t
         pending.clear()
 
     try:
-        for key, fields in read_samples(unit):
+        for key, fields, source in read_samples(unit):
             if sink.has(key):  # written by an earlier, interrupted run
                 skipped += 1
                 bar.update(1)
@@ -337,7 +340,7 @@ def _process_unit(unit: Unit, out_dir: Path, cfg: ShardJobConfig, device, bar, t
                 logger.warning("skipped %s", e)
                 bar.update(1)
                 continue
-            pending.append((key, img, fields, meta))
+            pending.append((key, img, fields, meta, source))
             if len(pending) >= cfg.batch_size:
                 flush()
     except ImageLoadError as e:  # the shard itself is damaged (truncated tar): keep what was read

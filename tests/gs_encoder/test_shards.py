@@ -234,7 +234,8 @@ def test_llava_json_to_splat_cache(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.split("\nwrote")[0])
     assert summary["images"] == 2 and summary["failures"] == 2 and summary["shards_done"] == 2
     s, meta = load_splats(cache / "coco" / "train2017" / "000001.gs.npy", with_meta=True)
-    assert s.shape == (16, 8) and meta["source"] == "coco/train2017/000001"
+    # the source is the image file (stage-1 patch distillation loads it from there)
+    assert s.shape == (16, 8) and meta["source"] == str(folder / "coco" / "train2017" / "000001.jpg")
     assert (cache / "gqa" / "n1.v2.gs.npy").exists()
     errors = "".join(p.read_text() for p in cache.glob("*.errors.jsonl"))
     assert "broken" in errors and "missing.jpg: file not found" in errors

@@ -118,19 +118,24 @@ class SplatFolder(torch.utils.data.Dataset):
     """A folder of `<name>.gs.npy` files (e.g. `gsv fit` output) as a map-style dataset.
 
     Per sample: splats, caption (`<name>.txt`, else the sidecar's "caption"), teacher embedding
-    (`<name>.t16.npy`) and, with `load_images=True` and no teacher file, the source image named in the
-    sidecar on the same canvas (for a teacher run on the fly). Unreadable samples give None (a warning),
+    (`<name>.t16.npy`) and the source image named in the sidecar, on the canvas the splats were fitted
+    on (for a teacher run on the fly): `images="no_teacher"` loads it where there is no teacher file,
+    `"all"` for every sample (patch distillation), `"none"` never. Unreadable samples give None (a warning),
     which `collate_splats` drops.
     """
 
-    def __init__(self, root: str | os.PathLike, load_images: bool = False):
+    IMAGE_MODES = ("none", "no_teacher", "all")
+
+    def __init__(self, root: str | os.PathLike, images: str = "none"):
+        if images not in self.IMAGE_MODES:
+            raise ValueError(f"images must be one of {', '.join(self.IMAGE_MODES)}, got {images!r}")
         self.root = Path(root)
         self.files = sorted(self.root.rglob("*.gs.npy"))
         if not self.files:
             raise FileNotFoundError(
                 f"{self.root}: no .gs.npy files (fit some with `gsv fit IMAGES -o {self.root}`)"
             )
-        self.load_images = load_images
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.files)
@@ -152,9 +157,12 @@ class SplatFolder(torch.utils.data.Dataset):
             teacher = stem.with_name(stem.name + "." + TEACHER_KEY)
             if teacher.exists():
                 out["teacher"] = torch.from_numpy(_npy(teacher.read_bytes(), str(teacher)).astype(np.float32))
-            elif self.load_images:
+            if self.images == "all" or (self.images == "no_teacher" and out["teacher"] is None):
+                why = (
+                    "the teacher's patch tokens need it" if out["teacher"] is not None else "no teacher file"
+                )
                 if "source" not in meta:
-                    raise SplatFileError(f"{path}: no teacher file and no 'source' image in the sidecar")
+                    raise SplatFileError(f"{path}: no 'source' image in the sidecar ({why})")
                 src = Path(meta["source"])
                 src = src if src.is_absolute() or src.exists() else self.root / src
                 out["image"] = load_image(src, int(meta.get("canvas", 224)), meta.get("resize", "pad"))

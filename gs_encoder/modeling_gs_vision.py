@@ -30,6 +30,7 @@ __all__ = [
     "VisionOutput",
     "add_head_args",
     "head_overrides",
+    "resize_token_grid",
     "stage_shares",
 ]
 
@@ -268,26 +269,36 @@ def _from_open_clip(cls, name, pretrained, overrides):
 
 
 def _resample_positions(pos: torch.Tensor, k: int) -> torch.Tensor:
-    """[1 + G², D] ViT position embeddings → [1 + K, D]: CLS row kept, the G×G grid resized to K tokens.
-
-    K = G² copies the grid; K = 98 (the paper's half budget) resizes it to 7×14 by area averaging;
-    other K fall back to linear interpolation of the flattened grid.
-    """
-    cls, grid = pos[:1], pos[1:]
-    g = int(round(grid.shape[0] ** 0.5))
-    if grid.shape[0] == k:
+    """[1 + G², D] ViT position embeddings → [1 + K, D]: CLS row kept, the G×G grid resized to K tokens
+    by `resize_token_grid`."""
+    if pos.shape[0] - 1 == k:
         return pos.clone()
+    return torch.cat([pos[:1], resize_token_grid(pos[None, 1:], k)[0]], dim=0)
+
+
+def resize_token_grid(tokens: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, G², D] tokens of a G×G patch grid → [B, K, D], the rule that places the GS encoder's K position
+    embeddings on the ViT's grid (so token i of a GS encoder sits where token i of this result does).
+
+    K = G² copies the grid; a square K resizes it bilinearly; K = 2h² (98 = 7×14, the paper's half budget)
+    area-averages it to h×2h; other K fall back to linear interpolation of the flattened grid.
+    """
+    b, n, d = tokens.shape
+    g = int(round(n**0.5))
+    if g * g != n:
+        raise ValueError(f"tokens must be a square patch grid [B, G², D], got {n} tokens")
+    if n == k:
+        return tokens.clone()
     side = int(round(k**0.5))
-    img = grid.mT.reshape(1, -1, g, g)
+    img = tokens.mT.reshape(b, d, g, g)
     if side * side == k:
         out = torch.nn.functional.interpolate(img, size=(side, side), mode="bilinear", align_corners=False)
     elif k % 2 == 0 and int(round((k // 2) ** 0.5)) ** 2 * 2 == k:
         h = int(round((k // 2) ** 0.5))
         out = torch.nn.functional.adaptive_avg_pool2d(img, (h, 2 * h))
     else:
-        out = torch.nn.functional.interpolate(grid.mT[None], size=k, mode="linear", align_corners=False)
-        return torch.cat([cls, out[0].mT], dim=0)
-    return torch.cat([cls, out.flatten(2)[0].mT], dim=0)
+        return torch.nn.functional.interpolate(tokens.mT, size=k, mode="linear", align_corners=False).mT
+    return out.flatten(2).mT
 
 
 PAPER_SHARES = {2: 9.7, 3: 13.8}  # the paper's trainable shares: stage 2, and stage 2 with the text layers

@@ -53,7 +53,8 @@ def clip_normalise(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class ClipTeacher(nn.Module):
-    """A frozen open_clip image tower; `forward(images in [0, 1])` → L2-normalised embeddings [B, E]."""
+    """A frozen open_clip image tower; `forward(images in [0, 1])` → L2-normalised embeddings [B, E];
+    `embed_with_tokens` also returns the patch tokens of one block (stage-1 patch distillation)."""
 
     def __init__(self, clip: nn.Module):
         super().__init__()
@@ -68,3 +69,27 @@ class ClipTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.visual(clip_normalise(images, self.image_size)).float(), dim=-1)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.visual.transformer.resblocks)
+
+    def block_index(self, layer: int) -> int:
+        """The ViT block whose output is hidden state `layer` (LLaVA's vision_feature_layer convention:
+        hidden states are (embeddings, block 1, …, block L), so -2 is the output of block L − 1)."""
+        n = self.num_layers
+        if not -n <= layer <= n or layer == 0:
+            raise ValueError(
+                f"layer {layer}: the teacher's hidden states with patch tokens from a block are 1…{n} "
+                f"or -{n}…-1 (LLaVA's vision_feature_layer convention)"
+            )
+        return layer - 1 if layer > 0 else n + layer
+
+    @torch.no_grad()
+    def embed_with_tokens(self, images: torch.Tensor, layer: int = -2) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L2-normalised embeddings [B, E], the patch tokens of hidden state `layer` [B, G², D]) of images
+        in [0, 1], from one pass (open_clip's `forward_intermediates`)."""
+        out = self.visual.forward_intermediates(
+            clip_normalise(images, self.image_size), indices=[self.block_index(layer)], output_fmt="NLC"
+        )
+        return F.normalize(out["image_features"].float(), dim=-1), out["image_intermediates"][0].float()

@@ -2,7 +2,10 @@
 
 Stage 1 (RGB→GS distillation): MSE between the L2-normalised CLIP embeddings of the frozen RGB teacher
 (open_clip on the image the splats were fitted to, or teacher embeddings stored beside the splats) and
-of the GS student; the stem, the resampler and the GS embeddings train.
+of the GS student; the stem, the resampler and the GS embeddings train. With `--patch-weight W > 0` the
+loss adds W × (1 − cosine) between the student's patch tokens at `--patch-layer` (the block LLaVA reads)
+and the teacher's at the same positions (its G×G grid resized to K as the GS position embeddings are);
+the teacher then runs on every source image (docs/encoder.md, "Patch-token distillation").
 Stage 2 (CLIP adaptation): open_clip's contrastive `ClipLoss` against the text tower, with the first
 ViT blocks and the projection unfrozen (and optionally the symmetric text layers).
 
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import SplatFolder, UpsampledSampler, collate_splats, splat_loader
-from .modeling_gs_vision import GSVisionConfig, GSVisionModel
+from .modeling_gs_vision import GSVisionConfig, GSVisionModel, resize_token_grid
 from .teacher import ClipTeacher, build_clip, register_model_config
 
 __all__ = ["ContrastiveObjective", "DistillConfig", "DistillObjective", "main", "train"]
@@ -65,6 +68,10 @@ class DistillConfig:
     resampler_heads: int = GSVisionConfig.resampler_heads  # Perceiver attention heads
     gs_width: int = GSVisionConfig.gs_width  # width of the Gaussian tokens and the Perceiver's attention
     gs_ff_mult: int = GSVisionConfig.gs_ff_mult  # the Perceiver's feed-forward width, in head widths
+    # stage 1: weight of the patch-token term (0: the CLS embedding only, the paper's stage 1) and the hidden
+    # state it matches (LLaVA's vision_feature_layer: -2, the tokens the projector reads)
+    patch_weight: float = 0.0
+    patch_layer: int = -2
     vit_blocks: int = 2  # ViT (and text) blocks unfrozen in stage 2
     unfreeze_text: bool = False  # stage 2: also train the first text blocks and the text projection
     batch_size: int = 32  # per device
@@ -100,6 +107,18 @@ class DistillConfig:
         for name in ("batch_size", "grad_accum", "max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.patch_weight) and self.patch_weight >= 0):
+            raise ValueError(f"--patch-weight must be a finite number ≥ 0, got {self.patch_weight}")
+        if self.patch_weight and self.stage != 1:
+            raise ValueError(
+                "--patch-weight is a stage-1 term (distillation to the RGB teacher); stage 2 has none"
+            )
+        if self.patch_weight and not folders:
+            raise ValueError(
+                "--patch-weight needs the source image of every sample (the teacher's patch tokens are computed "
+                "on the fly), and splat tar shards do not carry them: pass folders of .gs.npy files whose "
+                "sidecars name their images (`gsv fit` / `gsv fit-shards` on an image folder or LLaVA JSON)"
+            )
         if not self.encoder:  # the head is built here: its shape is checked before any data is read
             GSVisionConfig(**{k: getattr(self, k) for k in _HEAD_FIELDS})
 
@@ -128,10 +147,10 @@ def splat_folders(data) -> list:
     return folders
 
 
-def _loader(cfg: DistillConfig, need_images: bool):
+def _loader(cfg: DistillConfig, images: str):
     folders = splat_folders(cfg.data)
     if folders:
-        parts = [SplatFolder(d, load_images=need_images) for d in folders]
+        parts = [SplatFolder(d, images=images) for d in folders]
         ds = torch.utils.data.ConcatDataset(parts)
         sampler = None
         if cfg.data_upsampling_factors is not None:
@@ -180,32 +199,59 @@ class _TextTower(torch.nn.Module):
         return F.normalize(self.clip.encode_text(ids), dim=-1), self.clip.logit_scale.exp()
 
 
+def _unit(embeds: torch.Tensor) -> torch.Tensor:
+    return F.normalize(embeds.float(), dim=-1)
+
+
 def _embed(student, batch, device) -> torch.Tensor:
     """The student's L2-normalised image embeddings of a batch (float32)."""
     splats, mask = batch["splats"].to(device), batch["mask"].to(device)
-    return F.normalize(student(splats, mask).image_embeds.float(), dim=-1)
+    return _unit(student(splats, mask).image_embeds)
 
 
 class DistillObjective:
     """Stage 1: MSE between the unit CLIP embeddings of the student and of the frozen RGB teacher
-    (computed on the source images, or stored beside the splats as <key>.t16.npy)."""
+    (computed on the source images, or stored beside the splats as <key>.t16.npy), plus, with
+    `patch_weight`, that weight × the mean (1 − cosine) of the student's and the teacher's patch tokens at
+    `patch_layer` (`terms` holds the last batch's two parts)."""
 
     stage = 1
 
     def __init__(self, cfg: DistillConfig, clip, acc):
         self.device = acc.device
         self.teacher = ClipTeacher(clip).to(acc.device)
+        self.patch_weight, self.patch_layer = cfg.patch_weight, cfg.patch_layer
+        if self.patch_weight:
+            self.teacher.block_index(self.patch_layer)  # a bad --patch-layer fails before any data is read
         self.modules: list[torch.nn.Module] = []  # nothing to train besides the student
+        self.terms: dict[str, float] = {}
 
     def loss(self, student, batch) -> torch.Tensor:
-        emb = _embed(student, batch, self.device)
-        if batch["teacher"] is not None:
-            target = F.normalize(batch["teacher"].to(self.device).float(), dim=-1)
-        elif batch["images"] is not None:
-            target = self.teacher(batch["images"].to(self.device))
-        else:
+        out = student(batch["splats"].to(self.device), batch["mask"].to(self.device))
+        images = batch["images"]
+        if self.patch_weight and images is None:
+            raise ValueError(
+                "--patch-weight needs the source image of every sample; their sidecars name none that loads"
+            )
+        tokens = None
+        if self.patch_weight:
+            target, tokens = self.teacher.embed_with_tokens(images.to(self.device), self.patch_layer)
+        elif images is not None and batch["teacher"] is None:
+            target = self.teacher(images.to(self.device))
+        if batch["teacher"] is not None:  # stored embeddings are the CLS target whenever they are there
+            target = _unit(batch["teacher"].to(self.device))
+        elif images is None:
             raise ValueError("stage 1 needs teacher embeddings (<key>.t16.npy) or the source images")
-        return F.mse_loss(emb, target)
+        cls = F.mse_loss(_unit(out.image_embeds), target)
+        self.terms = {"cls_loss": cls.item()}
+        if tokens is None:
+            return cls
+        student_tokens = out.hidden_states[self.patch_layer][:, 1:].float()
+        if student_tokens.shape[1] != tokens.shape[1]:
+            tokens = resize_token_grid(tokens, student_tokens.shape[1])
+        patch = (1 - F.cosine_similarity(student_tokens, tokens, dim=-1)).mean()
+        self.terms["patch_loss"] = patch.item()
+        return cls + self.patch_weight * patch
 
     def save(self, acc, final: Path) -> None:
         """Nothing besides the student."""
@@ -284,7 +330,9 @@ def _setup(cfg: DistillConfig, out: Path) -> _Run:
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_with_warmup(cfg.warmup_steps, cfg.max_steps))
-    loader, size = _loader(cfg, need_images=cfg.stage == 1)
+    loader, size = _loader(
+        cfg, images="none" if cfg.stage == 2 else "all" if cfg.patch_weight else "no_teacher"
+    )
     if size is not None:  # map-style: accelerate shards it across processes
         student, *prepared, opt, sched, loader = acc.prepare(*modules, opt, sched, loader)
     else:  # webdataset splits shards by node itself
@@ -345,7 +393,7 @@ def train(cfg: DistillConfig) -> Path:
     bar = tqdm(
         total=cfg.max_steps, initial=step, desc=f"stage {cfg.stage}", disable=not acc.is_local_main_process
     )
-    history = []
+    history: dict[str, list[float]] = {"loss": []}
     while step < cfg.max_steps:
         for batch in _batches(run, epoch, skip):
             loss = _update(run, batch)
@@ -353,12 +401,17 @@ def train(cfg: DistillConfig) -> Path:
                 continue
             step += 1
             value = float(acc.gather(loss.detach()[None]).mean())
-            history.append(value)
+            history["loss"].append(value)
+            parts = getattr(run.objective, "terms", {}) if cfg.patch_weight else {}  # this process's batch
+            for name, v in parts.items():
+                history.setdefault(name, []).append(v)
             bar.update(1)
-            bar.set_postfix(loss=f"{value:.4f}")
+            bar.set_postfix(loss=f"{value:.4f}", **{k.split("_")[0]: f"{v:.4f}" for k, v in parts.items()})
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                acc.log({"loss": value, "lr": run.sched.get_last_lr()[0]}, step=step)
-                logger.info("step %d loss %.5f", step, value)
+                acc.log({"loss": value, **parts, "lr": run.sched.get_last_lr()[0]}, step=step)
+                logger.info(
+                    "step %d loss %.5f%s", step, value, "".join(f" {k} {v:.5f}" for k, v in parts.items())
+                )
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
                 _save_checkpoint(acc, out, step)
             if step >= cfg.max_steps:
@@ -368,16 +421,14 @@ def train(cfg: DistillConfig) -> Path:
     return _save_final(run, out, cfg.stage, step, history)
 
 
-def _save_final(run: _Run, out: Path, stage: int, step: int, history: list[float]) -> Path:
+def _save_final(run: _Run, out: Path, stage: int, step: int, history: dict[str, list[float]]) -> Path:
     final = out / "final"
     acc = run.acc
     acc.wait_for_everyone()
     if acc.is_main_process:
         acc.unwrap_model(run.student).save_pretrained(final)
         run.objective.save(acc, final)
-        (final / "train_log.json").write_text(
-            json.dumps({"stage": stage, "steps": step, "loss": history}) + "\n"
-        )
+        (final / "train_log.json").write_text(json.dumps({"stage": stage, "steps": step, **history}) + "\n")
     acc.end_training()
     return final
 

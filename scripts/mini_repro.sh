@@ -26,7 +26,8 @@ USAGE="usage: bash scripts/mini_repro.sh [--smoke|--demo] [--head-ablation] [--s
 # the command as the report records it: the settings given in the environment first
 COMMAND=""
 for knob in OUT NTRAIN NTEST ZS CLIP_EPOCHS FIT_ITERS BUDGETS S1_STEPS S2_STEPS FT_EPOCHS PT_EPOCHS FT_LR LM_INIT \
-  LABEL_SCALE CLIP_WORDS PT_WORDS ENC_WORDS_RATE FT_WORDS READING WARM_EPOCHS GS_WIDTH GS_FF_MULT GS_HEADS; do
+  LABEL_SCALE CLIP_WORDS PT_WORDS ENC_WORDS_RATE FT_WORDS READING WARM_EPOCHS GS_WIDTH GS_FF_MULT GS_HEADS \
+  PATCH_WEIGHT; do
   if [[ -n ${!knob+set} ]]; then printf -v COMMAND '%s%s=%q ' "$COMMAND" "$knob" "${!knob}"; fi
 done
 COMMAND="${COMMAND}bash scripts/mini_repro.sh${*:+ $*}"
@@ -100,6 +101,8 @@ CFG=eval/mini/mini-vit.json
 # the GS head narrower than the mini ViT's 128, as the default head is narrower than ViT-B/16's 768
 # (docs/encoder.md); --head-ablation adds the full-width head (128, feed-forward ×4)
 GS_WIDTH="${GS_WIDTH:-64}" GS_FF_MULT="${GS_FF_MULT:-1}" GS_HEADS="${GS_HEADS:-2}"
+# stage 1's patch-token term (gs_encoder.train --patch-weight; 0: the CLS embedding only, the paper's stage 1)
+PATCH_WEIGHT="${PATCH_WEIGHT:-0}"
 JUDGE_PORT="${JUDGE_PORT:-18771}"
 T0=$(date +%s)
 TIMES="$OUT/timings.tsv"  # one line per stage start; eval.mini.report turns the last invocation into a table
@@ -182,7 +185,7 @@ gs_encoder() {  # gs_encoder RUN SEED NAME N K GS_WIDTH GS_FF_MULT HEADS
   (( PT_WORDS > 0 )) && data+=("$OUT/splats/n$n/train_words" --data-upsampling-factors 1 "$ENC_WORDS_RATE")
   python -m gs_encoder.train --stage 1 "${data[@]}" --clip-model mini-vit \
     --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --num-tokens "$k" --gs-width "$width" --gs-ff-mult "$ff" \
-    --resampler-heads "$heads" --seed "$seed" \
+    --resampler-heads "$heads" --seed "$seed" --patch-weight "$PATCH_WEIGHT" \
     --output-dir "$run/encoders/$name/stage1" --batch-size 64 --lr 1e-3 --warmup-steps 20 --max-steps "$S1_STEPS" \
     --num-workers 0 --save-every 0
   python -m gs_encoder.train --stage 2 "${data[@]}" --clip-model mini-vit \

@@ -21,15 +21,9 @@ import torch.nn.functional as F
 
 from gs_encoder.data import pad_splat_sets
 from gs_encoder.image_io import ImageLoadError, load_image
-from gs_encoder.modeling_gs_vision import GSVisionModel, RGBVisionModel, _resample_positions
+from gs_encoder.modeling_gs_vision import GSVisionModel, RGBVisionModel, resize_token_grid
 from gs_encoder.splat_io import SplatFileError, load_splats
 from gs_encoder.teacher import clip_normalise
-
-
-def _pool_like_positions(tokens: torch.Tensor, k: int) -> torch.Tensor:
-    """RGB patch tokens [B, G², D] → [B, K, D], resized as GS position embeddings are."""
-    dummy_cls = tokens.new_zeros(1, tokens.shape[-1])
-    return torch.stack([_resample_positions(torch.cat([dummy_cls, t]), k)[1:] for t in tokens])
 
 
 def _diversity(tokens: torch.Tensor) -> float:
@@ -55,7 +49,7 @@ def agreement(out: Path, run: Path, count: int = 120, layer: int = -2) -> dict[s
         sets = [load_splats(out / "splats" / n / "test" / f"{img.stem}.gs.npy") for img in images]
         splats, mask = pad_splat_sets(sets)
         g = GSVisionModel.from_pretrained(enc).eval()(splats, mask).hidden_states[layer][:, 1:]
-        r = r_all if g.shape[1] == r_all.shape[1] else _pool_like_positions(r_all, g.shape[1])
+        r = resize_token_grid(r_all, g.shape[1])
         result[name] = {
             "cosine": F.cosine_similarity(g, r, dim=-1).mean().item(),
             "diversity_gs": _diversity(g),

@@ -533,15 +533,3 @@ def test_the_shipped_demo_model_answers_its_scenes_from_their_images():
     # the model scored 48.7% over all test questions; on these two scenes it gets half right, above the
     # question-only prior's 38.8%
     assert right >= 0.4 * asked
-
-
-def test_token_agreement_pools_the_rgb_grid_as_the_gs_positions_are():
-    import torch
-
-    from eval.mini.token_agreement import _pool_like_positions
-
-    tokens = torch.randn(2, 64, 5)  # two images, an 8×8 grid of 5-dim tokens
-    assert torch.equal(_pool_like_positions(tokens, 64), tokens)  # the full budget: the grid itself
-    half = _pool_like_positions(tokens, 32)  # the half budget: 4×8, each token the mean of two rows
-    grid = tokens.reshape(2, 8, 8, 5)
-    assert torch.allclose(half, ((grid[:, 0::2] + grid[:, 1::2]) / 2).reshape(2, 32, 5), atol=1e-6)

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from gs_encoder.modeling_gs_vision import GSVisionConfig, GSVisionModel, RGBVisionModel
+from gs_encoder.modeling_gs_vision import (
+    GSVisionConfig,
+    GSVisionModel,
+    RGBVisionModel,
+    _resample_positions,
+    resize_token_grid,
+)
 from gs_encoder.stem import GSStem
 
 TINY = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8}  # 4×4 grid
@@ -98,6 +104,38 @@ def test_rgb_twin_same_interface(tmp_path):
     assert out.image_embeds.shape == (2, 32) and out.hidden_states[-1].shape == (2, 17, 64)
     rgb.save_pretrained(tmp_path / "rgb")
     assert isinstance(GSVisionModel.from_pretrained(tmp_path / "rgb"), RGBVisionModel)
+
+
+def test_token_grids_resize_as_the_position_embeddings_do():
+    tokens = torch.randn(2, 64, 5)  # two images, an 8×8 grid of 5-dim tokens
+    assert torch.equal(resize_token_grid(tokens, 64), tokens)  # the full budget: the grid itself
+    half = resize_token_grid(tokens, 32)  # the half budget: 4×8, each token the mean of two rows
+    grid = tokens.reshape(2, 8, 8, 5)
+    assert torch.allclose(half, ((grid[:, 0::2] + grid[:, 1::2]) / 2).reshape(2, 32, 5), atol=1e-6)
+    # token i of a resized grid sits where GS position embedding i was placed, for every budget rule
+    pos = torch.randn(1 + 196, 7)
+    for k in (196, 98, 64, 50):
+        assert torch.allclose(resize_token_grid(pos[None, 1:], k)[0], _resample_positions(pos, k)[1:])
+    with pytest.raises(ValueError, match="square patch grid"):
+        resize_token_grid(torch.randn(1, 50, 4), 8)
+
+
+def test_teacher_patch_tokens_are_the_rgb_towers_hidden_state():
+    from gs_encoder.teacher import ClipTeacher, clip_normalise
+
+    torch.manual_seed(0)
+    rgb = RGBVisionModel(GSVisionConfig(vision_cfg=TINY, embed_dim=32, input="rgb")).eval()
+    teacher = ClipTeacher(rgb)  # anything with an open_clip `.visual`
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        out = rgb(clip_normalise(images, 32))
+    for layer in (-2, -1, 1):
+        emb, tokens = teacher.embed_with_tokens(images, layer)
+        assert torch.allclose(tokens, out.hidden_states[layer][:, 1:], atol=1e-5)
+        assert torch.allclose(emb, teacher(images), atol=1e-6)
+    for bad in (0, 3, -3):  # the embeddings (0) and beyond the two blocks
+        with pytest.raises(ValueError, match=f"layer {bad}: "):
+            teacher.block_index(bad)
 
 
 def test_config_errors(tmp_path):

@@ -198,7 +198,7 @@ def test_stage1_draws_the_folders_at_their_upsampling_factors(splat_folder, tmp_
     assert saved["data_upsampling_factors"] == [1.0, 0.5]
     from gs_encoder.train import DistillConfig, _loader
 
-    loader, size = _loader(DistillConfig(**saved), need_images=False)
+    loader, size = _loader(DistillConfig(**saved), images="none")
     assert size == 12 and len(loader) == 3
     # one factor per folder: one line naming the problem
     args[i + 4 : i + 6] = ["2"]
@@ -211,3 +211,94 @@ def test_stage1_draws_the_folders_at_their_upsampling_factors(splat_folder, tmp_
     args[i + 1 : i + 5] = [str(shards), "--data-upsampling-factors", "1"]
     assert train(["--stage", "1", *args]) == 2
     assert "for tar shards mix the sources in the shards themselves" in capsys.readouterr().err
+
+
+def _token_cosine(encoder_dir, data, photo_path, layer=-2):
+    """Mean cosine of a stage-1 encoder's patch tokens with its frozen teacher's, on the fitted photos."""
+    import torch
+    import torch.nn.functional as F
+
+    from gs_encoder.data import pad_splat_sets
+    from gs_encoder.image_io import load_image
+    from gs_encoder.modeling_gs_vision import resize_token_grid
+    from gs_encoder.splat_io import load_splats
+    from gs_encoder.teacher import ClipTeacher
+
+    enc = GSVisionModel.from_pretrained(encoder_dir).eval()
+    splats, mask = pad_splat_sets([load_splats(data / f"{p.split('.')[0]}.gs.npy") for p in PHOTOS])
+    images = torch.stack([load_image(photo_path(p), 32, "pad") for p in PHOTOS])
+    with torch.no_grad():
+        student = enc(splats, mask).hidden_states[layer][:, 1:]
+    _, teacher = ClipTeacher(enc).embed_with_tokens(images, layer)  # stage 1 leaves the ViT as the teacher's
+    return F.cosine_similarity(student, resize_token_grid(teacher, student.shape[1]), dim=-1).mean().item()
+
+
+def test_stage1_patch_distillation_aligns_the_tokens_llava_reads(splat_folder, tmp_path, photo_path):
+    # the same run with and without the patch term: only the patch term brings the student's block -2
+    # tokens (K = 8 against the teacher's 4×4 grid, resized) towards the teacher's; the CLS term still falls
+    root, cfg, data = splat_folder
+    cosines = {}
+    for weight in ("0", "1"):
+        out = tmp_path / f"w{weight}"
+        extra = ("--batch-size", "8", "--max-steps", "30", "--lr", "2e-3", "--patch-weight", weight)
+        assert train(["--stage", "1", *common(root, cfg, data, out, *extra)]) == 0
+        cosines[weight] = _token_cosine(out / "final", data, photo_path)
+    log = json.loads((out / "final" / "train_log.json").read_text())
+    assert len(log["patch_loss"]) == len(log["cls_loss"]) == len(log["loss"]) == 30
+    assert sum(log["patch_loss"][-5:]) < 0.7 * sum(log["patch_loss"][:5]), log["patch_loss"]
+    assert sum(log["cls_loss"][-5:]) < 0.7 * sum(log["cls_loss"][:5]), log["cls_loss"]
+    assert abs(log["loss"][-1] - log["cls_loss"][-1] - log["patch_loss"][-1]) < 1e-5
+    # the final patch loss is what the encoder's tokens show (the last batch is all 8 photos)
+    assert abs(1 - cosines["1"] - log["patch_loss"][-1]) < 0.05, (cosines, log["patch_loss"][-1])
+    assert cosines["1"] > cosines["0"] + 0.3, cosines  # measured 0.72 against 0.11
+
+
+def test_patch_distillation_settings_are_checked(splat_folder, tmp_path, capsys):
+    root, cfg, data = splat_folder
+    args = common(root, cfg, data, tmp_path / "o", "--batch-size", "4", "--max-steps", "1")
+    assert train(["--stage", "1", *args, "--patch-weight", "-1"]) == 2
+    assert "--patch-weight must be a finite number ≥ 0, got -1.0" in capsys.readouterr().err
+    assert train(["--stage", "2", *args, "--patch-weight", "1"]) == 2
+    assert "--patch-weight is a stage-1 term" in capsys.readouterr().err
+    assert train(["--stage", "1", *args, "--patch-weight", "1", "--patch-layer", "0"]) == 2
+    assert (
+        "layer 0: the teacher's hidden states with patch tokens from a block are 1…2"
+        in capsys.readouterr().err
+    )
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "000000.tar").write_bytes(b"")
+    i = args.index("--data")
+    args[i + 1] = str(shards)
+    assert train(["--stage", "1", *args, "--patch-weight", "1"]) == 2
+    assert "splat tar shards do not carry them" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_patch_distillation_skips_a_sample_whose_image_is_gone(splat_folder, tmp_path):
+    # a dataset job: the sample whose source image cannot be loaded is left out with a warning, the rest
+    # (which also carry stored teacher embeddings: the image is loaded anyway) train
+    import shutil
+
+    import numpy as np
+
+    from gs_encoder.data import SplatFolder, collate_splats
+    from gs_encoder.splat_io import npy_bytes
+
+    _, _, data = splat_folder
+    copy = tmp_path / "splats"
+    shutil.copytree(data, copy)
+    side = copy / "coffee.json"
+    meta = json.loads(side.read_text())
+    side.write_text(json.dumps({**meta, "source": str(tmp_path / "gone.png")}))
+    (copy / "chelsea.t16.npy").write_bytes(npy_bytes(np.ones(32, dtype=np.float16)))
+    ds = SplatFolder(copy, images="all")
+    with pytest.warns(UserWarning, match="gone.png"):
+        samples = [ds[i] for i in range(len(ds))]
+    batch = collate_splats(samples)
+    assert batch["images"].shape == (7, 3, 32, 32) and "coffee.gs.npy" not in batch["keys"]
+    assert (
+        SplatFolder(copy, images="no_teacher")[ds.files.index(copy / "chelsea.gs.npy")].get("image") is None
+    )
+    with pytest.raises(ValueError, match="images must be one of none, no_teacher, all"):
+        SplatFolder(copy, images=True)

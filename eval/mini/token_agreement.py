@@ -6,7 +6,7 @@ tokens LLaVA's projector reads (block `--layer`, CLS dropped, as llava_gs does) 
 For K < G² tokens the RGB grid is resized as the GS encoder's position embeddings are (area average for the
 half budget). Also printed: the mean cosine between the tokens of one image (token diversity; 1 = collapse).
 
-    python -m eval.mini.token_agreement --out outputs/mini_repro [--seed-dir seed1] [--count 120]
+    python -m eval.mini.token_agreement --out outputs/mini_repro [--seed-dir seed1] [--count 120] [--stage 1]
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ def _diversity(tokens: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def agreement(out: Path, run: Path, count: int = 120, layer: int = -2) -> dict[str, dict[str, float]]:
-    """{encoder: {"cosine", "diversity_gs", "diversity_rgb"}} for every GS encoder of `run` (OUT or OUT/seed<s>)."""
+def agreement(
+    out: Path, run: Path, count: int = 120, layer: int = -2, stage: int = 2
+) -> dict[str, dict[str, float]]:
+    """{encoder: {"cosine", "diversity_gs", "diversity_rgb"}} for every GS encoder of `run` (OUT or OUT/seed<s>)
+    after training stage `stage`."""
     images = sorted((out / "data" / "images" / "test").glob("*.png"))[:count]
     if not images:
         raise FileNotFoundError(f"{out}/data/images/test holds no .png scenes: is {out} a mini_repro.sh OUT?")
@@ -43,7 +46,10 @@ def agreement(out: Path, run: Path, count: int = 120, layer: int = -2) -> dict[s
     pixels = clip_normalise(torch.stack([load_image(p, size) for p in images]), size)
     r_all = rgb(pixels).hidden_states[layer][:, 1:]
     result = {}
-    for enc in sorted((run / "encoders").glob("gs-*/stage2/final")):
+    encoders = sorted((run / "encoders").glob(f"gs-*/stage{stage}/final"))
+    if not encoders:
+        raise FileNotFoundError(f"{run}/encoders holds no gs-*/stage{stage}/final encoder")
+    for enc in encoders:
         name = enc.parent.parent.name
         n = name.split("-")[1]  # gs-n<N>-k<K>
         sets = [load_splats(out / "splats" / n / "test" / f"{img.stem}.gs.npy") for img in images]
@@ -64,11 +70,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed-dir", default="", help="a seed's subfolder of OUT (seed1, ...); default seed 0")
     ap.add_argument("--count", type=int, default=120, help="test scenes to use")
     ap.add_argument("--layer", type=int, default=-2, help="hidden state LLaVA reads (vision_feature_layer)")
+    ap.add_argument("--stage", type=int, default=2, choices=(1, 2), help="the encoders after this stage")
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args(argv)
     out = Path(args.out)
     try:
-        res = agreement(out, out / args.seed_dir, args.count, args.layer)
+        res = agreement(out, out / args.seed_dir, args.count, args.layer, args.stage)
     except (FileNotFoundError, ImageLoadError, SplatFileError) as e:
         print(f"token_agreement: {e}", file=sys.stderr)
         return 2

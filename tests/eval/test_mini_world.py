@@ -533,3 +533,57 @@ def test_the_shipped_demo_model_answers_its_scenes_from_their_images():
     # the model scored 48.7% over all test questions; on these two scenes it gets half right, above the
     # question-only prior's 38.8%
     assert right >= 0.4 * asked
+
+
+def test_token_agreement_measures_each_encoder_against_the_rgb_tower(tmp_path, capsys):
+    # a miniature OUT laid out as mini_repro.sh writes it, with tiny random encoders (a 4×4 RGB grid; K = 8,
+    # the half budget): the printed cosine is the mean over tokens of the GS tokens against the RGB grid
+    # resized as the positions are; a stage or OUT without encoders is one line naming what is missing
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from eval.mini.token_agreement import main as agreement_main
+    from gs_encoder.data import pad_splat_sets
+    from gs_encoder.image_io import load_image
+    from gs_encoder.modeling_gs_vision import GSVisionConfig, GSVisionModel, RGBVisionModel, resize_token_grid
+    from gs_encoder.splat_io import load_splats, save_splats
+    from gs_encoder.teacher import clip_normalise
+
+    tiny = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8}
+    torch.manual_seed(0)
+    out = tmp_path / "out"
+    (out / "data" / "images" / "test").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(img).save(out / "data" / "images" / "test" / f"s{i}.png")
+        s = torch.rand(20, 8)
+        s[:, 2:5] = torch.tensor([0.05, 0.0, 0.05])
+        save_splats(out / "splats" / "n20" / "test" / f"s{i}.gs.npy", s)
+    RGBVisionModel(GSVisionConfig(vision_cfg=tiny, embed_dim=32, input="rgb")).save_pretrained(
+        out / "encoders" / "rgb"
+    )
+    gs = GSVisionModel(
+        GSVisionConfig(vision_cfg=tiny, embed_dim=32, num_tokens=8, resampler_heads=2, gs_width=32)
+    )
+    gs.save_pretrained(out / "encoders" / "gs-n20-k8" / "stage2" / "final")
+    assert agreement_main(["--out", str(out), "--json", str(tmp_path / "a.json")]) == 0
+    got = json.loads((tmp_path / "a.json").read_text())["gs-n20-k8"]
+    images = sorted((out / "data" / "images" / "test").glob("*.png"))
+    rgb = RGBVisionModel.from_pretrained(out / "encoders" / "rgb").eval()
+    with torch.no_grad():
+        r = rgb(clip_normalise(torch.stack([load_image(p, 32) for p in images]), 32)).hidden_states[-2][:, 1:]
+        splats, mask = pad_splat_sets(
+            [load_splats(out / "splats" / "n20" / "test" / f"{p.stem}.gs.npy") for p in images]
+        )
+        g = gs.eval()(splats, mask).hidden_states[-2][:, 1:]
+    assert got["cosine"] == pytest.approx(
+        F.cosine_similarity(g, resize_token_grid(r, 8), dim=-1).mean().item(), abs=1e-5
+    )
+    assert "| gs-n20-k8 |" in capsys.readouterr().out
+    assert agreement_main(["--out", str(out), "--stage", "1"]) == 2
+    assert f"{out}/encoders holds no gs-*/stage1/final encoder" in capsys.readouterr().err
+    assert agreement_main(["--out", str(tmp_path)]) == 2
+    assert f"is {tmp_path} a mini_repro.sh OUT?" in capsys.readouterr().err

@@ -106,7 +106,8 @@ PATCH_WEIGHT="${PATCH_WEIGHT:-0}"
 JUDGE_PORT="${JUDGE_PORT:-18771}"
 T0=$(date +%s)
 TIMES="$OUT/timings.tsv"  # one line per stage start; eval.mini.report turns the last invocation into a table
-printf '%s\t# run %s\n' "$T0" "$(date -Iseconds)" >>"$TIMES"
+# the run's start and commit (the report names these, not its own time and commit)
+printf '%s\t# run %s commit %s\n' "$T0" "$(date -Iseconds)" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" >>"$TIMES"
 stamp() {
   echo "== [$(( $(date +%s) - T0 ))s] $*"
   printf '%s\t%s\n' "$(date +%s)" "$*" >>"$TIMES"

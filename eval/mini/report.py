@@ -184,8 +184,10 @@ def _timings(out: Path) -> tuple[list[str], list[list], dict]:
         stages.append((label, t_next - t))
     total = sum(d for _, d in stages)
     rows = [[label, f"{d / 60:.1f}"] for label, d in stages] + [["**total**", f"**{total / 60:.1f}**"]]
+    started, _, commit = run[0][1][len("# run ") :].partition(" commit ")  # runs before 2026-12-04: no commit
     data = {
-        "started": run[0][1][len("# run ") :],
+        "started": started,
+        "commit": commit or None,
         "stages": dict(stages),
         "total_s": total,
         "skipped": skipped,
@@ -649,8 +651,10 @@ def main(argv=None) -> int:
         print(f"report: {e}", file=sys.stderr)
         return 2
     info = machine_info()
-    if data["timings"]:  # the run's own start, not this report's time (a rerun on a finished OUT)
+    if data["timings"]:  # the run's own start and commit, not this report's (a rerun on a finished OUT)
         info["reported"], info["date"] = info["date"], data["timings"]["started"]
+        if data["timings"]["commit"]:
+            info["reported_git"], info["git"] = info["git"], data["timings"]["commit"]
     res = Path(args.results)
     res.parent.mkdir(parents=True, exist_ok=True)
     lines = [

@@ -115,10 +115,11 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
         "LABEL_SCALE=1.45 CLIP_WORDS=8 PT_WORDS=8 FT_WORDS=4 READING=3 WARM_EPOCHS=1 bash scripts/mini_repro.sh --smoke"
         in report["command"]
     )
-    # dated by the run's start in timings.tsv, not by the time the report was written
+    # dated by the run's start and commit in timings.tsv, not by the time the report was written
     runs = [ln for ln in (tmp_path / "repro" / "timings.tsv").read_text().splitlines() if "\t# run " in ln]
-    started = runs[-1].split("\t# run ")[1]
+    started, commit = runs[-1].split("\t# run ")[1].split(" commit ")
     assert report["machine"]["date"] == started and report["machine"]["reported"] >= started
+    assert report["machine"]["git"] == commit == report["timings"]["commit"] and commit
     models = {"RGB-LLaVA", "GS-LLaVA n16-k16", "GS-LLaVA n36-k16", "GS-LLaVA n36-k8", "GS-LLaVA n36-k16-wide"}
     assert models <= set(report["accuracy"]) and "question-only prior" in report["accuracy"]
     assert {f"{m}, shuffled images" for m in models} <= set(report["accuracy"])

@@ -587,3 +587,18 @@ def test_token_agreement_measures_each_encoder_against_the_rgb_tower(tmp_path, c
     assert f"{out}/encoders holds no gs-*/stage1/final encoder" in capsys.readouterr().err
     assert agreement_main(["--out", str(tmp_path)]) == 2
     assert f"is {tmp_path} a mini_repro.sh OUT?" in capsys.readouterr().err
+
+
+def test_report_times_a_run_by_its_own_start_and_commit(tmp_path):
+    from eval.mini.report import _timings
+
+    (tmp_path / "timings.tsv").write_text(
+        "100\t# run 2026-12-01T10:00:00+00:00\n100\tworld\n160\tteacher\n400\treport\n"  # an older run
+        "1000\t# run 2026-12-04T20:00:00+00:00 commit abc1234\n1000\tworld\n1030\t# skipped data\n"
+        "1030\tteacher\n1330\treport\n"
+    )
+    headers, rows, data = _timings(tmp_path)
+    assert data["started"] == "2026-12-04T20:00:00+00:00" and data["commit"] == "abc1234"
+    assert data["stages"] == {"world": 30, "teacher": 300} and data["skipped"] == 1 and data["total_s"] == 330
+    (tmp_path / "timings.tsv").write_text("100\t# run 2026-12-01T10:00:00+00:00\n100\tworld\n160\treport\n")
+    assert _timings(tmp_path)[2]["commit"] is None  # runs before the commit was recorded

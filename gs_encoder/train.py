@@ -3,9 +3,9 @@
 Stage 1 (RGB→GS distillation): MSE between the L2-normalised CLIP embeddings of the frozen RGB teacher
 (open_clip on the image the splats were fitted to, or teacher embeddings stored beside the splats) and
 of the GS student; the stem, the resampler and the GS embeddings train. With `--patch-weight W > 0` the
-loss adds W × (1 − cosine) between the student's patch tokens at `--patch-layer` (the block LLaVA reads)
-and the teacher's at the same positions (its G×G grid resized to K as the GS position embeddings are);
-the teacher then runs on every source image (docs/encoder.md, "Patch-token distillation").
+loss adds W × the same MSE between the unit patch tokens of the student at `--patch-layer` (the block
+LLaVA reads) and of the teacher at the same positions (its G×G grid resized to K as the GS position
+embeddings are); the teacher then runs on every source image (docs/encoder.md).
 Stage 2 (CLIP adaptation): open_clip's contrastive `ClipLoss` against the text tower, with the first
 ViT blocks and the projection unfrozen (and optionally the symmetric text layers).
 
@@ -212,8 +212,8 @@ def _embed(student, batch, device) -> torch.Tensor:
 class DistillObjective:
     """Stage 1: MSE between the unit CLIP embeddings of the student and of the frozen RGB teacher
     (computed on the source images, or stored beside the splats as <key>.t16.npy), plus, with
-    `patch_weight`, that weight × the mean (1 − cosine) of the student's and the teacher's patch tokens at
-    `patch_layer` (`terms` holds the last batch's two parts)."""
+    `patch_weight`, that weight × the same MSE between the unit patch tokens of the student and of the
+    teacher at `patch_layer`, 2 (1 − cos) / width per token (`terms` holds the last batch's two parts)."""
 
     stage = 1
 
@@ -249,7 +249,7 @@ class DistillObjective:
         student_tokens = out.hidden_states[self.patch_layer][:, 1:].float()
         if student_tokens.shape[1] != tokens.shape[1]:
             tokens = resize_token_grid(tokens, student_tokens.shape[1])
-        patch = (1 - F.cosine_similarity(student_tokens, tokens, dim=-1)).mean()
+        patch = F.mse_loss(_unit(student_tokens), _unit(tokens))  # the CLS term's form, on every token
         self.terms["patch_loss"] = patch.item()
         return cls + self.patch_weight * patch
 

@@ -4,7 +4,9 @@ tower's at the same positions, on the miniature's test scenes.
 Stage 1 distils the CLS embedding only, so the 24-class zero-shot (a CLS task) can look fine while the patch
 tokens LLaVA's projector reads (block `--layer`, CLS dropped, as llava_gs does) drift from the teacher's.
 For K < G² tokens the RGB grid is resized as the GS encoder's position embeddings are (area average for the
-half budget). Also printed: the mean cosine between the tokens of one image (token diversity; 1 = collapse).
+half budget). Also printed: the same cosine with each image's mean token removed from both (the part that
+tells positions apart; a shared direction alone scores 0 there) and the mean cosine between the tokens of
+one image (token diversity; 1 = collapse).
 
     python -m eval.mini.token_agreement --out outputs/mini_repro [--seed-dir seed1] [--count 120] [--stage 1]
 """
@@ -24,6 +26,11 @@ from gs_encoder.image_io import ImageLoadError, load_image
 from gs_encoder.modeling_gs_vision import GSVisionModel, RGBVisionModel, resize_token_grid
 from gs_encoder.splat_io import SplatFileError, load_splats
 from gs_encoder.teacher import clip_normalise
+
+
+def _centred(tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens [B, K, D] less each image's mean token: what tells one position from another."""
+    return tokens - tokens.mean(1, keepdim=True)
 
 
 def _diversity(tokens: torch.Tensor) -> float:
@@ -58,6 +65,7 @@ def agreement(
         r = resize_token_grid(r_all, g.shape[1])
         result[name] = {
             "cosine": F.cosine_similarity(g, r, dim=-1).mean().item(),
+            "cosine_centred": F.cosine_similarity(_centred(g), _centred(r), dim=-1).mean().item(),
             "diversity_gs": _diversity(g),
             "diversity_rgb": _diversity(r),
         }
@@ -79,10 +87,15 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ImageLoadError, SplatFileError) as e:
         print(f"token_agreement: {e}", file=sys.stderr)
         return 2
-    print("| encoder | cosine with RGB tokens | token diversity GS | token diversity RGB |")
-    print("|---|---|---|---|")
+    print(
+        "| encoder | cosine with RGB tokens | same, image's mean token removed | token diversity GS | token diversity RGB |"
+    )
+    print("|---|---|---|---|---|")
     for name, r in res.items():
-        print(f"| {name} | {r['cosine']:.3f} | {r['diversity_gs']:.3f} | {r['diversity_rgb']:.3f} |")
+        print(
+            f"| {name} | {r['cosine']:.3f} | {r['cosine_centred']:.3f} | {r['diversity_gs']:.3f} | "
+            f"{r['diversity_rgb']:.3f} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
     return 0

@@ -579,9 +579,10 @@ def test_token_agreement_measures_each_encoder_against_the_rgb_tower(tmp_path, c
             [load_splats(out / "splats" / "n20" / "test" / f"{p.stem}.gs.npy") for p in images]
         )
         g = gs.eval()(splats, mask).hidden_states[-2][:, 1:]
-    assert got["cosine"] == pytest.approx(
-        F.cosine_similarity(g, resize_token_grid(r, 8), dim=-1).mean().item(), abs=1e-5
-    )
+    r = resize_token_grid(r, 8)
+    assert got["cosine"] == pytest.approx(F.cosine_similarity(g, r, dim=-1).mean().item(), abs=1e-5)
+    gc, rc = g - g.mean(1, keepdim=True), r - r.mean(1, keepdim=True)
+    assert got["cosine_centred"] == pytest.approx(F.cosine_similarity(gc, rc, dim=-1).mean().item(), abs=1e-5)
     assert "| gs-n20-k8 |" in capsys.readouterr().out
     assert agreement_main(["--out", str(out), "--stage", "1"]) == 2
     assert f"{out}/encoders holds no gs-*/stage1/final encoder" in capsys.readouterr().err

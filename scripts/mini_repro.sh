@@ -101,7 +101,10 @@ CFG=eval/mini/mini-vit.json
 # the GS head narrower than the mini ViT's 128, as the default head is narrower than ViT-B/16's 768
 # (docs/encoder.md); --head-ablation adds the full-width head (128, feed-forward ×4)
 GS_WIDTH="${GS_WIDTH:-64}" GS_FF_MULT="${GS_FF_MULT:-1}" GS_HEADS="${GS_HEADS:-2}"
-# stage 1's patch-token term (gs_encoder.train --patch-weight; 0: the CLS embedding only, the paper's stage 1)
+# stage 1's patch-token term (gs_encoder.train --patch-weight; 0: the CLS embedding only, the paper's stage 1).
+# With the reading options, seed 0: PATCH_WEIGHT=1 doubles the patch-token cosine with the teacher but GS − RGB
+# goes −3.7 / −5.2 / −10.5 (K = 32 / 64 / N = 64) from +1.6 / −1.2 / −9.5 (eval/results/mini_repro_reading_patch.md
+# against mini_repro_reading_cls.md; README, "Reading")
 PATCH_WEIGHT="${PATCH_WEIGHT:-0}"
 JUDGE_PORT="${JUDGE_PORT:-18771}"
 T0=$(date +%s)

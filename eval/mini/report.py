@@ -165,8 +165,9 @@ def _heads(out: Path, zs: dict) -> tuple[list[str], list[list], dict]:
 
 
 def _timings(out: Path) -> tuple[list[str], list[list], dict]:
-    """Stage durations of the last invocation of mini_repro.sh (from OUT/timings.tsv), up to the report, and
-    how many of its stages were skipped as already done (a resumed run's total is not a full run's time)."""
+    """Stage durations of the last invocation of mini_repro.sh that reached its report (from OUT/timings.tsv;
+    the last one when none did), up to the report, and how many of its stages were skipped as already done
+    (a resumed run's total is not a full run's time)."""
     path = out / "timings.tsv"
     if not path.exists():
         return [], [], {}
@@ -174,7 +175,14 @@ def _timings(out: Path) -> tuple[list[str], list[list], dict]:
     starts = [i for i, (_, label) in enumerate(lines) if label.startswith("# run")]
     if not starts:
         return [], [], {}
-    run = [(int(t), label) for t, label in lines[starts[-1] :]]
+    # the last invocation that reached its report: a later one stopped before it (killed, or failed) did
+    # not write the results this report shows
+    ends = [*starts[1:], len(lines)]
+    reached = [
+        (a, b) for a, b in zip(starts, ends, strict=True) if any(lb == "report" for _, lb in lines[a:b])
+    ]
+    first, last = reached[-1] if reached else (starts[-1], len(lines))
+    run = [(int(t), label) for t, label in lines[first:last]]
     skipped = sum(label.startswith("# skipped") for _, label in run)
     run = [(t, label) for t, label in run if not label.startswith("# skipped")]
     stages = []

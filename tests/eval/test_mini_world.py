@@ -601,5 +601,11 @@ def test_report_times_a_run_by_its_own_start_and_commit(tmp_path):
     headers, rows, data = _timings(tmp_path)
     assert data["started"] == "2026-12-04T20:00:00+00:00" and data["commit"] == "abc1234"
     assert data["stages"] == {"world": 30, "teacher": 300} and data["skipped"] == 1 and data["total_s"] == 330
+    # a later invocation stopped before its report (killed): the report is still the finished one's
+    with (tmp_path / "timings.tsv").open("a") as f:
+        f.write(
+            "2000\t# run 2026-12-04T21:00:00+00:00 commit def5678\n2000\t# skipped world\n2000\tencoders\n"
+        )
+    assert _timings(tmp_path)[2]["commit"] == "abc1234"
     (tmp_path / "timings.tsv").write_text("100\t# run 2026-12-01T10:00:00+00:00\n100\tworld\n160\treport\n")
     assert _timings(tmp_path)[2]["commit"] is None  # runs before the commit was recorded

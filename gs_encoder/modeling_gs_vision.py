@@ -271,8 +271,6 @@ def _from_open_clip(cls, name, pretrained, overrides):
 def _resample_positions(pos: torch.Tensor, k: int) -> torch.Tensor:
     """[1 + G², D] ViT position embeddings → [1 + K, D]: CLS row kept, the G×G grid resized to K tokens
     by `resize_token_grid`."""
-    if pos.shape[0] - 1 == k:
-        return pos.clone()
     return torch.cat([pos[:1], resize_token_grid(pos[None, 1:], k)[0]], dim=0)
 
 

@@ -233,22 +233,21 @@ class DistillObjective:
             raise ValueError(
                 "--patch-weight needs the source image of every sample; their sidecars name none that loads"
             )
-        tokens = None
+        target = tokens = None
         if self.patch_weight:
             target, tokens = self.teacher.embed_with_tokens(images.to(self.device), self.patch_layer)
-        elif images is not None and batch["teacher"] is None:
-            target = self.teacher(images.to(self.device))
         if batch["teacher"] is not None:  # stored embeddings are the CLS target whenever they are there
             target = _unit(batch["teacher"].to(self.device))
-        elif images is None:
+        elif target is None and images is not None:
+            target = self.teacher(images.to(self.device))
+        elif target is None:
             raise ValueError("stage 1 needs teacher embeddings (<key>.t16.npy) or the source images")
         cls = F.mse_loss(_unit(out.image_embeds), target)
         self.terms = {"cls_loss": cls.item()}
         if tokens is None:
             return cls
         student_tokens = out.hidden_states[self.patch_layer][:, 1:].float()
-        if student_tokens.shape[1] != tokens.shape[1]:
-            tokens = resize_token_grid(tokens, student_tokens.shape[1])
+        tokens = resize_token_grid(tokens, student_tokens.shape[1])
         patch = F.mse_loss(_unit(student_tokens), _unit(tokens))  # the CLS term's form, on every token
         self.terms["patch_loss"] = patch.item()
         return cls + self.patch_weight * patch

@@ -81,14 +81,14 @@ fi
 # the GS encoders also trained on the label-only images every GS-LLaVA reads (88–92%), n144-k64 − RGB −2.5, but
 # n144-k32 drops elsewhere (−13.8), 56 min (eval/results/mini_repro_reading_words_1seed.md)
 # ENC_WORDS_RATE: with PT_WORDS, the rate the GS encoders draw the label-only images at, against the scenes'
-# (gs_encoder.train --data-upsampling-factors 1 RATE). ENC_WORDS_RATE=0.3 READING=1 WARM_EPOCHS=1, seeds 0 and 1:
+# (gs_encoder.train --data-upsampling-factors 1 RATE; 0: the scenes alone). ENC_WORDS_RATE=0.3 READING=1 WARM_EPOCHS=1, seeds 0 and 1:
 # 44.5 min for one seed, RGB-LLaVA reads 70%, but one or two GS-LLaVAs per seed fall 7–13 points, with the warm-up
 # or without (eval/results/mini_repro_reading_fast.md, mini_repro_reading_nowarm.md; README, "Reading")
 LABEL_SCALE="${LABEL_SCALE:-1}" CLIP_WORDS="${CLIP_WORDS:-0}" PT_WORDS="${PT_WORDS:-0}" FT_WORDS="${FT_WORDS:-0}"
 READING="${READING:-1}" WARM_EPOCHS="${WARM_EPOCHS:-0}" ENC_WORDS_RATE="${ENC_WORDS_RATE:-1}"
-if ! [[ $ENC_WORDS_RATE =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] || [[ $ENC_WORDS_RATE =~ ^[0.]+$ ]]; then
+if ! [[ $ENC_WORDS_RATE =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]]; then
   echo "mini_repro.sh: ENC_WORDS_RATE (the rate the GS encoders draw the label-only images at, against the" \
-    "scenes') must be a number > 0, got '$ENC_WORDS_RATE'" >&2
+    "scenes'; 0: the scenes alone) must be a number ≥ 0, got '$ENC_WORDS_RATE'" >&2
   exit 2
 fi
 if ! [[ $WARM_EPOCHS =~ ^[0-9]+$ ]] || (( WARM_EPOCHS > 0 && FT_WORDS == 0 )); then
@@ -186,7 +186,9 @@ gs_encoder() {  # gs_encoder RUN SEED NAME N K GS_WIDTH GS_FF_MULT HEADS
   # the scenes and, with PT_WORDS, the label-only images too (the teacher learnt to read on such images; GS
   # n144-k64 encoder zero-shot on the test words, 12 choices: 8.9% from the scenes alone, 17.8% with them)
   local data=(--data "$OUT/splats/n$n/train")
-  (( PT_WORDS > 0 )) && data+=("$OUT/splats/n$n/train_words" --data-upsampling-factors 1 "$ENC_WORDS_RATE")
+  if (( PT_WORDS > 0 )) && ! [[ $ENC_WORDS_RATE =~ ^[0.]+$ ]]; then
+    data+=("$OUT/splats/n$n/train_words" --data-upsampling-factors 1 "$ENC_WORDS_RATE")
+  fi
   python -m gs_encoder.train --stage 1 "${data[@]}" --clip-model mini-vit \
     --clip-pretrained "$CLIP_CKPT" --model-config "$CFG" --num-tokens "$k" --gs-width "$width" --gs-ff-mult "$ff" \
     --resampler-heads "$heads" --seed "$seed" --patch-weight "$PATCH_WEIGHT" \

@@ -535,40 +535,59 @@ def test_the_shipped_demo_model_answers_its_scenes_from_their_images():
     assert right >= 0.4 * asked
 
 
-def test_token_agreement_measures_each_encoder_against_the_rgb_tower(tmp_path, capsys):
-    # a miniature OUT laid out as mini_repro.sh writes it, with tiny random encoders (a 4×4 RGB grid; K = 8,
-    # the half budget): the printed cosine is the mean over tokens of the GS tokens against the RGB grid
-    # resized as the positions are; a stage or OUT without encoders is one line naming what is missing
+TINY_VIT = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8}
+
+
+def _tiny_mini_out(root, counts: dict[str, int]):
+    """A miniature OUT laid out as mini_repro.sh writes it: per split `counts[split]` random 32² scenes
+    (images, N = 20 splats, scenes.jsonl alternating a red circle and a blue square), a tiny random RGB tower and
+    a tiny random GS encoder gs-n20-k8 (K = 8, the half budget of the 4×4 grid). Returns (out, gs model)."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
     from PIL import Image
+
+    from gs_encoder.modeling_gs_vision import GSVisionConfig, GSVisionModel, RGBVisionModel
+    from gs_encoder.splat_io import save_splats
+
+    torch.manual_seed(0)
+    out = root / "out"
+    rng = np.random.default_rng(0)
+    for split, count in counts.items():
+        (out / "data" / "images" / split).mkdir(parents=True)
+        lines = []
+        for i in range(count):
+            img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(img).save(out / "data" / "images" / split / f"{i}.png")
+            s = torch.rand(20, 8)
+            s[:, 2:5] = torch.tensor([0.05, 0.0, 0.05])
+            save_splats(out / "splats" / "n20" / split / f"{i}.gs.npy", s)
+            obj = [("red", "circle"), ("blue", "square")][i % 2]
+            lines.append(json.dumps({"seed": i, "objects": [{"colour": obj[0], "shape": obj[1]}]}))
+        (out / "data" / f"{split}_scenes.jsonl").write_text("\n".join(lines) + "\n")
+    RGBVisionModel(GSVisionConfig(vision_cfg=TINY_VIT, embed_dim=32, input="rgb")).save_pretrained(
+        out / "encoders" / "rgb"
+    )
+    gs = GSVisionModel(
+        GSVisionConfig(vision_cfg=TINY_VIT, embed_dim=32, num_tokens=8, resampler_heads=2, gs_width=32)
+    )
+    gs.save_pretrained(out / "encoders" / "gs-n20-k8" / "stage2" / "final")
+    return out, gs.eval()
+
+
+def test_token_agreement_measures_each_encoder_against_the_rgb_tower(tmp_path, capsys):
+    # the printed cosine is the mean over tokens of the GS tokens against the RGB grid resized as the positions
+    # are; a stage or OUT without encoders is one line naming what is missing
+    import torch
+    import torch.nn.functional as F
 
     from eval.mini.token_agreement import main as agreement_main
     from gs_encoder.data import pad_splat_sets
     from gs_encoder.image_io import load_image
-    from gs_encoder.modeling_gs_vision import GSVisionConfig, GSVisionModel, RGBVisionModel, resize_token_grid
-    from gs_encoder.splat_io import load_splats, save_splats
+    from gs_encoder.modeling_gs_vision import RGBVisionModel, resize_token_grid
+    from gs_encoder.splat_io import load_splats
     from gs_encoder.teacher import clip_normalise
 
-    tiny = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8}
-    torch.manual_seed(0)
-    out = tmp_path / "out"
-    (out / "data" / "images" / "test").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
-        Image.fromarray(img).save(out / "data" / "images" / "test" / f"s{i}.png")
-        s = torch.rand(20, 8)
-        s[:, 2:5] = torch.tensor([0.05, 0.0, 0.05])
-        save_splats(out / "splats" / "n20" / "test" / f"s{i}.gs.npy", s)
-    RGBVisionModel(GSVisionConfig(vision_cfg=tiny, embed_dim=32, input="rgb")).save_pretrained(
-        out / "encoders" / "rgb"
-    )
-    gs = GSVisionModel(
-        GSVisionConfig(vision_cfg=tiny, embed_dim=32, num_tokens=8, resampler_heads=2, gs_width=32)
-    )
-    gs.save_pretrained(out / "encoders" / "gs-n20-k8" / "stage2" / "final")
+    out, gs = _tiny_mini_out(tmp_path, {"test": 3})
     assert agreement_main(["--out", str(out), "--json", str(tmp_path / "a.json")]) == 0
     got = json.loads((tmp_path / "a.json").read_text())["gs-n20-k8"]
     images = sorted((out / "data" / "images" / "test").glob("*.png"))
@@ -578,16 +597,73 @@ def test_token_agreement_measures_each_encoder_against_the_rgb_tower(tmp_path, c
         splats, mask = pad_splat_sets(
             [load_splats(out / "splats" / "n20" / "test" / f"{p.stem}.gs.npy") for p in images]
         )
-        g = gs.eval()(splats, mask).hidden_states[-2][:, 1:]
+        g = gs(splats, mask).hidden_states[-2][:, 1:]
     r = resize_token_grid(r, 8)
     assert got["cosine"] == pytest.approx(F.cosine_similarity(g, r, dim=-1).mean().item(), abs=1e-5)
     gc, rc = g - g.mean(1, keepdim=True), r - r.mean(1, keepdim=True)
     assert got["cosine_centred"] == pytest.approx(F.cosine_similarity(gc, rc, dim=-1).mean().item(), abs=1e-5)
-    assert "| gs-n20-k8 |" in capsys.readouterr().out
+    assert "probe_auc" not in got and "| gs-n20-k8 |" in capsys.readouterr().out
     assert agreement_main(["--out", str(out), "--stage", "1"]) == 2
     assert f"{out}/encoders holds no gs-*/stage1/final encoder" in capsys.readouterr().err
     assert agreement_main(["--out", str(tmp_path)]) == 2
     assert f"is {tmp_path} a mini_repro.sh OUT?" in capsys.readouterr().err
+    assert agreement_main(["--out", str(out), "--probe"]) == 2  # no train scenes to learn from
+    assert f"{out}/data/train_scenes.jsonl is missing" in capsys.readouterr().err
+
+
+def test_object_probe_auc_is_exact_and_tells_informative_features_from_noise():
+    import torch
+
+    from eval.mini.token_agreement import _auc, probe_auc
+
+    # positives 0.35 and 0.8 against negatives 0.1 and 0.4: three of four pairs ordered; a tie counts half
+    assert _auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1])) == 0.75
+    assert _auc(torch.tensor([1.0, 1.0]), torch.tensor([1, 0])) == 0.5
+    g = torch.Generator().manual_seed(0)
+    y = (torch.rand(300, 6, generator=g) < 0.3).float()
+    signal = y @ torch.randn(6, 40, generator=g) + 0.3 * torch.randn(300, 40, generator=g)
+    noise = torch.randn(300, 40, generator=g)
+    assert probe_auc(signal[:200], y[:200], signal[200:], y[200:]) > 0.97
+    assert abs(probe_auc(noise[:200], y[:200], noise[200:], y[200:]) - 0.5) < 0.08
+
+
+def test_object_probe_scores_pooled_tokens_of_each_encoder_and_the_rgb_tower(tmp_path, capsys):
+    # --probe: the ridge probe learns (colour, shape) presence from the train scenes' pooled tokens and is
+    # scored on every test scene, for each GS encoder and the RGB tower
+    import torch
+
+    from eval.mini.token_agreement import main as agreement_main
+    from eval.mini.token_agreement import pool_tokens, presence_labels, probe_auc
+    from gs_encoder.data import pad_splat_sets
+    from gs_encoder.splat_io import load_splats
+
+    out, gs = _tiny_mini_out(tmp_path, {"train": 12, "test": 4})
+    args = ["--out", str(out), "--probe", "--probe-train", "10", "--json", str(tmp_path / "p.json")]
+    assert agreement_main(args) == 0
+    got = json.loads((tmp_path / "p.json").read_text())
+    printed = capsys.readouterr().out
+    assert "object probe AUC" in printed and "| RGB tower |" in printed
+
+    def tokens(split, seeds):
+        sets = [load_splats(out / "splats" / "n20" / split / f"{i}.gs.npy") for i in seeds]
+        with torch.no_grad():
+            return pool_tokens(gs(*pad_splat_sets(sets)).hidden_states[-2][:, 1:])
+
+    scenes = {
+        split: [
+            json.loads(line) for line in (out / "data" / f"{split}_scenes.jsonl").read_text().splitlines()
+        ]
+        for split in ("train", "test")
+    }
+    pairs = [("blue", "square"), ("red", "circle")]
+    want = probe_auc(
+        tokens("train", range(10)),
+        presence_labels(scenes["train"][:10], pairs),
+        tokens("test", range(4)),
+        presence_labels(scenes["test"], pairs),
+    )
+    assert got["gs-n20-k8"]["probe_auc"] == pytest.approx(want, abs=1e-6)
+    assert 0.0 <= got["rgb"]["probe_auc"] <= 1.0
 
 
 def test_report_times_a_run_by_its_own_start_and_commit(tmp_path):

@@ -62,28 +62,29 @@ elif [[ $SMOKE == 1 ]]; then
 else
   # sized by measured stage costs on 2 cores (eval/results/mini_repro.md, "Time per stage"); three finetuning
   # epochs (750 steps of 16 dialogues): one gave RGB-LLaVA +14.7 points over the question-only prior, three +29.7;
-  # 600 + 150 encoder steps (19 + 5 epochs of the 2000 scenes): 150 + 60 left the stage-1 loss falling at 7.5e-3
-  # (600: 1.1e-3, flat from step 400) and GS n144-k64 at 50.0% (600 + 150: 69.0%, zero-shot 8.3 → 33.3%; seed 0 of the 3-seed run at e502dea)
+  # 1200 + 150 encoder steps: 150 + 60 left GS n144-k64 at 50.0% (600 + 150: 69.0%; seed 0 of the 3-seed run at
+  # e502dea); at 600 the N = 64 stage-1 loss was still falling (seed 0: 3.3e-3; 1200 steps: 1.0e-3, n144-k64
+  # 1.3e-3 → 6.6e-4), and the GS-LLaVAs whose encoders stopped highest fell 7–13 points with the reading on
+  # (seed 0, paired: GS − RGB +1.6 / −1.2 / −9.5 at 600, −0.1 / +3.2 / −0.1 at 1200; README, "Reading")
   NTRAIN="${NTRAIN:-2000}" NTEST="${NTEST:-250}" ZS="${ZS:-8}" CLIP_EPOCHS="${CLIP_EPOCHS:-8}" CLIP_BATCH=128
-  FIT_ITERS="${FIT_ITERS:-70}" BUDGETS="${BUDGETS:-64 144}" S1_STEPS="${S1_STEPS:-600}" S2_STEPS="${S2_STEPS:-150}"
+  FIT_ITERS="${FIT_ITERS:-70}" BUDGETS="${BUDGETS:-64 144}" S1_STEPS="${S1_STEPS:-1200}" S2_STEPS="${S2_STEPS:-150}"
   # three projector-pretraining epochs (189 steps): RGB-LLaVA 62.9 → 68.2%, GS n144-k64 69.0 → 68.7% (seed 0)
   FT_EPOCHS="${FT_EPOCHS:-3}" PT_EPOCHS="${PT_EPOCHS:-3}" MAX_STEPS=-1 KS="64 32"
+  # reading, on in the full run (--demo and --smoke keep the small labels and no word images unless asked):
+  # labels 2× (a letter about one 8-px patch; the teacher then reads 53% of the words zero-shot, 24% at 1.45×),
+  # 1000 label-only images each for the teacher, LLaVA's stage 1 and finetuning, drawn by the GS encoders at
+  # 0.3 of the scenes' rate
+  LABEL_SCALE="${LABEL_SCALE:-2}" CLIP_WORDS="${CLIP_WORDS:-1000}" PT_WORDS="${PT_WORDS:-1000}"
+  FT_WORDS="${FT_WORDS:-1000}" ENC_WORDS_RATE="${ENC_WORDS_RATE:-0.3}"
 fi
-# reading (opt-in; eval/mini/world.py: word_scenes, with_reading): word labels LABEL_SCALE × larger, CLIP_WORDS
+# reading (eval/mini/world.py: word_scenes, with_reading): word labels LABEL_SCALE × larger, CLIP_WORDS
 # label-only pairs for the teacher, PT_WORDS label-only captions in LLaVA's stage 1 ("The word CAT."), FT_WORDS
 # of those asked their word in finetuning, each reading question asked READING times in finetuning, and
 # WARM_EPOCHS epochs of finetuning on the FT_WORDS reading questions alone before it (a warm-up run of
-# finetune.sh). RGB-LLaVA alone, words of the test scenes read (chance 8%), seeds 0 / 1 / 2: labels 1.45×,
-# CLIP_WORDS=1000 PT_WORDS=1000 READING=3 74 / 16 / 9% (eval/results/mini_repro_reading.md); at label scale 2
-# (a letter about one 8-px patch; the teacher then reads 53% zero-shot, against 24% at 1.45) with FT_WORDS=1000
-# 89 / 70 / 13 / 78 / 90% (seeds 0–4); + WARM_EPOCHS=2: seed 2 94%. The whole pipeline with all of them, seed 0:
-# RGB-LLaVA reads 97%, GS-LLaVA N = 144 at chance, 53 min (eval/results/mini_repro_reading_warm_1seed.md); with
-# the GS encoders also trained on the label-only images every GS-LLaVA reads (88–92%), n144-k64 − RGB −2.5, but
-# n144-k32 drops elsewhere (−13.8), 56 min (eval/results/mini_repro_reading_words_1seed.md)
-# ENC_WORDS_RATE: with PT_WORDS, the rate the GS encoders draw the label-only images at, against the scenes'
-# (gs_encoder.train --data-upsampling-factors 1 RATE; 0: the scenes alone). ENC_WORDS_RATE=0.3 READING=1 WARM_EPOCHS=1, seeds 0 and 1:
-# 44.5 min for one seed, RGB-LLaVA reads 70%, but one or two GS-LLaVAs per seed fall 7–13 points, with the warm-up
-# or without (eval/results/mini_repro_reading_fast.md, mini_repro_reading_nowarm.md; README, "Reading")
+# finetune.sh; one made RGB-LLaVA read on both of two seeds, at ~1.5 min per LLaVA). ENC_WORDS_RATE: with
+# PT_WORDS, the rate the GS encoders draw the label-only images at, against the scenes'
+# (gs_encoder.train --data-upsampling-factors 1 RATE; 0: the scenes alone). What each of them bought: README,
+# "Reading", and eval/results/mini_repro_reading_*.md
 LABEL_SCALE="${LABEL_SCALE:-1}" CLIP_WORDS="${CLIP_WORDS:-0}" PT_WORDS="${PT_WORDS:-0}" FT_WORDS="${FT_WORDS:-0}"
 READING="${READING:-1}" WARM_EPOCHS="${WARM_EPOCHS:-0}" ENC_WORDS_RATE="${ENC_WORDS_RATE:-1}"
 if ! [[ $ENC_WORDS_RATE =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]]; then

@@ -10,9 +10,10 @@ one image (token diversity; 1 = collapse).
 
 `--probe` adds what the tokens know about the objects: a linear (ridge) probe on the same hidden state,
 its tokens pooled (mean and max over the tokens, so that the RGB grid and the GS tokens, which place
-information differently, are read alike), trained on `--probe-train` train scenes to tell which (colour, shape) pairs a scene holds, scored
-as the mean ROC AUC over the pairs on the test scenes (the RGB tower's score beside it). Unlike the 24-class
-zero-shot (a CLS task), it follows the GS-LLaVA falls of the reading runs: docs/encoder.md.
+information differently, are read alike), trained on `--probe-train` train scenes to tell which
+(colour, shape) pairs a scene holds, scored as the mean ROC AUC over the pairs on every test scene (the RGB
+tower's score beside it). Unlike the 24-class zero-shot (a CLS task), it follows the GS-LLaVA falls of the
+reading runs: docs/encoder.md.
 
     python -m eval.mini.token_agreement --out outputs/mini_repro [--seed-dir seed1] [--count 120] [--stage 1]
         [--probe [--probe-train 1000]]
@@ -39,6 +40,9 @@ from gs_encoder.teacher import clip_normalise
 def _centred(tokens: torch.Tensor) -> torch.Tensor:
     """Tokens [B, K, D] less each image's mean token: what tells one position from another."""
     return tokens - tokens.mean(1, keepdim=True)
+
+
+MIN_PROBE_TRAIN = 10  # a fifth of them (≥ 2 scenes) picks the ridge weight
 
 
 def _auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -88,7 +92,8 @@ def probe_auc(
     return mean_auc(fit_score(x, y, xt, lam), yt)
 
 
-def _scenes(out: Path, split: str, count: int) -> list[dict]:
+def _scenes(out: Path, split: str, count: int | None = None) -> list[dict]:
+    """The first `count` (default all) scenes eval.mini.world wrote for `split`."""
     path = out / "data" / f"{split}_scenes.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the probe reads the scenes eval.mini.world wrote there")
@@ -142,7 +147,7 @@ def agreement(
     r_all = _rgb_tokens(rgb, images, layer)
     probe = {}
     if probe_train > 0:
-        train, test = _scenes(out, "train", probe_train), _scenes(out, "test", 1 << 30)
+        train, test = _scenes(out, "train", probe_train), _scenes(out, "test")
         pairs = sorted({(o["colour"], o["shape"]) for s in train for o in s["objects"]})
         probe = {
             split: (scenes, presence_labels(scenes, pairs))
@@ -190,11 +195,21 @@ def main(argv=None) -> int:
     ap.add_argument("--layer", type=int, default=-2, help="hidden state LLaVA reads (vision_feature_layer)")
     ap.add_argument("--stage", type=int, default=2, choices=(1, 2), help="the encoders after this stage")
     ap.add_argument(
-        "--probe", action="store_true", help="add the object probe (ridge, all tokens; mean ROC AUC)"
+        "--probe", action="store_true", help="add the object probe (ridge on pooled tokens; mean ROC AUC)"
     )
-    ap.add_argument("--probe-train", type=int, default=1000, help="train scenes the probe learns from")
+    ap.add_argument(
+        "--probe-train",
+        type=int,
+        default=1000,
+        help=f"train scenes the probe learns from (≥ {MIN_PROBE_TRAIN})",
+    )
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args(argv)
+    if args.probe and args.probe_train < MIN_PROBE_TRAIN:
+        ap.error(
+            f"--probe-train {args.probe_train}: the probe picks its ridge weight on a fifth of its train scenes "
+            f"and needs at least {MIN_PROBE_TRAIN}"
+        )
     out = Path(args.out)
     try:
         res = agreement(

@@ -609,6 +609,12 @@ def test_token_agreement_measures_each_encoder_against_the_rgb_tower(tmp_path, c
     assert f"is {tmp_path} a mini_repro.sh OUT?" in capsys.readouterr().err
     assert agreement_main(["--out", str(out), "--probe"]) == 2  # no train scenes to learn from
     assert f"{out}/data/train_scenes.jsonl is missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # too few train scenes to pick the ridge weight: usage error
+        agreement_main(["--out", str(out), "--probe", "--probe-train", "0"])
+    assert (
+        exit_.value.code == 2
+        and "--probe-train 0: the probe picks its ridge weight" in capsys.readouterr().err
+    )
 
 
 def test_object_probe_auc_is_exact_and_tells_informative_features_from_noise():

@@ -18,9 +18,11 @@ loss; gradients flow through the renderer into the network). Images:
 Scenes of eval/mini/world.py are not used: gs_encoder may not import eval/ (docs/format.md's package
 layout); render them to a folder and pass it with `--images` to train on them.
 
-Checkpoints (`--save-every`) go to the output folder as checkpoint.safetensors + optimizer.safetensors +
-state.json, each written under a temporary name and renamed; a rerun with the same folder resumes from
-the last one (the data of step k depend only on the seed and k, so a resumed run sees the same images).
+Checkpoints (`--save-every`) go to `<out-dir>/checkpoints/step-<k>/` (checkpoint.safetensors,
+optimizer.safetensors, state.json), written as a hidden temporary folder and renamed in one step, then the
+older ones removed, so a crash at any moment leaves one whole checkpoint; a rerun with the same folder
+resumes from the newest (the data of step k depend only on the seed and k, so a resumed run sees the same
+images). Folders of the earlier layout (the three files directly in `<out-dir>`) resume too.
 The final weights are `<out-dir>/learned_init.safetensors` with `train_log.json`; `--export PATH` also
 copies them (and the log, as PATH with `_log.json`) to PATH, e.g. the shipped weights file. With
 `--if-missing` nothing runs when PATH exists (the shipped weights are used like a downloaded checkpoint).
@@ -377,7 +379,7 @@ def train_init(cfg: TrainInitConfig, progress: bool = True) -> Path:
     """Run (or resume) the training described by cfg; returns the final weights file."""
     from tqdm.auto import tqdm
 
-    from .fitting.learned_init import SplatInitNet, save_learned_init
+    from .fitting.learned_init import SplatInitNet
 
     if cfg.if_missing and Path(cfg.export).is_file():
         print(f"{cfg.export} exists; nothing to do (--if-missing)")
@@ -390,11 +392,6 @@ def train_init(cfg: TrainInitConfig, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     net = SplatInitNet(cfg.width, cfg.cell_width, cfg.blocks, cfg.reach, cfg.passes).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state_file, ckpt, opt_file = (
-        out / "state.json",
-        out / "checkpoint.safetensors",
-        out / "optimizer.safetensors",
-    )
     start, log = _resume(out, net, opt)
     photos = load_photos(cfg.images)
     val = _validation_set(cfg, photos)
@@ -430,23 +427,45 @@ def train_init(cfg: TrainInitConfig, progress: bool = True) -> Path:
                 val=f"{entry['val_psnr_learned']:.2f}", structured=f"{entry['val_psnr_structured']:.2f}"
             )
         if done % cfg.save_every == 0 or done == cfg.steps:
-            save_learned_init(ckpt, net)
-            _save_optimizer(opt_file, opt)
-            _atomic_json(state_file, {"step": done, "log": log, "config": asdict(cfg)})
+            _save_checkpoint(out, done, net, opt, {"step": done, "log": log, "config": asdict(cfg)})
     bar.close()
     return _finish(cfg, out, net, log)
 
 
+def _save_checkpoint(out: Path, step: int, net, opt, state: dict) -> Path:
+    """Write checkpoints/step-<step>/ whole (a temporary folder renamed in one step), then drop older ones."""
+    from .fitting.learned_init import save_learned_init
+
+    root = out / "checkpoints"
+    tmp, target = root / f".step-{step}.tmp", root / f"step-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_learned_init(tmp / "checkpoint.safetensors", net)
+    _save_optimizer(tmp / "optimizer.safetensors", opt)
+    _atomic_json(tmp / "state.json", state)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.replace(target)
+    for old in root.glob("step-*"):
+        if old != target:
+            shutil.rmtree(old)
+    return target
+
+
 def _resume(out: Path, net, opt) -> tuple[int, list]:
-    """(step, log) of the run in `out`, with the network and optimiser restored; (0, []) for a new run."""
+    """(step, log) of the run in `out`, with the network and optimiser restored; (0, []) for a new run.
+
+    Reads the newest checkpoints/step-<k>/ (unfinished hidden .tmp folders are ignored), else the three files
+    of the earlier layout directly in `out`."""
     from safetensors.torch import load_file
 
-    if not (out / "state.json").is_file():
+    steps = [p for p in (out / "checkpoints").glob("step-*") if p.name[5:].isdigit()]
+    src = max(steps, key=lambda p: int(p.name[5:])) if steps else out
+    if not (src / "state.json").is_file():
         return 0, []
-    state = json.loads((out / "state.json").read_text())
-    net.load_state_dict(load_file(str(out / "checkpoint.safetensors")))
-    _load_optimizer(out / "optimizer.safetensors", opt)
-    print(f"resuming {out} at step {state['step']}")
+    state = json.loads((src / "state.json").read_text())
+    net.load_state_dict(load_file(str(src / "checkpoint.safetensors")))
+    _load_optimizer(src / "optimizer.safetensors", opt)
+    print(f"resuming {out} at step {state['step']} ({src})")
     return int(state["step"]), state["log"]
 
 

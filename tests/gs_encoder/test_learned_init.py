@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -196,19 +197,39 @@ def test_train_three_steps_then_resume(tmp_path):
         out_dir=str(out), steps=3, save_every=2, export=str(tmp_path / "w.safetensors"), **small
     )
     final = train_init(cfg, progress=False)
-    state = json.loads((out / "state.json").read_text())
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-3"]  # step 2's folder was dropped
+    state = json.loads((out / "checkpoints" / "step-3" / "state.json").read_text())
     assert state["step"] == 3 and [e["step"] for e in state["log"]] == [1, 2, 3]
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.rglob("*.tmp"))
     net = load_learned_init(final)
     assert net.passes == 2 and load_learned_init(tmp_path / "w.safetensors").width == 8
     assert (tmp_path / "w_log.json").is_file()
     learned_init(torch.rand(1, 3, 32, 32), 64, weights=final)
-    before = (out / "checkpoint.safetensors").read_bytes()
+    before = (out / "checkpoints" / "step-3" / "checkpoint.safetensors").read_bytes()
+    # a crash while writing the next checkpoint leaves a hidden partial folder: the resume ignores it
+    (out / "checkpoints" / ".step-4.tmp").mkdir()
+    (out / "checkpoints" / ".step-4.tmp" / "checkpoint.safetensors").write_bytes(b"half a file")
     cfg5 = TrainInitConfig(out_dir=str(out), steps=5, save_every=2, **small)
     train_init(cfg5, progress=False)
-    state = json.loads((out / "state.json").read_text())
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-5"]
+    state = json.loads((out / "checkpoints" / "step-5" / "state.json").read_text())
     assert state["step"] == 5 and [e["step"] for e in state["log"]] == [1, 2, 3, 4, 5]
-    assert (out / "checkpoint.safetensors").read_bytes() != before
+    assert (out / "checkpoints" / "step-5" / "checkpoint.safetensors").read_bytes() != before
+
+
+def test_train_resumes_the_earlier_layout(tmp_path):
+    """A folder written before checkpoints/step-<k>/ (the three files directly in it) resumes, not restarts."""
+    from gs_encoder.train_init import TrainInitConfig, train_init
+
+    out = tmp_path / "run"
+    small = dict(batch_size=2, canvas=[32], width=8, cell_width=8, blocks=1, passes=1, log_every=1)
+    train_init(TrainInitConfig(out_dir=str(out), steps=2, save_every=2, **small), progress=False)
+    for f in (out / "checkpoints" / "step-2").iterdir():
+        f.rename(out / f.name)
+    shutil.rmtree(out / "checkpoints")
+    train_init(TrainInitConfig(out_dir=str(out), steps=3, save_every=2, **small), progress=False)
+    state = json.loads((out / "checkpoints" / "step-3" / "state.json").read_text())
+    assert [e["step"] for e in state["log"]] == [1, 2, 3]  # steps 1-2 came from the old files
 
 
 def test_train_if_missing_does_nothing(tmp_path):

@@ -9,6 +9,8 @@ way a downloaded checkpoint is laid out:
 - `model/`: the GS-LLaVA folder as finetune.sh saved it (config, safetensors weights, tokenizer, processor);
 - `scenes/`: the first `--scenes` test scenes (64² PNG and caption) and `questions.json` with their
   questions and the answers in the style the model was taught;
+- `train_log.json`: the model's training logs, the `log_history` (loss, learning rate, per logging step)
+  of its projector pretraining (`pretrain`) and finetuning (`finetune`) from their trainer_state.json;
 - `build.json`: which model, its accuracy, the run, and the command that rebuilds it all.
 The folder is written under a temporary name and renamed, so a failed run never leaves half a model.
 """
@@ -80,15 +82,29 @@ def _copy_scenes(data: Path, dst: Path, n: int) -> list[dict]:
     return qs
 
 
+def _train_log(llava: Path) -> dict[str, list]:
+    """{stage: log_history} of the LLaVA folder's projector pretraining and finetuning (trainer_state.json)."""
+    log = {}
+    for stage, folder in (("pretrain", "pretrain"), ("finetune", "final")):
+        state = llava / folder / "trainer_state.json"
+        if not state.is_file():
+            raise FileNotFoundError(f"{state}: missing (the training log shipped beside the model)")
+        log[stage] = json.loads(state.read_text())["log_history"]
+    return log
+
+
 def ship(out: Path, report_path: Path, dest: Path, command: str, scenes: int = 2) -> dict:
-    """Write dest/ (model/, scenes/, build.json) from a finished mini_repro run; returns build.json's data."""
+    """Write dest/ (model/, scenes/, train_log.json, build.json) from a finished mini_repro run; returns
+    build.json's data."""
     report = json.loads(report_path.read_text())
     name, accuracy = best_gs_model(report)
     seed, seed_accuracy = best_seed(report, name, accuracy)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    size = _copy_model(out / ("" if seed == 0 else f"seed{seed}") / "llava" / name / "final", tmp / "model")
+    llava = out / ("" if seed == 0 else f"seed{seed}") / "llava" / name
+    size = _copy_model(llava / "final", tmp / "model")
     qs = _copy_scenes(out / "data", tmp / "scenes", scenes)
+    (tmp / "train_log.json").write_text(json.dumps(_train_log(llava), separators=(",", ":")) + "\n")
     build = {
         "model": name,
         "accuracy_all_questions": round(accuracy, 4),

@@ -140,6 +140,8 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
     build = json.loads((shipped / "build.json").read_text())
     assert build["model"].startswith("gs-n") and (shipped / "model" / "model.safetensors").is_file()
     assert len(build["scenes"]) == 2 and all((shipped / "scenes" / s).is_file() for s in build["scenes"])
+    train_log = json.loads((shipped / "train_log.json").read_text())
+    assert all(any("loss" in e for e in train_log[stage]) for stage in ("pretrain", "finetune"))
     asked = subprocess.run(
         [
             sys.executable,

@@ -511,6 +511,24 @@ def test_the_shipped_demo_model_is_the_best_gs_llava_over_all_questions():
         best_gs_model({"counts": {"pope": 1}, "accuracy": {"RGB-LLaVA": {"pope": 1.0}}})
 
 
+def test_the_shipped_demo_carries_both_training_logs(tmp_path):
+    from eval.mini.ship_demo import _train_log
+
+    llava = tmp_path / "llava" / "gs-n144-k64"
+    for folder, loss in (("pretrain", 2.5), ("final", 0.7)):
+        (llava / folder).mkdir(parents=True)
+        (llava / folder / "trainer_state.json").write_text(
+            json.dumps({"global_step": 3, "log_history": [{"step": 1, "loss": loss}]})
+        )
+    assert _train_log(llava) == {
+        "pretrain": [{"step": 1, "loss": 2.5}],
+        "finetune": [{"step": 1, "loss": 0.7}],
+    }
+    (llava / "final" / "trainer_state.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"final/trainer_state.json: missing"):
+        _train_log(llava)
+
+
 SHIPPED_DEMO = Path(__file__).resolve().parents[2] / "eval" / "mini" / "demo_llava"
 
 

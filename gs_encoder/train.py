@@ -34,7 +34,7 @@ from .data import SplatFolder, UpsampledSampler, collate_splats, splat_loader
 from .modeling_gs_vision import GSVisionConfig, GSVisionModel, resize_token_grid
 from .teacher import ClipTeacher, build_clip, register_model_config
 
-__all__ = ["ContrastiveObjective", "DistillConfig", "DistillObjective", "main", "train"]
+__all__ = ["ContrastiveObjective", "DistillConfig", "DistillObjective", "latest_checkpoint", "main", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +288,9 @@ class ContrastiveObjective:
         save_model(acc.unwrap_model(self.text).clip, str(final / "clip_text.safetensors"))
 
 
-def _latest_checkpoint(out: Path) -> Path | None:
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest `out/checkpoints/step-<k>/` (hidden `.step-<k>.tmp` folders of an unfinished save are not
+    matched); None when there is none. Also what `python -m gs_encoder.train_init` resumes from."""
     ckpts = sorted((out / "checkpoints").glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
     return ckpts[-1] if ckpts else None
 
@@ -343,7 +345,7 @@ def _setup(cfg: DistillConfig, out: Path) -> _Run:
 
 def _resume(run: _Run, out: Path, cfg: DistillConfig) -> tuple[int, int, int]:
     """(step, epoch, batches to skip in that epoch) from the newest checkpoint, or zeros."""
-    latest = _latest_checkpoint(out)
+    latest = latest_checkpoint(out)
     if latest is None:
         return 0, 0, 0
     run.acc.load_state(str(latest))

@@ -458,8 +458,9 @@ def _resume(out: Path, net, opt) -> tuple[int, list]:
     of the earlier layout directly in `out`."""
     from safetensors.torch import load_file
 
-    steps = [p for p in (out / "checkpoints").glob("step-*") if p.name[5:].isdigit()]
-    src = max(steps, key=lambda p: int(p.name[5:])) if steps else out
+    from .train import latest_checkpoint
+
+    src = latest_checkpoint(out) or out
     if not (src / "state.json").is_file():
         return 0, []
     state = json.loads((src / "state.json").read_text())

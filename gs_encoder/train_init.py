@@ -456,6 +456,7 @@ def _resume(out: Path, net, opt) -> tuple[int, list]:
 
     Reads the newest checkpoints/step-<k>/ (unfinished hidden .tmp folders are ignored), else the three files
     of the earlier layout directly in `out`."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from .train import latest_checkpoint
@@ -463,11 +464,19 @@ def _resume(out: Path, net, opt) -> tuple[int, list]:
     src = latest_checkpoint(out) or out
     if not (src / "state.json").is_file():
         return 0, []
-    state = json.loads((src / "state.json").read_text())
-    net.load_state_dict(load_file(str(src / "checkpoint.safetensors")))
-    _load_optimizer(src / "optimizer.safetensors", opt)
-    print(f"resuming {out} at step {state['step']} ({src})")
-    return int(state["step"]), state["log"]
+    try:
+        state = json.loads((src / "state.json").read_text())
+        net.load_state_dict(load_file(str(src / "checkpoint.safetensors")))
+        _load_optimizer(src / "optimizer.safetensors", opt)
+        step, log = int(state["step"]), state["log"]
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        raise ValueError(
+            f"{src}: cannot resume from this checkpoint ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            "rerun with the settings it was trained with, or remove the folder (or pick another --out-dir) "
+            "to start afresh"
+        ) from e
+    print(f"resuming {out} at step {step} ({src})")
+    return step, log
 
 
 def _finish(cfg: TrainInitConfig, out: Path, net, log: list) -> Path:

@@ -232,6 +232,36 @@ def test_train_resumes_the_earlier_layout(tmp_path):
     assert [e["step"] for e in state["log"]] == [1, 2, 3]  # steps 1-2 came from the old files
 
 
+def test_train_resume_from_a_bad_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    """Another architecture or a corrupt file: the CLI names the checkpoint folder and what to do."""
+    from gs_encoder.train_init import main as train_init_main
+
+    out = tmp_path / "run"
+    args = [
+        "--out-dir",
+        str(out),
+        "--batch-size",
+        "2",
+        "--canvas",
+        "32",
+        "--cell-width",
+        "8",
+        "--blocks",
+        "1",
+    ]
+    args += ["--passes", "1", "-q"]
+    assert train_init_main([*args, "--steps", "2", "--width", "8"]) == 0
+    capsys.readouterr()
+    assert train_init_main([*args, "--steps", "3", "--width", "16"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {out / 'checkpoints' / 'step-2'}: cannot resume" in err and "RuntimeError" in err
+    assert "Traceback" not in err
+    (out / "checkpoints" / "step-2" / "checkpoint.safetensors").write_bytes(b"not a safetensors file")
+    assert train_init_main([*args, "--steps", "3", "--width", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "SafetensorError" in err and "remove the folder" in err
+
+
 def test_train_if_missing_does_nothing(tmp_path):
     from gs_encoder.train_init import TrainInitConfig, train_init
 

@@ -271,6 +271,27 @@ def _add_fit_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument(
         "--lambda-l1", type=float, default=0.0, help="L1 weight on colours (sparsifies for pruning)"
     )
+    p.add_argument(
+        "--lr-final",
+        type=float,
+        default=None,
+        help="fraction of Adam's step sizes left at the last iteration (default: FitConfig's)",
+    )
+    p.add_argument(
+        "--lr-decay",
+        type=float,
+        default=None,
+        help="the step sizes decay (cosine) over this last fraction of the iterations, constant before "
+        "(1: the whole fit; default: FitConfig's)",
+    )
+    p.add_argument(
+        "--betas",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("B1", "B2"),
+        help="Adam's moment decay rates (default: FitConfig's)",
+    )
     p.add_argument("--tau", type=float, default=None, help="prune Gaussians with luminosity below this")
     p.add_argument(
         "--prune-at",
@@ -301,11 +322,11 @@ def _fit_config(args):
     """FitConfig from the shared fit flags; raises ValueError naming the bad flag."""
     from .fitting.fit import FitConfig
 
-    init = {} if args.init is None else {"init": args.init}
+    given = {"init": args.init, "lr_final": args.lr_final, "lr_decay": args.lr_decay, "betas": args.betas}
     cfg = FitConfig(
         num_gaussians=args.num_gaussians,
         iters=args.iters,
-        **init,
+        **{k: v for k, v in given.items() if v is not None},
         init_weights=args.init_weights,
         lambda_l1=args.lambda_l1,
         tau=args.tau,

@@ -6,9 +6,10 @@ For each init (structured grid, GaussianImage's random, the content-adaptive gri
 gs_encoder/fitting/init.py, the learned network of gs_encoder/fitting/learned_init.py, and the learned init with coarse-to-fine:
 K iterations on the canvas shrunk 2× first) and N ∈ {400, 1600, 3136} on the four benchmark photos at 224²
 (centre crop; never part of the learned init's training data), one fit per iteration budget
-K ∈ {50, 100, 300, 1000, 3000}, each with the full learning-rate schedule of a K-iteration fit (what
-`gsv fit --iters K` runs; random stops at 1000 to save time), timed from the raw image to the fitted splats (init, network included);
-K = 0 is the init itself. Also: the cost of the learned network against 20 fit iterations.
+K ∈ {50, 100, 300, 1000, 3000}, each a complete K-iteration fit (what `gsv fit --iters K` runs; random stops at 1000 to save time), timed from the raw image to the fitted splats (init, network included);
+K = 0 is the init itself. Also the baseline of the targets, structured-prev: the structured init fitted with
+the optimiser settings of the default before 2026-12-05 (cosine decay to 5%, Adam β2 = 0.999), side by side
+in the same run, and the cost of the learned network against 20 fit iterations.
 
 Writes eval/results/fit_convergence.{json,md,png}.
 """
@@ -29,16 +30,31 @@ from gs_encoder.report import machine_info
 
 from .common import PHOTOS, RESULTS, photos, timed, write_results
 
-INITS = ("structured", "random", "adaptive", "learned", "learned+c2f")
+PREV = "structured-prev"  # the structured init fitted with the Adam settings of the default before 2026-12-05
+PREV_ADAM = {
+    "lr_final": 0.05,
+    "lr_decay": 1.0,
+    "betas": (0.9, 0.999),
+}  # cosine over the whole fit to 5%, β2 0.999
+INITS = ("structured", "random", "adaptive", "learned", "learned+c2f", PREV)
 SHORT = {"random": 1000}  # largest budget run for these inits
 C2F = "+c2f"  # suffix: coarse-to-fine, K iterations on the canvas shrunk 2× before the K of the budget
 
 
 def fit_config(init: str, n: int, k: int) -> FitConfig:
-    """The FitConfig of budget K for `init` (a FitConfig init, or one with the C2F suffix)."""
+    """The FitConfig of budget K for `init` (a FitConfig init, one with the C2F suffix, or PREV)."""
+    if init == PREV:
+        return FitConfig(
+            num_gaussians=n, iters=k, init="structured", check_every=max(k // 60, 1), **PREV_ADAM
+        )
     base = init.removesuffix(C2F)
     coarse = k if init.endswith(C2F) else 0
     return FitConfig(num_gaussians=n, iters=k, init=base, coarse_iters=coarse, check_every=max(k // 60, 1))
+
+
+def base_init(init: str) -> str:
+    """The initialisation behind a benchmark entry (PREV and the C2F entries start from a FitConfig init)."""
+    return "structured" if init == PREV else init.removesuffix(C2F)
 
 
 BUDGETS = (50, 100, 300, 1000, 3000)
@@ -65,7 +81,7 @@ def run_fits(images, inits, budgets, ns) -> dict:
     data = {}
     for n in ns:
         for init in inits:
-            p0, s0 = init_psnr(images, init.removesuffix(C2F), n)
+            p0, s0 = init_psnr(images, base_init(init), n)
             entry = {"psnr": {0: p0}, "seconds": {0: s0}, "per_image": {}}
             print(f"N={n:5d} {init:10s} K=   0 {p0:6.2f} dB  {s0:7.2f} s", flush=True)
             for k in [b for b in budgets if b <= SHORT.get(init, b)]:
@@ -202,9 +218,24 @@ def load_run(path) -> dict:
     run.setdefault("ns", sorted({int(n) for _, n in keys}))
     run.setdefault("inits", list(dict.fromkeys(init for init, _ in keys)))
     run.setdefault("measured", run["machine"]["date"])
+    # runs from before the optimiser was recorded used the default of their day, PREV's
+    run.setdefault("optimiser", optimiser_settings(FitConfig(init="structured", **PREV_ADAM)))
     for derived in ("machine", "targets", "preset", "benchmark"):
         run.pop(derived, None)  # recomputed by report / write_results
     return run
+
+
+def optimiser_settings(cfg: FitConfig) -> dict:
+    """The Adam settings of a FitConfig that the report describes."""
+    return {"lr_final": cfg.lr_final, "lr_decay": cfg.lr_decay, "betas": list(cfg.betas)}
+
+
+def _adam(opt: dict) -> str:
+    decay = "the whole fit" if opt["lr_decay"] >= 1 else f"the last {opt['lr_decay']:.0%} of the iterations"
+    return (
+        f"Adam, β = ({opt['betas'][0]:g}, {opt['betas'][1]:g}), step sizes decayed by a cosine over {decay} "
+        f"to {opt['lr_final']:.0%} of their start"
+    )
 
 
 def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
@@ -219,53 +250,56 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
     ref_k = 1000 if 1000 in budgets else budgets[-1]
     top_k = budgets[-1]
     near = {k: min(budgets, key=lambda b, k=k: abs(b - k)) for k in (100, 300)}
-    speed_rows, targets, c2f_rows = [], {}, []
+    # the issue's baseline ("today's default"): the structured init with the previous Adam settings, when run
+    base = PREV if PREV in inits else "structured"
+    speed = {ref: [] for ref in dict.fromkeys((base, "structured"))}
+    targets, c2f_rows = {}, []
     for n in ns:
-        equiv_of, init_its_of = {}, {}
-        s = data[f"structured/{n}"]
-        ref_p, ref_t = s["psnr"][ref_k], s["seconds"][ref_k]
         per_it = cost[n]["fit20_s"] / 20  # one image, one iteration
+        # each init's own cost in fit iterations (a coarse-to-fine entry has its base init's: the same network)
+        init_its = {init: (data[f"{init}/{n}"]["seconds"][0] / len(names)) / per_it for init in inits}
+        equiv = {}
+        for ref, rows in speed.items():
+            r = data[f"{ref}/{n}"]
+            ref_p, ref_t = r["psnr"][ref_k], r["seconds"][ref_k]
+            for init in inits:
+                e = data[f"{init}/{n}"]
+                k, t_meas, t_interp = time_to(e, ref_p)
+                k_interp = iters_to(e, ref_p)
+                own = init_its[base_init(init) if init.endswith(C2F) else init]
+                eq = None if k_interp is None else ref_k / (k_interp * iteration_cost(init, cost[n]) + own)
+                equiv[ref, init] = eq
+                rows.append(
+                    [
+                        n,
+                        init,
+                        ref_p,
+                        k,
+                        None if k_interp is None else round(k_interp),
+                        None if t_meas is None else ref_t / t_meas,
+                        None if t_interp is None else ref_t / t_interp,
+                        eq,
+                    ]
+                )
         for init in inits:
-            e = data[f"{init}/{n}"]
-            k, t_meas, t_interp = time_to(e, ref_p)
-            k_interp = iters_to(e, ref_p)
-            # the init's cost in fit iterations (a coarse-to-fine entry has its base init's: the same network)
-            init_its = init_its_of.setdefault(init.removesuffix(C2F), (e["seconds"][0] / len(names)) / per_it)
-            equiv = (
-                None if k_interp is None else ref_k / (k_interp * iteration_cost(init, cost[n]) + init_its)
-            )
-            speed_rows.append(
-                [
-                    n,
-                    init,
-                    ref_p,
-                    k,
-                    None if k_interp is None else round(k_interp),
-                    None if t_meas is None else ref_t / t_meas,
-                    None if t_interp is None else ref_t / t_interp,
-                    equiv,
-                ]
-            )
-            if init == "learned":
-                ratio_learned = equiv
             if init.endswith(C2F):
+                plain = init.removesuffix(C2F)
                 c2f_rows.append(
                     [
                         n,
-                        init.removesuffix(C2F),
+                        plain,
                         iteration_cost(init, cost[n]),
-                        equiv,
-                        equiv_of.get(init.removesuffix(C2F)),
+                        equiv["structured", init],
+                        equiv["structured", plain],
                     ]
                 )
-            equiv_of[init] = equiv
-        le = data[f"learned/{n}"]
+        s, b, le = data[f"structured/{n}"], data[f"{base}/{n}"], data[f"learned/{n}"]
         targets[n] = {
-            f"learned@{near[100]} ≥ structured@{ref_k}": le["psnr"][near[100]] >= ref_p,
-            f"learned@{near[300]} ≥ structured@{top_k}": le["psnr"][near[300]] >= s["psnr"][top_k],
+            f"learned@{near[100]} ≥ {base}@{ref_k}": le["psnr"][near[100]] >= b["psnr"][ref_k],
+            f"learned@{near[300]} ≥ {base}@{top_k}": le["psnr"][near[300]] >= b["psnr"][top_k],
             "learned@0 ≥ structured@0 + 3 dB": le["psnr"][0] >= s["psnr"][0] + 3.0,
             f"learned@{top_k} ≥ structured@{top_k} − 0.1 dB": le["psnr"][top_k] >= s["psnr"][top_k] - 0.1,
-            f"time to structured@{ref_k} ≥ 5× shorter": ratio_learned is not None and ratio_learned >= 5.0,
+            f"time to {base}@{ref_k} ≥ 5× shorter": (equiv[base, "learned"] or 0.0) >= 5.0,
             "learned init costs ≤ 20 fit iterations": cost[n]["learned_init_s"] <= cost[n]["fit20_s"],
         }
     target_rows = [[n, t, "met" if ok else "missed"] for n in ns for t, ok in targets[n].items()]
@@ -284,13 +318,14 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         for n, c in cost.items()
     ]
     preset_n = 3136 if 3136 in ns else ns[-1]
-    s, le = data[f"structured/{preset_n}"], data[f"learned/{preset_n}"]
-    k_eq = iters_to(le, s["psnr"][top_k])
+    b, le = data[f"{base}/{preset_n}"], data[f"learned/{preset_n}"]
+    k_eq = iters_to(le, b["psnr"][top_k])
     per_it = cost[preset_n]["fit20_s"] / 20
     init_its = (le["seconds"][0] / len(names)) / per_it
     preset = {
-        "structured_images_per_s_measured": len(names) / s["seconds"][top_k],
-        "structured_psnr": s["psnr"][top_k],
+        "baseline": base,
+        "structured_images_per_s_measured": len(names) / b["seconds"][top_k],
+        "structured_psnr": b["psnr"][top_k],
         "learned_iterations_at_equal_psnr": k_eq,
         "speedup_iteration_equivalent": None if k_eq is None else top_k / (k_eq + init_its),
     }
@@ -299,10 +334,13 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         if k_eq is None
         else preset["structured_images_per_s_measured"] * preset["speedup_iteration_equivalent"]
     )
+    opt = run["optimiser"]
     notes = (
         f"Photos: scikit-image {', '.join(names)}, centre-cropped to {size}² (benchmark photos, never in the "
-        "learned init's training data). One fit per budget K with the full cosine schedule of a K-iteration "
-        "fit and default FitConfig learning rates; PSNR of the fp32 result, mean over the photos; K = 0 is "
+        f"learned init's training data). One fit per budget K with the default FitConfig optimiser ({_adam(opt)}), "
+        f"as `gsv fit --iters K` runs it; {PREV}: the structured init fitted with the optimiser of the default "
+        f'before 2026-12-05 ({_adam(PREV_ADAM)}), the baseline of the targets (the issue\'s "today"). PSNR of '
+        "the fp32 result, mean over the photos; K = 0 is "
         "the init itself (random stops at K = 1000). Wall time: the whole batch of photos from raw image to "
         f"fitted splats (init and network included), {run['threads']} torch thread(s), compiled CPU renderer "
         "when built, on a CPU shared with other jobs: equal-K runs of different inits differ by up to ~30% "
@@ -315,23 +353,20 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         "(FitConfig.coarse_iters = K); its iteration equivalents count a coarse iteration at its measured cost. "
         f"All fits ran in one process, finished {run['measured']}."
     )
+    speed_cols = [
+        "N",
+        "init",
+        "target dB",
+        "first K reaching it",
+        "K needed (interp.)",
+        "speed-up, wall (measured K)",
+        "speed-up, wall (interp.)",
+        "speed-up, iteration equivalents",
+    ]
     sections = [
         ("Mean PSNR (dB) after K iterations", ["N", "init", *[f"K={k}" for k in ks]], curve_rows),
         ("Wall time (s, 4 images) for K iterations", ["N", "init", *[f"K={k}" for k in ks]], time_rows),
-        (
-            f"Time to structured's {ref_k}-iteration PSNR",
-            [
-                "N",
-                "init",
-                "target dB",
-                "first K reaching it",
-                "K needed (interp.)",
-                "speed-up, wall (measured K)",
-                "speed-up, wall (interp.)",
-                "speed-up, iteration equivalents",
-            ],
-            speed_rows,
-        ),
+        *[(f"Time to {ref}'s {ref_k}-iteration PSNR", speed_cols, rows) for ref, rows in speed.items()],
         (
             "Cost of the learned init vs 20 fit iterations (one image, ms)",
             [
@@ -360,8 +395,8 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         (
             f"`gsv fit` default preset (N = {preset_n}, {top_k} iterations) at equal PSNR",
             [
-                "structured images/min",
-                "structured PSNR",
+                f"{base} images/min",
+                f"{base} PSNR",
                 "learned: iterations needed",
                 "speed-up",
                 "learned images/min",
@@ -379,7 +414,8 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
     ]
     md = write_results(
         name,
-        "Fit convergence: structured vs random vs adaptive vs learned initialisation (± coarse-to-fine)",
+        "Fit convergence: structured vs random vs adaptive vs learned initialisation (± coarse-to-fine), and the "
+        "previous default",
         sections,
         {
             **run,
@@ -429,6 +465,7 @@ def main(argv=None):
         "budgets": budgets,
         "inits": list(INITS),
         "threads": args.threads,
+        "optimiser": optimiser_settings(FitConfig(init="structured")),
         "measured": machine_info()["date"],
         "fits": data,
         "network_cost": cost,

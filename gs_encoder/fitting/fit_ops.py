@@ -38,7 +38,10 @@ __all__ = [
     "torch_ops",
 ]
 
-BETAS, EPS = (0.9, 0.999), 1e-8  # Adam
+BETAS, EPS = (
+    (0.9, 0.999),
+    1e-8,
+)  # Adam's textbook settings: the defaults of fit_steps (FitConfig sets its own)
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ def fit_steps_torch(
     lr_final: float,
     lambda_l1: float,
     min_scale: float,
+    lr_decay: float = 1.0,
     betas: tuple[float, float] = BETAS,
     eps: float = EPS,
     backend: str = "auto",
@@ -174,14 +178,12 @@ def fit_steps_torch(
     """Pure-torch twin of cuda_ext.ops.fit_steps: iterations it0 … it0 + num_steps − 1, in place.
 
     Each iteration renders the alive Gaussians, takes the gradient of Σ_b [mean((image_b − target_b)²)
-    + λ·Σ_{g∈b} |c_g| / (3·n_b)] and applies Adam (t = it + 1, step sizes lr × the cosine schedule over
-    iters_total, ending at lr_final) and the constraint l11, l22 ≥ min_scale. An inactive image is
+    + λ·Σ_{g∈b} |c_g| / (3·n_b)] and applies Adam (moment decays `betas`, t = it + 1, step sizes lr × the
+    schedule over iters_total of `_lr_scale`) and the constraint l11, l22 ≥ min_scale. An inactive image is
     frozen: its Adam state and parameters stay, except that the constraint still applies.
     The "torch" renderer reuses `plan` (from an earlier call on the same alive rows) while it covers
     every Gaussian; returns the plan of the last iteration (None for the other renderers).
     """
-    if tuple(betas) != BETAS or eps != EPS:
-        raise ValueError(f"fit_steps_torch implements Adam with betas {BETAS} and eps {EPS}")
     num_images, size = target.shape[0], target.shape[1]
     b_idx, g_idx = alive.nonzero(as_tuple=True)  # image-major: each image's rows in their order
     counts = alive.sum(1).to(params.dtype)
@@ -197,7 +199,8 @@ def fit_steps_torch(
             )
             grad = _loss_gradient(p, image, target, b_idx, counts, lambda_l1)
         p = p.detach()
-        _adam_step(p, grad, m, v, it, iters_total, base_lr, lr_final, min_scale, row_active)
+        scale = _lr_scale(it, iters_total, lr_final, lr_decay)
+        _adam_step(p, grad, m, v, it, base_lr, scale, min_scale, row_active, betas, eps)
     params[b_idx, g_idx] = p
     # Adam moved every row's moments, but a frozen image keeps its state: write back the active rows only
     keep = slice(None) if row_active is None else row_active
@@ -218,22 +221,26 @@ def _loss_gradient(p, image, targets, image_ids, counts, lambda_l1: float) -> to
     return grad
 
 
-def _lr_scale(it: int, iters: int, lr_final: float) -> float:
-    """Cosine decay of the step sizes from 1 at iteration 0 to lr_final at iteration iters − 1."""
+def _lr_scale(it: int, iters: int, lr_final: float, lr_decay: float = 1.0) -> float:
+    """Step-size factor at iteration `it` of `iters`: 1 until the last `lr_decay` fraction of the schedule,
+    then a cosine down to lr_final at iteration iters − 1 (lr_decay 1: a cosine over the whole schedule)."""
     frac = it / max(iters - 1, 1)
-    return lr_final + (1 - lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
+    start = 1.0 - lr_decay
+    if frac <= start:
+        return 1.0
+    return lr_final + (1 - lr_final) * 0.5 * (1 + math.cos(math.pi * ((frac - start) / lr_decay)))
 
 
-def _adam_step(p, grad, m, v, it: int, iters: int, base_lr, lr_final: float, min_scale: float, row_active):
-    """In place on p, m, v [Nt, 8]: Adam step t = it + 1 with bias correction, step sizes base_lr [8] ×
-    the cosine schedule, rows with row_active False (None: all active) left where they are; then the
-    constraint."""
-    beta1, beta2 = BETAS
+def _adam_step(p, grad, m, v, it: int, base_lr, scale: float, min_scale: float, row_active, betas, eps):
+    """In place on p, m, v [Nt, 8]: Adam step t = it + 1 (moment decays `betas`) with bias correction, step
+    sizes base_lr [8] × scale (the schedule's), rows with row_active False (None: all active) left where they
+    are; then the constraint."""
+    beta1, beta2 = betas
     t = it + 1
     m.mul_(beta1).add_(grad, alpha=1 - beta1)
     v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    step_size = base_lr * (_lr_scale(it, iters, lr_final) / (1 - beta1**t))
-    denom = (v / (1 - beta2**t)).sqrt_().add_(EPS)
+    step_size = base_lr * (scale / (1 - beta1**t))
+    denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
     step = (m / denom) * step_size
     if row_active is not None:
         step *= row_active[:, None]

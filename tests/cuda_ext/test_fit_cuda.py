@@ -25,7 +25,8 @@ def problem(photo, size=64, n=100, names=("astronaut", "coffee")):
     return params, alive, images.permute(0, 2, 3, 1).contiguous()
 
 
-def test_fused_adam_matches_torch_optim_adam(kernels, photo):
+@pytest.mark.parametrize("betas", [(0.9, 0.999), FitConfig().betas])  # textbook Adam, the fit's default
+def test_fused_adam_matches_torch_optim_adam(kernels, photo, betas):
     # 10 steps, each from the same state on both sides: the fused step (constant step sizes, no L1, a
     # constraint that never binds: plain Adam) against torch.optim.Adam fed the kernels' own gradient.
     # Step by step, because over several steps a 1-ulp difference (torch's Adam rounds differently) can
@@ -43,7 +44,7 @@ def test_fused_adam_matches_torch_optim_adam(kernels, photo):
         groups = [p[..., c].clone().requires_grad_(True) for c in cols]
         opt = torch.optim.Adam(
             [{"params": [g], "lr": lr} for g, lr in zip(groups, LR, strict=True)],
-            betas=(0.9, 0.999),
+            betas=betas,
             eps=1e-8,
         )
         for g, c in zip(groups, cols, strict=True):
@@ -56,7 +57,7 @@ def test_fused_adam_matches_torch_optim_adam(kernels, photo):
         (image - t).pow(2).mean(dim=(1, 2, 3)).sum().backward()
         opt.step()
         kernels.fit_steps(p, m, v, a, active, t, it0=k, num_steps=1, iters_total=10, lr=LR, lr_final=1.0,
-                      lambda_l1=0.0, min_scale=1e-6)  # fmt: skip
+                      lambda_l1=0.0, min_scale=1e-6, betas=betas)  # fmt: skip
         ref = [torch.cat([x.detach() if j == 0 else opt.state[x][key] for x in groups], dim=-1)
                for j, key in enumerate((None, "exp_avg", "exp_avg_sq"))]  # fmt: skip
         # 1e-6: one step, the same gradient bits, only Adam's rounding differs (lerp, √v/√bc2)
@@ -73,7 +74,16 @@ def test_fit_steps_match_their_torch_twin(kernels, photo):
     alive[1, 90:] = False  # and a pruned tail
     params[1, :, 2] *= -1  # image 1 is frozen; its negative l11 must still be flipped by the constraint
     active = torch.tensor([True, False])
-    kw = {"iters_total": 50, "lr": LR, "lr_final": 0.05, "lambda_l1": 0.02, "min_scale": 0.3}
+    # a schedule whose decay (the last 30% of 24 iterations: from iteration 16.1) starts inside the steps run
+    kw = {
+        "iters_total": 24,
+        "lr": LR,
+        "lr_final": 0.05,
+        "lr_decay": 0.3,
+        "lambda_l1": 0.02,
+        "min_scale": 0.3,
+        "betas": (0.9, 0.9),
+    }
     # 15 steps, each from the twin's state on both sides (see the Adam test: several steps compound
     # edge flips; measured step by step with the kernels' source on the CPU: params 3e-6, moments 3e-5)
     state = [params.clone(), torch.zeros_like(params), torch.zeros_like(params)]

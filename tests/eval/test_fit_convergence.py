@@ -22,6 +22,7 @@ def _run(c2f_psnr_at_10: float) -> dict:
         "budgets": budgets,
         "inits": ["structured", "learned", "learned+c2f"],
         "threads": 1,
+        "optimiser": fc.optimiser_settings(fc.FitConfig(init="structured")),
         "measured": "2026-12-03T00:00:00+00:00",
         "fits": {
             "structured/16": _entry({0: 20.0, 10: 24.0, 30: 26.0}, {0: 0.0, 10: 1.0, 30: 3.0}),
@@ -51,3 +52,27 @@ def test_fit_config_of_a_coarse_to_fine_budget():
     cfg = fc.fit_config("learned+c2f", 400, 100)
     assert (cfg.init, cfg.iters, cfg.coarse_iters, cfg.num_gaussians) == ("learned", 100, 100, 400)
     assert fc.fit_config("structured", 400, 100).coarse_iters == 0
+
+
+def test_the_previous_default_is_the_baseline_of_the_targets(tmp_path):
+    # structured-prev (the structured init with the old optimiser) runs beside the others; the targets and the
+    # preset are measured against it, and the speed-ups against plain structured are reported as well
+    cfg = fc.fit_config(fc.PREV, 400, 100)
+    assert (cfg.init, cfg.lr_final, cfg.betas) == ("structured", 0.05, (0.9, 0.999))
+    assert fc.fit_config("structured", 400, 100).betas != cfg.betas
+    run = _run(27.0)
+    run["inits"] = ["structured", "learned", fc.PREV]
+    run["fits"].pop("learned+c2f/16")
+    run["fits"][f"{fc.PREV}/16"] = _entry({0: 20.0, 10: 22.0, 30: 24.0}, {0: 0.0, 10: 1.0, 30: 3.0})
+    fc.report(run, "conv", out_dir=tmp_path)
+    out = json.loads((tmp_path / "conv.json").read_text())
+    targets = out["targets"]["16"]
+    # budgets 10 and 30: the "≤ 100 iterations" target reads K = 30 against the baseline's K = 30
+    assert targets[f"learned@30 ≥ {fc.PREV}@30"] is True  # 27 ≥ 24 (structured@30 is 26)
+    assert targets["learned@30 ≥ structured@30 − 0.1 dB"] is True
+    assert targets["learned@0 ≥ structured@0 + 3 dB"] is True
+    # to structured-prev@30 (24 dB): learned@0 is 23, learned@10 26.5, so 10·(1/3.5) iterations + 10 for the init
+    assert out["preset"]["baseline"] == fc.PREV
+    assert out["preset"]["speedup_iteration_equivalent"] == pytest.approx(30 / (10 / 3.5 + 10))
+    md = (tmp_path / "conv.md").read_text()
+    assert f"Time to {fc.PREV}'s 30-iteration PSNR" in md and "Time to structured's 30-iteration PSNR" in md

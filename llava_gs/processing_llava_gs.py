@@ -13,6 +13,8 @@ an inference prompt with the training templates (`llava_gs.conversation`). Both 
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 
 import numpy as np
@@ -26,7 +28,13 @@ from gs_encoder.splat_io import validate_splats
 
 from .conversation import IMAGE_TOKEN, image_token_id, tokenize_conversation
 
-__all__ = ["GaussianProcessor", "LlavaGSProcessor", "processor_for"]
+__all__ = ["LEGACY_FIT_OPTIMISER", "GaussianProcessor", "LlavaGSProcessor", "processor_for"]
+
+logger = logging.getLogger(__name__)
+
+# The fitting optimiser of processor configs saved before these settings were recorded (2026-12-05): the
+# FitConfig defaults of their day. A model sees splats fitted the way its training splats were.
+LEGACY_FIT_OPTIMISER = {"fit_lr_final": 0.05, "fit_lr_decay": 1.0, "fit_betas": [0.9, 0.999]}
 
 
 def _is_splat_file(x) -> bool:
@@ -47,16 +55,40 @@ class GaussianProcessor(BaseImageProcessor):
         resize: str = "pad",
         tower_input: str = "gs",
         image_size: int = 224,
+        fit_lr_final: float | None = None,
+        fit_lr_decay: float | None = None,
+        fit_betas: list[float] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if tower_input not in ("gs", "rgb"):
             raise ValueError(f"tower_input must be 'gs' or 'rgb', got {tower_input!r}")
         self.num_gaussians, self.fit_iters, self.fit_init = num_gaussians, fit_iters, fit_init
+        # the optimiser of on-the-fly fitting, saved with the processor (None: FitConfig's current default)
+        defaults = {f.name: f.default for f in dataclasses.fields(FitConfig)}
+        self.fit_lr_final = defaults["lr_final"] if fit_lr_final is None else float(fit_lr_final)
+        self.fit_lr_decay = defaults["lr_decay"] if fit_lr_decay is None else float(fit_lr_decay)
+        self.fit_betas = [float(b) for b in (defaults["betas"] if fit_betas is None else fit_betas)]
         self.fit_config()  # validates
         self.canvas, self.resize, self.tower_input, self.image_size = canvas, resize, tower_input, image_size
         if tower_input == "rgb":
             self.model_input_names = ["pixel_values"]
+
+    @classmethod
+    def from_dict(cls, image_processor_dict: dict, **kwargs):
+        """As BaseImageProcessor.from_dict; a config saved before the fitting optimiser was recorded gets
+        LEGACY_FIT_OPTIMISER (what its model's splats were fitted with), and says so."""
+        d = dict(image_processor_dict)
+        if d.get("tower_input", "gs") == "gs" and not any(
+            k in d or k in kwargs for k in LEGACY_FIT_OPTIMISER
+        ):
+            d.update(LEGACY_FIT_OPTIMISER)
+            logger.warning(
+                "GaussianProcessor: this processor config predates the recorded fitting optimiser; fitting "
+                "with the one of its day (%s). Set them in the config (or pass them) to change it.",
+                ", ".join(f"{k}={v}" for k, v in LEGACY_FIT_OPTIMISER.items()),
+            )
+        return super().from_dict(d, **kwargs)
 
     def update(self, **settings) -> None:
         """Set the given fitting settings (None leaves one as it is) and check they form a valid fit."""
@@ -75,6 +107,9 @@ class GaussianProcessor(BaseImageProcessor):
                 "num_gaussians": self.num_gaussians,
                 "iters": self.fit_iters,
                 "target_psnr": None,
+                "lr_final": self.fit_lr_final,
+                "lr_decay": self.fit_lr_decay,
+                "betas": tuple(self.fit_betas),
                 **init,
                 **overrides,
             }

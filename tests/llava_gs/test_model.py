@@ -251,3 +251,39 @@ def test_processor_round_trip_and_prompt(tiny_tokenizer, tmp_path, photo_path):
     assert int((text["input_ids"] == IMG).sum()) == K
     with pytest.raises(ValueError, match="holds 0 <image> but 1 image"):
         loaded("no image tag", splats=[batch["gaussians"][0]])
+
+
+def test_processor_records_its_fitting_optimiser(tiny_tokenizer, tmp_path, caplog):
+    # a new processor saves FitConfig's current optimiser and fits with what it loads; a config saved before
+    # the optimiser was recorded fits with the one of its day (what its model's splats were fitted with), and
+    # says so; explicit settings win
+    import json
+    import logging
+
+    from transformers import AutoProcessor
+
+    from gs_encoder import FitConfig
+    from llava_gs import processor_for
+    from llava_gs.processing_llava_gs import LEGACY_FIT_OPTIMISER
+
+    cfg = tiny_llava_config()
+    proc = processor_for(cfg, tiny_tokenizer, num_gaussians=25, fit_iters=5)
+    proc.save_pretrained(tmp_path)
+    cfg.save_pretrained(tmp_path)
+    default = FitConfig(init="structured")
+    fit = AutoProcessor.from_pretrained(tmp_path).image_processor.fit_config()
+    assert (fit.lr_final, fit.lr_decay, fit.betas) == (default.lr_final, default.lr_decay, default.betas)
+    config_file = tmp_path / "processor_config.json"
+    saved = json.loads(config_file.read_text())
+    assert saved["image_processor"]["fit_betas"] == list(default.betas)
+    for key in LEGACY_FIT_OPTIMISER:
+        del saved["image_processor"][key]
+    config_file.write_text(json.dumps(saved))
+    with caplog.at_level(logging.WARNING, logger="llava_gs.processing_llava_gs"):
+        old = AutoProcessor.from_pretrained(tmp_path).image_processor.fit_config()
+    assert (old.lr_final, old.lr_decay, old.betas) == (0.05, 1.0, (0.9, 0.999))
+    assert "predates the recorded fitting optimiser" in caplog.text
+    saved["image_processor"]["fit_betas"] = [0.8, 0.99]
+    config_file.write_text(json.dumps(saved))
+    mine = AutoProcessor.from_pretrained(tmp_path).image_processor.fit_config()
+    assert mine.betas == (0.8, 0.99) and mine.lr_decay == default.lr_decay

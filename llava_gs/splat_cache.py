@@ -2,7 +2,8 @@
 
 The key is the SHA-256 of the image as placed on the fitting canvas (so the same photo given as a path, a
 PIL image or an array hits the same entry) together with the fitting settings (N, iterations, canvas,
-resize, and the init when it is not the structured one). Misses are fitted together in one batched
+resize, the init when it is not the structured one, and the optimiser when it is not the one used before
+2026-12-05, so entries written then keep their keys and entries fitted otherwise are never mixed up). Misses are fitted together in one batched
 `fit_images` call with a progress bar and written as `<key>.gs.npy` under a temporary name then renamed,
 so an interrupted run never leaves a half-written entry. What is returned is always the stored fp16 form,
 so a first run and a cached run see identical splats.
@@ -18,7 +19,7 @@ import torch
 
 from gs_encoder.splat_io import SplatFileError, as_stored, load_splats, save_splats
 
-from .processing_llava_gs import GaussianProcessor
+from .processing_llava_gs import LEGACY_FIT_OPTIMISER, GaussianProcessor
 
 __all__ = ["SplatCache", "default_cache_dir"]
 
@@ -43,9 +44,18 @@ class SplatCache:
     def _settings(self) -> str:
         p = self.proc
         init = p.fit_config().init
-        # structured-init entries keep the key they had before the init was a setting
-        return f"n{p.num_gaussians}-it{p.fit_iters}-s{p.canvas}-{p.resize}" + (
-            "" if init == "structured" else f"-{init}"
+        optimiser = {k: getattr(p, k) for k in LEGACY_FIT_OPTIMISER}
+        # entries keep the key they had before the init and the optimiser were settings
+        return (
+            f"n{p.num_gaussians}-it{p.fit_iters}-s{p.canvas}-{p.resize}"
+            + ("" if init == "structured" else f"-{init}")
+            + (
+                ""
+                if optimiser == LEGACY_FIT_OPTIMISER
+                else "-lr{fit_lr_final:g}-{fit_lr_decay:g}-b{b[0]:g}-{b[1]:g}".format(
+                    **optimiser, b=p.fit_betas
+                )
+            )
         )
 
     def key(self, canvas: torch.Tensor) -> str:

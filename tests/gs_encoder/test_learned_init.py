@@ -298,6 +298,7 @@ def test_fit_config_adaptive_runs():
 
 def test_processor_fits_with_the_learned_init():
     pytest.importorskip("transformers")
+    from llava_gs.processing_llava_gs import LEGACY_FIT_OPTIMISER as LEGACY
     from llava_gs.processing_llava_gs import GaussianProcessor
     from llava_gs.splat_cache import SplatCache
 
@@ -307,5 +308,12 @@ def test_processor_fits_with_the_learned_init():
     assert out["gaussians"].shape == (1, 64, 8)
     structured = GaussianProcessor(num_gaussians=64, fit_iters=3, canvas=32, fit_init="structured")
     assert SplatCache(proc)._settings() != SplatCache(structured)._settings()
+    # the optimiser is part of the key, except the one of entries written before it was a setting
+    legacy = GaussianProcessor(num_gaussians=64, fit_iters=3, canvas=32, fit_init="structured", **LEGACY)
+    assert SplatCache(legacy)._settings() == "n64-it3-s32-pad"
+    other = GaussianProcessor(
+        num_gaussians=64, fit_iters=3, canvas=32, fit_init="structured", fit_betas=[0.9, 0.9]
+    )
+    assert len({SplatCache(p)._settings() for p in (legacy, structured, other)}) == 3
     with pytest.raises(ValueError, match="unknown init 'learnt'"):
         GaussianProcessor(fit_init="learnt")

@@ -251,7 +251,12 @@ def cmd_info(args) -> int:
 
 
 def _add_fit_args(p: argparse.ArgumentParser, batch_size: int) -> None:
+    import dataclasses
+
+    from .fitting.fit import FitConfig
     from .image_io import DEFAULT_MAX_PIXELS, RESIZE_MODES
+
+    fit_defaults = {f.name: f.default for f in dataclasses.fields(FitConfig)}
 
     p.add_argument("--num-gaussians", type=int, default=3136, help="N per image (default 3136 = 56²)")
     p.add_argument("--iters", type=int, default=3000, help="Adam iterations (default 3000)")
@@ -275,14 +280,14 @@ def _add_fit_args(p: argparse.ArgumentParser, batch_size: int) -> None:
         "--lr-final",
         type=float,
         default=None,
-        help="fraction of Adam's step sizes left at the last iteration (default: FitConfig's)",
+        help=f"fraction of Adam's step sizes left at the last iteration (default {fit_defaults['lr_final']:g})",
     )
     p.add_argument(
         "--lr-decay",
         type=float,
         default=None,
         help="the step sizes decay (cosine) over this last fraction of the iterations, constant before "
-        "(1: the whole fit; default: FitConfig's)",
+        f"(1: the whole fit; default {fit_defaults['lr_decay']:g})",
     )
     p.add_argument(
         "--betas",
@@ -290,7 +295,7 @@ def _add_fit_args(p: argparse.ArgumentParser, batch_size: int) -> None:
         nargs=2,
         default=None,
         metavar=("B1", "B2"),
-        help="Adam's moment decay rates (default: FitConfig's)",
+        help="Adam's moment decay rates (default {:g} {:g})".format(*fit_defaults["betas"]),
     )
     p.add_argument("--tau", type=float, default=None, help="prune Gaussians with luminosity below this")
     p.add_argument(

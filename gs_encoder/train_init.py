@@ -3,6 +3,8 @@
     python -m gs_encoder.train_init --out-dir runs/learned_init --steps 4000 --export \\
         gs_encoder/fitting/weights/learned_init.safetensors
     gsv train-init --images my_photos/ --out-dir runs/mine --device cuda --batch-size 64 --canvas 224
+    gsv train-init --images my_photos/ --out-dir runs/tuned --from-weights \
+        gs_encoder/fitting/weights/learned_init.safetensors --lr 3e-4   # fine-tune the shipped weights
 
 Each step draws one canvas size S and one Gaussian budget N (grid cells of 3–12 px), a batch of images,
 predicts their splats and minimises the mean squared error of the render against the image (the render
@@ -95,6 +97,7 @@ class TrainInitConfig:
     device: str = "cpu"
     threads: int = 0  # torch CPU threads (0: leave torch's default)
     export: str | None = None  # also copy the final weights here
+    from_weights: str | None = None  # a new run starts from these weights (fine-tuning), not from scratch
     if_missing: bool = False  # do nothing when `export` exists
 
     def __post_init__(self):
@@ -393,6 +396,8 @@ def train_init(cfg: TrainInitConfig, progress: bool = True) -> Path:
     net = SplatInitNet(cfg.width, cfg.cell_width, cfg.blocks, cfg.reach, cfg.passes).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, log = _resume(out, net, opt)
+    if start == 0 and cfg.from_weights:
+        _start_from(Path(cfg.from_weights), net)
     photos = load_photos(cfg.images)
     val = _validation_set(cfg, photos)
     t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
@@ -479,6 +484,29 @@ def _resume(out: Path, net, opt) -> tuple[int, list]:
     return step, log
 
 
+def _start_from(path: Path, net) -> None:
+    """Load the weights of `path` into `net` (built from the run's settings) for a fine-tuning run; raises
+    ValueError naming the file when they are unreadable or of other settings."""
+    from .fitting.learned_init import LearnedInitError, _read_weights
+
+    try:
+        source = _read_weights(path)
+    except LearnedInitError as e:
+        raise ValueError(f"--from-weights: {e}") from e
+    try:
+        net.load_state_dict(source.state_dict())
+    except RuntimeError as e:
+        settings = ", ".join(
+            f"--{k.replace('_', '-')} {getattr(source, k)}" for k in ("width", "cell_width", "blocks")
+        )
+        raise ValueError(
+            f"--from-weights {path}: its network does not fit this run's settings; pass the settings it was "
+            f"trained with ({settings}, and --passes > 1 when it has a refinement network) "
+            f"({str(e).splitlines()[0]})"
+        ) from e
+    print(f"starting from {path}")
+
+
 def _finish(cfg: TrainInitConfig, out: Path, net, log: list) -> Path:
     """Save the final weights and the training log (and copy both to cfg.export); returns the weights."""
     from .fitting.learned_init import save_learned_init
@@ -528,6 +556,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=d.device, help="cpu or cuda")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: default)")
     p.add_argument("--export", default=None, help="also copy the final weights to this file")
+    p.add_argument(
+        "--from-weights",
+        default=None,
+        help="start a new run from these weights, e.g. the shipped ones, to fine-tune them (a run that "
+        "resumes from its own checkpoint ignores it)",
+    )
     p.add_argument("--if-missing", action="store_true", help="do nothing when --export exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

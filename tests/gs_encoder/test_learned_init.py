@@ -217,6 +217,36 @@ def test_train_three_steps_then_resume(tmp_path):
     assert (out / "checkpoints" / "step-5" / "checkpoint.safetensors").read_bytes() != before
 
 
+def test_train_from_weights_fine_tunes_them(tmp_path):
+    """--from-weights: a new run starts from the file's network (not from scratch); other settings or a bad
+    file are an error naming it."""
+    from safetensors.torch import load_file
+
+    from gs_encoder.train_init import TrainInitConfig, train_init
+
+    small = dict(batch_size=2, canvas=[32], width=8, cell_width=8, blocks=1, passes=2, log_every=1)
+    source = train_init(
+        TrainInitConfig(out_dir=str(tmp_path / "a"), steps=3, lr=1e-2, **small), progress=False
+    )
+    tuned = TrainInitConfig(out_dir=str(tmp_path / "b"), steps=1, lr=1e-7, from_weights=str(source), **small)
+    fresh = TrainInitConfig(out_dir=str(tmp_path / "c"), steps=1, lr=1e-7, **small)
+    w0, w1 = load_file(str(source)), load_file(str(train_init(tuned, progress=False)))
+    w2 = load_file(str(train_init(fresh, progress=False)))
+    assert float(w0["head.weight"].abs().max()) > 1e-3  # trained: the head has left its zero start
+    assert all(torch.allclose(w1[k], w0[k], atol=1e-5) for k in w0)  # one tiny step from the source
+    assert not torch.allclose(w2["head.weight"], w0["head.weight"], atol=1e-5)
+    wide = TrainInitConfig(
+        out_dir=str(tmp_path / "d"), steps=1, from_weights=str(source), **{**small, "width": 16}
+    )
+    with pytest.raises(ValueError, match=r"--from-weights .*does not fit this run's settings.*--width 8"):
+        train_init(wide, progress=False)
+    missing = TrainInitConfig(
+        out_dir=str(tmp_path / "e"), steps=1, from_weights=str(tmp_path / "no"), **small
+    )
+    with pytest.raises(ValueError, match="--from-weights: .*no: learned-init weights not found"):
+        train_init(missing, progress=False)
+
+
 def test_train_resumes_the_earlier_layout(tmp_path):
     """A folder written before checkpoints/step-<k>/ (the three files directly in it) resumes, not restarts."""
     from gs_encoder.train_init import TrainInitConfig, train_init

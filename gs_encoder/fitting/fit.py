@@ -65,10 +65,9 @@ class FitConfig:
     # images): with constant step sizes Adam's normalised steps keep every Gaussian jittering. β2 = 0.9 is
     # faster still (+0.5 dB at 100 iterations) but makes a fit chaotic: float rounding (batch composition,
     # backend) then moves the result by up to 0.08 dB, against 0.01 with 0.98.
-    lr_final: float = (
-        0.05  # the step sizes decay (cosine) to this fraction of their start by the last iteration
-    )
-    lr_decay: float = 0.3  # over this last fraction of the iterations; constant before it (1: the whole fit)
+    # the step sizes decay by a cosine to lr_final of their start, over the last lr_decay of the iterations
+    lr_final: float = 0.05
+    lr_decay: float = 0.3  # constant before the decay (1: a cosine over the whole fit)
     betas: tuple[float, float] = (0.9, 0.98)  # Adam's decay rates of its first and second moments
     target_psnr: float | None = None  # stop an image early once its PSNR reaches this (dB)
     check_every: int = 50  # iterations between PSNR checks (early stop, progress bar)

@@ -38,10 +38,8 @@ __all__ = [
     "torch_ops",
 ]
 
-BETAS, EPS = (
-    (0.9, 0.999),
-    1e-8,
-)  # Adam's textbook settings: the defaults of fit_steps (FitConfig sets its own)
+# Adam's textbook settings: the defaults of fit_steps_torch (the fit passes FitConfig's)
+BETAS, EPS = (0.9, 0.999), 1e-8
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ For each init (structured grid, GaussianImage's random, the content-adaptive gri
 gs_encoder/fitting/init.py, the learned network of gs_encoder/fitting/learned_init.py, and the learned init with coarse-to-fine:
 K iterations on the canvas shrunk 2× first) and N ∈ {400, 1600, 3136} on the four benchmark photos at 224²
 (centre crop; never part of the learned init's training data), one fit per iteration budget
-K ∈ {50, 100, 300, 1000, 3000}, each a complete K-iteration fit (what `gsv fit --iters K` runs; random stops at 1000 to save time), timed from the raw image to the fitted splats (init, network included);
+K ∈ {50, 100, 300, 1000, 3000}, each a complete K-iteration fit (what `gsv fit --iters K` runs; random
+stops at 1000 to save time), timed from the raw image to the fitted splats (init, network included);
 K = 0 is the init itself. Also the baseline of the targets, structured-prev: the structured init fitted with
 the optimiser settings of the default before 2026-12-05 (cosine decay to 5%, Adam β2 = 0.999), side by side
 in the same run, and the cost of the learned network against 20 fit iterations.
@@ -31,11 +32,8 @@ from gs_encoder.report import machine_info
 from .common import PHOTOS, RESULTS, photos, timed, write_results
 
 PREV = "structured-prev"  # the structured init fitted with the Adam settings of the default before 2026-12-05
-PREV_ADAM = {
-    "lr_final": 0.05,
-    "lr_decay": 1.0,
-    "betas": (0.9, 0.999),
-}  # cosine over the whole fit to 5%, β2 0.999
+# its optimiser: a cosine over the whole fit down to 5% of the step sizes, Adam β2 = 0.999
+PREV_ADAM = {"lr_final": 0.05, "lr_decay": 1.0, "betas": (0.9, 0.999)}
 INITS = ("structured", "random", "adaptive", "learned", "learned+c2f", PREV)
 SHORT = {"random": 1000}  # largest budget run for these inits
 C2F = "+c2f"  # suffix: coarse-to-fine, K iterations on the canvas shrunk 2× before the K of the budget

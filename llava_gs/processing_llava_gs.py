@@ -23,6 +23,7 @@ from transformers import BatchFeature, ProcessorMixin
 from transformers.image_processing_utils import BaseImageProcessor
 
 from gs_encoder import FitConfig, fit_images, load_image, load_splats, pad_splat_sets
+from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER
 from gs_encoder.image_io import canvas_from_pil, to_canvas
 from gs_encoder.splat_io import validate_splats
 
@@ -34,7 +35,11 @@ logger = logging.getLogger(__name__)
 
 # The fitting optimiser of processor configs saved before these settings were recorded (2026-12-05): the
 # FitConfig defaults of their day. A model sees splats fitted the way its training splats were.
-LEGACY_FIT_OPTIMISER = {"fit_lr_final": 0.05, "fit_lr_decay": 1.0, "fit_betas": [0.9, 0.999]}
+LEGACY_FIT_OPTIMISER = {
+    "fit_lr_final": PREVIOUS_OPTIMISER["lr_final"],
+    "fit_lr_decay": PREVIOUS_OPTIMISER["lr_decay"],
+    "fit_betas": list(PREVIOUS_OPTIMISER["betas"]),
+}
 
 
 def _is_splat_file(x) -> bool:

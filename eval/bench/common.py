@@ -70,10 +70,12 @@ def write_results(
     data: dict,
     notes: str = "",
     out_dir: Path = RESULTS,
+    machine: dict | None = None,
 ) -> Path:
-    """Write eval/results/<name>.json and <name>.md: each section is (heading, headers, rows)."""
+    """Write eval/results/<name>.json and <name>.md: each section is (heading, headers, rows). `machine`:
+    the machine_info() of the run the data come from when it is not this process (tables rebuilt later)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    info = machine_info()
+    info = machine or machine_info()
     payload = {"benchmark": name, "machine": info, **data}
     (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [

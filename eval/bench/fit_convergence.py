@@ -25,15 +25,14 @@ import numpy as np
 import torch
 
 from gs_encoder import FitConfig, fit_images, psnr, render, structured_init
+from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER as PREV_ADAM
 from gs_encoder.fitting.init import adaptive_init, random_init
 from gs_encoder.fitting.learned_init import COLOUR_ITERS, learned_init, load_learned_init
 from gs_encoder.report import machine_info
 
 from .common import PHOTOS, RESULTS, photos, timed, write_results
 
-PREV = "structured-prev"  # the structured init fitted with the Adam settings of the default before 2026-12-05
-# its optimiser: a cosine over the whole fit down to 5% of the step sizes, Adam β2 = 0.999
-PREV_ADAM = {"lr_final": 0.05, "lr_decay": 1.0, "betas": (0.9, 0.999)}
+PREV = "structured-prev"  # the structured init fitted with the optimiser of the default before 2026-12-05
 INITS = ("structured", "random", "adaptive", "learned", "learned+c2f", PREV)
 SHORT = {"random": 1000}  # largest budget run for these inits
 C2F = "+c2f"  # suffix: coarse-to-fine, K iterations on the canvas shrunk 2× before the K of the budget
@@ -218,7 +217,7 @@ def load_run(path) -> dict:
     run.setdefault("measured", run["machine"]["date"])
     # runs from before the optimiser was recorded used the default of their day, PREV's
     run.setdefault("optimiser", optimiser_settings(FitConfig(init="structured", **PREV_ADAM)))
-    for derived in ("machine", "targets", "preset", "benchmark"):
+    for derived in ("targets", "preset", "benchmark"):
         run.pop(derived, None)  # recomputed by report / write_results
     return run
 
@@ -322,15 +321,15 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
     init_its = (le["seconds"][0] / len(names)) / per_it
     preset = {
         "baseline": base,
-        "structured_images_per_s_measured": len(names) / b["seconds"][top_k],
-        "structured_psnr": b["psnr"][top_k],
+        "baseline_images_per_s_measured": len(names) / b["seconds"][top_k],
+        "baseline_psnr": b["psnr"][top_k],
         "learned_iterations_at_equal_psnr": k_eq,
         "speedup_iteration_equivalent": None if k_eq is None else top_k / (k_eq + init_its),
     }
     preset["learned_images_per_s_at_equal_psnr"] = (
         None
         if k_eq is None
-        else preset["structured_images_per_s_measured"] * preset["speedup_iteration_equivalent"]
+        else preset["baseline_images_per_s_measured"] * preset["speedup_iteration_equivalent"]
     )
     opt = run["optimiser"]
     notes = (
@@ -401,8 +400,8 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
             ],
             [
                 [
-                    60 * preset["structured_images_per_s_measured"],
-                    preset["structured_psnr"],
+                    60 * preset["baseline_images_per_s_measured"],
+                    preset["baseline_psnr"],
                     None if k_eq is None else round(k_eq),
                     preset["speedup_iteration_equivalent"],
                     None if k_eq is None else 60 * preset["learned_images_per_s_at_equal_psnr"],
@@ -416,7 +415,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         "previous default",
         sections,
         {
-            **run,
+            **{k: v for k, v in run.items() if k != "machine"},
             "targets": {str(n): t for n, t in targets.items()},
             "preset": preset,
             "coarse_to_fine": {
@@ -431,6 +430,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         },
         notes,
         out_dir=out_dir,
+        machine=run.get("machine"),  # set when the tables are rebuilt from a measured run's JSON
     )
     plot(data, inits, ns, out_dir / f"{name}.png")
     return md
@@ -444,9 +444,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     name = "fit_convergence_quick" if args.quick else "fit_convergence"
     if args.from_json:
-        run = load_run(args.from_json)
-        torch.set_num_threads(run["threads"])  # the header names the run's thread count
-        md = report(run, name)
+        md = report(load_run(args.from_json), name)  # the header names the run's machine, date and commit
         print(md.read_text())
         return
     torch.set_num_threads(args.threads)

@@ -30,11 +30,23 @@ from .fit_ops import FitOps, cuda_ops, luminance, prune_mask_torch, torch_ops
 from .init import adaptive_init, random_init, structured_init
 from .render import render
 
-__all__ = ["FitConfig", "FitResult", "fit_images", "fit_sets", "fit_sidecar", "luminance", "prune", "psnr"]
+__all__ = [
+    "PREVIOUS_OPTIMISER",
+    "FitConfig",
+    "FitResult",
+    "fit_images",
+    "fit_sets",
+    "fit_sidecar",
+    "luminance",
+    "prune",
+    "psnr",
+]
 
 logger = logging.getLogger(__name__)
 
 INITS = ("structured", "random", "adaptive", "learned")
+# FitConfig's optimiser before 2026-12-05: a cosine over the whole fit down to 5% of the step sizes, β2 = 0.999
+PREVIOUS_OPTIMISER = {"lr_final": 0.05, "lr_decay": 1.0, "betas": (0.9, 0.999)}
 
 
 @dataclass
@@ -60,13 +72,11 @@ class FitConfig:
     lr_rgb: float = 0.02  # Adam step size of colours
     # Step-size schedule and Adam's moment decay rates (eval/results/fit_convergence.md): constant step sizes
     # with a cosine to lr_final over the last lr_decay of the iterations, and a shorter second-moment memory
-    # (β2 = 0.98), reach every quality in fewer iterations than the default before 2026-12-05 (a cosine over
-    # the whole fit, lr_decay 1, to 5%, with β2 = 0.999). The final decay matters where a fit converges (flat
-    # images): with constant step sizes Adam's normalised steps keep every Gaussian jittering. β2 = 0.9 is
-    # faster still (+0.5 dB at 100 iterations) but makes a fit chaotic: float rounding (batch composition,
-    # backend) then moves the result by up to 0.08 dB, against 0.01 with 0.98.
-    # the step sizes decay by a cosine to lr_final of their start, over the last lr_decay of the iterations
-    lr_final: float = 0.05
+    # (β2 = 0.98), reach every quality in fewer iterations than PREVIOUS_OPTIMISER. The final decay matters
+    # where a fit converges (flat images): with constant step sizes Adam's normalised steps keep every
+    # Gaussian jittering. β2 = 0.9 is faster still (+0.5 dB at 100 iterations) but makes a fit chaotic: float
+    # rounding (batch composition, backend) then moves the result by up to 0.08 dB, against 0.01 with 0.98.
+    lr_final: float = 0.05  # fraction of the step sizes left at the last iteration
     lr_decay: float = 0.3  # constant before the decay (1: a cosine over the whole fit)
     betas: tuple[float, float] = (0.9, 0.98)  # Adam's decay rates of its first and second moments
     target_psnr: float | None = None  # stop an image early once its PSNR reaches this (dB)

@@ -76,3 +76,18 @@ def test_the_previous_default_is_the_baseline_of_the_targets(tmp_path):
     assert out["preset"]["speedup_iteration_equivalent"] == pytest.approx(30 / (10 / 3.5 + 10))
     md = (tmp_path / "conv.md").read_text()
     assert f"Time to {fc.PREV}'s 30-iteration PSNR" in md and "Time to structured's 30-iteration PSNR" in md
+
+
+def test_tables_rebuilt_from_json_name_the_measured_run(tmp_path):
+    # --from-json: the header keeps the machine, date and commit of the run that measured, not the rebuild's
+    fc.report(_run(27.0), "conv", out_dir=tmp_path)
+    saved = json.loads((tmp_path / "conv.json").read_text())
+    saved["machine"].update(date="2026-01-02T03:04:05+00:00", git="abc1234", cpu="Measuring CPU")
+    (tmp_path / "conv.json").write_text(json.dumps(saved))
+    fc.report(fc.load_run(tmp_path / "conv.json"), "again", out_dir=tmp_path)
+    header = (tmp_path / "again.md").read_text().splitlines()[2]
+    assert (
+        header.startswith("Measured 2026-01-02T03:04:05+00:00 on Measuring CPU")
+        and "commit abc1234" in header
+    )
+    assert json.loads((tmp_path / "again.json").read_text())["machine"]["git"] == "abc1234"

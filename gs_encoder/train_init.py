@@ -487,8 +487,13 @@ def _resume(out: Path, net, opt) -> tuple[int, list]:
 def _start_from(path: Path, net) -> None:
     """Load the weights of `path` into `net` (built from the run's settings) for a fine-tuning run; raises
     ValueError naming the file when they are unreadable or of other settings."""
-    from .fitting.learned_init import LearnedInitError, _read_weights
+    from .fitting.learned_init import DEFAULT_WEIGHTS, LearnedInitError, _read_weights
 
+    if not path.is_file():
+        raise ValueError(
+            f"--from-weights {path}: no such file; give a weights file of this network, e.g. the shipped "
+            f"{DEFAULT_WEIGHTS}"
+        )
     try:
         source = _read_weights(path)
     except LearnedInitError as e:

@@ -391,13 +391,15 @@ def train_init(cfg: TrainInitConfig, progress: bool = True) -> Path:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     net = SplatInitNet(cfg.width, cfg.cell_width, cfg.blocks, cfg.reach, cfg.passes).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, log = _resume(out, net, opt)
     if start == 0 and cfg.from_weights:
-        _start_from(Path(cfg.from_weights), net)
+        _start_from(
+            Path(cfg.from_weights), net
+        )  # before any folder is made: a bad file leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
     photos = load_photos(cfg.images)
     val = _validation_set(cfg, photos)
     t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
@@ -512,17 +514,37 @@ def _start_from(path: Path, net) -> None:
     print(f"starting from {path}")
 
 
+def log_path(weights: Path) -> Path:
+    """The training log that goes with a weights file: learned_init.safetensors -> learned_init_log.json."""
+    return weights.with_name(weights.name.split(".")[0] + "_log.json")
+
+
+def _source_log(weights: Path) -> dict:
+    """{"log": the training log of `weights`} if it has one beside it (else {"log": None})."""
+    for candidate in (log_path(weights), weights.with_name("train_log.json")):
+        try:
+            return {"log": json.loads(candidate.read_text())}
+        except (OSError, ValueError):
+            continue
+    return {"log": None}
+
+
 def _finish(cfg: TrainInitConfig, out: Path, net, log: list) -> Path:
     """Save the final weights and the training log (and copy both to cfg.export); returns the weights."""
     from .fitting.learned_init import save_learned_init
 
     net.eval()
     final = save_learned_init(out / "learned_init.safetensors", net, {"steps": str(cfg.steps)})
+    from .report import machine_info
+
     train_log = {
         "config": asdict(cfg),
         "photos": list(TRAIN_PHOTOS) if not cfg.images else cfg.images,
         "log": log,
+        "machine": machine_info(),
     }
+    if cfg.from_weights:  # fine-tuned: keep the history of the weights it started from
+        train_log["started_from"] = {"weights": cfg.from_weights, **_source_log(Path(cfg.from_weights))}
     _atomic_json(out / "train_log.json", train_log)
     if cfg.export:
         dest = Path(cfg.export)
@@ -531,7 +553,7 @@ def _finish(cfg: TrainInitConfig, out: Path, net, log: list) -> Path:
         shutil.copyfile(final, tmp)
         tmp.chmod(0o644)
         tmp.replace(dest)
-        _atomic_json(dest.with_name(dest.name.split(".")[0] + "_log.json"), train_log)
+        _atomic_json(log_path(dest), train_log)
         print(f"exported {dest}")
     print(f"wrote {final} and {out / 'train_log.json'}")
     return final

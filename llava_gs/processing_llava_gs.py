@@ -98,10 +98,17 @@ class GaussianProcessor(BaseImageProcessor):
     def update(self, **settings) -> None:
         """Set the given fitting settings (None leaves one as it is) and check they form a valid fit."""
         for name, value in settings.items():
-            if name not in ("num_gaussians", "fit_iters", "fit_init", "canvas", "resize"):
+            if name not in (
+                "num_gaussians",
+                "fit_iters",
+                "fit_init",
+                "canvas",
+                "resize",
+                *LEGACY_FIT_OPTIMISER,
+            ):
                 raise ValueError(f"unknown image-processor setting {name!r}")
             if value is not None:
-                setattr(self, name, value)
+                setattr(self, name, [float(b) for b in value] if name == "fit_betas" else value)
         self.fit_config()
 
     def fit_config(self, **overrides) -> FitConfig:

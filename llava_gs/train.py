@@ -58,7 +58,10 @@ class DataArguments:
     is_multimodal: bool = field(default=True)
     num_gaussians: int | None = field(
         default=None,
-        metadata={"help": "N for images fitted on the fly (default: the model's processor, or 3136)"},
+        metadata={
+            "help": "N for images fitted on the fly (default: that of the --splat_folder sidecars, else the "
+            "model's processor, else 3136)"
+        },
     )
     fit_iters: int | None = field(
         default=None,
@@ -327,7 +330,50 @@ def _processor(margs: ModelArguments, dargs: DataArguments, config, tokenizer):
     processor.image_processor.update(
         resize=ASPECT[dargs.image_aspect_ratio], num_gaussians=dargs.num_gaussians, fit_iters=dargs.fit_iters
     )
+    if dargs.splat_folder and processor.image_processor.tower_input == "gs":
+        _fit_like_splat_folder(processor.image_processor, dargs)
     return processor
+
+
+def _fit_like_splat_folder(image_proc, dargs: DataArguments) -> None:
+    """Make the processor fit (--fit_missing here; chat and lmms-eval with the saved model) as the splats of
+    --splat_folder were fitted, read from their sidecars: the init, the optimiser and, unless --num_gaussians
+    says otherwise, N. Says what it changed, and warns about what differs and stays."""
+    from gs_encoder.fitting.fit import fitted_with
+
+    seen, read = fitted_with(dargs.splat_folder)
+    if not read:
+        return
+    adopt = {f"fit_{k}": seen[k] for k in ("lr_final", "lr_decay", "betas") if k in seen}
+    if "init" in seen and image_proc.fit_config().init != seen["init"]:
+        adopt["fit_init"] = seen["init"]
+    if "num_gaussians_initial" in seen and dargs.num_gaussians is None:
+        adopt["num_gaussians"] = seen["num_gaussians_initial"]
+    now = {k: getattr(image_proc, k) for k in adopt}
+    changed = {k: v for k, v in adopt.items() if now[k] != (list(v) if k == "fit_betas" else v)}
+    if changed:
+        image_proc.update(**changed)
+        logger.info(
+            "processor: fits images on the fly as the splats of %s were fitted (%d sidecars read): %s",
+            dargs.splat_folder,
+            read,
+            ", ".join(f"{k} {now[k]} -> {v}" for k, v in changed.items()),
+        )
+    for key, attr, fix in (
+        ("num_gaussians_initial", "num_gaussians", "--num_gaussians"),
+        ("canvas", "canvas", "the vision tower's image size"),
+        ("resize", "resize", "--image_aspect_ratio"),
+    ):
+        if key in seen and getattr(image_proc, attr) != seen[key]:
+            logger.warning(
+                "%s: its splats were fitted with %s = %s, the processor fits with %s (set by %s): images "
+                "fitted on the fly will differ from the training splats",
+                dargs.splat_folder,
+                attr,
+                seen[key],
+                getattr(image_proc, attr),
+                fix,
+            )
 
 
 def main() -> None:

@@ -16,15 +16,18 @@ fused kernels on the GPU, or their CPU emulation); `fit_images` picks one from c
 
 from __future__ import annotations
 
+import json
 import logging
 import numbers
+import os
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..splat_io import as_stored, validate_splats
+from ..splat_io import as_stored, sidecar_path, validate_splats
 from .backend import BACKENDS, KERNEL_BACKENDS, resolve_backend
 from .fit_ops import FitOps, cuda_ops, luminance, prune_mask_torch, torch_ops
 from .init import adaptive_init, random_init, structured_init
@@ -37,6 +40,7 @@ __all__ = [
     "fit_images",
     "fit_sets",
     "fit_sidecar",
+    "fitted_with",
     "luminance",
     "prune",
     "psnr",
@@ -429,3 +433,49 @@ def fit_sidecar(result: FitResult, target: torch.Tensor, cfg: FitConfig, resize:
         "seconds": round(result.seconds, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+# settings of fitting that fitted_with reads back, with the value a sidecar written before the setting was
+# recorded implies (None: unknown)
+_RECORDED = {
+    "num_gaussians_initial": None,
+    "canvas": None,
+    "resize": None,
+    "init": None,
+    "lr_final": PREVIOUS_OPTIMISER["lr_final"],
+    "lr_decay": PREVIOUS_OPTIMISER["lr_decay"],
+    "betas": list(PREVIOUS_OPTIMISER["betas"]),
+}
+
+
+def fitted_with(folder: str | os.PathLike, limit: int = 32) -> tuple[dict, int]:
+    """How the splats of a folder (`gsv fit` / `gsv fit-shards` output) were fitted, from their sidecars.
+
+    Reads up to `limit` sidecars (`<name>.json` beside `<name>.gs.npy`, docs/format.md). Returns (settings,
+    files read): each of num_gaussians_initial, canvas, resize, init, lr_final, lr_decay, betas that all of
+    them agree on (a sidecar older than a setting counts as the value of its day: the optimiser of
+    PREVIOUS_OPTIMISER; an unknown init or size is left out), so a consumer that fits more images can fit
+    them like these."""
+    seen: dict[str, set] = {k: set() for k in _RECORDED}
+    read = 0
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if not name.endswith(".gs.npy") or read >= limit:
+                continue
+            try:
+                meta = json.loads(sidecar_path(Path(root) / name).read_text())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(meta, dict):
+                continue
+            read += 1
+            for k, old in _RECORDED.items():
+                v = meta.get(k, old)
+                seen[k].add(tuple(v) if isinstance(v, list) else v)
+        if read >= limit:
+            break
+    agreed = {k: next(iter(v)) for k, v in seen.items() if len(v) == 1 and None not in v}
+    if "betas" in agreed:
+        agreed["betas"] = tuple(float(b) for b in agreed["betas"])
+    return agreed, read

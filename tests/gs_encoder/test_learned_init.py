@@ -235,6 +235,12 @@ def test_train_from_weights_fine_tunes_them(tmp_path):
     assert float(w0["head.weight"].abs().max()) > 1e-3  # trained: the head has left its zero start
     assert all(torch.allclose(w1[k], w0[k], atol=1e-5) for k in w0)  # one tiny step from the source
     assert not torch.allclose(w2["head.weight"], w0["head.weight"], atol=1e-5)
+    # the tuned run's log keeps the source run's (its config and curve), so shipped weights tell their history
+    log = json.loads((tmp_path / "b" / "train_log.json").read_text())
+    assert log["started_from"]["weights"] == str(source)
+    assert [e["step"] for e in log["started_from"]["log"]["log"]] == [1, 2, 3]
+    assert log["started_from"]["log"]["config"]["lr"] == 1e-2 and log["machine"]["torch_threads"] >= 1
+    assert "started_from" not in json.loads((tmp_path / "c" / "train_log.json").read_text())
     wide = TrainInitConfig(
         out_dir=str(tmp_path / "d"), steps=1, from_weights=str(source), **{**small, "width": 16}
     )
@@ -245,6 +251,7 @@ def test_train_from_weights_fine_tunes_them(tmp_path):
     )
     with pytest.raises(ValueError, match=r"--from-weights .*no: no such file; give a weights file"):
         train_init(missing, progress=False)
+    assert not (tmp_path / "e").exists()  # a failed start leaves no empty run folder behind
 
 
 def test_train_resumes_the_earlier_layout(tmp_path):

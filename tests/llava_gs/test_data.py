@@ -109,3 +109,51 @@ def test_missing_splats_name_the_sample_and_the_fix(llava_data, tokenizer, tmp_p
     )
     assert onthefly[2]["splats"][0].shape == (9, 8)
     assert torch.is_tensor(onthefly[1]["input_ids"]) and onthefly[1]["splats"] == []
+
+
+def test_training_processor_fits_like_the_splat_folder(llava_data, tmp_path, caplog):
+    """llava_gs.train reads how --splat_folder was fitted (sidecars) and makes the saved processor fit images
+    the same way: init, optimiser and N (unless --num_gaussians is given); what stays different is a warning."""
+    import logging
+
+    from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER, fitted_with
+    from llava_gs.processing_llava_gs import GaussianProcessor
+    from llava_gs.train import DataArguments, _fit_like_splat_folder
+
+    data, images, cache = llava_data  # fitted with the defaults: learned init, current optimiser, N = 16
+    seen, read = fitted_with(cache)
+    assert read == 2 and seen["init"] == "learned" and seen["num_gaussians_initial"] == 16
+    old = tmp_path / "old"
+    args = ["fit-shards", str(data), "--image-folder", str(images), "-o", str(old), "--size", "16", "-q"]
+    assert (
+        gsv([*args, "--num-gaussians", "16", "--iters", "5", "--init", "structured", "--lr-decay", "1"]) == 0
+    )
+    for side in old.rglob("*.json"):  # sidecars written before the optimiser was recorded
+        meta = json.loads(side.read_text())
+        side.write_text(json.dumps({k: v for k, v in meta.items() if k not in ("lr_decay", "betas")}))
+    seen, _ = fitted_with(old)
+    assert (seen["lr_decay"], seen["betas"]) == (PREVIOUS_OPTIMISER["lr_decay"], PREVIOUS_OPTIMISER["betas"])
+
+    proc = GaussianProcessor(canvas=224)
+    with caplog.at_level(logging.INFO, logger="llava_gs.train"):
+        _fit_like_splat_folder(proc, DataArguments(data_path=str(data), splat_folder=str(old)))
+    cfg = proc.fit_config()
+    assert (cfg.init, cfg.num_gaussians, cfg.lr_decay, cfg.betas) == ("structured", 16, 1.0, (0.9, 0.999))
+    assert "lr_decay 0.3 -> 1.0" in caplog.text and "canvas = 16" in caplog.text  # 224 stays: a warning
+
+    caplog.clear()
+    proc = GaussianProcessor(canvas=16, num_gaussians=32)
+    with caplog.at_level(logging.INFO, logger="llava_gs.train"):
+        _fit_like_splat_folder(
+            proc, DataArguments(data_path=str(data), splat_folder=str(cache), num_gaussians=32)
+        )
+    assert proc.num_gaussians == 32 and "--num_gaussians" in caplog.text and "canvas" not in caplog.text
+    # sidecars that disagree settle nothing: the processor keeps its own setting
+    mixed = tmp_path / "mixed"
+    for i, folder in enumerate((cache, old)):
+        side = next(folder.rglob("chelsea.json"))
+        for f in (side, side.with_name("chelsea.gs.npy")):
+            (mixed / str(i)).mkdir(parents=True, exist_ok=True)
+            (mixed / str(i) / f.name).write_bytes(f.read_bytes())
+    seen, read = fitted_with(mixed)
+    assert read == 2 and "init" not in seen and "betas" not in seen and seen["num_gaussians_initial"] == 16

@@ -251,12 +251,10 @@ def cmd_info(args) -> int:
 
 
 def _add_fit_args(p: argparse.ArgumentParser, batch_size: int) -> None:
-    import dataclasses
-
     from .fitting.fit import FitConfig
     from .image_io import DEFAULT_MAX_PIXELS, RESIZE_MODES
 
-    fit_defaults = {f.name: f.default for f in dataclasses.fields(FitConfig)}
+    fit_defaults = FitConfig.defaults()
 
     p.add_argument("--num-gaussians", type=int, default=3136, help="N per image (default 3136 = 56²)")
     p.add_argument("--iters", type=int, default=3000, help="Adam iterations (default 3000)")

@@ -491,13 +491,11 @@ def _start_from(path: Path, net) -> None:
     ValueError naming the file when they are unreadable or of other settings."""
     from .fitting.learned_init import DEFAULT_WEIGHTS, LearnedInitError, _read_weights
 
+    fix = f"give a weights file of this network, e.g. the shipped {DEFAULT_WEIGHTS}"
     if not path.is_file():
-        raise ValueError(
-            f"--from-weights {path}: no such file; give a weights file of this network, e.g. the shipped "
-            f"{DEFAULT_WEIGHTS}"
-        )
+        raise ValueError(f"--from-weights {path}: no such file; {fix}")
     try:
-        source = _read_weights(path)
+        source = _read_weights(path, fix)
     except LearnedInitError as e:
         raise ValueError(f"--from-weights: {e}") from e
     try:

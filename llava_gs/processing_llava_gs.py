@@ -13,7 +13,6 @@ an inference prompt with the training templates (`llava_gs.conversation`). Both 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 
@@ -70,7 +69,7 @@ class GaussianProcessor(BaseImageProcessor):
             raise ValueError(f"tower_input must be 'gs' or 'rgb', got {tower_input!r}")
         self.num_gaussians, self.fit_iters, self.fit_init = num_gaussians, fit_iters, fit_init
         # the optimiser of on-the-fly fitting, saved with the processor (None: FitConfig's current default)
-        defaults = {f.name: f.default for f in dataclasses.fields(FitConfig)}
+        defaults = FitConfig.defaults()
         self.fit_lr_final = defaults["lr_final"] if fit_lr_final is None else float(fit_lr_final)
         self.fit_lr_decay = defaults["lr_decay"] if fit_lr_decay is None else float(fit_lr_decay)
         self.fit_betas = [float(b) for b in (defaults["betas"] if fit_betas is None else fit_betas)]

@@ -21,7 +21,7 @@ import logging
 import numbers
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -89,6 +89,11 @@ class FitConfig:
     plan_margin: float = 0.0  # extra window radius (px) so the render plan survives more steps
     seed: int = 0  # seed of the random initialisation
     backend: str = "auto"  # auto (CUDA kernels / compiled CPU op when built, else torch) | torch | cpp | cuda
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """{setting: default} of every field (what a command line or processor shows or falls back to)."""
+        return {f.name: f.default for f in fields(cls)}
 
     def __post_init__(self):
         if not isinstance(self.num_gaussians, int) or self.num_gaussians < 1:

@@ -202,10 +202,11 @@ def save_learned_init(path: str | Path, net: SplatInitNet, extra: dict[str, str]
     return path
 
 
-def _read_weights(path: Path) -> SplatInitNet:
+def _read_weights(path: Path, fix: str | None = None) -> SplatInitNet:
+    """The network of a weights file; errors name it and end with `fix` (default: how to rebuild it)."""
     from safetensors import SafetensorError, safe_open
 
-    fix = REBUILD.format(path=path)
+    fix = fix or REBUILD.format(path=path)
     if not path.is_file():
         raise LearnedInitError(f"{path}: learned-init weights not found; {fix}")
     try:

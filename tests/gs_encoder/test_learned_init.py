@@ -252,6 +252,14 @@ def test_train_from_weights_fine_tunes_them(tmp_path):
     with pytest.raises(ValueError, match=r"--from-weights .*no: no such file; give a weights file"):
         train_init(missing, progress=False)
     assert not (tmp_path / "e").exists()  # a failed start leaves no empty run folder behind
+    (tmp_path / "bad.safetensors").write_bytes(b"not weights")
+    corrupt = TrainInitConfig(
+        out_dir=str(tmp_path / "f"), steps=1, from_weights=str(tmp_path / "bad.safetensors"), **small
+    )
+    with pytest.raises(
+        ValueError, match=r"--from-weights: .*bad.safetensors: not a readable .*give a weights"
+    ):
+        train_init(corrupt, progress=False)
 
 
 def test_train_resumes_the_earlier_layout(tmp_path):

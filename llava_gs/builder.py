@@ -227,7 +227,8 @@ def load_pretrained_model(
     """A GS-LLaVA folder (or a LoRA adapter folder trained on one) → (model in eval mode, processor).
 
     dtype defaults to float32 on CPU (half precision matmuls are slow or missing there) and bfloat16 on
-    CUDA. `image_kwargs` override the processor's on-the-fly fitting settings (num_gaussians, fit_iters, fit_init).
+    CUDA. `image_kwargs` override the processor's on-the-fly fitting settings (num_gaussians, fit_iters, fit_init,
+    fit_init_weights).
     """
     from transformers import AutoProcessor
 

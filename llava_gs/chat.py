@@ -177,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["structured", "random", "adaptive", "learned"],
         help="init of photo fits (default: FitConfig's)",
     )
+    ap.add_argument(
+        "--fit-init-weights",
+        help="weights file of the learned init for photo fits (default: the processor's)",
+    )
     ap.add_argument("--temperature", type=float, default=0.2, help="0 = greedy")
     ap.add_argument("--top-p", type=float, default=None)
     ap.add_argument("--max-new-tokens", type=int, default=512)
@@ -202,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             num_gaussians=args.num_gaussians,
             fit_iters=args.fit_iters,
             fit_init=args.fit_init,
+            fit_init_weights=args.fit_init_weights,
         )
     except (OSError, ValueError) as e:
         print(f"error: cannot load the model from {args.model}: {e}", file=sys.stderr)

@@ -41,6 +41,11 @@ LEGACY_FIT_OPTIMISER = {
 }
 
 
+# what GaussianProcessor.update may set
+FITTING_SETTINGS = ("num_gaussians", "fit_iters", "fit_init", "fit_init_weights", "canvas", "resize")
+FITTING_SETTINGS += tuple(LEGACY_FIT_OPTIMISER)
+
+
 def _is_splat_file(x) -> bool:
     return isinstance(x, (str, os.PathLike)) and str(x).endswith(".gs.npy")
 
@@ -62,6 +67,8 @@ class GaussianProcessor(BaseImageProcessor):
         fit_lr_final: float | None = None,
         fit_lr_decay: float | None = None,
         fit_betas: list[float] | None = None,
+        fit_init_weights: str | None = None,
+        fit_init_weights_id: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -73,10 +80,42 @@ class GaussianProcessor(BaseImageProcessor):
         self.fit_lr_final = defaults["lr_final"] if fit_lr_final is None else float(fit_lr_final)
         self.fit_lr_decay = defaults["lr_decay"] if fit_lr_decay is None else float(fit_lr_decay)
         self.fit_betas = [float(b) for b in (defaults["betas"] if fit_betas is None else fit_betas)]
-        self.fit_config()  # validates
+        # weights of the learned init (None: the shipped file); the identity of the ones the saved processor
+        # fitted with is written by to_dict and checked on loading
+        self.fit_init_weights = None if fit_init_weights is None else str(fit_init_weights)
         self.canvas, self.resize, self.tower_input, self.image_size = canvas, resize, tower_input, image_size
+        self.fit_config()  # validates
         if tower_input == "rgb":
             self.model_input_names = ["pixel_values"]
+        now = self.init_weights_id()
+        if fit_init_weights_id and now and now != fit_init_weights_id:
+            logger.warning(
+                "GaussianProcessor: it was saved fitting photos from learned-init weights %s, but %s now holds "
+                "%s (updated or replaced): photos fitted on the fly start from other weights than when it was "
+                "saved. Set fit_init_weights to the file with id %s (gs_encoder.fitting.learned_init.weights_id) "
+                "to fit as before.",
+                fit_init_weights_id,
+                self.fit_init_weights or "the shipped file",
+                now,
+                fit_init_weights_id,
+            )
+
+    def init_weights_id(self) -> str | None:
+        """Identity of the learned-init weights this processor fits from; None when it does not use them."""
+        from gs_encoder.fitting.learned_init import weights_id
+
+        if self.tower_input != "gs" or self.fit_config().init != "learned":
+            return None
+        return weights_id(self.fit_init_weights)
+
+    def to_dict(self) -> dict:
+        """As BaseImageProcessor.to_dict, plus the identity of the learned-init weights fitted from."""
+        d = super().to_dict()
+        d.pop("fit_init_weights_id", None)
+        weights = self.init_weights_id()
+        if weights:
+            d["fit_init_weights_id"] = weights
+        return d
 
     @classmethod
     def from_dict(cls, image_processor_dict: dict, **kwargs):
@@ -97,14 +136,7 @@ class GaussianProcessor(BaseImageProcessor):
     def update(self, **settings) -> None:
         """Set the given fitting settings (None leaves one as it is) and check they form a valid fit."""
         for name, value in settings.items():
-            if name not in (
-                "num_gaussians",
-                "fit_iters",
-                "fit_init",
-                "canvas",
-                "resize",
-                *LEGACY_FIT_OPTIMISER,
-            ):
+            if name not in FITTING_SETTINGS:
                 raise ValueError(f"unknown image-processor setting {name!r}")
             if value is not None:
                 setattr(self, name, [float(b) for b in value] if name == "fit_betas" else value)
@@ -118,6 +150,7 @@ class GaussianProcessor(BaseImageProcessor):
                 "num_gaussians": self.num_gaussians,
                 "iters": self.fit_iters,
                 "target_psnr": None,
+                "init_weights": self.fit_init_weights,
                 "lr_final": self.fit_lr_final,
                 "lr_decay": self.fit_lr_decay,
                 "betas": tuple(self.fit_betas),

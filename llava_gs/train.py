@@ -359,6 +359,7 @@ def _fit_like_splat_folder(image_proc, dargs: DataArguments) -> None:
             read,
             ", ".join(f"{k} {now[k]} -> {v}" for k, v in changed.items()),
         )
+    _fit_from_their_init_weights(image_proc, seen, dargs.splat_folder)
     for key, attr, fix in (
         ("num_gaussians_initial", "num_gaussians", "--num_gaussians"),
         ("canvas", "canvas", "the vision tower's image size"),
@@ -374,6 +375,34 @@ def _fit_like_splat_folder(image_proc, dargs: DataArguments) -> None:
                 getattr(image_proc, attr),
                 fix,
             )
+
+
+def _fit_from_their_init_weights(image_proc, seen: dict, folder: str) -> None:
+    """With the learned init: fit from the weights the folder's splats came from (their sidecars' file when it
+    still has their identity), else warn that on-the-fly fits start from other weights."""
+    from gs_encoder.fitting.learned_init import weights_id
+
+    want, now = seen.get("init_weights_id"), image_proc.init_weights_id()
+    if not want or not now or want == now:
+        return
+    path = seen.get("init_weights")
+    if path and pathlib.Path(path).is_file() and weights_id(path) == want:
+        image_proc.update(fit_init_weights=path)
+        logger.info(
+            "processor: fits from the learned-init weights of %s's splats, %s (%s)", folder, path, want
+        )
+        return
+    logger.warning(
+        "%s: its splats were fitted from learned-init weights %s (%s), the processor fits from %s (%s): photos "
+        "fitted on the fly will differ from the training splats; set fit_init_weights in the saved "
+        "processor_config.json to a file with id %s",
+        folder,
+        path or "the shipped file of their day",
+        want,
+        image_proc.fit_init_weights or "the shipped file",
+        now,
+        want,
+    )
 
 
 def main() -> None:

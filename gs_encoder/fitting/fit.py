@@ -408,6 +408,8 @@ def fit_sidecar(result: FitResult, target: torch.Tensor, cfg: FitConfig, resize:
     `psnr` is that of the stored fp16 splats against `target` [3, S, S] (`psnr_fp32` before rounding),
     rendered on the target's device.
     """
+    from .learned_init import weights_id
+
     size = target.shape[-1]
     with torch.no_grad():
         splats = as_stored(result.splats).to(target.device)
@@ -426,6 +428,11 @@ def fit_sidecar(result: FitResult, target: torch.Tensor, cfg: FitConfig, resize:
         "coarse_iters": cfg.coarse_iters,
         "coarse_factor": cfg.coarse_factor if cfg.coarse_iters else None,
         "init": cfg.init,
+        **(
+            {"init_weights": cfg.init_weights, "init_weights_id": weights_id(cfg.init_weights)}
+            if cfg.init == "learned"
+            else {}
+        ),
         "lr": [cfg.lr_xy, cfg.lr_chol, cfg.lr_rgb],
         "lr_final": cfg.lr_final,
         "lr_decay": cfg.lr_decay,
@@ -447,6 +454,8 @@ _RECORDED = {
     "canvas": None,
     "resize": None,
     "init": None,
+    "init_weights_id": None,
+    "init_weights": None,
     "lr_final": PREVIOUS_OPTIMISER["lr_final"],
     "lr_decay": PREVIOUS_OPTIMISER["lr_decay"],
     "betas": list(PREVIOUS_OPTIMISER["betas"]),
@@ -457,8 +466,9 @@ def fitted_with(folder: str | os.PathLike, limit: int = 32) -> tuple[dict, int]:
     """How the splats of a folder (`gsv fit` / `gsv fit-shards` output) were fitted, from their sidecars.
 
     Reads up to `limit` sidecars (`<name>.json` beside `<name>.gs.npy`, docs/format.md). Returns (settings,
-    files read): each of num_gaussians_initial, canvas, resize, init, lr_final, lr_decay, betas that all of
-    them agree on (a sidecar older than a setting counts as the value of its day: the optimiser of
+    files read): each of num_gaussians_initial, canvas, resize, init, init_weights_id (with init_weights,
+    the file as it was given; absent when the shipped weights were used), lr_final, lr_decay, betas that all
+    of them agree on (a sidecar older than a setting counts as the value of its day: the optimiser of
     PREVIOUS_OPTIMISER; an unknown init or size is left out), so a consumer that fits more images can fit
     them like these."""
     seen: dict[str, set] = {k: set() for k in _RECORDED}

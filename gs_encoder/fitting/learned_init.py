@@ -49,6 +49,7 @@ __all__ = [
     "learned_init",
     "load_learned_init",
     "save_learned_init",
+    "weights_id",
 ]
 
 ARCH = "gsv-cellnet-v1"  # name stored in the weights' metadata; a file of another architecture is refused
@@ -242,6 +243,26 @@ def _read_weights(path: Path, fix: str | None = None) -> SplatInitNet:
         raise LearnedInitError(f"{path}: weights do not fit {ARCH} ({what}); {fix}")
     net.load_state_dict(tensors, strict=True)
     return net.eval()
+
+
+@functools.lru_cache(maxsize=32)
+def _file_id(path: str, mtime_ns: int, size: int) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:12]
+
+
+def weights_id(path: str | Path | None = None) -> str:
+    """Identity of a weights file (default: the shipped one): the first 12 hex digits of its SHA-256.
+
+    Splat sidecars, the splat cache and saved processors record it, so splats fitted from other weights (an
+    updated shipped file, your own) are told apart. Raises LearnedInitError when the file is missing."""
+    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    if not path.is_file():
+        _read_weights(path)  # raises "not found"
+    st = path.stat()
+    return _file_id(str(path.resolve()), st.st_mtime_ns, st.st_size)
 
 
 @functools.lru_cache(maxsize=8)

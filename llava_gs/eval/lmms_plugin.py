@@ -5,7 +5,8 @@
 
 Registered through the `lmms_eval.models` entry point (pyproject.toml → `MANIFEST` below). Model args:
 `pretrained` (a GS-LLaVA folder or a LoRA adapter over one), `num_gaussians`, `fit_iters`, `fit_init`
-(fitting of the task's photos on the fly; `fit_init=learned` for the learned initialiser), `splat_cache`
+(fitting of the task's photos on the fly; `fit_init=learned` for the learned initialiser, `fit_init_weights`
+for its weights file), `splat_cache`
 (folder of fitted sets, keyed by image content, reused across runs and tasks; `none` keeps them in
 memory), `device`, `dtype`, `batch_size`, `conv_template`
 (`vicuna_v1`, the training template), `seed`. Prompts are built by the same function as training prompts.
@@ -55,6 +56,7 @@ class LlavaGSLmms(lmms):
         num_gaussians: int | str | None = None,
         fit_iters: int | str | None = None,
         fit_init: str | None = None,
+        fit_init_weights: str | None = None,
         splat_cache: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
@@ -77,6 +79,7 @@ class LlavaGSLmms(lmms):
             num_gaussians=int(num_gaussians) if num_gaussians not in (None, "") else None,
             fit_iters=int(fit_iters) if fit_iters not in (None, "") else None,
             fit_init=fit_init or None,
+            fit_init_weights=fit_init_weights or None,
         )
         self.tokenizer = self.processor.tokenizer
         self.batch_size_per_gpu = int(batch_size)

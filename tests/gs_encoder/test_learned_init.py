@@ -362,3 +362,47 @@ def test_processor_fits_with_the_learned_init():
     assert len({SplatCache(p)._settings() for p in (legacy, structured, other)}) == 3
     with pytest.raises(ValueError, match="unknown init 'learnt'"):
         GaussianProcessor(fit_init="learnt")
+
+
+def test_weights_identity_follows_the_splats(tmp_path, caplog):
+    """Which learned-init weights a fit started from is recorded (sidecar), keyed (splat cache) and pinned (a
+    saved processor warns when the file it fitted from now holds other weights)."""
+    pytest.importorskip("transformers")
+    import logging
+
+    from gs_encoder.cli import main
+    from gs_encoder.fitting.learned_init import DEFAULT_WEIGHTS, SplatInitNet, weights_id
+    from llava_gs.processing_llava_gs import GaussianProcessor
+    from llava_gs.splat_cache import SplatCache
+
+    mine = tmp_path / "mine.safetensors"
+    shutil.copyfile(DEFAULT_WEIGHTS, mine)
+    assert weights_id(mine) == weights_id() and len(weights_id()) == 12
+    img = tmp_path / "coffee.png"
+    from PIL import Image
+
+    Image.fromarray((_photo("coffee", 48).permute(1, 2, 0).numpy() * 255).astype("uint8")).save(img)
+    args = ["fit", str(img), "--size", "32", "--num-gaussians", "64", "--iters", "2", "-q"]
+    assert main([*args, "-o", str(tmp_path / "a"), "--init-weights", str(mine)]) == 0
+    meta = json.loads((tmp_path / "a" / "coffee.json").read_text())
+    assert (meta["init_weights"], meta["init_weights_id"]) == (str(mine), weights_id())
+    assert main([*args, "-o", str(tmp_path / "b"), "--init", "structured"]) == 0
+    assert "init_weights_id" not in json.loads((tmp_path / "b" / "coffee.json").read_text())
+
+    proc = GaussianProcessor(num_gaussians=64, fit_iters=2, canvas=32, fit_init_weights=str(mine))
+    key = SplatCache(proc)._settings()
+    assert f"-learned-w{weights_id()}-" in key and proc.to_dict()["fit_init_weights_id"] == weights_id()
+    saved = proc.to_dict()
+    from gs_encoder.fitting.learned_init import save_learned_init
+
+    save_learned_init(mine, SplatInitNet(8, 8, 1, 1.0, 2))  # the file is replaced by other weights
+    assert weights_id(mine) != weights_id()
+    with caplog.at_level(logging.WARNING, logger="llava_gs.processing_llava_gs"):
+        again = GaussianProcessor.from_dict(saved)
+    assert f"from learned-init weights {weights_id()}, but {mine} now holds {weights_id(mine)}" in caplog.text
+    assert SplatCache(again)._settings() != key  # its old cache entries are not served as new ones
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="llava_gs.processing_llava_gs"):
+        GaussianProcessor.from_dict({**saved, "fit_init_weights": None})  # the shipped file: unchanged
+    assert "now holds" not in caplog.text
+    assert "fit_init_weights_id" not in GaussianProcessor(fit_init="structured").to_dict()

@@ -157,3 +157,33 @@ def test_training_processor_fits_like_the_splat_folder(llava_data, tmp_path, cap
             (mixed / str(i) / f.name).write_bytes(f.read_bytes())
     seen, read = fitted_with(mixed)
     assert read == 2 and "init" not in seen and "betas" not in seen and seen["num_gaussians_initial"] == 16
+
+
+def test_training_processor_fits_from_the_splats_init_weights(llava_data, tmp_path, caplog):
+    """Splats fitted from other learned-init weights: the trained model's processor fits from that file (while it
+    holds them), else it warns that on-the-fly fits start elsewhere."""
+    import logging
+    import shutil
+
+    from gs_encoder.fitting.learned_init import DEFAULT_WEIGHTS, SplatInitNet, save_learned_init, weights_id
+    from llava_gs.processing_llava_gs import GaussianProcessor
+    from llava_gs.train import DataArguments, _fit_like_splat_folder
+
+    data, images, _ = llava_data
+    mine = tmp_path / "mine.safetensors"
+    save_learned_init(mine, SplatInitNet(8, 8, 1, 1.0, 2))
+    out = tmp_path / "splats"
+    args = ["fit-shards", str(data), "--image-folder", str(images), "-o", str(out), "--size", "16", "-q"]
+    assert gsv([*args, "--num-gaussians", "16", "--iters", "3", "--init-weights", str(mine)]) == 0
+    dargs = DataArguments(data_path=str(data), splat_folder=str(out))
+    proc = GaussianProcessor(canvas=16)
+    with caplog.at_level(logging.INFO, logger="llava_gs.train"):
+        _fit_like_splat_folder(proc, dargs)
+    assert proc.fit_init_weights == str(mine) and proc.init_weights_id() == weights_id(mine)
+    assert "fits from the learned-init weights" in caplog.text
+    shutil.copyfile(DEFAULT_WEIGHTS, mine)  # the file now holds other weights: nothing to adopt, a warning
+    caplog.clear()
+    proc = GaussianProcessor(canvas=16)
+    with caplog.at_level(logging.INFO, logger="llava_gs.train"):
+        _fit_like_splat_folder(proc, dargs)
+    assert proc.fit_init_weights is None and "photos fitted on the fly will differ" in caplog.text

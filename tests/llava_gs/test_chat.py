@@ -114,3 +114,18 @@ def test_a_model_folder_without_its_processor_is_an_error(tiny_init, tmp_path):
     (folder / "processor_config.json").write_text("{ not json")
     with pytest.raises(ValueError, match=r"model: the processor does not load"):
         load_pretrained_model(folder)
+
+
+def test_chat_fits_photos_from_the_given_init_weights(tiny_init, photo_path, tmp_path, capsys):
+    import shutil
+
+    from gs_encoder.fitting.learned_init import DEFAULT_WEIGHTS
+    from llava_gs.chat import main
+
+    argv = ["--model", str(tiny_init), "--no-cache", "--temperature", "0", "--max-new-tokens", "2"]
+    ask = ["--image", str(photo_path("chelsea.png")), "--prompt", "What is it?", "--fit-init", "learned"]
+    assert main([*argv, *ask, "--fit-init-weights", str(tmp_path / "none.safetensors")]) == 2
+    assert "none.safetensors: learned-init weights not found" in capsys.readouterr().err
+    shutil.copyfile(DEFAULT_WEIGHTS, tmp_path / "mine.safetensors")
+    assert main([*argv, *ask, "--fit-init-weights", str(tmp_path / "mine.safetensors")]) == 0
+    assert "ASSISTANT" in capsys.readouterr().out

@@ -210,6 +210,7 @@ def fit_steps(
     lambda_l1: float,
     min_scale: float,
     lr_decay: float = 1.0,
+    lr_warmup: int = 0,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     tile_cap: int = DEFAULT_TILE_CAP,
@@ -219,8 +220,9 @@ def fit_steps(
     beyond the check that the alive parameters are finite (`emulate`: on the CPU, module docstring).
 
     Each iteration: render, dL/dpixel of Σ_b mean((image_b − target_b)²), the Gaussian-parallel
-    backward plus λ·Σ|c|/(3·n_b), Adam (t = it + 1, step sizes lr × the schedule over iters_total: constant,
-    then a cosine down to lr_final over its last lr_decay) and the Cholesky constraint. The pure-torch twin that defines it is
+    backward plus λ·Σ|c|/(3·n_b), Adam (t = it + 1, step sizes lr × the schedule over iters_total: a linear
+    ramp over the first lr_warmup iterations, constant, then a cosine down to lr_final over its last
+    lr_decay) and the Cholesky constraint. The pure-torch twin that defines it is
     gs_encoder.fitting.fit_ops.fit_steps_torch.
     """
     op = "fit_steps"
@@ -232,6 +234,7 @@ def fit_steps(
         raise ValueError(f"{op}: lr must hold 3 step sizes (xy, chol, rgb), got {list(lr)}")
     if not 0.0 < lr_decay <= 1.0:
         raise ValueError(f"{op}: lr_decay must be in (0, 1], got {lr_decay}")
+    _check_int("lr_warmup", lr_warmup, 0, op)
     _check_splats(params, alive, op, "alive")
     b, n = params.shape[:2]
     for name, t in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
@@ -267,6 +270,7 @@ def fit_steps(
         [float(x) for x in lr],
         float(lr_final),
         float(lr_decay),
+        int(lr_warmup),
         float(lambda_l1),
         float(min_scale),
         float(betas[0]),

@@ -251,7 +251,7 @@ def cmd_info(args) -> int:
 
 
 def _add_fit_args(p: argparse.ArgumentParser, batch_size: int) -> None:
-    from .fitting.fit import FitConfig
+    from .fitting.fit import LEARNED_WARMUP, FitConfig
     from .image_io import DEFAULT_MAX_PIXELS, RESIZE_MODES
 
     fit_defaults = FitConfig.defaults()
@@ -286,6 +286,14 @@ def _add_fit_args(p: argparse.ArgumentParser, batch_size: int) -> None:
         default=None,
         help="the step sizes decay (cosine) over this last fraction of the iterations, constant before "
         f"(1: the whole fit; default {fit_defaults['lr_decay']:g})",
+    )
+    p.add_argument(
+        "--lr-warmup",
+        type=int,
+        default=None,
+        help="ramp the step sizes up linearly over these first iterations (default: "
+        f"{LEARNED_WARMUP} after --init learned, whose close start Adam's first full-size steps would "
+        "throw away; 0 after the others)",
     )
     p.add_argument(
         "--betas",
@@ -327,6 +335,7 @@ def _fit_config(args):
 
     given = {"init": args.init, "lr_final": args.lr_final, "lr_decay": args.lr_decay, "betas": args.betas}
     cfg = FitConfig(
+        lr_warmup=args.lr_warmup,
         num_gaussians=args.num_gaussians,
         iters=args.iters,
         **{k: v for k, v in given.items() if v is not None},

@@ -33,10 +33,9 @@ HELP = "commands: /image FILE, /splats FILE, /render OUT.png, /reset, /help, /qu
 class ChatSession:
     """One dialogue with a loaded model: the current splat set and the turns so far."""
 
-    def __init__(
-        self, model, processor, cache, out=sys.stdout, temperature=0.2, top_p=None, max_new_tokens=512
-    ):
-        self.model, self.processor, self.cache, self.out = model, processor, cache, out
+    def __init__(self, model, processor, cache, out=None, temperature=0.2, top_p=None, max_new_tokens=512):
+        self.model, self.processor, self.cache = model, processor, cache
+        self.out = out if out is not None else sys.stdout  # looked up now: a redirected stdout is honoured
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.splats: torch.Tensor | None = None
         self.source: str | None = None

@@ -33,11 +33,13 @@ __all__ = ["LEGACY_FIT_OPTIMISER", "GaussianProcessor", "LlavaGSProcessor", "pro
 logger = logging.getLogger(__name__)
 
 # The fitting optimiser of processor configs saved before these settings were recorded (2026-12-05): the
-# FitConfig defaults of their day. A model sees splats fitted the way its training splats were.
+# FitConfig defaults of their day, filled in for each setting a config lacks. A model sees splats fitted the
+# way its training splats were.
 LEGACY_FIT_OPTIMISER = {
     "fit_lr_final": PREVIOUS_OPTIMISER["lr_final"],
     "fit_lr_decay": PREVIOUS_OPTIMISER["lr_decay"],
     "fit_betas": list(PREVIOUS_OPTIMISER["betas"]),
+    "fit_lr_warmup": PREVIOUS_OPTIMISER["lr_warmup"],
 }
 
 
@@ -67,6 +69,7 @@ class GaussianProcessor(BaseImageProcessor):
         fit_lr_final: float | None = None,
         fit_lr_decay: float | None = None,
         fit_betas: list[float] | None = None,
+        fit_lr_warmup: int | None = None,
         fit_init_weights: str | None = None,
         fit_init_weights_id: str | None = None,
         **kwargs,
@@ -80,6 +83,7 @@ class GaussianProcessor(BaseImageProcessor):
         self.fit_lr_final = defaults["lr_final"] if fit_lr_final is None else float(fit_lr_final)
         self.fit_lr_decay = defaults["lr_decay"] if fit_lr_decay is None else float(fit_lr_decay)
         self.fit_betas = [float(b) for b in (defaults["betas"] if fit_betas is None else fit_betas)]
+        self.fit_lr_warmup = fit_lr_warmup  # None: FitConfig's rule (warm-up after the learned init only)
         # weights of the learned init (None: the shipped file); the identity of the ones the saved processor
         # fitted with is written by to_dict and checked on loading
         self.fit_init_weights = None if fit_init_weights is None else str(fit_init_weights)
@@ -109,8 +113,11 @@ class GaussianProcessor(BaseImageProcessor):
         return weights_id(self.fit_init_weights)
 
     def to_dict(self) -> dict:
-        """As BaseImageProcessor.to_dict, plus the identity of the learned-init weights fitted from."""
+        """As BaseImageProcessor.to_dict, with the warm-up resolved (so a reloaded processor fits as this one
+        did, whatever the rule later) and the identity of the learned-init weights fitted from."""
         d = super().to_dict()
+        if self.tower_input == "gs":
+            d["fit_lr_warmup"] = self.fit_config().warmup_iters
         d.pop("fit_init_weights_id", None)
         weights = self.init_weights_id()
         if weights:
@@ -119,17 +126,16 @@ class GaussianProcessor(BaseImageProcessor):
 
     @classmethod
     def from_dict(cls, image_processor_dict: dict, **kwargs):
-        """As BaseImageProcessor.from_dict; a config saved before the fitting optimiser was recorded gets
-        LEGACY_FIT_OPTIMISER (what its model's splats were fitted with), and says so."""
+        """As BaseImageProcessor.from_dict; a config saved before a setting of the fitting optimiser was
+        recorded gets its value of LEGACY_FIT_OPTIMISER (what its model's splats were fitted with), and says so."""
         d = dict(image_processor_dict)
-        if d.get("tower_input", "gs") == "gs" and not any(
-            k in d or k in kwargs for k in LEGACY_FIT_OPTIMISER
-        ):
-            d.update(LEGACY_FIT_OPTIMISER)
+        missing = {k: v for k, v in LEGACY_FIT_OPTIMISER.items() if k not in d and k not in kwargs}
+        if d.get("tower_input", "gs") == "gs" and missing:
+            d.update(missing)
             logger.warning(
                 "GaussianProcessor: this processor config predates the recorded fitting optimiser; fitting "
                 "with the one of its day (%s). Set them in the config (or pass them) to change it.",
-                ", ".join(f"{k}={v}" for k, v in LEGACY_FIT_OPTIMISER.items()),
+                ", ".join(f"{k}={v}" for k, v in missing.items()),
             )
         return super().from_dict(d, **kwargs)
 
@@ -154,6 +160,7 @@ class GaussianProcessor(BaseImageProcessor):
                 "lr_final": self.fit_lr_final,
                 "lr_decay": self.fit_lr_decay,
                 "betas": tuple(self.fit_betas),
+                "lr_warmup": self.fit_lr_warmup,
                 **init,
                 **overrides,
             }

@@ -44,19 +44,18 @@ class SplatCache:
 
     def _settings(self) -> str:
         p = self.proc
-        init = p.fit_config().init
-        optimiser = {k: getattr(p, k) for k in LEGACY_FIT_OPTIMISER}
-        # entries keep the key they had before the init and the optimiser were settings
+        cfg = p.fit_config()
+        adam = ("fit_lr_final", "fit_lr_decay", "fit_betas")
+        # entries keep the key they had before the init, its weights and the optimiser were settings
         return (
             f"n{p.num_gaussians}-it{p.fit_iters}-s{p.canvas}-{p.resize}"
-            + ("" if init == "structured" else f"-{init}")
-            + (f"-w{p.init_weights_id()}" if init == "learned" else "")
+            + ("" if cfg.init == "structured" else f"-{cfg.init}")
+            + (f"-w{p.init_weights_id()}" if cfg.init == "learned" else "")
+            + (f"-wu{cfg.warmup_iters}" if cfg.warmup_iters else "")
             + (
                 ""
-                if optimiser == LEGACY_FIT_OPTIMISER
-                else "-lr{fit_lr_final:g}-{fit_lr_decay:g}-b{b[0]:g}-{b[1]:g}".format(
-                    **optimiser, b=p.fit_betas
-                )
+                if all(getattr(p, k) == LEGACY_FIT_OPTIMISER[k] for k in adam)
+                else f"-lr{cfg.lr_final:g}-{cfg.lr_decay:g}-b{cfg.betas[0]:g}-{cfg.betas[1]:g}"
             )
         )
 

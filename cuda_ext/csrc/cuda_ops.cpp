@@ -135,7 +135,8 @@ torch::Tensor render_bwd(torch::Tensor params, torch::Tensor alive, torch::Tenso
 // In place on params, exp_avg, exp_avg_sq: num_steps fused iterations (splat_cuda.h).
 void fit_steps(torch::Tensor params, torch::Tensor exp_avg, torch::Tensor exp_avg_sq, torch::Tensor alive,
                torch::Tensor active, torch::Tensor target, int64_t it0, int64_t num_steps, int64_t iters_total,
-               std::vector<double> lr, double lr_final, double lr_decay, double lambda_l1, double min_scale,
+               std::vector<double> lr, double lr_final, double lr_decay, int64_t lr_warmup, double lambda_l1,
+               double min_scale,
                double beta1, double beta2, double eps, int64_t tile_cap) {
   const char* op = "fit_steps";
   check_splats(params, alive, op);
@@ -155,6 +156,7 @@ void fit_steps(torch::Tensor params, torch::Tensor exp_avg, torch::Tensor exp_av
   TORCH_CHECK(lr.size() == 3, op, ": lr must hold 3 step sizes (xy, chol, rgb), got ", lr.size());
   TORCH_CHECK(it0 >= 0 && num_steps >= 0 && iters_total >= 1, op, ": need it0 ≥ 0, num_steps ≥ 0, iters_total ≥ 1");
   TORCH_CHECK(lr_decay > 0.0 && lr_decay <= 1.0, op, ": lr_decay must be in (0, 1], got ", lr_decay);
+  TORCH_CHECK(lr_warmup >= 0, op, ": lr_warmup must be ≥ 0, got ", lr_warmup);
   const DeviceGuard guard = guard_device(params);
   if (params.numel() == 0 || num_steps == 0) return;
   ScratchHolder s = make_scratch(params, size, tile_cap, /*for_fit=*/true);
@@ -164,6 +166,7 @@ void fit_steps(torch::Tensor params, torch::Tensor exp_avg, torch::Tensor exp_av
   gsv::FitSettings f{{static_cast<float>(lr[0]), static_cast<float>(lr[1]), static_cast<float>(lr[2])},
                      lr_final,
                      lr_decay,
+                     lr_warmup,
                      static_cast<float>(lambda_l1),
                      static_cast<float>(min_scale),
                      beta1,

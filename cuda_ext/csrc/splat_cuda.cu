@@ -100,11 +100,13 @@ cudaError_t fit_steps(float* params, float* exp_avg, float* exp_avg_sq, const ui
     const int64_t it = f.it0 + k;
     const double t = static_cast<double>(it + 1);
     const double frac = static_cast<double>(it) / static_cast<double>(std::max<int64_t>(f.iters_total - 1, 1));
-    // constant, then a cosine down to lr_final over the last lr_decay of the schedule (fit_ops._lr_scale)
+    // a linear warm-up over the first lr_warmup iterations, times: constant, then a cosine down to lr_final
+    // over the last lr_decay of the schedule (fit_ops._lr_scale)
+    const double warm = f.lr_warmup > 0 ? std::min(1.0, t / static_cast<double>(f.lr_warmup)) : 1.0;
     const double start = 1.0 - f.lr_decay;
-    const double sched = frac <= start ? 1.0
-                                       : f.lr_final + (1.0 - f.lr_final) * 0.5 *
-                                                          (1.0 + std::cos(pi * ((frac - start) / f.lr_decay)));
+    const double sched = warm * (frac <= start ? 1.0
+                                               : f.lr_final + (1.0 - f.lr_final) * 0.5 *
+                                                                  (1.0 + std::cos(pi * ((frac - start) / f.lr_decay))));
     epi.step_scale = static_cast<float>(sched / (1.0 - std::pow(f.beta1, t)));
     epi.bc2 = static_cast<float>(1.0 - std::pow(f.beta2, t));
     err = launch_bin_forward<true>(B, N, size, scratch, active, target, grad_image, stream);

@@ -46,6 +46,7 @@ struct FitSettings {
   float lr[3];       // step sizes of (x, y), (l11, l21, l22), (r, g, b)
   double lr_final;   // cosine decay of every step size to this fraction at iteration iters_total − 1
   double lr_decay;   // over this last fraction of the schedule (constant before it); 1: the whole schedule
+  int64_t lr_warmup;  // linear ramp (it + 1) / lr_warmup of every step size over the first iterations; 0: none
   float lambda_l1;   // weight of mean |colour| per image
   float min_scale;   // lower bound on l11 and l22 after each step
   double beta1, beta2;

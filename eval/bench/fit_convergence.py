@@ -224,14 +224,27 @@ def load_run(path) -> dict:
 
 def optimiser_settings(cfg: FitConfig) -> dict:
     """The Adam settings of a FitConfig that the report describes."""
-    return {"lr_final": cfg.lr_final, "lr_decay": cfg.lr_decay, "betas": list(cfg.betas)}
+    learned = FitConfig(**{**optimiser_fields(cfg), "init": "learned"})
+    return {
+        "lr_final": cfg.lr_final,
+        "lr_decay": cfg.lr_decay,
+        "betas": list(cfg.betas),
+        "learned_warmup": learned.warmup_iters,
+    }
+
+
+def optimiser_fields(cfg: FitConfig) -> dict:
+    """The FitConfig fields of the optimiser."""
+    return {k: getattr(cfg, k) for k in ("lr_final", "lr_decay", "betas", "lr_warmup")}
 
 
 def _adam(opt: dict) -> str:
     decay = "the whole fit" if opt["lr_decay"] >= 1 else f"the last {opt['lr_decay']:.0%} of the iterations"
+    warm = opt.get("learned_warmup", 0)
     return (
         f"Adam, β = ({opt['betas'][0]:g}, {opt['betas'][1]:g}), step sizes decayed by a cosine over {decay} "
         f"to {opt['lr_final']:.0%} of their start"
+        + (f", ramped up linearly over the first {warm} iterations after the learned init" if warm else "")
     )
 
 

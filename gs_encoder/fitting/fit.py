@@ -34,6 +34,7 @@ from .init import adaptive_init, random_init, structured_init
 from .render import render
 
 __all__ = [
+    "LEARNED_WARMUP",
     "PREVIOUS_OPTIMISER",
     "FitConfig",
     "FitResult",
@@ -50,7 +51,13 @@ logger = logging.getLogger(__name__)
 
 INITS = ("structured", "random", "adaptive", "learned")
 # FitConfig's optimiser before 2026-12-05: a cosine over the whole fit down to 5% of the step sizes, β2 = 0.999
-PREVIOUS_OPTIMISER = {"lr_final": 0.05, "lr_decay": 1.0, "betas": (0.9, 0.999)}
+PREVIOUS_OPTIMISER = {"lr_final": 0.05, "lr_decay": 1.0, "betas": (0.9, 0.999), "lr_warmup": 0}
+# Warm-up iterations of FitConfig.lr_warmup = None after the learned init (eval/results/fit_convergence.md):
+# Adam's first steps are full-size whatever the gradient (t = 1: m̂ / √v̂ = ±1), which throws a close start
+# away (31.6 → 27.7 dB after one step at N = 3136, back only after ~10); ramping the step sizes over the
+# first 10 keeps it (+0.57 dB at 100 iterations). A far start (structured, random) needs the big early
+# steps: there a warm-up costs 0.2–0.5 dB at 100 iterations and nothing at 1000.
+LEARNED_WARMUP = 10
 
 
 @dataclass
@@ -83,12 +90,22 @@ class FitConfig:
     lr_final: float = 0.05  # fraction of the step sizes left at the last iteration
     lr_decay: float = 0.3  # constant before the decay (1: a cosine over the whole fit)
     betas: tuple[float, float] = (0.9, 0.98)  # Adam's decay rates of its first and second moments
+    # linear step-size ramp over the first lr_warmup iterations of each schedule (fresh Adam state); None:
+    # LEARNED_WARMUP after the learned init, 0 after the others (`warmup_iters` resolves it)
+    lr_warmup: int | None = None
     target_psnr: float | None = None  # stop an image early once its PSNR reaches this (dB)
     check_every: int = 50  # iterations between PSNR checks (early stop, progress bar)
     min_scale_px: float = 0.3  # lower bound on l11 and l22, pixels: narrower Gaussians fall between pixels
     plan_margin: float = 0.0  # extra window radius (px) so the render plan survives more steps
     seed: int = 0  # seed of the random initialisation
     backend: str = "auto"  # auto (CUDA kernels / compiled CPU op when built, else torch) | torch | cpp | cuda
+
+    @property
+    def warmup_iters(self) -> int:
+        """lr_warmup with None resolved by the init."""
+        if self.lr_warmup is not None:
+            return self.lr_warmup
+        return LEARNED_WARMUP if self.init == "learned" else 0
 
     @classmethod
     def defaults(cls) -> dict:
@@ -130,6 +147,10 @@ class FitConfig:
         for name in ("lr_final", "lr_decay"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.lr_warmup is not None and (
+            isinstance(self.lr_warmup, bool) or not isinstance(self.lr_warmup, int) or self.lr_warmup < 0
+        ):
+            raise ValueError(f"lr_warmup must be an int ≥ 0 or None, got {self.lr_warmup!r}")
         betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else ()
         if len(betas) != 2 or not all(isinstance(b, numbers.Real) and 0 <= b < 1 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
@@ -328,6 +349,7 @@ def _optimise(params, alive, targets, iters, cfg: FitConfig, ops: FitOps, progre
         "lr": (cfg.lr_xy, cfg.lr_chol, cfg.lr_rgb),
         "lr_final": cfg.lr_final,
         "lr_decay": cfg.lr_decay,
+        "lr_warmup": cfg.warmup_iters,
         "betas": cfg.betas,
         "lambda_l1": cfg.lambda_l1,
         "min_scale": cfg.min_scale_px,
@@ -436,6 +458,7 @@ def fit_sidecar(result: FitResult, target: torch.Tensor, cfg: FitConfig, resize:
         "lr": [cfg.lr_xy, cfg.lr_chol, cfg.lr_rgb],
         "lr_final": cfg.lr_final,
         "lr_decay": cfg.lr_decay,
+        "lr_warmup": cfg.warmup_iters,
         "betas": list(cfg.betas),
         "lambda_l1": cfg.lambda_l1,
         "tau": cfg.tau,
@@ -459,6 +482,7 @@ _RECORDED = {
     "lr_final": PREVIOUS_OPTIMISER["lr_final"],
     "lr_decay": PREVIOUS_OPTIMISER["lr_decay"],
     "betas": list(PREVIOUS_OPTIMISER["betas"]),
+    "lr_warmup": PREVIOUS_OPTIMISER["lr_warmup"],
 }
 
 
@@ -467,7 +491,7 @@ def fitted_with(folder: str | os.PathLike, limit: int = 32) -> tuple[dict, int]:
 
     Reads up to `limit` sidecars (`<name>.json` beside `<name>.gs.npy`, docs/format.md). Returns (settings,
     files read): each of num_gaussians_initial, canvas, resize, init, init_weights_id (with init_weights,
-    the file as it was given; absent when the shipped weights were used), lr_final, lr_decay, betas that all
+    the file as it was given; absent when the shipped weights were used), lr_final, lr_decay, lr_warmup, betas that all
     of them agree on (a sidecar older than a setting counts as the value of its day: the optimiser of
     PREVIOUS_OPTIMISER; an unknown init or size is left out), so a consumer that fits more images can fit
     them like these."""

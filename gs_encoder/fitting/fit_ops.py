@@ -166,6 +166,7 @@ def fit_steps_torch(
     lambda_l1: float,
     min_scale: float,
     lr_decay: float = 1.0,
+    lr_warmup: int = 0,
     betas: tuple[float, float] = BETAS,
     eps: float = EPS,
     backend: str = "auto",
@@ -177,7 +178,7 @@ def fit_steps_torch(
 
     Each iteration renders the alive Gaussians, takes the gradient of Σ_b [mean((image_b − target_b)²)
     + λ·Σ_{g∈b} |c_g| / (3·n_b)] and applies Adam (moment decays `betas`, t = it + 1, step sizes lr × the
-    schedule over iters_total of `_lr_scale`) and the constraint l11, l22 ≥ min_scale. An inactive image is
+    schedule over iters_total of `_lr_scale`: warm-up, constant, decay) and the constraint l11, l22 ≥ min_scale. An inactive image is
     frozen: its Adam state and parameters stay, except that the constraint still applies.
     The "torch" renderer reuses `plan` (from an earlier call on the same alive rows) while it covers
     every Gaussian; returns the plan of the last iteration (None for the other renderers).
@@ -197,7 +198,7 @@ def fit_steps_torch(
             )
             grad = _loss_gradient(p, image, target, b_idx, counts, lambda_l1)
         p = p.detach()
-        scale = _lr_scale(it, iters_total, lr_final, lr_decay)
+        scale = _lr_scale(it, iters_total, lr_final, lr_decay, lr_warmup)
         _adam_step(p, grad, m, v, it, base_lr, scale, min_scale, row_active, betas, eps)
     params[b_idx, g_idx] = p
     # Adam moved every row's moments, but a frozen image keeps its state: write back the active rows only
@@ -219,14 +220,16 @@ def _loss_gradient(p, image, targets, image_ids, counts, lambda_l1: float) -> to
     return grad
 
 
-def _lr_scale(it: int, iters: int, lr_final: float, lr_decay: float = 1.0) -> float:
-    """Step-size factor at iteration `it` of `iters`: 1 until the last `lr_decay` fraction of the schedule,
-    then a cosine down to lr_final at iteration iters − 1 (lr_decay 1: a cosine over the whole schedule)."""
+def _lr_scale(it: int, iters: int, lr_final: float, lr_decay: float = 1.0, lr_warmup: int = 0) -> float:
+    """Step-size factor at iteration `it` of `iters`: a linear ramp (it + 1) / lr_warmup over the first
+    lr_warmup iterations (0: none), 1 until the last `lr_decay` fraction of the schedule, then a cosine down
+    to lr_final at iteration iters − 1 (lr_decay 1: a cosine over the whole schedule); the two multiply."""
+    warm = min(1.0, (it + 1) / lr_warmup) if lr_warmup > 0 else 1.0
     frac = it / max(iters - 1, 1)
     start = 1.0 - lr_decay
     if frac <= start:
-        return 1.0
-    return lr_final + (1 - lr_final) * 0.5 * (1 + math.cos(math.pi * ((frac - start) / lr_decay)))
+        return warm
+    return warm * (lr_final + (1 - lr_final) * 0.5 * (1 + math.cos(math.pi * ((frac - start) / lr_decay))))
 
 
 def _adam_step(p, grad, m, v, it: int, base_lr, scale: float, min_scale: float, row_active, betas, eps):

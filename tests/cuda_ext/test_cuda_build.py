@@ -127,8 +127,8 @@ def test_compiled_ops_refuse_cpu_tensors():
         mod.prune_mask(params, mask, 0.1)
     with pytest.raises(RuntimeError, match="fit_steps: params must be a CUDA tensor"):
         mod.fit_steps(
-            params, params, params, mask, mask[:, 0], torch.zeros(1, 8, 8, 3), 0, 1, 1, [0.1] * 3, 1.0, 1.0, 0.0,
-            0.3, 0.9, 0.999, 1e-8, 16,
+            params, params, params, mask, mask[:, 0], torch.zeros(1, 8, 8, 3), 0, 1, 1, [0.1] * 3, 1.0, 1.0, 0,
+            0.0, 0.3, 0.9, 0.999, 1e-8, 16,
         )  # fmt: skip
 
 

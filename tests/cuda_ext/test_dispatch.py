@@ -76,8 +76,9 @@ def _fit(images, cfg, sets, renderer=CPU_RENDER):
 def _assert_same(xs, ys):
     for a, b in zip(xs, ys, strict=True):
         assert a.splats.shape == b.splats.shape and a.iters == b.iters and a.num_initial == b.num_initial
-        # a batch sums in another order than one image alone: measured ≤ 4e-6 apart with cpp, 1e-5 torch
-        torch.testing.assert_close(b.splats, a.splats, rtol=1e-4, atol=1e-5)
+        # a batch sums in another order than one image alone: measured ≤ 4.7e-5 apart (canvas units) since the
+        # learned init warms up (≤ 1e-5 before)
+        torch.testing.assert_close(b.splats, a.splats, rtol=1e-4, atol=1e-4)
         assert abs(a.psnr - b.psnr) < 1e-3 and abs(a.psnr_unpruned - b.psnr_unpruned) < 1e-3
         assert [it for it, _ in a.history] == [it for it, _ in b.history]
 

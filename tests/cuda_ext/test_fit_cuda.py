@@ -74,12 +74,14 @@ def test_fit_steps_match_their_torch_twin(kernels, photo):
     alive[1, 90:] = False  # and a pruned tail
     params[1, :, 2] *= -1  # image 1 is frozen; its negative l11 must still be flipped by the constraint
     active = torch.tensor([True, False])
-    # a schedule whose decay (the last 30% of 24 iterations: from iteration 16.1) starts inside the steps run
+    # a schedule whose warm-up (to iteration 7) ends and whose decay (the last 30% of 24 iterations: from
+    # iteration 16.1) starts inside the steps run
     kw = {
         "iters_total": 24,
         "lr": LR,
         "lr_final": 0.05,
         "lr_decay": 0.3,
+        "lr_warmup": 8,
         "lambda_l1": 0.02,
         "min_scale": 0.3,
         "betas": (0.9, 0.9),

@@ -1,6 +1,7 @@
 """Initialisation, the fitting loop and pruning, on real photographs at small scale."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -70,7 +71,9 @@ def test_batch_equals_one_by_one(photo):
     batch = fit_images(imgs, cfg)
     for i in range(3):
         (single,) = fit_images(imgs[i : i + 1], cfg)
-        torch.testing.assert_close(batch[i].splats, single.splats, rtol=1e-4, atol=1e-5)
+        # a batch sums in another order than one image alone; measured ≤ 7.4e-5 apart (canvas units) since the
+        # learned init warms up (3e-5 without), a cross-talk bug would be far larger
+        torch.testing.assert_close(batch[i].splats, single.splats, rtol=1e-4, atol=1e-4)
         assert abs(batch[i].psnr - single.psnr) < 1e-3
 
 
@@ -146,13 +149,42 @@ def test_step_size_schedule_is_constant_then_a_cosine_down_to_lr_final():
         assert _lr_scale(it, 101, 0.05, 1.0) == pytest.approx(
             0.05 + 0.475 * (1 + math.cos(math.pi * it / 100))
         )
+    # a warm-up ramps the first iterations linearly and leaves the rest alone (it multiplies)
+    warm = [_lr_scale(it, 101, 0.05, 0.3, 10) for it in range(101)]
+    assert warm[:10] == pytest.approx([(it + 1) / 10 for it in range(10)]) and warm[10:] == scales[10:]
+    assert _lr_scale(2, 4, 0.05, 1.0, 10) == pytest.approx(0.3 * _lr_scale(2, 4, 0.05, 1.0))
+
+
+def test_warm_up_keeps_the_learned_start(photo):
+    """Adam's first steps are full-size whatever the gradient: from the learned init they throw its close
+    start away, so it warms up by default (LEARNED_WARMUP iterations); a far start does not."""
+    from gs_encoder.fitting.fit import LEARNED_WARMUP
+
+    assert FitConfig(init="learned").warmup_iters == LEARNED_WARMUP > 0
+    assert FitConfig(init="structured").warmup_iters == 0 and FitConfig(lr_warmup=3).warmup_iters == 3
+    # measured at 96², N = 576 (coffee): 29.1 dB at the start; two steps 29.3 warm, 27.3 cold; 50 steps
+    # 34.2 against 33.7
+    images = torch.stack([photo("coffee", 96), photo("chelsea", 96)])
+    cfg = FitConfig(num_gaussians=576, iters=2, init="learned", check_every=1)
+    for warm, cold in zip(
+        fit_images(images, cfg), fit_images(images, replace(cfg, lr_warmup=0)), strict=True
+    ):
+        start = warm.history[0][1]
+        assert cold.history[0][1] == start and cold.psnr < start - 1.0  # one full-size step: far worse
+        assert warm.psnr > start - 0.3, (warm.psnr, start)
+    cfg = replace(cfg, iters=50, check_every=10**6)
+    for warm, cold in zip(
+        fit_images(images, cfg), fit_images(images, replace(cfg, lr_warmup=0)), strict=True
+    ):
+        assert warm.psnr > cold.psnr + 0.2, (warm.psnr, cold.psnr)
 
 
 def test_default_optimiser_beats_the_previous_one_at_equal_iterations(photo):
     # constant step sizes with a late decay and β2 = 0.9 against a cosine over the whole fit with β2 = 0.999
     # (measured at 224², N = 3136: +1.5–2 dB at 100–300 iterations, eval/results/fit_convergence.md)
     images = torch.stack([photo("astronaut", 48), photo("coffee", 48)])
-    prev = {"lr_final": 0.05, "lr_decay": 1.0, "betas": (0.9, 0.999)}
+    from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER as prev
+
     for init in ("structured", "learned"):
         new = fit_images(images, FitConfig(num_gaussians=144, iters=100, init=init))
         old = fit_images(images, FitConfig(num_gaussians=144, iters=100, init=init, **prev))
@@ -161,7 +193,16 @@ def test_default_optimiser_beats_the_previous_one_at_equal_iterations(photo):
 
 
 @pytest.mark.parametrize(
-    "bad", [{"betas": (0.9, 1.0)}, {"betas": (0.9,)}, {"betas": "0.9"}, {"lr_decay": 0.0}, {"lr_final": 1.5}]
+    "bad",
+    [
+        {"betas": (0.9, 1.0)},
+        {"betas": (0.9,)},
+        {"betas": "0.9"},
+        {"lr_decay": 0.0},
+        {"lr_final": 1.5},
+        {"lr_warmup": -1},
+        {"lr_warmup": 2.5},
+    ],
 )
 def test_bad_optimiser_settings(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):

@@ -276,6 +276,9 @@ def test_processor_records_its_fitting_optimiser(tiny_tokenizer, tmp_path, caplo
     config_file = tmp_path / "processor_config.json"
     saved = json.loads(config_file.read_text())
     assert saved["image_processor"]["fit_betas"] == list(default.betas)
+    # the warm-up is saved resolved: the default init is the learned one, which warms up
+    assert saved["image_processor"]["fit_lr_warmup"] == FitConfig(init="learned").warmup_iters > 0
+    full = json.loads(json.dumps(saved))
     for key in LEGACY_FIT_OPTIMISER:
         del saved["image_processor"][key]
     config_file.write_text(json.dumps(saved))
@@ -286,4 +289,16 @@ def test_processor_records_its_fitting_optimiser(tiny_tokenizer, tmp_path, caplo
     saved["image_processor"]["fit_betas"] = [0.8, 0.99]
     config_file.write_text(json.dumps(saved))
     mine = AutoProcessor.from_pretrained(tmp_path).image_processor.fit_config()
-    assert mine.betas == (0.8, 0.99) and mine.lr_decay == default.lr_decay
+    assert mine.betas == (0.8, 0.99) and mine.lr_decay == 1.0  # the set one wins, the absent ones are legacy
+    # a setting recorded later (the warm-up) is filled in alone for a config that lacks only it
+    del full["image_processor"]["fit_lr_warmup"]
+    config_file.write_text(json.dumps(full))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="llava_gs.processing_llava_gs"):
+        mine = AutoProcessor.from_pretrained(tmp_path).image_processor.fit_config()
+    assert (mine.lr_warmup, mine.lr_decay) == (0, default.lr_decay) and "(fit_lr_warmup=0)" in caplog.text
+    proc.save_pretrained(tmp_path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="llava_gs.processing_llava_gs"):
+        again = AutoProcessor.from_pretrained(tmp_path).image_processor.fit_config()
+    assert again.warmup_iters == FitConfig(init="learned").warmup_iters and "predates" not in caplog.text

@@ -288,6 +288,16 @@ def _add_fit_args(p: argparse.ArgumentParser, batch_size: int) -> None:
         f"(1: the whole fit; default {fit_defaults['lr_decay']:g})",
     )
     p.add_argument(
+        "--lr",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("XY", "CHOL", "RGB"),
+        help="Adam's step sizes of centres and Cholesky factors (pixels) and colours (default {:g} {:g} {:g})".format(
+            fit_defaults["lr_xy"], fit_defaults["lr_chol"], fit_defaults["lr_rgb"]
+        ),
+    )
+    p.add_argument(
         "--lr-warmup",
         type=int,
         default=None,
@@ -334,6 +344,8 @@ def _fit_config(args):
     from .fitting.fit import FitConfig
 
     given = {"init": args.init, "lr_final": args.lr_final, "lr_decay": args.lr_decay, "betas": args.betas}
+    if args.lr is not None:
+        given.update(zip(("lr_xy", "lr_chol", "lr_rgb"), args.lr, strict=True))
     cfg = FitConfig(
         lr_warmup=args.lr_warmup,
         num_gaussians=args.num_gaussians,

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 # FitConfig defaults of their day, filled in for each setting a config lacks. A model sees splats fitted the
 # way its training splats were.
 LEGACY_FIT_OPTIMISER = {
+    "fit_lr": [PREVIOUS_OPTIMISER[k] for k in ("lr_xy", "lr_chol", "lr_rgb")],
     "fit_lr_final": PREVIOUS_OPTIMISER["lr_final"],
     "fit_lr_decay": PREVIOUS_OPTIMISER["lr_decay"],
     "fit_betas": list(PREVIOUS_OPTIMISER["betas"]),
@@ -66,6 +67,7 @@ class GaussianProcessor(BaseImageProcessor):
         resize: str = "pad",
         tower_input: str = "gs",
         image_size: int = 224,
+        fit_lr: list[float] | None = None,
         fit_lr_final: float | None = None,
         fit_lr_decay: float | None = None,
         fit_betas: list[float] | None = None,
@@ -80,6 +82,8 @@ class GaussianProcessor(BaseImageProcessor):
         self.num_gaussians, self.fit_iters, self.fit_init = num_gaussians, fit_iters, fit_init
         # the optimiser of on-the-fly fitting, saved with the processor (None: FitConfig's current default)
         defaults = FitConfig.defaults()
+        lr = [defaults["lr_xy"], defaults["lr_chol"], defaults["lr_rgb"]] if fit_lr is None else fit_lr
+        self.fit_lr = [float(x) for x in lr]  # Adam's step sizes (centres, Cholesky factors, colours)
         self.fit_lr_final = defaults["lr_final"] if fit_lr_final is None else float(fit_lr_final)
         self.fit_lr_decay = defaults["lr_decay"] if fit_lr_decay is None else float(fit_lr_decay)
         self.fit_betas = [float(b) for b in (defaults["betas"] if fit_betas is None else fit_betas)]
@@ -103,6 +107,13 @@ class GaussianProcessor(BaseImageProcessor):
                 now,
                 fit_init_weights_id,
             )
+
+    def _lr(self) -> list[float]:
+        if not isinstance(self.fit_lr, (list, tuple)) or len(self.fit_lr) != 3:
+            raise ValueError(
+                f"fit_lr must be 3 step sizes (centres, Cholesky factors, colours), got {self.fit_lr!r}"
+            )
+        return [float(x) for x in self.fit_lr]
 
     def init_weights_id(self) -> str | None:
         """Identity of the learned-init weights this processor fits from; None when it does not use them."""
@@ -145,7 +156,7 @@ class GaussianProcessor(BaseImageProcessor):
             if name not in FITTING_SETTINGS:
                 raise ValueError(f"unknown image-processor setting {name!r}")
             if value is not None:
-                setattr(self, name, [float(b) for b in value] if name == "fit_betas" else value)
+                setattr(self, name, [float(b) for b in value] if name in ("fit_betas", "fit_lr") else value)
         self.fit_config()
 
     def fit_config(self, **overrides) -> FitConfig:
@@ -157,6 +168,7 @@ class GaussianProcessor(BaseImageProcessor):
                 "iters": self.fit_iters,
                 "target_psnr": None,
                 "init_weights": self.fit_init_weights,
+                **dict(zip(("lr_xy", "lr_chol", "lr_rgb"), self._lr(), strict=True)),
                 "lr_final": self.fit_lr_final,
                 "lr_decay": self.fit_lr_decay,
                 "betas": tuple(self.fit_betas),

@@ -46,6 +46,7 @@ class SplatCache:
         p = self.proc
         cfg = p.fit_config()
         adam = ("fit_lr_final", "fit_lr_decay", "fit_betas")
+        steps = [cfg.lr_xy, cfg.lr_chol, cfg.lr_rgb]
         # entries keep the key they had before the init, its weights and the optimiser were settings
         return (
             f"n{p.num_gaussians}-it{p.fit_iters}-s{p.canvas}-{p.resize}"
@@ -57,6 +58,7 @@ class SplatCache:
                 if all(getattr(p, k) == LEGACY_FIT_OPTIMISER[k] for k in adam)
                 else f"-lr{cfg.lr_final:g}-{cfg.lr_decay:g}-b{cfg.betas[0]:g}-{cfg.betas[1]:g}"
             )
+            + ("" if steps == LEGACY_FIT_OPTIMISER["fit_lr"] else "-st{:g}-{:g}-{:g}".format(*steps))
         )
 
     def key(self, canvas: torch.Tensor) -> str:

@@ -344,13 +344,13 @@ def _fit_like_splat_folder(image_proc, dargs: DataArguments) -> None:
     seen, read = fitted_with(dargs.splat_folder)
     if not read:
         return
-    adopt = {f"fit_{k}": seen[k] for k in ("lr_final", "lr_decay", "betas") if k in seen}
+    adopt = {f"fit_{k}": seen[k] for k in ("lr", "lr_final", "lr_decay", "lr_warmup", "betas") if k in seen}
     if "init" in seen and image_proc.fit_config().init != seen["init"]:
         adopt["fit_init"] = seen["init"]
     if "num_gaussians_initial" in seen and dargs.num_gaussians is None:
         adopt["num_gaussians"] = seen["num_gaussians_initial"]
     now = {k: getattr(image_proc, k) for k in adopt}
-    changed = {k: v for k, v in adopt.items() if now[k] != (list(v) if k == "fit_betas" else v)}
+    changed = {k: v for k, v in adopt.items() if now[k] != (list(v) if k in ("fit_betas", "fit_lr") else v)}
     if changed:
         image_proc.update(**changed)
         logger.info(

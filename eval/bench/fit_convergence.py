@@ -226,6 +226,7 @@ def optimiser_settings(cfg: FitConfig) -> dict:
     """The Adam settings of a FitConfig that the report describes."""
     learned = FitConfig(**{**optimiser_fields(cfg), "init": "learned"})
     return {
+        "lr": [cfg.lr_xy, cfg.lr_chol, cfg.lr_rgb],
         "lr_final": cfg.lr_final,
         "lr_decay": cfg.lr_decay,
         "betas": list(cfg.betas),
@@ -241,8 +242,10 @@ def optimiser_fields(cfg: FitConfig) -> dict:
 def _adam(opt: dict) -> str:
     decay = "the whole fit" if opt["lr_decay"] >= 1 else f"the last {opt['lr_decay']:.0%} of the iterations"
     warm = opt.get("learned_warmup", 0)
+    lr = opt.get("lr") or [opt.get(k) for k in ("lr_xy", "lr_chol", "lr_rgb")]
+    sizes = f" ({lr[0]:g} / {lr[1]:g} px centres / Cholesky factors, {lr[2]:g} colours)" if lr[0] else ""
     return (
-        f"Adam, β = ({opt['betas'][0]:g}, {opt['betas'][1]:g}), step sizes decayed by a cosine over {decay} "
+        f"Adam, β = ({opt['betas'][0]:g}, {opt['betas'][1]:g}), step sizes{sizes} decayed by a cosine over {decay} "
         f"to {opt['lr_final']:.0%} of their start"
         + (f", ramped up linearly over the first {warm} iterations after the learned init" if warm else "")
     )

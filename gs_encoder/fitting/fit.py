@@ -51,7 +51,15 @@ logger = logging.getLogger(__name__)
 
 INITS = ("structured", "random", "adaptive", "learned")
 # FitConfig's optimiser before 2026-12-05: a cosine over the whole fit down to 5% of the step sizes, β2 = 0.999
-PREVIOUS_OPTIMISER = {"lr_final": 0.05, "lr_decay": 1.0, "betas": (0.9, 0.999), "lr_warmup": 0}
+PREVIOUS_OPTIMISER = {
+    "lr_xy": 0.1,
+    "lr_chol": 0.04,
+    "lr_rgb": 0.02,
+    "lr_final": 0.05,
+    "lr_decay": 1.0,
+    "betas": (0.9, 0.999),
+    "lr_warmup": 0,
+}
 # Warm-up iterations of FitConfig.lr_warmup = None after the learned init (eval/results/fit_convergence.md):
 # Adam's first steps are full-size whatever the gradient (t = 1: m̂ / √v̂ = ±1), which throws a close start
 # away (31.6 → 27.7 dB after one step at N = 3136, back only after ~10); ramping the step sizes over the
@@ -78,9 +86,12 @@ class FitConfig:
     # schedule and Adam state); 0: none (measured in eval/results/fit_convergence.md)
     coarse_iters: int = 0
     coarse_factor: int = 2
-    lr_xy: float = 0.1  # Adam step size of centres, pixels
-    lr_chol: float = 0.04  # Adam step size of the Cholesky factor, pixels
-    lr_rgb: float = 0.02  # Adam step size of colours
+    # Adam step sizes (eval/results/fit_convergence.md): the ones before 2026-12-05 (0.1, 0.04, 0.02) were
+    # too small for the geometry; 4× on centres and shapes and 0.7× on colours reach every budget higher
+    # (+0.5–1.0 dB at 100 iterations, +0.2–0.3 at 1000, N = 1600–3136), and flat images settle higher too.
+    lr_xy: float = 0.4  # Adam step size of centres, pixels
+    lr_chol: float = 0.16  # Adam step size of the Cholesky factor, pixels
+    lr_rgb: float = 0.014  # Adam step size of colours
     # Step-size schedule and Adam's moment decay rates (eval/results/fit_convergence.md): constant step sizes
     # with a cosine to lr_final over the last lr_decay of the iterations, and a shorter second-moment memory
     # (β2 = 0.98), reach every quality in fewer iterations than PREVIOUS_OPTIMISER. The final decay matters
@@ -479,6 +490,7 @@ _RECORDED = {
     "init": None,
     "init_weights_id": None,
     "init_weights": None,
+    "lr": [PREVIOUS_OPTIMISER[k] for k in ("lr_xy", "lr_chol", "lr_rgb")],
     "lr_final": PREVIOUS_OPTIMISER["lr_final"],
     "lr_decay": PREVIOUS_OPTIMISER["lr_decay"],
     "betas": list(PREVIOUS_OPTIMISER["betas"]),
@@ -491,7 +503,7 @@ def fitted_with(folder: str | os.PathLike, limit: int = 32) -> tuple[dict, int]:
 
     Reads up to `limit` sidecars (`<name>.json` beside `<name>.gs.npy`, docs/format.md). Returns (settings,
     files read): each of num_gaussians_initial, canvas, resize, init, init_weights_id (with init_weights,
-    the file as it was given; absent when the shipped weights were used), lr_final, lr_decay, lr_warmup, betas that all
+    the file as it was given; absent when the shipped weights were used), lr, lr_final, lr_decay, lr_warmup, betas that all
     of them agree on (a sidecar older than a setting counts as the value of its day: the optimiser of
     PREVIOUS_OPTIMISER; an unknown init or size is left out), so a consumer that fits more images can fit
     them like these."""
@@ -515,6 +527,7 @@ def fitted_with(folder: str | os.PathLike, limit: int = 32) -> tuple[dict, int]:
         if read >= limit:
             break
     agreed = {k: next(iter(v)) for k, v in seen.items() if len(v) == 1 and None not in v}
-    if "betas" in agreed:
-        agreed["betas"] = tuple(float(b) for b in agreed["betas"])
+    for k in ("betas", "lr"):
+        if k in agreed:
+            agreed[k] = tuple(float(b) for b in agreed[k])
     return agreed, read

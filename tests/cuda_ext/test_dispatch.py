@@ -15,11 +15,15 @@ from gs_encoder import FitConfig, fit_images, prune, render, structured_init
 from gs_encoder.fitting import backend as backend_mod
 from gs_encoder.fitting import fit as fit_mod
 from gs_encoder.fitting.backend import resolve_backend
-from gs_encoder.fitting.fit import fit_sets
+from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER, fit_sets
 from gs_encoder.fitting.fit_ops import fit_steps_torch, prune_mask_torch, torch_ops
 
 CUDA = torch.device("cuda")  # a device object only: nothing here allocates on it
 CPU_RENDER = "cpp" if cuda_ext.available() else "torch"
+# Whole fits compared across batch layouts or backends run with the step sizes before 2026-12-05: the
+# default ones (4x on the geometry) make a fit amplify float rounding, so that one image alone and in a
+# batch end up to ~0.02 dB apart at 96² (measured); at these the comparison checks the plumbing to 1e-3 dB.
+SMALL_STEPS = {k: PREVIOUS_OPTIMISER[k] for k in ("lr_xy", "lr_chol", "lr_rgb")}
 
 
 @pytest.fixture
@@ -114,8 +118,10 @@ def test_stretches_between_checks_do_not_change_the_fit(photo, cfg, renderer):
 @pytest.mark.parametrize(
     "cfg",
     [
-        FitConfig(num_gaussians=36, iters=40, lambda_l1=0.05, tau=0.05, prune_at=13, finetune_iters=5),
-        FitConfig(num_gaussians=16, iters=120, target_psnr=31.0, check_every=10),
+        FitConfig(
+            num_gaussians=36, iters=40, lambda_l1=0.05, tau=0.05, prune_at=13, finetune_iters=5, **SMALL_STEPS
+        ),
+        FitConfig(num_gaussians=16, iters=120, target_psnr=31.0, check_every=10, **SMALL_STEPS),
     ],
     ids=["prune-mid-fit", "early-stop"],
 )

@@ -10,10 +10,16 @@ import torch
 
 import cuda_ext
 from gs_encoder import FitConfig, fit_images, prune, structured_init
+from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER
 from gs_encoder.fitting.fit_ops import fit_steps_torch
 
+# Whole fits compared across batch layouts or backends run with the step sizes before 2026-12-05: the
+# default ones (4x on the geometry) make a fit amplify float rounding, so that one image alone and in a
+# batch end up to ~0.02 dB apart at 96² (measured); at these the comparison checks the plumbing to 1e-3 dB.
+SMALL_STEPS = {k: PREVIOUS_OPTIMISER[k] for k in ("lr_xy", "lr_chol", "lr_rgb")}
+
 CPU_RENDER = "cpp" if cuda_ext.available() else "torch"
-LR = (0.1, 0.04, 0.02)  # FitConfig's defaults: xy, Cholesky factor, colour
+LR = (0.1, 0.04, 0.02)  # step sizes of the step-by-step comparisons: xy, Cholesky factor, colour
 
 
 def problem(photo, size=64, n=100, names=("astronaut", "coffee")):
@@ -159,8 +165,16 @@ def test_100_iteration_fit_matches_the_cpu_fit_at_224(kernels, photo):
 def test_fit_with_l1_pruning_and_finetune_matches_the_cpu_fit(kernels, photo):
     images = torch.stack([photo("chelsea", 64), photo("rocket", 64)])
     for cfg in (
-        FitConfig(num_gaussians=256, iters=80, lambda_l1=0.05, tau=0.05, finetune_iters=20),
-        FitConfig(num_gaussians=256, iters=80, lambda_l1=0.05, tau=0.05, prune_at=40, finetune_iters=10),
+        FitConfig(num_gaussians=256, iters=80, lambda_l1=0.05, tau=0.05, finetune_iters=20, **SMALL_STEPS),
+        FitConfig(
+            num_gaussians=256,
+            iters=80,
+            lambda_l1=0.05,
+            tau=0.05,
+            prune_at=40,
+            finetune_iters=10,
+            **SMALL_STEPS,
+        ),
     ):
         cpu = fit_images(images, cfg)
         gpu = fit_images(images.to(kernels.device), replace(cfg, backend=kernels.backend))

@@ -212,13 +212,15 @@ def test_fit_with_l1_pruning_and_early_stop(tmp_path, photo_path, capsys):
     es = json.loads((tmp_path / "es" / "coffee.json").read_text())
     assert es["fit_iters"] < 500 and es["psnr"] >= 19.9
     # the optimiser's settings are recorded: the defaults, or the flags given
-    assert es["lr"] == [0.1, 0.04, 0.02] and es["betas"] == [0.9, 0.98]
+    assert es["lr"] == [0.4, 0.16, 0.014] and es["betas"] == [0.9, 0.98]
     assert (es["lr_final"], es["lr_decay"], es["lr_warmup"]) == (0.05, 0.3, 10)  # learned init: warm-up
     opt = ["--lr-final", "0.1", "--lr-decay", "1", "--betas", "0.8", "0.999", "--iters", "20"]
     assert main([*argv[:-3], *opt, "--lr-warmup", "3", "-o", str(tmp_path / "opt"), "-q"]) == 0
     meta = json.loads((tmp_path / "opt" / "coffee.json").read_text())
     assert (meta["lr_final"], meta["lr_decay"], meta["betas"]) == (0.1, 1.0, [0.8, 0.999])
-    assert meta["lr_warmup"] == 3
+    assert meta["lr_warmup"] == 3 and meta["lr"] == [0.4, 0.16, 0.014]
+    assert main([*argv[:-3], "--lr", "0.1", "0.04", "0.02", "-o", str(tmp_path / "lr"), "-q"]) == 0
+    assert json.loads((tmp_path / "lr" / "coffee.json").read_text())["lr"] == [0.1, 0.04, 0.02]
     assert main([*argv[:-3], "--init", "structured", "-o", str(tmp_path / "st"), "-q"]) == 0
     assert json.loads((tmp_path / "st" / "coffee.json").read_text())["lr_warmup"] == 0
     assert main([*argv[:-3], "--betas", "0.9", "1.0", "-o", str(tmp_path / "bad"), "-q"]) == 2

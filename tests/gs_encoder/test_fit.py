@@ -67,7 +67,12 @@ def test_fit_raises_psnr_and_reaches_floor(photo):
 
 def test_batch_equals_one_by_one(photo):
     imgs = torch.stack([photo("chelsea", 24), photo("coffee", 24), photo("rocket", 24)])
-    cfg = FitConfig(num_gaussians=36, iters=40)
+    # at the step sizes before 2026-12-05: the default ones make a fit amplify float rounding (~0.02 dB
+    # between one image alone and in a batch at 96², measured); these check the plumbing
+    from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER as prev
+
+    small = {k: prev[k] for k in ("lr_xy", "lr_chol", "lr_rgb")}
+    cfg = FitConfig(num_gaussians=36, iters=40, **small)
     batch = fit_images(imgs, cfg)
     for i in range(3):
         (single,) = fit_images(imgs[i : i + 1], cfg)

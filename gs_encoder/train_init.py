@@ -1,9 +1,11 @@
 """Train the learned splat initialiser (gs_encoder/fitting/learned_init.py) through the project's renderer.
 
-    python -m gs_encoder.train_init --out-dir runs/learned_init --steps 4000 --export \\
-        gs_encoder/fitting/weights/learned_init.safetensors
+    python -m gs_encoder.train_init --out-dir runs/init0        # the shipped weights: these defaults,
+    python -m gs_encoder.train_init --out-dir runs/init --steps 8000 --lr 3e-4 --passes 3 \\
+        --from-weights runs/init0/learned_init.safetensors \\
+        --export gs_encoder/fitting/weights/learned_init.safetensors   # then this fine-tuning
     gsv train-init --images my_photos/ --out-dir runs/mine --device cuda --batch-size 64 --canvas 224
-    gsv train-init --images my_photos/ --out-dir runs/tuned --from-weights \
+    gsv train-init --images my_photos/ --out-dir runs/tuned --from-weights \\
         gs_encoder/fitting/weights/learned_init.safetensors --lr 3e-4   # fine-tune the shipped weights
 
 Each step draws one canvas size S and one Gaussian budget N (grid cells of 3–12 px), a batch of images,

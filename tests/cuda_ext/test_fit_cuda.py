@@ -164,18 +164,8 @@ def test_100_iteration_fit_matches_the_cpu_fit_at_224(kernels, photo):
 
 def test_fit_with_l1_pruning_and_finetune_matches_the_cpu_fit(kernels, photo):
     images = torch.stack([photo("chelsea", 64), photo("rocket", 64)])
-    for cfg in (
-        FitConfig(num_gaussians=256, iters=80, lambda_l1=0.05, tau=0.05, finetune_iters=20, **SMALL_STEPS),
-        FitConfig(
-            num_gaussians=256,
-            iters=80,
-            lambda_l1=0.05,
-            tau=0.05,
-            prune_at=40,
-            finetune_iters=10,
-            **SMALL_STEPS,
-        ),
-    ):
+    pruned = {"num_gaussians": 256, "iters": 80, "lambda_l1": 0.05, "tau": 0.05, **SMALL_STEPS}
+    for cfg in (FitConfig(**pruned, finetune_iters=20), FitConfig(**pruned, prune_at=40, finetune_iters=10)):
         cpu = fit_images(images, cfg)
         gpu = fit_images(images.to(kernels.device), replace(cfg, backend=kernels.backend))
         for c, g in zip(cpu, gpu, strict=True):

@@ -27,7 +27,7 @@ import torch
 from gs_encoder import FitConfig, fit_images, psnr, render, structured_init
 from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER as PREV_ADAM
 from gs_encoder.fitting.init import adaptive_init, random_init
-from gs_encoder.fitting.learned_init import COLOUR_ITERS, learned_init, load_learned_init
+from gs_encoder.fitting.learned_init import COLOUR_ITERS, learned_init, load_learned_init, weights_id
 from gs_encoder.report import machine_info
 
 from .common import PHOTOS, RESULTS, photos, timed, write_results
@@ -234,6 +234,11 @@ def optimiser_settings(cfg: FitConfig) -> dict:
     }
 
 
+def learned_init_settings() -> dict:
+    """Which learned-init weights a run used: their identity and network passes."""
+    return {"weights_id": weights_id(), "passes": load_learned_init().passes}
+
+
 def optimiser_fields(cfg: FitConfig) -> dict:
     """The FitConfig fields of the optimiser."""
     return {k: getattr(cfg, k) for k in ("lr_final", "lr_decay", "betas", "lr_warmup")}
@@ -255,6 +260,8 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
     """Tables, targets and plot of a measured run {fits, network_cost, size, photos, budgets, ns, threads}."""
     data, cost, names, size = run["fits"], run["network_cost"], run["photos"], run["size"]
     ns, budgets, inits = run["ns"], run["budgets"], run["inits"]
+    li = run.get("learned_init", {})  # runs before 2026-12-05 10:00 did not record it: two passes then
+    refine = li.get("passes", 2) - 1
     ks = [0, *budgets]
     curve_rows = [[n, init, *[data[f"{init}/{n}"]["psnr"].get(k) for k in ks]] for n in ns for init in inits]
     time_rows = [
@@ -359,7 +366,9 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         "when built, on a CPU shared with other jobs: equal-K runs of different inits differ by up to ~30% "
         "in time, so the speed-ups are also given in fit-iteration equivalents (iterations to the target, "
         "interpolated in log K between budgets, plus the init's measured cost in fit iterations), which the "
-        "sharing does not distort. Learned init: the shipped weights, network + one residual refinement pass "
+        "sharing does not distort. Learned init: the shipped weights"
+        + (f" ({li['weights_id']})" if li.get("weights_id") else "")
+        + f", network + {refine} residual refinement pass{'es' if refine > 1 else ''} "
         f"+ {COLOUR_ITERS} conjugate-gradient steps of least-squares colours. Adaptive: structured grid shaped "
         f"by the structure tensor + the same colour solve. learned+c2f: the learned init, then K iterations on the "
         f"canvas area-averaged to {size // 2}² (own schedule), then the K iterations of the budget on the full canvas "
@@ -481,6 +490,7 @@ def main(argv=None):
         "measured": machine_info()["date"],
         "fits": data,
         "network_cost": cost,
+        "learned_init": learned_init_settings(),
     }
     md = report(run, name)
     print(md.read_text())

@@ -83,7 +83,7 @@ class GaussianProcessor(BaseImageProcessor):
         # the optimiser of on-the-fly fitting, saved with the processor (None: FitConfig's current default)
         defaults = FitConfig.defaults()
         lr = [defaults["lr_xy"], defaults["lr_chol"], defaults["lr_rgb"]] if fit_lr is None else fit_lr
-        self.fit_lr = [float(x) for x in lr]  # Adam's step sizes (centres, Cholesky factors, colours)
+        self.fit_lr = list(lr) if isinstance(lr, (list, tuple)) else lr  # Adam's step sizes; checked by _lr
         self.fit_lr_final = defaults["lr_final"] if fit_lr_final is None else float(fit_lr_final)
         self.fit_lr_decay = defaults["lr_decay"] if fit_lr_decay is None else float(fit_lr_decay)
         self.fit_betas = [float(b) for b in (defaults["betas"] if fit_betas is None else fit_betas)]
@@ -109,11 +109,14 @@ class GaussianProcessor(BaseImageProcessor):
             )
 
     def _lr(self) -> list[float]:
-        if not isinstance(self.fit_lr, (list, tuple)) or len(self.fit_lr) != 3:
-            raise ValueError(
-                f"fit_lr must be 3 step sizes (centres, Cholesky factors, colours), got {self.fit_lr!r}"
-            )
-        return [float(x) for x in self.fit_lr]
+        try:
+            if isinstance(self.fit_lr, (list, tuple)) and len(self.fit_lr) == 3:
+                return [float(x) for x in self.fit_lr]
+        except (TypeError, ValueError):
+            pass
+        raise ValueError(
+            f"fit_lr must be 3 step sizes (centres, Cholesky factors, colours), got {self.fit_lr!r}"
+        )
 
     def init_weights_id(self) -> str | None:
         """Identity of the learned-init weights this processor fits from; None when it does not use them."""

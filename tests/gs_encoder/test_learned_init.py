@@ -362,6 +362,9 @@ def test_processor_fits_with_the_learned_init():
     assert len({SplatCache(p)._settings() for p in (legacy, structured, other)}) == 3
     with pytest.raises(ValueError, match="unknown init 'learnt'"):
         GaussianProcessor(fit_init="learnt")
+    for bad in (0.3, [0.1, 0.2], ["a", 1, 2]):
+        with pytest.raises(ValueError, match="fit_lr must be 3 step sizes"):
+            GaussianProcessor(fit_lr=bad)
 
 
 def test_weights_identity_follows_the_splats(tmp_path, caplog):

@@ -397,10 +397,8 @@ def train_init(cfg: TrainInitConfig, progress: bool = True) -> Path:
     net = SplatInitNet(cfg.width, cfg.cell_width, cfg.blocks, cfg.reach, cfg.passes).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, log = _resume(out, net, opt)
-    if start == 0 and cfg.from_weights:
-        _start_from(
-            Path(cfg.from_weights), net
-        )  # before any folder is made: a bad file leaves nothing behind
+    if start == 0 and cfg.from_weights:  # before any folder is made: a bad file leaves nothing behind
+        _start_from(Path(cfg.from_weights), net)
     out.mkdir(parents=True, exist_ok=True)
     photos = load_photos(cfg.images)
     val = _validation_set(cfg, photos)
@@ -532,11 +530,10 @@ def _source_log(weights: Path) -> dict:
 def _finish(cfg: TrainInitConfig, out: Path, net, log: list) -> Path:
     """Save the final weights and the training log (and copy both to cfg.export); returns the weights."""
     from .fitting.learned_init import save_learned_init
+    from .report import machine_info
 
     net.eval()
     final = save_learned_init(out / "learned_init.safetensors", net, {"steps": str(cfg.steps)})
-    from .report import machine_info
-
     train_log = {
         "config": asdict(cfg),
         "photos": list(TRAIN_PHOTOS) if not cfg.images else cfg.images,

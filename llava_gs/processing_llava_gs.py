@@ -22,7 +22,7 @@ from transformers import BatchFeature, ProcessorMixin
 from transformers.image_processing_utils import BaseImageProcessor
 
 from gs_encoder import FitConfig, fit_images, load_image, load_splats, pad_splat_sets
-from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER
+from gs_encoder.fitting.fit import PREVIOUS_RECORD
 from gs_encoder.image_io import canvas_from_pil, to_canvas
 from gs_encoder.splat_io import validate_splats
 
@@ -35,13 +35,7 @@ logger = logging.getLogger(__name__)
 # The fitting optimiser of processor configs saved before these settings were recorded (2026-12-05): the
 # FitConfig defaults of their day, filled in for each setting a config lacks. A model sees splats fitted the
 # way its training splats were.
-LEGACY_FIT_OPTIMISER = {
-    "fit_lr": [PREVIOUS_OPTIMISER[k] for k in ("lr_xy", "lr_chol", "lr_rgb")],
-    "fit_lr_final": PREVIOUS_OPTIMISER["lr_final"],
-    "fit_lr_decay": PREVIOUS_OPTIMISER["lr_decay"],
-    "fit_betas": list(PREVIOUS_OPTIMISER["betas"]),
-    "fit_lr_warmup": PREVIOUS_OPTIMISER["lr_warmup"],
-}
+LEGACY_FIT_OPTIMISER = {f"fit_{k}": v for k, v in PREVIOUS_RECORD.items()}
 
 
 # what GaussianProcessor.update may set

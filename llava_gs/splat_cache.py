@@ -4,9 +4,9 @@ The key is the SHA-256 of the image as placed on the fitting canvas (so the same
 PIL image or an array hits the same entry) together with the fitting settings (N, iterations, canvas,
 resize, the init when it is not the structured one, the identity of the learned init's weights, and the
 optimiser when it is not the one used before 2026-12-05, so structured-init entries written then keep their
-keys and entries fitted otherwise are never mixed up).
-Misses are fitted together in one batched `fit_images` call with a progress bar and written as
-`<key>.gs.npy` under a temporary name then renamed, so an interrupted run never leaves a half-written entry. What is returned is always the stored fp16 form,
+keys and entries fitted otherwise are never mixed up). Misses are fitted together in one batched
+`fit_images` call with a progress bar and written as `<key>.gs.npy` under a temporary name then renamed,
+so an interrupted run never leaves a half-written entry. What is returned is always the stored fp16 form,
 so a first run and a cached run see identical splats.
 """
 

@@ -339,12 +339,12 @@ def _fit_like_splat_folder(image_proc, dargs: DataArguments) -> None:
     """Make the processor fit (--fit_missing here; chat and lmms-eval with the saved model) as the splats of
     --splat_folder were fitted, read from their sidecars: the init, the optimiser and, unless --num_gaussians
     says otherwise, N. Says what it changed, and warns about what differs and stays."""
-    from gs_encoder.fitting.fit import fitted_with
+    from gs_encoder.fitting.fit import PREVIOUS_RECORD, fitted_with
 
     seen, read = fitted_with(dargs.splat_folder)
     if not read:
         return
-    adopt = {f"fit_{k}": seen[k] for k in ("lr", "lr_final", "lr_decay", "lr_warmup", "betas") if k in seen}
+    adopt = {f"fit_{k}": seen[k] for k in PREVIOUS_RECORD if k in seen}
     if "init" in seen and image_proc.fit_config().init != seen["init"]:
         adopt["fit_init"] = seen["init"]
     if "num_gaussians_initial" in seen and dargs.num_gaussians is None:

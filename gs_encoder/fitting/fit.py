@@ -40,8 +40,10 @@ __all__ = [
     "FitResult",
     "fit_images",
     "fit_sets",
+    "PREVIOUS_RECORD",
     "fit_sidecar",
     "fitted_with",
+    "optimiser_record",
     "luminance",
     "prune",
     "psnr",
@@ -50,7 +52,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 INITS = ("structured", "random", "adaptive", "learned")
-# FitConfig's optimiser before 2026-12-05: a cosine over the whole fit down to 5% of the step sizes, β2 = 0.999
+# FitConfig's optimiser before 2026-12-05: smaller step sizes, a cosine over the whole fit down to 5% of them,
+# β2 = 0.999, no warm-up
 PREVIOUS_OPTIMISER = {
     "lr_xy": 0.1,
     "lr_chol": 0.04,
@@ -466,11 +469,7 @@ def fit_sidecar(result: FitResult, target: torch.Tensor, cfg: FitConfig, resize:
             if cfg.init == "learned"
             else {}
         ),
-        "lr": [cfg.lr_xy, cfg.lr_chol, cfg.lr_rgb],
-        "lr_final": cfg.lr_final,
-        "lr_decay": cfg.lr_decay,
-        "lr_warmup": cfg.warmup_iters,
-        "betas": list(cfg.betas),
+        **optimiser_record(cfg),
         "lambda_l1": cfg.lambda_l1,
         "tau": cfg.tau,
         "prune_at": cfg.prune_at if cfg.tau is not None else None,
@@ -481,6 +480,20 @@ def fit_sidecar(result: FitResult, target: torch.Tensor, cfg: FitConfig, resize:
     }
 
 
+def optimiser_record(cfg: FitConfig) -> dict:
+    """The optimiser of a fit as sidecars record it (docs/format.md); processors save it with a `fit_` prefix."""
+    return {
+        "lr": [cfg.lr_xy, cfg.lr_chol, cfg.lr_rgb],
+        "lr_final": cfg.lr_final,
+        "lr_decay": cfg.lr_decay,
+        "lr_warmup": cfg.warmup_iters,
+        "betas": list(cfg.betas),
+    }
+
+
+# PREVIOUS_OPTIMISER as recorded: what a sidecar or processor config written before a setting existed implies
+PREVIOUS_RECORD = optimiser_record(FitConfig(init="structured", **PREVIOUS_OPTIMISER))
+
 # settings of fitting that fitted_with reads back, with the value a sidecar written before the setting was
 # recorded implies (None: unknown)
 _RECORDED = {
@@ -490,11 +503,7 @@ _RECORDED = {
     "init": None,
     "init_weights_id": None,
     "init_weights": None,
-    "lr": [PREVIOUS_OPTIMISER[k] for k in ("lr_xy", "lr_chol", "lr_rgb")],
-    "lr_final": PREVIOUS_OPTIMISER["lr_final"],
-    "lr_decay": PREVIOUS_OPTIMISER["lr_decay"],
-    "betas": list(PREVIOUS_OPTIMISER["betas"]),
-    "lr_warmup": PREVIOUS_OPTIMISER["lr_warmup"],
+    **PREVIOUS_RECORD,
 }
 
 
@@ -503,10 +512,10 @@ def fitted_with(folder: str | os.PathLike, limit: int = 32) -> tuple[dict, int]:
 
     Reads up to `limit` sidecars (`<name>.json` beside `<name>.gs.npy`, docs/format.md). Returns (settings,
     files read): each of num_gaussians_initial, canvas, resize, init, init_weights_id (with init_weights,
-    the file as it was given; absent when the shipped weights were used), lr, lr_final, lr_decay, lr_warmup, betas that all
-    of them agree on (a sidecar older than a setting counts as the value of its day: the optimiser of
-    PREVIOUS_OPTIMISER; an unknown init or size is left out), so a consumer that fits more images can fit
-    them like these."""
+    the file as it was given; absent when the shipped weights were used) and the optimiser_record settings
+    that all of them agree on (a sidecar older than a setting counts as the value of its day, from
+    PREVIOUS_RECORD; an unknown init or size is left out), so a consumer that fits more images can fit them
+    like these."""
     seen: dict[str, set] = {k: set() for k in _RECORDED}
     read = 0
     for root, dirs, files in os.walk(folder):

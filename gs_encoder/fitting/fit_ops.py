@@ -178,8 +178,9 @@ def fit_steps_torch(
 
     Each iteration renders the alive Gaussians, takes the gradient of Σ_b [mean((image_b − target_b)²)
     + λ·Σ_{g∈b} |c_g| / (3·n_b)] and applies Adam (moment decays `betas`, t = it + 1, step sizes lr × the
-    schedule over iters_total of `_lr_scale`: warm-up, constant, decay) and the constraint l11, l22 ≥ min_scale. An inactive image is
-    frozen: its Adam state and parameters stay, except that the constraint still applies.
+    schedule over iters_total of `_lr_scale`: warm-up, constant, decay) and the constraint l11, l22 ≥
+    min_scale. An inactive image is frozen: its Adam state and parameters stay, except that the constraint
+    still applies.
     The "torch" renderer reuses `plan` (from an earlier call on the same alive rows) while it covers
     every Gaussian; returns the plan of the last iteration (None for the other renderers).
     """

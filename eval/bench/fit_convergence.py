@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -224,24 +225,18 @@ def load_run(path) -> dict:
 
 def optimiser_settings(cfg: FitConfig) -> dict:
     """The Adam settings of a FitConfig that the report describes."""
-    learned = FitConfig(**{**optimiser_fields(cfg), "init": "learned"})
     return {
         "lr": [cfg.lr_xy, cfg.lr_chol, cfg.lr_rgb],
         "lr_final": cfg.lr_final,
         "lr_decay": cfg.lr_decay,
         "betas": list(cfg.betas),
-        "learned_warmup": learned.warmup_iters,
+        "learned_warmup": replace(cfg, init="learned").warmup_iters,
     }
 
 
 def learned_init_settings() -> dict:
     """Which learned-init weights a run used: their identity and network passes."""
     return {"weights_id": weights_id(), "passes": load_learned_init().passes}
-
-
-def optimiser_fields(cfg: FitConfig) -> dict:
-    """The FitConfig fields of the optimiser."""
-    return {k: getattr(cfg, k) for k in ("lr_final", "lr_decay", "betas", "lr_warmup")}
 
 
 def _adam(opt: dict) -> str:

@@ -251,7 +251,7 @@ def cmd_info(args) -> int:
 
 
 def _add_fit_args(p: argparse.ArgumentParser, batch_size: int) -> None:
-    from .fitting.fit import LEARNED_WARMUP, FitConfig
+    from .fitting.fit import INITS, LEARNED_WARMUP, WARMUP_INITS, FitConfig
     from .image_io import DEFAULT_MAX_PIXELS, RESIZE_MODES
 
     fit_defaults = FitConfig.defaults()
@@ -264,9 +264,10 @@ def _add_fit_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     )
     p.add_argument(
         "--init",
-        choices=("structured", "random", "adaptive", "learned"),
+        choices=INITS,
         default=None,
-        help="initialisation (default: FitConfig's); learned: the network of gs_encoder/fitting/learned_init.py",
+        help=f"initialisation (default {fit_defaults['init']}); density: the grid warped towards the image's "
+        "detail; learned: the network of gs_encoder/fitting/learned_init.py (docs/format.md)",
     )
     p.add_argument(
         "--init-weights", default=None, help="safetensors weights of --init learned (default: shipped)"
@@ -302,8 +303,8 @@ def _add_fit_args(p: argparse.ArgumentParser, batch_size: int) -> None:
         type=int,
         default=None,
         help="ramp the step sizes up linearly over these first iterations (default: "
-        f"{LEARNED_WARMUP} after --init learned, whose close start Adam's first full-size steps would "
-        "throw away; 0 after the others)",
+        f"{LEARNED_WARMUP} after --init {' / '.join(WARMUP_INITS)}, whose close start Adam's first full-size "
+        "steps would throw away; 0 after the others)",
     )
     p.add_argument(
         "--betas",

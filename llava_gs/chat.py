@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from gs_encoder.fitting.fit import INITS
 from gs_encoder.image_io import ImageLoadError
 from gs_encoder.splat_io import SplatFileError, load_splats
 
@@ -173,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fit-iters", type=int, help="fitting iterations for photos (default: the processor's)")
     ap.add_argument(
         "--fit-init",
-        choices=["structured", "random", "adaptive", "learned"],
+        choices=INITS,
         help="init of photo fits (default: FitConfig's)",
     )
     ap.add_argument(

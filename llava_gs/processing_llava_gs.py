@@ -28,7 +28,13 @@ from gs_encoder.splat_io import validate_splats
 
 from .conversation import IMAGE_TOKEN, image_token_id, tokenize_conversation
 
-__all__ = ["LEGACY_FIT_OPTIMISER", "GaussianProcessor", "LlavaGSProcessor", "processor_for"]
+__all__ = [
+    "LEGACY_FIT_INIT",
+    "LEGACY_FIT_OPTIMISER",
+    "GaussianProcessor",
+    "LlavaGSProcessor",
+    "processor_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +42,8 @@ logger = logging.getLogger(__name__)
 # FitConfig defaults of their day, filled in for each setting a config lacks. A model sees splats fitted the
 # way its training splats were.
 LEGACY_FIT_OPTIMISER = {f"fit_{k}": v for k, v in PREVIOUS_RECORD.items()}
+# The init of processor configs saved before it was recorded resolved (2026-12-06): FitConfig's default then.
+LEGACY_FIT_INIT = "learned"
 
 
 # what GaussianProcessor.update may set
@@ -121,11 +129,12 @@ class GaussianProcessor(BaseImageProcessor):
         return weights_id(self.fit_init_weights)
 
     def to_dict(self) -> dict:
-        """As BaseImageProcessor.to_dict, with the warm-up resolved (so a reloaded processor fits as this one
-        did, whatever the rule later) and the identity of the learned-init weights fitted from."""
+        """As BaseImageProcessor.to_dict, with the init and warm-up resolved (so a reloaded processor fits as
+        this one did, whatever the defaults later) and the identity of the learned-init weights fitted from."""
         d = super().to_dict()
         if self.tower_input == "gs":
-            d["fit_lr_warmup"] = self.fit_config().warmup_iters
+            cfg = self.fit_config()
+            d["fit_lr_warmup"], d["fit_init"] = cfg.warmup_iters, cfg.init
         d.pop("fit_init_weights_id", None)
         weights = self.init_weights_id()
         if weights:
@@ -135,13 +144,16 @@ class GaussianProcessor(BaseImageProcessor):
     @classmethod
     def from_dict(cls, image_processor_dict: dict, **kwargs):
         """As BaseImageProcessor.from_dict; a config saved before a setting of the fitting optimiser was
-        recorded gets its value of LEGACY_FIT_OPTIMISER (what its model's splats were fitted with), and says so."""
+        recorded gets its value of LEGACY_FIT_OPTIMISER (what its model's splats were fitted with), one without a
+        fit_init gets LEGACY_FIT_INIT, and it says so."""
         d = dict(image_processor_dict)
         missing = {k: v for k, v in LEGACY_FIT_OPTIMISER.items() if k not in d and k not in kwargs}
+        if d.get("fit_init") is None and kwargs.get("fit_init") is None:
+            missing["fit_init"] = LEGACY_FIT_INIT
         if d.get("tower_input", "gs") == "gs" and missing:
             d.update(missing)
             logger.warning(
-                "GaussianProcessor: this processor config predates the recorded fitting optimiser; fitting "
+                "GaussianProcessor: this processor config predates the recorded fitting settings; fitting "
                 "with the one of its day (%s). Set them in the config (or pass them) to change it.",
                 ", ".join(f"{k}={v}" for k, v in missing.items()),
             )

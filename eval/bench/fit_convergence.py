@@ -2,15 +2,18 @@
 
     python -m eval.bench.fit_convergence [--threads 1] [--quick]
 
-For each init (structured grid, GaussianImage's random, the content-adaptive grid of
-gs_encoder/fitting/init.py, the learned network of gs_encoder/fitting/learned_init.py, and the learned init with coarse-to-fine:
-K iterations on the canvas shrunk 2× first) and N ∈ {400, 1600, 3136} on the four benchmark photos at 224²
+For each init (structured grid, GaussianImage's random, the structure-tensor grid and the density grid
+(warped towards detail) of gs_encoder/fitting/init.py, the learned network of
+gs_encoder/fitting/learned_init.py, and the density init with coarse-to-fine: K iterations on the canvas
+shrunk 2× first) and N ∈ {400, 1600, 3136} on the four benchmark photos at 224²
 (centre crop; never part of the learned init's training data), one fit per iteration budget
 K ∈ {50, 100, 300, 1000, 3000}, each a complete K-iteration fit (what `gsv fit --iters K` runs; random
 stops at 1000 to save time), timed from the raw image to the fitted splats (init, network included);
 K = 0 is the init itself. Also the baseline of the targets, structured-prev: the structured init fitted with
 the optimiser settings of the default before 2026-12-05 (cosine decay to 5%, Adam β2 = 0.999), side by side
-in the same run, and the cost of the learned network against 20 fit iterations.
+in the same run, and the cost of the learned network and the density init against 20 fit iterations.
+`--ns` runs some of the Gaussian counts (e.g. one process per core, each timed on its own); `--from-json`
+with several JSON files merges such runs into one report.
 
 Writes eval/results/fit_convergence.{json,md,png}.
 """
@@ -27,14 +30,16 @@ import torch
 
 from gs_encoder import FitConfig, fit_images, psnr, render, structured_init
 from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER as PREV_ADAM
-from gs_encoder.fitting.init import adaptive_init, random_init
+from gs_encoder.fitting.fit import WARMUP_INITS
+from gs_encoder.fitting.init import DENSITY_MIX, adaptive_init, density_init, random_init
 from gs_encoder.fitting.learned_init import COLOUR_ITERS, learned_init, load_learned_init, weights_id
 from gs_encoder.report import machine_info
 
 from .common import PHOTOS, RESULTS, photos, timed, write_results
 
 PREV = "structured-prev"  # the structured init fitted with the optimiser of the default before 2026-12-05
-INITS = ("structured", "random", "adaptive", "learned", "learned+c2f", PREV)
+INITS = ("structured", "random", "adaptive", "density", "learned", "density+c2f", PREV)
+CANDIDATES = ("density", "learned")  # the fast inits the issue's targets are checked for
 SHORT = {"random": 1000}  # largest budget run for these inits
 C2F = "+c2f"  # suffix: coarse-to-fine, K iterations on the canvas shrunk 2× before the K of the budget
 
@@ -67,6 +72,8 @@ def init_psnr(images: torch.Tensor, init: str, n: int) -> tuple[float, float]:
         sets = random_init(images, n, torch.Generator().manual_seed(0))
     elif init == "adaptive":
         sets = adaptive_init(images, n)
+    elif init == "density":
+        sets = density_init(images, n)
     else:
         sets = learned_init(images, n)
     secs = time.perf_counter() - t
@@ -115,8 +122,8 @@ def time_to(entry: dict, target: float) -> tuple[int | None, float | None, float
 
 
 def network_cost(image: torch.Tensor, ns, repeat: int = 5) -> dict:
-    """Seconds for one image: the network alone, the learned init with its colour solve, 20 fit
-    iterations and 20 coarse-stage iterations (the canvas shrunk 2×) (structured init, the same N;
+    """Seconds for one image: the network alone, the learned init with its colour solve, the density init,
+    20 fit iterations and 20 coarse-stage iterations (the canvas shrunk 2×) (structured init, the same N;
     marginal cost of 20 iterations = time(25) − time(5))."""
     net = load_learned_init()
     small = torch.nn.functional.interpolate(image, size=(image.shape[-1] // 2,) * 2, mode="area")
@@ -139,11 +146,13 @@ def network_cost(image: torch.Tensor, ns, repeat: int = 5) -> dict:
         out[n] = {
             "network_s": t_net,
             "learned_init_s": t_init,
+            "density_init_s": best(lambda n=n: density_init(image, n)),
             "fit20_s": fit20(image, n),
             "coarse20_s": fit20(small, n),
         }
         print(
-            f"N={n}: network {1000 * t_net:.1f} ms, learned init {1000 * t_init:.1f} ms, 20 fit iterations "
+            f"N={n}: network {1000 * t_net:.1f} ms, learned init {1000 * t_init:.1f} ms, density init "
+            f"{1000 * out[n]['density_init_s']:.1f} ms, 20 fit iterations "
             f"{1000 * out[n]['fit20_s']:.1f} ms, 20 coarse iterations {1000 * out[n]['coarse20_s']:.1f} ms",
             flush=True,
         )
@@ -223,6 +232,21 @@ def load_run(path) -> dict:
     return run
 
 
+def merge_runs(runs: list[dict]) -> dict:
+    """One run from runs of the same settings over different Gaussian counts (`--ns`); each count's fits
+    and costs keep the timings of the process that measured them. The first run's machine is reported."""
+    merged = dict(runs[0])
+    for other in runs[1:]:
+        for key in ("size", "photos", "budgets", "inits", "optimiser"):
+            if other.get(key) != merged.get(key):
+                raise SystemExit(f"fit_convergence: cannot merge runs of different {key}")
+        merged["fits"] = {**merged["fits"], **other["fits"]}
+        merged["network_cost"] = {**merged["network_cost"], **other["network_cost"]}
+        merged["ns"] = sorted({*merged["ns"], *other["ns"]})
+        merged["measured"] = max(merged["measured"], other["measured"])
+    return merged
+
+
 def optimiser_settings(cfg: FitConfig) -> dict:
     """The Adam settings of a FitConfig that the report describes."""
     return {
@@ -231,6 +255,7 @@ def optimiser_settings(cfg: FitConfig) -> dict:
         "lr_decay": cfg.lr_decay,
         "betas": list(cfg.betas),
         "learned_warmup": replace(cfg, init="learned").warmup_iters,
+        "warmup_inits": list(WARMUP_INITS),
     }
 
 
@@ -247,7 +272,12 @@ def _adam(opt: dict) -> str:
     return (
         f"Adam, β = ({opt['betas'][0]:g}, {opt['betas'][1]:g}), step sizes{sizes} decayed by a cosine over {decay} "
         f"to {opt['lr_final']:.0%} of their start"
-        + (f", ramped up linearly over the first {warm} iterations after the learned init" if warm else "")
+        + (
+            f", ramped up linearly over the first {warm} iterations after the "
+            f"{' and '.join(opt.get('warmup_inits', ['learned']))} init(s)"
+            if warm
+            else ""
+        )
     )
 
 
@@ -267,6 +297,8 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
     near = {k: min(budgets, key=lambda b, k=k: abs(b - k)) for k in (100, 300)}
     # the issue's baseline ("today's default"): the structured init with the previous Adam settings, when run
     base = PREV if PREV in inits else "structured"
+    # runs before 2026-12-06 had no density init or its cost
+    candidates = [c for c in CANDIDATES if c in inits and all(f"{c}_init_s" in cost[n] for n in ns)]
     speed = {ref: [] for ref in dict.fromkeys((base, "structured"))}
     targets, c2f_rows = {}, []
     for n in ns:
@@ -308,15 +340,21 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
                         equiv["structured", plain],
                     ]
                 )
-        s, b, le = data[f"structured/{n}"], data[f"{base}/{n}"], data[f"learned/{n}"]
-        targets[n] = {
-            f"learned@{near[100]} ≥ {base}@{ref_k}": le["psnr"][near[100]] >= b["psnr"][ref_k],
-            f"learned@{near[300]} ≥ {base}@{top_k}": le["psnr"][near[300]] >= b["psnr"][top_k],
-            "learned@0 ≥ structured@0 + 3 dB": le["psnr"][0] >= s["psnr"][0] + 3.0,
-            f"learned@{top_k} ≥ structured@{top_k} − 0.1 dB": le["psnr"][top_k] >= s["psnr"][top_k] - 0.1,
-            f"time to {base}@{ref_k} ≥ 5× shorter": (equiv[base, "learned"] or 0.0) >= 5.0,
-            "learned init costs ≤ 20 fit iterations": cost[n]["learned_init_s"] <= cost[n]["fit20_s"],
-        }
+        s, b = data[f"structured/{n}"], data[f"{base}/{n}"]
+        targets[n] = {}
+        for cand in candidates:
+            c = data[f"{cand}/{n}"]
+            targets[n].update(
+                {
+                    f"{cand}@{near[100]} ≥ {base}@{ref_k}": c["psnr"][near[100]] >= b["psnr"][ref_k],
+                    f"{cand}@{near[300]} ≥ {base}@{top_k}": c["psnr"][near[300]] >= b["psnr"][top_k],
+                    f"{cand}@0 ≥ structured@0 + 3 dB": c["psnr"][0] >= s["psnr"][0] + 3.0,
+                    f"{cand}@{top_k} ≥ structured@{top_k} − 0.1 dB": c["psnr"][top_k]
+                    >= s["psnr"][top_k] - 0.1,
+                    f"{cand}: time to {base}@{ref_k} ≥ 5× shorter": (equiv[base, cand] or 0.0) >= 5.0,
+                    f"{cand} init costs ≤ 20 fit iterations": cost[n][f"{cand}_init_s"] <= cost[n]["fit20_s"],
+                }
+            )
     target_rows = [[n, t, "met" if ok else "missed"] for n in ns for t, ok in targets[n].items()]
     for row in c2f_rows:  # the coarse-to-fine decision: default only where it reaches the target sooner
         with_c2f, without = row[3], row[4]
@@ -326,6 +364,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
             n,
             1000 * c["network_s"],
             1000 * c["learned_init_s"],
+            1000 * c["density_init_s"] if "density_init_s" in c else None,
             1000 * c["fit20_s"],
             c["learned_init_s"] / c["fit20_s"],
             1000 * c["coarse20_s"] if "coarse20_s" in c else None,
@@ -333,22 +372,36 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         for n, c in cost.items()
     ]
     preset_n = 3136 if 3136 in ns else ns[-1]
-    b, le = data[f"{base}/{preset_n}"], data[f"learned/{preset_n}"]
-    k_eq = iters_to(le, b["psnr"][top_k])
+    b = data[f"{base}/{preset_n}"]
     per_it = cost[preset_n]["fit20_s"] / 20
-    init_its = (le["seconds"][0] / len(names)) / per_it
     preset = {
         "baseline": base,
         "baseline_images_per_s_measured": len(names) / b["seconds"][top_k],
         "baseline_psnr": b["psnr"][top_k],
-        "learned_iterations_at_equal_psnr": k_eq,
-        "speedup_iteration_equivalent": None if k_eq is None else top_k / (k_eq + init_its),
+        "inits": {},
     }
-    preset["learned_images_per_s_at_equal_psnr"] = (
-        None
-        if k_eq is None
-        else preset["baseline_images_per_s_measured"] * preset["speedup_iteration_equivalent"]
-    )
+    preset_rows = []
+    for cand in candidates or ["learned"]:
+        c = data[f"{cand}/{preset_n}"]
+        k_eq = iters_to(c, b["psnr"][top_k])
+        init_its = (c["seconds"][0] / len(names)) / per_it
+        speedup = None if k_eq is None else top_k / (k_eq + init_its)
+        rate = None if speedup is None else preset["baseline_images_per_s_measured"] * speedup
+        preset["inits"][cand] = {
+            "iterations_at_equal_psnr": k_eq,
+            "speedup_iteration_equivalent": speedup,
+            "images_per_s_at_equal_psnr": rate,
+        }
+        preset_rows.append(
+            [
+                cand,
+                60 * preset["baseline_images_per_s_measured"],
+                preset["baseline_psnr"],
+                None if k_eq is None else round(k_eq),
+                speedup,
+                None if rate is None else 60 * rate,
+            ]
+        )
     opt = run["optimiser"]
     notes = (
         f"Photos: scikit-image {', '.join(names)}, centre-cropped to {size}² (benchmark photos, never in the "
@@ -365,10 +418,14 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         + (f" ({li['weights_id']})" if li.get("weights_id") else "")
         + f", network + {refine} residual refinement pass{'es' if refine > 1 else ''} "
         f"+ {COLOUR_ITERS} conjugate-gradient steps of least-squares colours. Adaptive: structured grid shaped "
-        f"by the structure tensor + the same colour solve. learned+c2f: the learned init, then K iterations on the "
+        "by the structure tensor + the same colour solve. Density: the grid warped so that its cells shrink "
+        f"where the luminance gradient is large (mix {DENSITY_MIX:g}) + the same colour solve. Targets are "
+        f"checked for {' and '.join(candidates) or 'learned'}. "
+        f"{' / '.join(i for i in inits if i.endswith(C2F))}: the init, then K iterations on the "
         f"canvas area-averaged to {size // 2}² (own schedule), then the K iterations of the budget on the full canvas "
         "(FitConfig.coarse_iters = K); its iteration equivalents count a coarse iteration at its measured cost. "
-        f"All fits ran in one process, finished {run['measured']}."
+        f"The fits of one N ran in one process (`--ns` runs, one per core, each timed on its own), finished "
+        f"{run['measured']}."
     )
     speed_cols = [
         "N",
@@ -385,13 +442,14 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         ("Wall time (s, 4 images) for K iterations", ["N", "init", *[f"K={k}" for k in ks]], time_rows),
         *[(f"Time to {ref}'s {ref_k}-iteration PSNR", speed_cols, rows) for ref, rows in speed.items()],
         (
-            "Cost of the learned init vs 20 fit iterations (one image, ms)",
+            "Cost of the learned and density inits vs 20 fit iterations (one image, ms)",
             [
                 "N",
                 "network",
-                "network + colour solve",
+                "learned init (network + colour solve)",
+                "density init",
                 "20 fit iterations",
-                "ratio",
+                "learned / 20 iterations",
                 f"20 coarse iterations ({size // 2}²)",
             ],
             cost_rows,
@@ -412,27 +470,20 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         (
             f"`gsv fit` default preset (N = {preset_n}, {top_k} iterations) at equal PSNR",
             [
+                "init",
                 f"{base} images/min",
                 f"{base} PSNR",
-                "learned: iterations needed",
+                "iterations needed",
                 "speed-up",
-                "learned images/min",
+                "images/min",
             ],
-            [
-                [
-                    60 * preset["baseline_images_per_s_measured"],
-                    preset["baseline_psnr"],
-                    None if k_eq is None else round(k_eq),
-                    preset["speedup_iteration_equivalent"],
-                    None if k_eq is None else 60 * preset["learned_images_per_s_at_equal_psnr"],
-                ]
-            ],
+            preset_rows,
         ),
     ]
     md = write_results(
         name,
-        "Fit convergence: structured vs random vs adaptive vs learned initialisation (± coarse-to-fine), and the "
-        "previous default",
+        "Fit convergence: structured vs random vs adaptive vs density vs learned initialisation "
+        "(± coarse-to-fine), and the previous default",
         sections,
         {
             **{k: v for k, v in run.items() if k != "machine"},
@@ -460,17 +511,26 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: stable timings)")
     ap.add_argument("--quick", action="store_true", help="tiny run to check the script (not for results)")
-    ap.add_argument("--from-json", help="rebuild the tables and plot from a run's JSON (no fitting)")
+    ap.add_argument(
+        "--ns", type=lambda s: [int(n) for n in s.split(",")], help="Gaussian counts (default 400,1600,3136)"
+    )
+    ap.add_argument("--out", help="results name (default fit_convergence)")
+    ap.add_argument(
+        "--from-json",
+        nargs="+",
+        help="rebuild the tables and plot from a run's JSON, or merge runs of other --ns (no fitting)",
+    )
     args = ap.parse_args(argv)
-    name = "fit_convergence_quick" if args.quick else "fit_convergence"
+    name = args.out or ("fit_convergence_quick" if args.quick else "fit_convergence")
     if args.from_json:
-        md = report(load_run(args.from_json), name)  # the header names the run's machine, date and commit
+        md = report(merge_runs([load_run(p) for p in args.from_json]), name)  # header: the runs' machine
         print(md.read_text())
         return
     torch.set_num_threads(args.threads)
     size, names, ns, budgets = 224, PHOTOS, [400, 1600, 3136], list(BUDGETS)
     if args.quick:
         size, names, ns, budgets = 48, PHOTOS[:2], [64, 144], [10, 30]
+    ns = args.ns or ns
     images = photos(size, names)
     cost = network_cost(images[:1], ns)
     data = run_fits(images, INITS, budgets, ns)

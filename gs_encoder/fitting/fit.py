@@ -30,12 +30,14 @@ from tqdm.auto import tqdm
 from ..splat_io import as_stored, sidecar_path, validate_splats
 from .backend import BACKENDS, KERNEL_BACKENDS, resolve_backend
 from .fit_ops import FitOps, cuda_ops, luminance, prune_mask_torch, torch_ops
-from .init import adaptive_init, random_init, structured_init
+from .init import adaptive_init, density_init, random_init, structured_init
 from .render import render
 
 __all__ = [
+    "INITS",
     "LEARNED_WARMUP",
     "PREVIOUS_OPTIMISER",
+    "WARMUP_INITS",
     "FitConfig",
     "FitResult",
     "fit_images",
@@ -51,7 +53,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-INITS = ("structured", "random", "adaptive", "learned")
+INITS = ("structured", "random", "adaptive", "density", "learned")
 # FitConfig's optimiser before 2026-12-05: smaller step sizes, a cosine over the whole fit down to 5% of them,
 # β2 = 0.999, no warm-up
 PREVIOUS_OPTIMISER = {
@@ -63,12 +65,14 @@ PREVIOUS_OPTIMISER = {
     "betas": (0.9, 0.999),
     "lr_warmup": 0,
 }
-# Warm-up iterations of FitConfig.lr_warmup = None after the learned init (eval/results/fit_convergence.md):
-# Adam's first steps are full-size whatever the gradient (t = 1: m̂ / √v̂ = ±1), which throws a close start
-# away (31.6 → 27.7 dB after one step at N = 3136, back only after ~10); ramping the step sizes over the
-# first 10 keeps it (+0.57 dB at 100 iterations). A far start (structured, random) needs the big early
-# steps: there a warm-up costs 0.2–0.5 dB at 100 iterations and nothing at 1000.
+# Warm-up iterations of FitConfig.lr_warmup = None after the learned and density inits
+# (eval/results/fit_convergence.md): Adam's first steps are full-size whatever the gradient (t = 1:
+# m̂ / √v̂ = ±1), which throws a close start away (learned: 31.6 → 27.7 dB after one step at N = 3136, back
+# only after ~10); ramping the step sizes over the first 10 keeps it (+0.57 dB at 100 iterations; density
+# +0.8). The other inits start without one (measured with the step sizes before 2026-12-05, a warm-up cost
+# structured 0.2–0.5 dB at 100 iterations).
 LEARNED_WARMUP = 10
+WARMUP_INITS = ("learned", "density")  # the inits that FitConfig.lr_warmup = None warms up after
 
 
 @dataclass
@@ -78,7 +82,8 @@ class FitConfig:
     num_gaussians: int = 3136  # N per image before pruning
     iters: int = 3000  # Adam steps of the main fit
     # learned (learned_init.py; the default: fastest to every quality in eval/results/fit_convergence.md),
-    # structured (grid), adaptive (structure-tensor grid, init.py) or random (GaussianImage)
+    # structured (grid), adaptive (structure-tensor grid, init.py), density (grid warped towards detail,
+    # init.py) or random (GaussianImage)
     init: str = "learned"
     init_weights: str | None = None  # weights of the learned init (None: the shipped file)
     lambda_l1: float = 0.0  # weight of mean |colour| in the loss; drives dim Gaussians towards 0 for pruning
@@ -105,7 +110,7 @@ class FitConfig:
     lr_decay: float = 0.3  # constant before the decay (1: a cosine over the whole fit)
     betas: tuple[float, float] = (0.9, 0.98)  # Adam's decay rates of its first and second moments
     # linear step-size ramp over the first lr_warmup iterations of each schedule (fresh Adam state); None:
-    # LEARNED_WARMUP after the learned init, 0 after the others (`warmup_iters` resolves it)
+    # LEARNED_WARMUP after the inits of WARMUP_INITS, 0 after the others (`warmup_iters` resolves it)
     lr_warmup: int | None = None
     target_psnr: float | None = None  # stop an image early once its PSNR reaches this (dB)
     check_every: int = 50  # iterations between PSNR checks (early stop, progress bar)
@@ -119,7 +124,7 @@ class FitConfig:
         """lr_warmup with None resolved by the init."""
         if self.lr_warmup is not None:
             return self.lr_warmup
-        return LEARNED_WARMUP if self.init == "learned" else 0
+        return LEARNED_WARMUP if self.init in WARMUP_INITS else 0
 
     @classmethod
     def defaults(cls) -> dict:
@@ -230,6 +235,8 @@ def _initial_sets(images: torch.Tensor, cfg: FitConfig, initial) -> list[torch.T
         return list(structured_init(images, cfg.num_gaussians))
     if cfg.init == "adaptive":
         return list(adaptive_init(images, cfg.num_gaussians, backend=cfg.backend))
+    if cfg.init == "density":
+        return list(density_init(images, cfg.num_gaussians, backend=cfg.backend))
     if cfg.init == "learned":
         from .learned_init import learned_init
 

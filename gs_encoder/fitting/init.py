@@ -11,6 +11,12 @@ l21 ∈ [0, 1] px, colours uniform in [0, 1].
 Adaptive: the structured grid with each Gaussian shaped by its cell's structure tensor (elongated along
 edges, axis ratio up to MAX_ANISOTROPY², same area as structured) and least-squares colours
 (`solve_colours`).
+Density: the structured grid warped so that its cells shrink where the image has detail and grow where it is
+flat (`density_init`): rows of cells are placed by the inverse CDF of a detail density's row marginal, the
+cells of each row by the inverse CDF of the density within that row's band; σ = half the cell's width and
+height; least-squares colours. The density is DENSITY_MIX × the luminance gradient magnitude (box-blurred
+over about one cell, normalised to mean 1) + (1 − DENSITY_MIX) × uniform, so a flat image gets the
+structured grid.
 The learned init lives in learned_init.py.
 """
 
@@ -24,10 +30,14 @@ import torch.nn.functional as F
 
 from .render import render_flat, render_torch
 
-__all__ = ["adaptive_init", "grid_shape", "random_init", "solve_colours", "structured_init"]
+__all__ = ["adaptive_init", "density_init", "grid_shape", "random_init", "solve_colours", "structured_init"]
 
 COLOUR_ITERS = 3  # conjugate-gradient steps of the least-squares colour solve (solve_colours)
 MAX_ANISOTROPY = 3.0  # adaptive init: largest ratio of a Gaussian's long to its short axis is this squared
+# density init: share of the cell density that follows the image's detail (the rest is uniform); 0.75–0.9
+# measured alike (eval/results/fit_convergence.md)
+DENSITY_MIX = 0.8
+DENSITY_BLUR = 0.5  # density init: radius of the detail's box blur, in cells (at least one pixel)
 
 MAX_GAUSSIANS = 1_000_000  # far beyond any useful budget; guards against typos such as 3136000
 
@@ -215,4 +225,94 @@ def adaptive_init(
     splats[..., 2] = l11
     splats[..., 3] = l21
     splats[..., 4] = (syy - l21 * l21).clamp_min(1e-12).sqrt()
+    return solve_colours(splats, images, colour_iters, backend) if colour_iters else splats
+
+
+def _luminance_gradient(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Central differences (gx, gy) [B, 1, S, S] of the luminance of images [B, 3, S, S], per pixel."""
+    lum = (images * images.new_tensor([0.2126, 0.7152, 0.0722])[None, :, None, None]).sum(1, keepdim=True)
+    pad = F.pad(lum, (1, 1, 1, 1), mode="replicate")
+    return 0.5 * (pad[..., 1:-1, 2:] - pad[..., 1:-1, :-2]), 0.5 * (pad[..., 2:, 1:-1] - pad[..., :-2, 1:-1])
+
+
+def _inverse_cdf(weights: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """Positions [..., K] in [0, 1] where the CDF of a piecewise-constant density reaches `quantiles` [K].
+
+    weights [..., M] ≥ 0 (not all zero) are the masses of M equal bins of [0, 1]; linear inside a bin."""
+    m = weights.shape[-1]
+    cdf = torch.cumsum(weights, -1)
+    cdf = torch.cat([torch.zeros_like(cdf[..., :1]), cdf / cdf[..., -1:]], -1)  # [..., M + 1]
+    q = quantiles.to(weights).expand(*weights.shape[:-1], quantiles.shape[0]).contiguous()
+    idx = torch.searchsorted(cdf, q, right=True).clamp(1, m)
+    lo, hi = cdf.gather(-1, idx - 1), cdf.gather(-1, idx)
+    frac = ((q - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
+    return (idx - 1 + frac) / m
+
+
+def _band_integral(density: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Mass of density [B, S, S] (rows y, columns x) between consecutive row positions edges [B, R + 1]
+    (canvas units, increasing): [B, R, S], fractional pixel rows counted in part."""
+    b, size, _ = density.shape
+    cum = torch.cat([density.new_zeros(b, 1, size), torch.cumsum(density, 1)], 1)  # [B, S + 1, S]
+    pos = edges * size
+    i = pos.floor().clamp(0, size - 1).long()
+    t = (pos - i).clamp(0.0, 1.0)[..., None]
+    at = cum.gather(1, i[..., None].expand(-1, -1, size)) + t * density.gather(
+        1, i[..., None].expand(-1, -1, size)
+    )
+    return at[:, 1:] - at[:, :-1]
+
+
+@torch.no_grad()
+def density_init(
+    images: torch.Tensor,
+    num_gaussians: int,
+    mix: float = DENSITY_MIX,
+    colour_iters: int = COLOUR_ITERS,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Content-adaptive grid (module docstring): more, smaller Gaussians where the image has detail [B, N, 8].
+
+    The same rows × cols cells as the structured grid (the first N in row-major order), moved by a
+    deterministic warp of the canvas; a flat image (or mix = 0) gives exactly the structured geometry.
+    Colours: the image at each centre over the grid's coverage there, then `colour_iters` conjugate-gradient
+    steps of the least-squares solve.
+    """
+    if not 0.0 <= mix < 1.0:
+        raise ValueError(f"mix must be in [0, 1), got {mix}")
+    b, _, size, _ = images.shape
+    _check_count(num_gaussians, size)
+    rows, cols = grid_shape(num_gaussians)
+    gx, gy = _luminance_gradient(images)
+    detail = (gx * gx + gy * gy).sqrt()
+    radius = max(int(round(DENSITY_BLUR * size / cols)), 1)
+    detail = F.avg_pool2d(F.pad(detail, (radius,) * 4, mode="replicate"), 2 * radius + 1, stride=1)[:, 0]
+    mean = detail.mean((-2, -1), keepdim=True)
+    detail = torch.where(mean > 0, detail / mean.clamp_min(1e-12), torch.zeros_like(detail))
+    density = (1.0 - mix) + mix * detail  # [B, S, S], rows y
+    opts = {"dtype": images.dtype, "device": images.device}
+    y_edges = _inverse_cdf(density.sum(-1), torch.arange(rows + 1, **opts) / rows)  # [B, rows + 1]
+    y_centres = _inverse_cdf(density.sum(-1), (torch.arange(rows, **opts) + 0.5) / rows)
+    band = _band_integral(density, y_edges) + 1e-6  # [B, rows, S]
+    x_edges = _inverse_cdf(band, torch.arange(cols + 1, **opts) / cols)  # [B, rows, cols + 1]
+    x_centres = _inverse_cdf(band, (torch.arange(cols, **opts) + 0.5) / cols)
+    lo = 0.3 / size  # FitConfig.min_scale_px's default
+    splats = images.new_zeros(b, rows, cols, 8)
+    splats[..., 0] = x_centres
+    splats[..., 1] = y_centres[..., None]
+    splats[..., 2] = (0.5 * (x_edges[..., 1:] - x_edges[..., :-1])).clamp_min(lo)
+    splats[..., 4] = (0.5 * (y_edges[:, 1:] - y_edges[:, :-1]))[..., None].clamp_min(lo)
+    splats = splats.reshape(b, rows * cols, 8)[:, :num_gaussians].contiguous()
+    # starting colours: the image at the centre over the coverage there (the unit-colour render)
+    unit = splats.clone()
+    unit[..., 5:8] = 1.0
+    n = num_gaussians
+    flat = unit.reshape(b * n, 8)
+    ids = torch.arange(b, device=images.device).repeat_interleave(n)
+    xy, chol = flat[:, 0:2] * size, flat[:, 2:5] * size
+    coverage, _ = render_flat(xy, chol, flat[:, 5:8], ids, b, size, backend=backend)  # [B, S, S, 3]
+    both = torch.cat([images, coverage.permute(0, 3, 1, 2)[:, :1]], 1)  # [B, 4, S, S]
+    grid = splats[:, :, None, 0:2] * 2.0 - 1.0  # [B, N, 1, 2]: (x, y) in [-1, 1] for grid_sample
+    at = F.grid_sample(both, grid, align_corners=False, padding_mode="border")[..., 0].transpose(1, 2)
+    splats[..., 5:8] = at[..., 0:3] / at[..., 3:4].clamp_min(1e-3)
     return solve_colours(splats, images, colour_iters, backend) if colour_iters else splats

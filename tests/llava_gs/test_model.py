@@ -285,7 +285,7 @@ def test_processor_records_its_fitting_optimiser(tiny_tokenizer, tmp_path, caplo
     with caplog.at_level(logging.WARNING, logger="llava_gs.processing_llava_gs"):
         old = AutoProcessor.from_pretrained(tmp_path).image_processor.fit_config()
     assert (old.lr_final, old.lr_decay, old.betas) == (0.05, 1.0, (0.9, 0.999))
-    assert "predates the recorded fitting optimiser" in caplog.text
+    assert "predates the recorded fitting settings" in caplog.text
     saved["image_processor"]["fit_betas"] = [0.8, 0.99]
     config_file.write_text(json.dumps(saved))
     mine = AutoProcessor.from_pretrained(tmp_path).image_processor.fit_config()

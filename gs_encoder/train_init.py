@@ -93,6 +93,7 @@ class TrainInitConfig:
     blocks: int = 3  # residual convs at cell resolution
     reach: float = 1.0  # largest move of a centre from its grid cell, in cells
     passes: int = 2  # network passes (later ones correct the splats from the render's residual)
+    base: str = "structured"  # the grid the network refines: structured or density (learned_init.BASES)
     save_every: int = 250  # steps between checkpoints
     log_every: int = 250  # steps between log entries
     seed: int = 0
@@ -103,8 +104,12 @@ class TrainInitConfig:
     if_missing: bool = False  # do nothing when `export` exists
 
     def __post_init__(self):
+        from .fitting.learned_init import BASES
+
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"--steps and --batch-size must be ≥ 1, got {self.steps}, {self.batch_size}")
+        if self.base not in BASES:
+            raise ValueError(f"--base must be one of {', '.join(BASES)}, got {self.base!r}")
         if not self.canvas or min(self.canvas) < 16:
             raise ValueError(f"--canvas sides must be ≥ 16, got {self.canvas}")
         lo, hi = self.cell_px
@@ -394,7 +399,7 @@ def train_init(cfg: TrainInitConfig, progress: bool = True) -> Path:
     device = torch.device(cfg.device)
     out = Path(cfg.out_dir)
     torch.manual_seed(cfg.seed)
-    net = SplatInitNet(cfg.width, cfg.cell_width, cfg.blocks, cfg.reach, cfg.passes).to(device)
+    net = SplatInitNet(cfg.width, cfg.cell_width, cfg.blocks, cfg.reach, cfg.passes, cfg.base).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, log = _resume(out, net, opt)
     if start == 0 and cfg.from_weights:  # before any folder is made: a bad file leaves nothing behind
@@ -557,6 +562,8 @@ def _finish(cfg: TrainInitConfig, out: Path, net, log: list) -> Path:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
+    from .fitting.learned_init import BASES
+
     d = TrainInitConfig()
     p.add_argument(
         "--out-dir", default=d.out_dir, help="checkpoints, final weights and log (resumed if present)"
@@ -574,6 +581,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blocks", type=int, default=d.blocks, help="residual convs at cell resolution")
     p.add_argument("--reach", type=float, default=d.reach, help="largest centre move, in cells")
     p.add_argument("--passes", type=int, default=d.passes, help="network passes (>1: residual refinement)")
+    p.add_argument(
+        "--base",
+        choices=BASES,
+        default=d.base,
+        help="the grid the network refines (density: the density init's, cells smaller where the image has "
+        "detail; --from-weights may come from either)",
+    )
     p.add_argument("--save-every", type=int, default=d.save_every)
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--seed", type=int, default=d.seed)

@@ -4,7 +4,7 @@
 
 For each init (structured grid, GaussianImage's random, the structure-tensor grid and the density grid
 (warped towards detail) of gs_encoder/fitting/init.py, the learned network of
-gs_encoder/fitting/learned_init.py, and the density init with coarse-to-fine: K iterations on the canvas
+gs_encoder/fitting/learned_init.py, and the learned init with coarse-to-fine: K iterations on the canvas
 shrunk 2× first) and N ∈ {400, 1600, 3136} on the four benchmark photos at 224²
 (centre crop; never part of the learned init's training data), one fit per iteration budget
 K ∈ {50, 100, 300, 1000, 3000}, each a complete K-iteration fit (what `gsv fit --iters K` runs; random
@@ -38,7 +38,7 @@ from gs_encoder.report import machine_info
 from .common import PHOTOS, RESULTS, photos, timed, write_results
 
 PREV = "structured-prev"  # the structured init fitted with the optimiser of the default before 2026-12-05
-INITS = ("structured", "random", "adaptive", "density", "learned", "density+c2f", PREV)
+INITS = ("structured", "random", "adaptive", "density", "learned", "learned+c2f", PREV)
 CANDIDATES = ("density", "learned")  # the fast inits the targets are checked for
 SHORT = {"random": 1000}  # largest budget run for these inits
 C2F = "+c2f"  # suffix: coarse-to-fine, K iterations on the canvas shrunk 2× before the K of the budget

@@ -24,13 +24,24 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from .render import render_flat, render_torch
 
-__all__ = ["adaptive_init", "density_init", "grid_shape", "random_init", "solve_colours", "structured_init"]
+__all__ = [
+    "DensityGrid",
+    "adaptive_init",
+    "density_grid",
+    "density_init",
+    "density_start",
+    "grid_shape",
+    "random_init",
+    "solve_colours",
+    "structured_init",
+]
 
 COLOUR_ITERS = 3  # conjugate-gradient steps of the least-squares colour solve (solve_colours)
 MAX_ANISOTROPY = 3.0  # adaptive init: largest ratio of a Gaussian's long to its short axis is this squared
@@ -263,24 +274,21 @@ def _band_integral(density: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     return at[:, 1:] - at[:, :-1]
 
 
-@torch.no_grad()
-def density_init(
-    images: torch.Tensor,
-    num_gaussians: int,
-    mix: float = DENSITY_MIX,
-    colour_iters: int = COLOUR_ITERS,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """Content-adaptive grid (module docstring): more, smaller Gaussians where the image has detail [B, N, 8].
+class DensityGrid(NamedTuple):
+    """The warped cells of the density init, canvas units: row edges [B, rows + 1] and centres [B, rows],
+    per-row cell edges [B, rows, cols + 1] and centres [B, rows, cols]."""
 
-    The same rows × cols cells as the structured grid (the first N in row-major order), moved by a
-    deterministic warp of the canvas; a flat image (or mix = 0) gives exactly the structured geometry.
-    Colours: the image at each centre over the grid's coverage there, then `colour_iters` conjugate-gradient
-    steps of the least-squares solve.
-    """
+    y_edges: torch.Tensor
+    y_centres: torch.Tensor
+    x_edges: torch.Tensor
+    x_centres: torch.Tensor
+
+
+def density_grid(images: torch.Tensor, num_gaussians: int, mix: float = DENSITY_MIX) -> DensityGrid:
+    """The rows × cols cells of the structured grid warped towards the detail of images [B, 3, S, S]."""
     if not 0.0 <= mix < 1.0:
         raise ValueError(f"mix must be in [0, 1), got {mix}")
-    b, _, size, _ = images.shape
+    size = images.shape[-1]
     _check_count(num_gaussians, size)
     rows, cols = grid_shape(num_gaussians)
     gx, gy = _luminance_gradient(images)
@@ -296,23 +304,49 @@ def density_init(
     band = _band_integral(density, y_edges) + 1e-6  # [B, rows, S]
     x_edges = _inverse_cdf(band, torch.arange(cols + 1, **opts) / cols)  # [B, rows, cols + 1]
     x_centres = _inverse_cdf(band, (torch.arange(cols, **opts) + 0.5) / cols)
+    return DensityGrid(y_edges, y_centres, x_edges, x_centres)
+
+
+def density_start(
+    images: torch.Tensor, num_gaussians: int, grid: DensityGrid, backend: str = "auto"
+) -> torch.Tensor:
+    """Splats [B, N, 8] on the cells of `grid`: σ = half the cell's width and height, colour = the image at
+    the centre over the grid's coverage there (the unit-colour render); no colour solve."""
+    b, _, size, _ = images.shape
+    rows, cols = grid.x_centres.shape[1:]
     lo = 0.3 / size  # FitConfig.min_scale_px's default
     splats = images.new_zeros(b, rows, cols, 8)
-    splats[..., 0] = x_centres
-    splats[..., 1] = y_centres[..., None]
-    splats[..., 2] = (0.5 * (x_edges[..., 1:] - x_edges[..., :-1])).clamp_min(lo)
-    splats[..., 4] = (0.5 * (y_edges[:, 1:] - y_edges[:, :-1]))[..., None].clamp_min(lo)
-    splats = splats.reshape(b, rows * cols, 8)[:, :num_gaussians].contiguous()
-    # starting colours: the image at the centre over the coverage there (the unit-colour render)
-    unit = splats.clone()
-    unit[..., 5:8] = 1.0
+    splats[..., 0] = grid.x_centres
+    splats[..., 1] = grid.y_centres[..., None]
+    splats[..., 2] = (0.5 * (grid.x_edges[..., 1:] - grid.x_edges[..., :-1])).clamp_min(lo)
+    splats[..., 4] = (0.5 * (grid.y_edges[:, 1:] - grid.y_edges[:, :-1]))[..., None].clamp_min(lo)
     n = num_gaussians
-    flat = unit.reshape(b * n, 8)
+    splats = splats.reshape(b, rows * cols, 8)[:, :n].contiguous()
+    flat = splats.reshape(b * n, 8)
     ids = torch.arange(b, device=images.device).repeat_interleave(n)
-    xy, chol = flat[:, 0:2] * size, flat[:, 2:5] * size
-    coverage, _ = render_flat(xy, chol, flat[:, 5:8], ids, b, size, backend=backend)  # [B, S, S, 3]
+    ones = torch.ones_like(flat[:, 5:8])
+    coverage, _ = render_flat(flat[:, 0:2] * size, flat[:, 2:5] * size, ones, ids, b, size, backend=backend)
     both = torch.cat([images, coverage.permute(0, 3, 1, 2)[:, :1]], 1)  # [B, 4, S, S]
-    grid = splats[:, :, None, 0:2] * 2.0 - 1.0  # [B, N, 1, 2]: (x, y) in [-1, 1] for grid_sample
-    at = F.grid_sample(both, grid, align_corners=False, padding_mode="border")[..., 0].transpose(1, 2)
+    where = splats[:, :, None, 0:2] * 2.0 - 1.0  # [B, N, 1, 2]: (x, y) in [-1, 1] for grid_sample
+    at = F.grid_sample(both, where, align_corners=False, padding_mode="border")[..., 0].transpose(1, 2)
     splats[..., 5:8] = at[..., 0:3] / at[..., 3:4].clamp_min(1e-3)
+    return splats
+
+
+@torch.no_grad()
+def density_init(
+    images: torch.Tensor,
+    num_gaussians: int,
+    mix: float = DENSITY_MIX,
+    colour_iters: int = COLOUR_ITERS,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Content-adaptive grid (module docstring): more, smaller Gaussians where the image has detail [B, N, 8].
+
+    The same rows × cols cells as the structured grid (the first N in row-major order), moved by a
+    deterministic warp of the canvas (`density_grid`); a flat image (or mix = 0) gives the structured
+    geometry. Colours: the image at each centre over the grid's coverage there, then `colour_iters`
+    conjugate-gradient steps of the least-squares solve.
+    """
+    splats = density_start(images, num_gaussians, density_grid(images, num_gaussians, mix), backend)
     return solve_colours(splats, images, colour_iters, backend) if colour_iters else splats

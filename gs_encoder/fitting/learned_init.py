@@ -29,17 +29,30 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .init import COLOUR_ITERS, MAX_GAUSSIANS, grid_shape, solve_colours, structured_init
+from .init import (
+    COLOUR_ITERS,
+    MAX_GAUSSIANS,
+    DensityGrid,
+    _luminance_gradient,
+    density_grid,
+    density_start,
+    grid_shape,
+    solve_colours,
+    structured_init,
+)
 from .render import render_flat
 
 __all__ = [
     "ARCH",
+    "BASES",
     "COLOUR_ITERS",
     "DEFAULT_WEIGHTS",
     "MAX_N",
@@ -52,8 +65,12 @@ __all__ = [
     "weights_id",
 ]
 
-ARCH = "gsv-cellnet-v1"  # name stored in the weights' metadata; a file of another architecture is refused
+# name stored in the weights' metadata; a file of another architecture is refused. v2 (2026-12-06) records its
+# grid ("base"); v1 files, all on the structured grid, are read as such.
+ARCH = "gsv-cellnet-v2"
+READABLE = {"gsv-cellnet-v1": "structured", ARCH: None}  # arch → the base it implies (None: from the metadata)
 MIN_N, MAX_N = 1, MAX_GAUSSIANS  # Gaussian counts taken (as the structured init; trained on cells of 3–12 px)
+BASES = ("structured", "density")  # the grid the network's nine numbers are decoded around
 MIN_SCALE_PX = 0.3  # lower bound on l11, l22 in pixels (FitConfig.min_scale_px's default)
 DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "learned_init.safetensors"
 REBUILD = "rebuild it with `python -m gs_encoder.train_init --export {path}` (or reinstall the package)"
@@ -80,24 +97,96 @@ def _features(images: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return torch.cat([pooled, scale], dim=1)
 
 
+def _half_cell_edges(grid: DensityGrid) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edges of the half cells of a density grid: rows [B, 2·rows + 1] and, per half row, columns
+    [B, 2·rows, 2·cols + 1] (each cell split in two at its middle both ways), canvas units."""
+
+    def split(edges: torch.Tensor) -> torch.Tensor:  # [..., K + 1] → [..., 2K + 1]
+        mid = 0.5 * (edges[..., 1:] + edges[..., :-1])
+        both = torch.stack([edges[..., :-1], mid], -1).flatten(-2)
+        return torch.cat([both, edges[..., -1:]], -1)
+
+    return split(grid.y_edges), split(grid.x_edges).repeat_interleave(2, dim=1)
+
+
+def _rect_means(stack: torch.Tensor, y_edges: torch.Tensor, x_edges: torch.Tensor) -> torch.Tensor:
+    """Exact means of stack [B, C, S, S] (piecewise constant per pixel) over the rectangles between
+    consecutive y_edges [B, H + 1] and, per row of rectangles, consecutive x_edges [B, H, W + 1] (canvas
+    units): [B, C, H, W]. Fractional pixels count in part (a summed-area table, interpolated bilinearly, in
+    float64)."""
+    b, c, size, _ = stack.shape
+    sat = F.pad(stack.double().cumsum(-1).cumsum(-2), (1, 0, 1, 0))  # [B, C, S + 1, S + 1]
+    h, w1 = x_edges.shape[1:]
+
+    def corners(y: torch.Tensor) -> torch.Tensor:  # SAT at (y [B, H], x_edges) → [B, C, H, W + 1]
+        where = torch.stack([x_edges, y[..., None].expand(-1, -1, w1)], -1)  # (x, y) in canvas units
+        return F.grid_sample(sat, where.double() * 2.0 - 1.0, mode="bilinear", align_corners=True)
+
+    top, bottom = corners(y_edges[:, :-1]), corners(y_edges[:, 1:])
+    sums = (bottom[..., 1:] - bottom[..., :-1]) - (top[..., 1:] - top[..., :-1])
+    area = (y_edges[:, 1:] - y_edges[:, :-1])[:, :, None] * (x_edges[..., 1:] - x_edges[..., :-1])
+    return (sums / (area.double() * size * size).clamp_min(1e-12)[:, None]).to(stack.dtype)
+
+
+def _warped_features(images: torch.Tensor, grid: DensityGrid) -> torch.Tensor:
+    """The statistics of `_features` [B, 12, 2·rows, 2·cols] on the half cells of a density grid: exact
+    means over each half cell, gradients in units of its own cell's width and height."""
+    size = images.shape[-1]
+    gx, gy = _luminance_gradient(images)
+    stack = torch.cat([images - 0.5, images * images, gx, gy, gx * gx, gy * gy, gx * gy], dim=1)
+    pooled = _rect_means(stack, *_half_cell_edges(grid))
+    sx = ((grid.x_edges[..., 1:] - grid.x_edges[..., :-1]) * size).repeat_interleave(2, 1)  # [B, 2R, C]
+    sx = sx.repeat_interleave(2, 2)[:, None]  # cell widths in px per half cell [B, 1, 2R, 2C]
+    sy = ((grid.y_edges[:, 1:] - grid.y_edges[:, :-1]) * size).repeat_interleave(2, 1)[:, None, :, None]
+    sy = sy.expand_as(sx)
+    grads = pooled[:, 6:11] * torch.cat([sx, sy, sx * sx, sy * sy, sx * sy], 1)
+    st = grads[:, 2:5]
+    scale = torch.log((sx * sy).sqrt().clamp_min(1e-3) / 6.0)
+    return torch.cat([pooled[:, :6], grads[:, :2], st.sign() * st.abs().sqrt(), scale], dim=1)
+
+
+class _Cells(NamedTuple):
+    """Where the network works for one request: the base splats [B, N, 8] its numbers are decoded around,
+    cell widths / heights (canvas units; floats for the structured grid, [B, N] for a density grid), the
+    input statistics [B, 12, 2·rows, 2·cols] and the pooling of an image onto the half cells."""
+
+    base: torch.Tensor
+    sx: float | torch.Tensor
+    sy: float | torch.Tensor
+    feats: torch.Tensor
+    pool: Callable[[torch.Tensor], torch.Tensor]
+
+
 class SplatInitNet(nn.Module):
     """Image [B, 3, S, S] → nine numbers per grid cell [B, 9, rows, cols] (see the module docstring).
 
     width / cell_width: channels at half-cell / cell resolution; blocks: residual convs at cell
     resolution; reach: largest move of a centre, in cells; passes: 1 + refinement passes, each of which
-    renders the current splats and corrects the nine numbers from the per-half-cell residual.
+    renders the current splats and corrects the nine numbers from the per-half-cell residual; base: the
+    grid of cells the network works on, the structured one or the density init's (init.density_grid),
+    whose cells are smaller where the image has detail (statistics, moves and sizes then in units of each
+    cell's own width and height, colours around the density init's starting colours).
     """
 
     def __init__(
-        self, width: int = 24, cell_width: int = 48, blocks: int = 2, reach: float = 0.5, passes: int = 1
+        self,
+        width: int = 24,
+        cell_width: int = 48,
+        blocks: int = 2,
+        reach: float = 0.5,
+        passes: int = 1,
+        base: str = "structured",
     ):
         super().__init__()
-        self.width, self.cell_width, self.blocks, self.reach, self.passes = (
+        if base not in BASES:
+            raise LearnedInitError(f"base must be one of {', '.join(BASES)}, got {base!r}")
+        self.width, self.cell_width, self.blocks, self.reach, self.passes, self.base = (
             width,
             cell_width,
             blocks,
             reach,
             passes,
+            base,
         )
         self.inp = nn.Conv2d(12, width, 3, padding=1)
         self.down = nn.Conv2d(width, cell_width, 3, stride=2, padding=1)
@@ -114,32 +203,34 @@ class SplatInitNet(nn.Module):
             nn.init.zeros_(self.r_head.weight)
             nn.init.zeros_(self.r_head.bias)
 
-    def forward(self, images: torch.Tensor, rows: int, cols: int):
+    def forward(self, images: torch.Tensor, rows: int, cols: int, feats: torch.Tensor | None = None):
         """First pass: (head output [B, 9, rows, cols], cell features [B, cell_width, rows, cols], input
-        statistics [B, 12, 2·rows, 2·cols])."""
-        feats = _features(images, rows, cols)
+        statistics [B, 12, 2·rows, 2·cols]); `feats`: the statistics when already computed (default: those
+        of the structured grid's half cells)."""
+        feats = _features(images, rows, cols) if feats is None else feats
         x = F.gelu(self.down(F.gelu(self.inp(feats))))
         for conv in self.res:
             x = x + F.gelu(conv(x))
         return self.head(x), x, feats
 
-    def _refine(self, feats, trunk, out, residual, rows: int, cols: int) -> torch.Tensor:
+    def _refine(self, feats, trunk, out, residual, pool) -> torch.Tensor:
         """Correction [B, 9, rows, cols] of the head output from the residual image [B, 3, S, S]."""
         r = 4.0 * residual  # residuals are small; bring them to O(1)
-        pooled = F.adaptive_avg_pool2d(torch.cat([r, r * r], dim=1), (2 * rows, 2 * cols))
+        pooled = pool(torch.cat([r, r * r], dim=1))
         x = F.gelu(self.r_down(F.gelu(self.r_inp(torch.cat([feats, pooled], dim=1)))))
         x = F.gelu(self.r_mix(torch.cat([x, trunk, out], dim=1)))
         for conv in self.r_res:
             x = x + F.gelu(conv(x))
         return self.r_head(x)
 
-    def _decode(self, out: torch.Tensor, base: torch.Tensor, rows: int, cols: int, size: int) -> torch.Tensor:
-        """Head output [B, 9, rows, cols] → splats [B, N, 8] around the structured init `base` [B, N, 8]."""
+    def _decode(self, out: torch.Tensor, cells: _Cells, size: int) -> torch.Tensor:
+        """Head output [B, 9, rows, cols] → splats [B, N, 8] around the base splats of `cells`."""
+        base, sx, sy = cells.base, cells.sx, cells.sy
         n = base.shape[1]
         out = out.flatten(2).transpose(1, 2)[:, :n]  # [B, N, 9]
-        sx, sy = 1.0 / cols, 1.0 / rows
         lo = MIN_SCALE_PX / size
-        xy = base[..., 0:2] + self.reach * torch.tanh(out[..., 0:2]) * out.new_tensor([sx, sy])
+        step = out.new_tensor([sx, sy]) if isinstance(sx, float) else torch.stack([sx, sy], -1)
+        xy = base[..., 0:2] + self.reach * torch.tanh(out[..., 0:2]) * step
         l11 = (0.5 * sx * torch.exp(2.0 * torch.tanh(out[..., 2] / 2.0))).clamp_min(lo)
         l21 = 0.5 * sy * 2.0 * torch.tanh(out[..., 3] / 2.0)
         l22 = (0.5 * sy * torch.exp(2.0 * torch.tanh(out[..., 4] / 2.0))).clamp_min(lo)
@@ -153,15 +244,42 @@ class SplatInitNet(nn.Module):
         """Differentiable splats [B, N, 8] after each pass (no colour solve); the last one is the result."""
         rows, cols = grid_shape(num_gaussians)
         size = images.shape[-1]
-        base = structured_init(images, num_gaussians)
-        out, trunk, feats = self(images, rows, cols)
-        sets = [self._decode(out, base, rows, cols, size)]
+        cells = self.cells(images, num_gaussians, backend)
+        out, trunk, feats = self(images, rows, cols, cells.feats)
+        sets = [self._decode(out, cells, size)]
         for _ in range(self.passes - 1):
             with torch.no_grad():
                 residual = images - _render_batch(sets[-1].detach(), size, backend)
-            out = out + self._refine(feats, trunk, out, residual, rows, cols)
-            sets.append(self._decode(out, base, rows, cols, size))
+            out = out + self._refine(feats, trunk, out, residual, cells.pool)
+            sets.append(self._decode(out, cells, size))
         return sets
+
+    @torch.no_grad()
+    def cells(self, images: torch.Tensor, num_gaussians: int, backend: str = "auto") -> _Cells:
+        """The grid of cells for N Gaussians on images [B, 3, S, S] (the network's `base`)."""
+        rows, cols = grid_shape(num_gaussians)
+        if self.base == "structured":
+            return _Cells(
+                structured_init(images, num_gaussians),
+                1.0 / cols,
+                1.0 / rows,
+                _features(images, rows, cols),
+                lambda x: F.adaptive_avg_pool2d(x, (2 * rows, 2 * cols)),
+            )
+        grid = density_grid(images, num_gaussians)
+        b, n = images.shape[0], num_gaussians
+        sx = (grid.x_edges[..., 1:] - grid.x_edges[..., :-1]).reshape(b, -1)[:, :n]
+        sy = (
+            (grid.y_edges[:, 1:] - grid.y_edges[:, :-1])[..., None].expand(-1, -1, cols).reshape(b, -1)[:, :n]
+        )
+        edges = _half_cell_edges(grid)
+        return _Cells(
+            density_start(images, num_gaussians, grid, backend),
+            sx,
+            sy,
+            _warped_features(images, grid),
+            lambda x: _rect_means(x, *edges),
+        )
 
     def splats(self, images: torch.Tensor, num_gaussians: int, backend: str = "auto") -> torch.Tensor:
         """Differentiable splats [B, N, 8] of the last pass (no colour solve)."""
@@ -192,6 +310,7 @@ def save_learned_init(path: str | Path, net: SplatInitNet, extra: dict[str, str]
         "blocks": str(net.blocks),
         "reach": repr(net.reach),
         "passes": str(net.passes),
+        "base": net.base,
         **(extra or {}),
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -216,9 +335,10 @@ def _read_weights(path: Path, fix: str | None = None) -> SplatInitNet:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise LearnedInitError(f"{path}: not a readable safetensors file ({e}); {fix}") from e
-    if meta.get("arch") != ARCH:
+    if meta.get("arch") not in READABLE:
         raise LearnedInitError(
-            f"{path}: weights of architecture {meta.get('arch')!r}, this code needs {ARCH!r}; {fix}"
+            f"{path}: weights of architecture {meta.get('arch')!r}, this code reads "
+            f"{' or '.join(map(repr, READABLE))}; {fix}"
         )
     try:
         net = SplatInitNet(
@@ -227,6 +347,7 @@ def _read_weights(path: Path, fix: str | None = None) -> SplatInitNet:
             int(meta["blocks"]),
             float(meta["reach"]),
             int(meta["passes"]),
+            READABLE[meta["arch"]] or meta["base"],
         )
     except (KeyError, ValueError) as e:
         raise LearnedInitError(f"{path}: metadata lacks or garbles {e} of {ARCH}; {fix}") from e

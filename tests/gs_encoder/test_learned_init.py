@@ -153,6 +153,7 @@ def test_weights_of_another_architecture(tmp_path, images):
     tensors = load_file(str(broken))
     tensors.pop("head.bias")
     meta = {"arch": ARCH, "width": "8", "cell_width": "8", "blocks": "1", "reach": "0.5", "passes": "1"}
+    meta["base"] = "structured"
     save_file(tensors, str(broken), metadata=meta)
     with pytest.raises(LearnedInitError) as e:
         learned_init(images, 64, weights=broken)

@@ -264,7 +264,7 @@ def test_processor_records_its_fitting_optimiser(tiny_tokenizer, tmp_path, caplo
 
     from gs_encoder import FitConfig
     from llava_gs import processor_for
-    from llava_gs.processing_llava_gs import LEGACY_FIT_OPTIMISER
+    from llava_gs.processing_llava_gs import LEGACY_FIT_INIT, LEGACY_FIT_OPTIMISER
 
     cfg = tiny_llava_config()
     proc = processor_for(cfg, tiny_tokenizer, num_gaussians=25, fit_iters=5)
@@ -276,15 +276,17 @@ def test_processor_records_its_fitting_optimiser(tiny_tokenizer, tmp_path, caplo
     config_file = tmp_path / "processor_config.json"
     saved = json.loads(config_file.read_text())
     assert saved["image_processor"]["fit_betas"] == list(default.betas)
-    # the warm-up is saved resolved: the default init is the learned one, which warms up
-    assert saved["image_processor"]["fit_lr_warmup"] == FitConfig(init="learned").warmup_iters > 0
+    # the init and warm-up are saved resolved (the default init warms up)
+    assert saved["image_processor"]["fit_init"] == FitConfig().init
+    assert saved["image_processor"]["fit_lr_warmup"] == FitConfig().warmup_iters > 0
     full = json.loads(json.dumps(saved))
-    for key in LEGACY_FIT_OPTIMISER:
+    for key in [*LEGACY_FIT_OPTIMISER, "fit_init"]:
         del saved["image_processor"][key]
     config_file.write_text(json.dumps(saved))
     with caplog.at_level(logging.WARNING, logger="llava_gs.processing_llava_gs"):
         old = AutoProcessor.from_pretrained(tmp_path).image_processor.fit_config()
     assert (old.lr_final, old.lr_decay, old.betas) == (0.05, 1.0, (0.9, 0.999))
+    assert old.init == LEGACY_FIT_INIT
     assert "predates the recorded fitting settings" in caplog.text
     saved["image_processor"]["fit_betas"] = [0.8, 0.99]
     config_file.write_text(json.dumps(saved))

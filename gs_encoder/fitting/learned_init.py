@@ -68,7 +68,8 @@ __all__ = [
 # name stored in the weights' metadata; a file of another architecture is refused. v2 (2026-12-06) records its
 # grid ("base"); v1 files, all on the structured grid, are read as such.
 ARCH = "gsv-cellnet-v2"
-READABLE = {"gsv-cellnet-v1": "structured", ARCH: None}  # arch → the base it implies (None: from the metadata)
+# arch → the base it implies (None: read from the metadata)
+READABLE = {"gsv-cellnet-v1": "structured", ARCH: None}
 MIN_N, MAX_N = 1, MAX_GAUSSIANS  # Gaussian counts taken (as the structured init; trained on cells of 3–12 px)
 BASES = ("structured", "density")  # the grid the network's nine numbers are decoded around
 MIN_SCALE_PX = 0.3  # lower bound on l11, l22 in pixels (FitConfig.min_scale_px's default)

@@ -74,7 +74,9 @@ MIN_N, MAX_N = 1, MAX_GAUSSIANS  # Gaussian counts taken (as the structured init
 BASES = ("structured", "density")  # the grid the network's nine numbers are decoded around
 MIN_SCALE_PX = 0.3  # lower bound on l11, l22 in pixels (FitConfig.min_scale_px's default)
 DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "learned_init.safetensors"
+# what to do about an unusable weights file: the shipped one is rebuilt, one of the user's is theirs to fix
 REBUILD = "rebuild it with `python -m gs_encoder.train_init --export {path}` (or reinstall the package)"
+OWN_FILE = "give a weights file written by `python -m gs_encoder.train_init` (or no weights file, for the shipped ones)"
 
 
 class LearnedInitError(ValueError):
@@ -327,7 +329,9 @@ def _read_weights(path: Path, fix: str | None = None) -> SplatInitNet:
     """The network of a weights file; errors name it and end with `fix` (default: how to rebuild it)."""
     from safetensors import SafetensorError, safe_open
 
-    fix = fix or REBUILD.format(path=path)
+    if fix is None:
+        shipped = path.resolve() == DEFAULT_WEIGHTS.resolve()
+        fix = REBUILD.format(path=path) if shipped else OWN_FILE
     if not path.is_file():
         raise LearnedInitError(f"{path}: learned-init weights not found; {fix}")
     try:

@@ -126,6 +126,7 @@ def test_missing_weights(tmp_path, images):
     with pytest.raises(LearnedInitError) as e:
         learned_init(images, 64, weights=path)
     assert "not found" in _one_line(e, path)
+    assert "--export" not in str(e.value)  # a file of the user's is not rebuilt over: they give another
     with pytest.raises(LearnedInitError):
         FitConfig(num_gaussians=64, init="learned", init_weights=str(path))
 

@@ -170,7 +170,12 @@ def test_100_iteration_fit_matches_the_cpu_fit_at_224(kernels, photo):
 
 def test_fit_with_l1_pruning_and_finetune_matches_the_cpu_fit(kernels, photo):
     images = torch.stack([photo("chelsea", 64), photo("rocket", 64)])
-    pruned = {"num_gaussians": 256, "iters": 80, "lambda_l1": 0.05, "tau": 0.05, **SMALL_STEPS}
+    # From the structured init, with the warm-up: the learned init renders on the fit's backend, and the
+    # rounding of those renders tips a Gaussian over the pruning threshold (one more pruned, 0.1 dB apart after
+    # pruning; measured); without a warm-up, the fine-tune's first Adam steps (±lr whatever the gradient's size)
+    # amplify rounding to 0.017 dB. So set, the pruned fits agree to 0.001 dB.
+    pruned = {"num_gaussians": 256, "iters": 80, "lambda_l1": 0.05, "tau": 0.05, "init": "structured"}
+    pruned.update(SMALL_STEPS, lr_warmup=10)
     for cfg in (FitConfig(**pruned, finetune_iters=20), FitConfig(**pruned, prune_at=40, finetune_iters=10)):
         cpu = fit_images(images, cfg)
         gpu = fit_images(images.to(kernels.device), replace(cfg, backend=kernels.backend))

@@ -73,7 +73,9 @@ def test_the_previous_default_is_the_baseline_of_the_targets(tmp_path):
     assert targets["learned@0 ≥ structured@0 + 3 dB"] is True
     # to structured-prev@30 (24 dB): learned@0 is 23, learned@10 26.5, so 10·(1/3.5) iterations + 10 for the init
     assert out["preset"]["baseline"] == fc.PREV
-    assert out["preset"]["speedup_iteration_equivalent"] == pytest.approx(30 / (10 / 3.5 + 10))
+    assert out["preset"]["inits"]["learned"]["speedup_iteration_equivalent"] == pytest.approx(
+        30 / (10 / 3.5 + 10)
+    )
     md = (tmp_path / "conv.md").read_text()
     assert f"Time to {fc.PREV}'s 30-iteration PSNR" in md and "Time to structured's 30-iteration PSNR" in md
 

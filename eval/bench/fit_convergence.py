@@ -165,6 +165,39 @@ def iteration_cost(init: str, cost: dict) -> float:
     return 1.0 + (cost["coarse20_s"] / cost["fit20_s"] if init.endswith(C2F) else 0.0)
 
 
+def placement_figure(image: torch.Tensor, n: int, path: Path) -> None:
+    """Where the structured, density and learned inits put N Gaussians on one photo [3, S, S]: centres over
+    the photo (top) and the init's render with its PSNR (bottom); from the current code and weights."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed; placement figure skipped")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = image.shape[-1]
+    fig, axes = plt.subplots(2, 3, figsize=(12, 8.4))
+    for j, init in enumerate(("structured", "density", "learned")):
+        splats = {"structured": structured_init, "density": density_init, "learned": learned_init}[init](
+            image[None], n
+        )[0]
+        with torch.no_grad():
+            out = render(splats, size=size).clamp(0, 1)
+        xy = splats[:, 0:2].numpy() * size
+        top, bottom = axes[0][j], axes[1][j]
+        top.imshow(image.permute(1, 2, 0).numpy())
+        top.scatter(xy[:, 0] - 0.5, xy[:, 1] - 0.5, s=1.5, c="red", linewidths=0)
+        top.set_title(f"{init}: where the {n} centres start")
+        bottom.imshow(out.permute(1, 2, 0).numpy())
+        bottom.set_title(f"{init} before fitting: {float(psnr(out, image)):.2f} dB")
+        for a in (top, bottom):
+            a.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot(data, inits, ns, path) -> None:
     try:
         import matplotlib
@@ -421,6 +454,8 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         "by the structure tensor + the same colour solve. Density: the grid warped so that its cells shrink "
         f"where the luminance gradient is large (mix {DENSITY_MIX:g}) + the same colour solve. Targets are "
         f"checked for {' and '.join(candidates) or 'learned'}. "
+        f"Where the structured, density and learned inits put their Gaussians: {name}_placement.png "
+        "(`--placement` redraws it). "
         f"{' / '.join(i for i in inits if i.endswith(C2F))}: the init, then K iterations on the "
         f"canvas area-averaged to {size // 2}² (own schedule), then the K iterations of the budget on the full canvas "
         "(FitConfig.coarse_iters = K); its iteration equivalents count a coarse iteration at its measured cost. "
@@ -516,12 +551,22 @@ def main(argv=None):
     )
     ap.add_argument("--out", help="results name (default fit_convergence)")
     ap.add_argument(
+        "--placement",
+        action="store_true",
+        help="only draw <name>_placement.png (where each init puts its Gaussians) with the current code",
+    )
+    ap.add_argument(
         "--from-json",
         nargs="+",
         help="rebuild the tables and plot from a run's JSON, or merge runs of other --ns (no fitting)",
     )
     args = ap.parse_args(argv)
     name = args.out or ("fit_convergence_quick" if args.quick else "fit_convergence")
+    if args.placement:
+        path = RESULTS / f"{name}_placement.png"
+        placement_figure(photos(224, PHOTOS[:1])[0], 1600, path)
+        print(f"wrote {path}")
+        return
     if args.from_json:
         md = report(merge_runs([load_run(p) for p in args.from_json]), name)  # header: the runs' machine
         print(md.read_text())
@@ -548,6 +593,7 @@ def main(argv=None):
         "learned_init": learned_init_settings(),
     }
     md = report(run, name)
+    placement_figure(images[0], 1600 if size >= 64 else ns[-1], RESULTS / f"{name}_placement.png")
     print(md.read_text())
 
 

@@ -182,3 +182,25 @@ def test_density_init_psnr_matches_its_render(photo):
     assert float(psnr(render(s[0], size=32), img[0])) > float(
         psnr(render(structured_init(img, 64)[0], size=32), img[0])
     )
+
+
+def test_train_on_the_density_grid_from_structured_weights(tmp_path):
+    # the shipped recipe's last step: weights trained on the uniform grid fine-tuned on the density grid; the
+    # result names its grid and resumes as such
+    from gs_encoder.train_init import TrainInitConfig, train_init
+
+    small = dict(batch_size=2, canvas=[32], width=8, cell_width=8, blocks=1, passes=2, log_every=1)
+    first = train_init(TrainInitConfig(out_dir=str(tmp_path / "a"), steps=2, **small), progress=False)
+    assert _read_weights(first).base == "structured"
+    cfg = TrainInitConfig(
+        out_dir=str(tmp_path / "b"), steps=3, base="density", from_weights=str(first), **small
+    )
+    final = train_init(cfg, progress=False)
+    net = _read_weights(final)
+    assert net.base == "density" and net.passes == 2
+    s = learned_init(torch.rand(2, 3, 32, 32), 64, weights=final)
+    assert s.shape == (2, 64, 8) and torch.isfinite(s).all()
+    resumed = train_init(TrainInitConfig(**{**cfg.__dict__, "steps": 4}), progress=False)
+    assert _read_weights(resumed).base == "density"
+    with pytest.raises(ValueError, match="--base"):
+        TrainInitConfig(base="hexagons")

@@ -13,8 +13,11 @@ an inference prompt with the training templates (`llava_gs.conversation`). Both 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +47,10 @@ logger = logging.getLogger(__name__)
 LEGACY_FIT_OPTIMISER = {f"fit_{k}": v for k, v in PREVIOUS_RECORD.items()}
 # The init of processor configs saved before it was recorded resolved (2026-12-06): FitConfig's default then.
 LEGACY_FIT_INIT = "learned"
+# A processor's own learned-init weights (fit_init_weights) travel with it: save_pretrained copies them beside
+# its config under this name and records the name; loading resolves a relative name against the folder.
+WEIGHTS_FILE = "learned_init.safetensors"
+_LOADING_FROM: contextvars.ContextVar[Path | None] = contextvars.ContextVar("loading_from", default=None)
 
 
 # what GaussianProcessor.update may set
@@ -139,6 +146,9 @@ class GaussianProcessor(BaseImageProcessor):
         weights = self.init_weights_id()
         if weights:
             d["fit_init_weights_id"] = weights
+        saved_as = d.pop("_weights_saved_as", None)  # set by LlavaGSProcessor.save_pretrained
+        if saved_as:
+            d["fit_init_weights"] = saved_as
         return d
 
     @classmethod
@@ -147,6 +157,9 @@ class GaussianProcessor(BaseImageProcessor):
         recorded gets its value of LEGACY_FIT_OPTIMISER (what its model's splats were fitted with), one without a
         fit_init gets LEGACY_FIT_INIT, and it says so."""
         d = dict(image_processor_dict)
+        folder, own = _LOADING_FROM.get(), d.get("fit_init_weights")
+        if folder is not None and own and not Path(own).is_absolute() and (folder / own).is_file():
+            d["fit_init_weights"] = str(folder / own)  # weights saved with the processor
         missing = {k: v for k, v in LEGACY_FIT_OPTIMISER.items() if k not in d and k not in kwargs}
         if d.get("fit_init") is None and kwargs.get("fit_init") is None:
             missing["fit_init"] = LEGACY_FIT_INIT
@@ -268,6 +281,37 @@ class LlavaGSProcessor(ProcessorMixin):
         self.image_token = IMAGE_TOKEN
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
         self.image_token_id = image_token_id(tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As ProcessorMixin.from_pretrained; a relative fit_init_weights names a file of the folder (WEIGHTS_FILE,
+        written by save_pretrained)."""
+        folder = Path(pretrained_model_name_or_path)
+        token = _LOADING_FROM.set(folder if folder.is_dir() else None)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        finally:
+            _LOADING_FROM.reset(token)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As ProcessorMixin.save_pretrained; learned-init weights of the image processor's own
+        (fit_init_weights) are copied beside the config as WEIGHTS_FILE and recorded by that name, so the
+        folder fits photos as this processor does wherever it goes."""
+        ip = self.image_processor
+        own = getattr(ip, "fit_init_weights", None)
+        if not own:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        dest = Path(save_directory) / WEIGHTS_FILE
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if Path(own).resolve() != dest.resolve():
+            tmp = dest.with_name(dest.name + ".tmp")
+            shutil.copyfile(own, tmp)
+            tmp.replace(dest)
+        ip._weights_saved_as = WEIGHTS_FILE
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            del ip._weights_saved_as
 
     def _vision(self, images, splats, progress) -> tuple[dict, int]:
         """(vision inputs, number of images/splat sets) for the model."""

@@ -304,3 +304,33 @@ def test_processor_records_its_fitting_optimiser(tiny_tokenizer, tmp_path, caplo
     with caplog.at_level(logging.WARNING, logger="llava_gs.processing_llava_gs"):
         again = AutoProcessor.from_pretrained(tmp_path).image_processor.fit_config()
     assert again.warmup_iters == FitConfig(init="learned").warmup_iters and "predates" not in caplog.text
+
+
+def test_processor_carries_its_learned_init_weights(tiny_tokenizer, tmp_path, monkeypatch):
+    # weights of the processor's own are saved beside its config and found there on loading, from any folder
+    import json
+
+    from transformers import AutoProcessor
+
+    from gs_encoder.fitting.learned_init import SplatInitNet, save_learned_init, weights_id
+    from llava_gs import processor_for
+    from llava_gs.processing_llava_gs import WEIGHTS_FILE
+
+    mine = save_learned_init(tmp_path / "mine" / "w.safetensors", SplatInitNet(8, 8, 1, base="density"))
+    cfg = tiny_llava_config()
+    proc = processor_for(cfg, tiny_tokenizer, num_gaussians=25, fit_iters=5)
+    proc.image_processor.update(fit_init="learned", fit_init_weights=str(mine))
+    proc.save_pretrained(tmp_path / "a")
+    cfg.save_pretrained(tmp_path / "a")
+    saved = json.loads((tmp_path / "a" / "processor_config.json").read_text())["image_processor"]
+    assert saved["fit_init_weights"] == WEIGHTS_FILE and saved["fit_init_weights_id"] == weights_id(mine)
+    assert (tmp_path / "a" / WEIGHTS_FILE).read_bytes() == mine.read_bytes()
+    assert proc.image_processor.fit_init_weights == str(mine)  # the live processor is unchanged
+    monkeypatch.chdir(tmp_path / "mine")  # the relative name is the folder's, not the working directory's
+    loaded = AutoProcessor.from_pretrained(tmp_path / "a").image_processor
+    assert loaded.fit_config().init_weights == str(tmp_path / "a" / WEIGHTS_FILE)
+    assert loaded.init_weights_id() == weights_id(mine)
+    # without weights of its own, nothing is copied and the shipped ones are used
+    plain = processor_for(cfg, tiny_tokenizer, num_gaussians=25, fit_iters=5)
+    plain.save_pretrained(tmp_path / "b")
+    assert not (tmp_path / "b" / WEIGHTS_FILE).exists()

@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 # FitConfig defaults of their day, filled in for each setting a config lacks. A model sees splats fitted the
 # way its training splats were.
 LEGACY_FIT_OPTIMISER = {f"fit_{k}": v for k, v in PREVIOUS_RECORD.items()}
-# The init of processor configs saved before it was recorded resolved (2026-12-06): FitConfig's default then.
+# The init of processor configs saved before it was recorded resolved (2026-12-05): FitConfig's default then.
 LEGACY_FIT_INIT = "learned"
 # A processor's own learned-init weights (fit_init_weights) travel with it: save_pretrained copies them beside
 # its config under this name and records the name; loading resolves a relative name against the folder.

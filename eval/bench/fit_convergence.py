@@ -330,7 +330,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
     near = {k: min(budgets, key=lambda b, k=k: abs(b - k)) for k in (100, 300)}
     # the baseline ("today's default"): the structured init with the previous Adam settings, when run
     base = PREV if PREV in inits else "structured"
-    # runs before 2026-12-06 had no density init or its cost
+    # runs before 2026-12-05 had no density init or its cost
     candidates = [c for c in CANDIDATES if c in inits and all(f"{c}_init_s" in cost[n] for n in ns)]
     speed = {ref: [] for ref in dict.fromkeys((base, "structured"))}
     targets, c2f_rows = {}, []

@@ -65,7 +65,7 @@ __all__ = [
     "weights_id",
 ]
 
-# name stored in the weights' metadata; a file of another architecture is refused. v2 (2026-12-06) records its
+# name stored in the weights' metadata; a file of another architecture is refused. v2 (2026-12-05) records its
 # grid ("base"); v1 files, all on the structured grid, are read as such.
 ARCH = "gsv-cellnet-v2"
 # arch → the base it implies (None: read from the metadata)

@@ -1,8 +1,12 @@
-"""Learned initialisation: a small conv network places, shapes and colours the structured grid's Gaussians.
+"""Learned initialisation: a small conv network places, shapes and colours a grid's Gaussians.
 
 The network works in units of grid cells, so one set of weights serves any N and any canvas size (the
 structured init's range, 1 ≤ N ≤ S²; trained on cells of 3–12 px, e.g. N = 400…5600 at 224²). For N
-Gaussians on an S×S canvas the grid has rows × cols cells of side s = S/cols px (init.grid_shape):
+Gaussians on an S×S canvas the grid has rows × cols cells of side s = S/cols px (init.grid_shape). Below,
+for the structured grid; with `base = "density"` (the shipped weights) the same rows × cols cells are those
+of the density init (init.density_grid: smaller where the image has detail), the statistics are exact
+means over each half of its cells, and moves, sizes and gradients are in units of each cell's own width
+and height, the colours relative to the density init's starting ones:
 
 1. Per-half-cell statistics of the image (mean colour, mean squared colour, luminance gradient and its
    structure tensor, both in units of one cell) on a 2·rows × 2·cols grid, plus log(s) as a constant
@@ -87,10 +91,8 @@ def _features(images: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """Per-half-cell statistics [B, 12, 2·rows, 2·cols] of images [B, 3, S, S] (see the module docstring)."""
     size = images.shape[-1]
     cell_px = size / cols
-    lum = (images * images.new_tensor([0.2126, 0.7152, 0.0722])[None, :, None, None]).sum(1, keepdim=True)
-    pad = F.pad(lum, (1, 1, 1, 1), mode="replicate")
-    gx = 0.5 * (pad[..., 1:-1, 2:] - pad[..., 1:-1, :-2]) * cell_px  # change of luminance over one cell
-    gy = 0.5 * (pad[..., 2:, 1:-1] - pad[..., :-2, 1:-1]) * cell_px
+    gx, gy = _luminance_gradient(images)
+    gx, gy = gx * cell_px, gy * cell_px  # change of luminance over one cell
     stack = torch.cat([images - 0.5, images * images, gx, gy, gx * gx, gy * gy, gx * gy], dim=1)
     pooled = F.adaptive_avg_pool2d(stack, (2 * rows, 2 * cols))
     # the structure tensor's entries grow with the squared contrast; a signed square root keeps them O(1)
@@ -117,9 +119,8 @@ def _rect_means(stack: torch.Tensor, y_edges: torch.Tensor, x_edges: torch.Tenso
     consecutive y_edges [B, H + 1] and, per row of rectangles, consecutive x_edges [B, H, W + 1] (canvas
     units): [B, C, H, W]. Fractional pixels count in part (a summed-area table, interpolated bilinearly, in
     float64)."""
-    b, c, size, _ = stack.shape
+    size, w1 = stack.shape[-1], x_edges.shape[-1]
     sat = F.pad(stack.double().cumsum(-1).cumsum(-2), (1, 0, 1, 0))  # [B, C, S + 1, S + 1]
-    h, w1 = x_edges.shape[1:]
 
     def corners(y: torch.Tensor) -> torch.Tensor:  # SAT at (y [B, H], x_edges) → [B, C, H, W + 1]
         where = torch.stack([x_edges, y[..., None].expand(-1, -1, w1)], -1)  # (x, y) in canvas units

@@ -1,9 +1,11 @@
 """Train the learned splat initialiser (gs_encoder/fitting/learned_init.py) through the project's renderer.
 
     python -m gs_encoder.train_init --out-dir runs/init0        # the shipped weights: these defaults,
-    python -m gs_encoder.train_init --out-dir runs/init --steps 8000 --lr 3e-4 --passes 3 \\
-        --from-weights runs/init0/learned_init.safetensors \\
-        --export gs_encoder/fitting/weights/learned_init.safetensors   # then this fine-tuning
+    python -m gs_encoder.train_init --out-dir runs/init1 --steps 8000 --lr 3e-4 --passes 3 \\
+        --from-weights runs/init0/learned_init.safetensors            # this fine-tuning,
+    python -m gs_encoder.train_init --out-dir runs/init --steps 10000 --lr 5e-4 --passes 3 --base density \\
+        --from-weights runs/init1/learned_init.safetensors \\
+        --export gs_encoder/fitting/weights/learned_init.safetensors   # then this one on the density grid
     gsv train-init --images my_photos/ --out-dir runs/mine --device cuda --batch-size 64 --canvas 224
     gsv train-init --images my_photos/ --out-dir runs/tuned --from-weights \\
         gs_encoder/fitting/weights/learned_init.safetensors --lr 3e-4   # fine-tune the shipped weights

@@ -243,6 +243,17 @@ def _luminance_gradient(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return 0.5 * (pad[..., 1:-1, 2:] - pad[..., 1:-1, :-2]), 0.5 * (pad[..., 2:, 1:-1] - pad[..., :-2, 1:-1])
 
 
+def _render_batch(splats: torch.Tensor, size: int, backend: str = "auto") -> torch.Tensor:
+    """Splats [B, N, 8] (canvas units) → images [B, 3, S, S], differentiable, with the fitting renderer."""
+    b, n, _ = splats.shape
+    flat = splats.reshape(b * n, 8)
+    ids = torch.arange(b, device=splats.device).repeat_interleave(n)
+    image, _ = render_flat(
+        flat[:, 0:2] * size, flat[:, 2:5] * size, flat[:, 5:8], ids, b, size, backend=backend
+    )
+    return image.permute(0, 3, 1, 2)
+
+
 def _inverse_cdf(weights: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
     """Positions [..., K] in [0, 1] where the CDF of a piecewise-constant density reaches `quantiles` [K].
 
@@ -317,13 +328,11 @@ def density_start(
     splats[..., 1] = grid.y_centres[..., None]
     splats[..., 2] = (0.5 * (grid.x_edges[..., 1:] - grid.x_edges[..., :-1])).clamp_min(lo)
     splats[..., 4] = (0.5 * (grid.y_edges[:, 1:] - grid.y_edges[:, :-1]))[..., None].clamp_min(lo)
-    n = num_gaussians
-    splats = splats.reshape(b, rows * cols, 8)[:, :n].contiguous()
-    flat = splats.reshape(b * n, 8)
-    ids = torch.arange(b, device=images.device).repeat_interleave(n)
-    ones = torch.ones_like(flat[:, 5:8])
-    coverage, _ = render_flat(flat[:, 0:2] * size, flat[:, 2:5] * size, ones, ids, b, size, backend=backend)
-    both = torch.cat([images, coverage.permute(0, 3, 1, 2)[:, :1]], 1)  # [B, 4, S, S]
+    splats = splats.reshape(b, rows * cols, 8)[:, :num_gaussians].contiguous()
+    unit = splats.clone()
+    unit[..., 5:8] = 1.0
+    coverage = _render_batch(unit, size, backend)  # [B, 3, S, S], the same in every channel
+    both = torch.cat([images, coverage[:, :1]], 1)  # [B, 4, S, S]
     where = splats[:, :, None, 0:2] * 2.0 - 1.0  # [B, N, 1, 2]: (x, y) in [-1, 1] for grid_sample
     at = F.grid_sample(both, where, align_corners=False, padding_mode="border")[..., 0].transpose(1, 2)
     splats[..., 5:8] = at[..., 0:3] / at[..., 3:4].clamp_min(1e-3)

@@ -46,13 +46,13 @@ from .init import (
     MAX_GAUSSIANS,
     DensityGrid,
     _luminance_gradient,
+    _render_batch,
     density_grid,
     density_start,
     grid_shape,
     solve_colours,
     structured_init,
 )
-from .render import render_flat
 
 __all__ = [
     "ARCH",
@@ -288,17 +288,6 @@ class SplatInitNet(nn.Module):
     def splats(self, images: torch.Tensor, num_gaussians: int, backend: str = "auto") -> torch.Tensor:
         """Differentiable splats [B, N, 8] of the last pass (no colour solve)."""
         return self.splats_per_pass(images, num_gaussians, backend)[-1]
-
-
-def _render_batch(splats: torch.Tensor, size: int, backend: str = "auto") -> torch.Tensor:
-    """Splats [B, N, 8] (canvas units) → images [B, 3, S, S], differentiable, with the fitting renderer."""
-    b, n, _ = splats.shape
-    flat = splats.reshape(b * n, 8)
-    ids = torch.arange(b, device=splats.device).repeat_interleave(n)
-    image, _ = render_flat(
-        flat[:, 0:2] * size, flat[:, 2:5] * size, flat[:, 5:8], ids, b, size, backend=backend
-    )
-    return image.permute(0, 3, 1, 2)
 
 
 def save_learned_init(path: str | Path, net: SplatInitNet, extra: dict[str, str] | None = None) -> Path:

@@ -158,8 +158,16 @@ class GaussianProcessor(BaseImageProcessor):
         fit_init gets LEGACY_FIT_INIT, and it says so."""
         d = dict(image_processor_dict)
         folder, own = _LOADING_FROM.get(), d.get("fit_init_weights")
-        if folder is not None and own and not Path(own).is_absolute() and (folder / own).is_file():
-            d["fit_init_weights"] = str(folder / own)  # weights saved with the processor
+        if folder is not None and own and not Path(own).is_absolute():
+            if (folder / own).is_file():
+                d["fit_init_weights"] = str(folder / own)  # weights saved with the processor
+            elif not Path(own).is_file():
+                raise ValueError(
+                    f"{folder / own}: this processor fits photos from its own learned-init weights "
+                    f"(fit_init_weights = {own!r}), which are missing from {folder}; copy the file back (the "
+                    "model was trained on splats fitted from them), or set fit_init_weights in its "
+                    "processor_config.json to other weights"
+                )
         missing = {k: v for k, v in LEGACY_FIT_OPTIMISER.items() if k not in d and k not in kwargs}
         if d.get("fit_init") is None and kwargs.get("fit_init") is None:
             missing["fit_init"] = LEGACY_FIT_INIT

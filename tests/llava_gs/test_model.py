@@ -330,6 +330,10 @@ def test_processor_carries_its_learned_init_weights(tiny_tokenizer, tmp_path, mo
     loaded = AutoProcessor.from_pretrained(tmp_path / "a").image_processor
     assert loaded.fit_config().init_weights == str(tmp_path / "a" / WEIGHTS_FILE)
     assert loaded.init_weights_id() == weights_id(mine)
+    # a folder that lost them: the error names the file in the folder
+    (tmp_path / "a" / WEIGHTS_FILE).unlink()
+    with pytest.raises(ValueError, match=str(tmp_path / "a" / WEIGHTS_FILE)):
+        AutoProcessor.from_pretrained(tmp_path / "a")
     # without weights of its own, nothing is copied and the shipped ones are used
     plain = processor_for(cfg, tiny_tokenizer, num_gaussians=25, fit_iters=5)
     plain.save_pretrained(tmp_path / "b")

@@ -82,24 +82,78 @@ def emulation_source(cu_text: str, name: str = "splat_cuda.cu") -> str:
     return f'#line 1 "{CSRC / name}"\n' + out
 
 
+# the emulated kernels and the emulator, torch-free; gsv_cuda_emu links against it
+KERNELS_LIB = "libgsv_emu_kernels.so"
+
+
+def _cxx() -> str:
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or "c++"
+
+
+def emu_library(source: Path, out: Path, verbose: bool = False) -> Path:
+    """Compile an emulation translation unit (a rewritten .cu file) with the emulator's runtime into the
+    shared library `out`. The unit is built with the compiler's thread-sanitizer instrumentation, whose
+    hooks the runtime implements: the memory checks of the emulation's checking mode (docs/cuda_emulation.md).
+    Rebuilt only when the sources under csrc/, the unit or the flags change."""
+    import hashlib
+
+    cxx = _cxx()
+    common = ["-std=c++17", "-O2", "-fPIC", "-fopenmp", "-ffp-contract=off", f"-I{CSRC / 'emu'}", f"-I{CSRC}"]
+    clang = "clang" in subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
+    # function entry/exit hooks would only cost time: the checks need loads and stores
+    no_entry_exit = (
+        ["-mllvm", "-tsan-instrument-func-entry-exit=0"]
+        if clang
+        else ["--param=tsan-instrument-func-entry-exit=0"]
+    )
+    instrument = ["-fsanitize=thread", *no_entry_exit, "-DGSV_CUDA_EMULATION"]
+    runtime = CSRC / "emu" / "emu_runtime.cpp"
+    key = hashlib.sha256()
+    for f in sorted(CSRC.rglob("*")):
+        if f.is_file():
+            key.update(f.name.encode() + f.read_bytes())
+    key.update(source.read_bytes() + " ".join([cxx, *common, *instrument]).encode())
+    stamp = out.with_name(out.name + ".stamp")
+    if out.exists() and stamp.exists() and stamp.read_text() == key.hexdigest():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    steps = [
+        [cxx, *common, *instrument, "-c", str(source), "-o", str(out) + ".kernels.o"],
+        [cxx, *common, "-c", str(runtime), "-o", str(out) + ".runtime.o"],
+        [cxx, "-shared", "-fopenmp", f"-Wl,-soname,{out.name}", str(out) + ".kernels.o", str(out) + ".runtime.o",
+         "-o", str(out) + ".tmp"],
+    ]  # fmt: skip
+    for cmd in steps:
+        if verbose:
+            print(" ".join(cmd), flush=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"compiling the emulation failed: {' '.join(cmd)}\n{done.stderr[-4000:]}")
+    os.replace(str(out) + ".tmp", out)
+    stamp.write_text(key.hexdigest())
+    return out
+
+
 def build_emu(verbose: bool = False) -> Path:
-    """Compile gsv_cuda_emu into cuda_ext/_build/emu/ (docs/cuda_emulation.md)."""
+    """Compile gsv_cuda_emu into cuda_ext/_build/emu/ (docs/cuda_emulation.md): the kernels and the emulator
+    as a torch-free library (kernels/libgsv_emu_kernels.so), cuda_ops.cpp's host code linked against it."""
     from torch.utils.cpp_extension import load
 
     EMU_BUILD_DIR.mkdir(parents=True, exist_ok=True)
     generated = EMU_BUILD_DIR / "splat_cuda_emu.cpp"
     text = emulation_source((CSRC / "splat_cuda.cu").read_text())
-    if not generated.exists() or generated.read_text() != text:  # untouched when unchanged: no rebuild
+    if not generated.exists() or generated.read_text() != text:
         generated.write_text(text)
+    lib = emu_library(generated, EMU_BUILD_DIR / "kernels" / KERNELS_LIB, verbose)
     os.environ.setdefault("MAX_JOBS", "2")
-    # -ffp-contract=off: every float operation rounded on its own, as in the CPU op (-fno-fast-math is
-    # the default); csrc/emu first on the include path so <cuda_runtime.h> is the shim
-    flags = ["-O2", "-fopenmp", "-ffp-contract=off", "-DGSV_CUDA_EMULATION", f"-I{CSRC / 'emu'}", f"-I{CSRC}"]
+    # csrc/emu first on the include path so <cuda_runtime_api.h> is the shim; the library is found through
+    # the run path (LD_LIBRARY_PATH first: python -m cuda_ext.mutate swaps in mutated kernels that way)
+    flags = ["-O2", "-ffp-contract=off", "-DGSV_CUDA_EMULATION", f"-I{CSRC / 'emu'}", f"-I{CSRC}"]
     load(
         name=EMU_NAME,
-        sources=[str(CSRC / "cuda_ops.cpp"), str(generated), str(CSRC / "emu" / "emu_runtime.cpp")],
+        sources=[str(CSRC / "cuda_ops.cpp")],
         extra_cflags=flags,
-        extra_ldflags=["-fopenmp"],
+        extra_ldflags=[f"-L{lib.parent}", f"-l:{lib.name}", f"-Wl,-rpath,{lib.parent}"],
         build_directory=str(EMU_BUILD_DIR),
         verbose=verbose,
     )

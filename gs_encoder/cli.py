@@ -368,6 +368,7 @@ def _fit_config(args):
         )
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+    cfg.load_init()
     return cfg
 
 

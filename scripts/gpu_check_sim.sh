@@ -30,30 +30,17 @@ say "torch-only python in $SIM/bare"
 "$VENV_PY" - "$SIM/torch_site" "$SIM/bare" "${GSV_SIM_PIP:-1}" <<'EOF'
 import importlib.metadata as md
 import os
-import re
 import sys
 from pathlib import Path
 
-from packaging.requirements import Requirement
+sys.path.insert(0, "scripts")
+from gpu_preflight import torch_closure  # noqa: E402  (the closure the package list leaves out, too)
 
 view, venv, with_pip = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
-norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
-todo, seen = [("torch", frozenset())] + ([("pip", frozenset())] if with_pip else []), {}
-while todo:  # the closure of torch's requirements under this platform's markers, extras followed
-    name, extras = todo.pop()
-    dist = md.distribution(name)
-    key = norm(dist.metadata["Name"])
-    if key in seen and extras <= seen[key]:
-        continue
-    seen[key] = seen.get(key, frozenset()) | extras
-    for line in dist.requires or []:
-        req = Requirement(line)
-        envs = [{"extra": e} for e in seen[key]] or [{"extra": ""}]
-        if req.marker is None or any(req.marker.evaluate(e) for e in envs):
-            todo.append((req.name, frozenset(req.extras)))
+names = torch_closure() | ({"pip"} if with_pip else set())
 files = 0
-for key in seen:
-    dist = md.distribution(key)
+for name in names:
+    dist = md.distribution(name)
     for f in dist.files or []:
         src = Path(dist.locate_file(f))
         if f.parts[0] == ".." or not src.exists():  # scripts in bin/, files pip did not keep
@@ -65,7 +52,7 @@ for key in seen:
             files += 1
 site = next(venv.glob("lib/python3*/site-packages"))
 (site / "torch_only.pth").write_text(f"{view}\n")
-print(f"{len(seen)} distributions ({', '.join(sorted(seen))}), {files} files linked")
+print(f"{len(names)} distributions ({', '.join(sorted(names))}), {files} files linked")
 EOF
 BARE="$SIM/bare/bin/python"
 ver="$("$BARE" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
@@ -73,9 +60,10 @@ ver="$("$BARE" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1
 import importlib.util
 import torch
 
-absent = [m for m in ("numpy", "PIL", "tqdm", "pytest", "matplotlib", "skimage") if importlib.util.find_spec(m)]
-assert not absent, f"the torch-only python sees {absent}"
-print("torch-only python:", torch.__version__, "| numpy, PIL, tqdm, pytest, matplotlib, skimage: absent")
+absent = ("numpy", "PIL", "tqdm", "pytest", "safetensors", "matplotlib", "skimage")
+seen = [m for m in absent if importlib.util.find_spec(m)]
+assert not seen, f"the torch-only python sees {seen}"
+print("torch-only python:", torch.__version__, "|", ", ".join(absent), "absent")
 EOF
 
 if ! ls "$WHEELS"/numpy-*-cp${ver/./}-*.whl >/dev/null 2>&1; then

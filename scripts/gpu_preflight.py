@@ -8,12 +8,14 @@ it also runs, and reports, where torch or numpy are missing. One line per requir
 with what to do. The requirements are what the check really uses:
 - the build (cuda_ext.build): torch's CUDA build, a CUDA toolkit of torch's major version (its nvcc),
   a C++ compiler and ninja (torch's JIT build runs `ninja`);
-- the cuda tests (tests/cuda_ext/test_{render,fit}_cuda.py, test_cuda_build.py): pytest, numpy and
-  Pillow (gs_encoder.image_io, the committed photos), tqdm (gs_encoder.fitting);
-- the GPU benchmark (`python -m eval.bench.fit_speed --part gpu`): the same, plus optionally matplotlib
-  (the plot) and nvidia-ml-py (GPU utilisation; nvidia-smi is sampled without it);
-- optionally compute-sanitizer (the memcheck step) and a CUDA device (without one the check builds
+- the packages of scripts/gpu_packages.txt: the essential ones are what the cuda tests and the GPU
+  benchmark import beyond torch (derived: `--derive` rewrites them from a run of what the check runs,
+  and a test re-derives and compares), the optional ones improve the benchmark;
+- optionally compute-sanitizer (the sanitizer step) and a CUDA device (without one the check builds
   and collects the tests, then stops: gpu_check.sh's exit status 5).
+
+    python scripts/gpu_preflight.py --pip-names essential tool   # the wheels to carry (gpu_wheels.sh)
+    python scripts/gpu_preflight.py --derive                     # with the project's .venv python
 
 --missing-file receives the pip names of the missing packages (one a line) for gpu_check.sh to install
 from the carried wheels; --device-file receives 1 when torch sees a CUDA device, else 0.
@@ -34,15 +36,154 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# (import name, pip name, essential, what needs it)
-PACKAGES = (
-    ("numpy", "numpy", True, "gs_encoder (image and splat I/O), the tests, the benchmark"),
-    ("PIL", "pillow", True, "gs_encoder.image_io and the committed photos (eval/bench/photos)"),
-    ("tqdm", "tqdm", True, "gs_encoder.fitting's progress bars"),
-    ("pytest", "pytest", True, "the cuda tests"),
-    ("matplotlib", "matplotlib", False, "the benchmark's plot (skipped without it)"),
-    ("pynvml", "nvidia-ml-py", False, "GPU utilisation in the benchmark (nvidia-smi is sampled without it)"),
+PACKAGE_LIST = ROOT / "scripts" / "gpu_packages.txt"
+# What the GPU check runs (gpu_check.sh): these test files collected and run, this benchmark module.
+CHECK_TESTS = (
+    "tests/cuda_ext/test_render_cuda.py",
+    "tests/cuda_ext/test_fit_cuda.py",
+    "tests/cuda_ext/test_cuda_build.py",
 )
+CHECK_MODULES = ("eval.bench.fit_speed", "cuda_ext.build")
+
+
+KINDS = ("essential", "optional", "tool")
+
+
+def read_packages(path: Path = PACKAGE_LIST) -> list[tuple[str, str, str, str]]:
+    """(import name, pip name, kind, what needs it) of every line of scripts/gpu_packages.txt; kind is
+    essential, optional or tool (a program the check runs, checked on PATH)."""
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip() and not line.startswith("#"):
+            parts = line.split(maxsplit=3)
+            if len(parts) != 4 or parts[2] not in KINDS:
+                raise ValueError(
+                    f"{path}:{n}: expected 'pip-name import-name {'|'.join(KINDS)} why', got {line!r}"
+                )
+            pip_name, module, kind, why = parts
+            rows.append((module, pip_name, kind, why))
+    return rows
+
+
+def torch_closure() -> set[str]:
+    """Normalised names of torch and every distribution its requirements pull in under this platform's
+    markers (extras followed): what a python that holds torch has anyway."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    todo, seen = [("torch", frozenset())], {}
+    while todo:
+        name, extras = todo.pop()
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:  # an optional requirement this platform never installs
+            continue
+        key = _norm(dist.metadata["Name"])
+        if key in seen and extras <= seen[key]:
+            continue
+        seen[key] = seen.get(key, frozenset()) | extras
+        for line in dist.requires or []:
+            req = Requirement(line)
+            envs = [{"extra": e} for e in seen[key]] or [{"extra": ""}]
+            if req.marker is None or any(req.marker.evaluate(e) for e in envs):
+                todo.append((req.name, frozenset(req.extras)))
+    return set(seen)
+
+
+def _norm(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+# Run in a fresh python: collect the check's tests, import its modules, and do what its tests do at run
+# time (a fit from the default learned init, on a committed photo), recording every import statement as
+# (importing top-level module, imported top-level module); print them.
+_IMPORTS_OF_THE_CHECK = r"""
+import builtins, sys
+edges, real = set(), builtins.__import__
+def record(name, globals=None, locals=None, fromlist=(), level=0):
+    if level == 0 and globals:
+        edges.add((str(globals.get("__name__", "")).split(".")[0], name.split(".")[0]))
+    return real(name, globals, locals, fromlist, level)
+builtins.__import__ = record
+import contextlib, importlib, io
+import pytest
+with contextlib.redirect_stdout(io.StringIO()):
+    code = pytest.main(["-q", "--collect-only", "-p", "no:cacheprovider", *sys.argv[1].split(",")])
+if code != 0:
+    sys.exit(f"collecting {sys.argv[1]} failed ({code})")
+for m in sys.argv[2].split(","):
+    importlib.import_module(m)
+from eval.bench.common import sample_photo
+from gs_encoder import FitConfig, fit_images
+from gs_encoder.image_io import to_canvas
+fit_images(to_canvas(sample_photo("chelsea") / 255.0, 32, "crop")[None], FitConfig(num_gaussians=64, iters=2))
+print("\n".join(f"{a} {b}" for a, b in sorted(edges)))
+"""
+
+
+def derive_essential() -> dict[str, str]:
+    """{pip name: import name} of the distributions the GPU check needs beyond torch's closure and the
+    standard library: those imported by the project's code (and the check's script), and what they import
+    in turn, found by running what the check runs in this python (which must hold them all). A package that
+    only torch or a pytest plugin imports when present (dill, anyio) is not needed."""
+    import importlib.metadata as md
+
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_OF_THE_CHECK, ",".join(CHECK_TESTS), ",".join(CHECK_MODULES)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"running what the GPU check imports failed:\n{out.stderr[-3000:]}")
+    imports: dict[str, set[str]] = {}
+    for line in out.stdout.splitlines():
+        importer, imported = line.split()
+        imports.setdefault(importer, set()).add(imported)
+    owners = md.packages_distributions()
+    ours = {p.name for p in ROOT.iterdir() if p.is_dir()} | {"__main__"}
+    skip = torch_closure() | {_norm(n) for n in ("pip", "setuptools")}
+
+    def needed(module: str) -> bool:
+        dists = owners.get(module, [])
+        return module not in sys.stdlib_module_names and bool(dists) and _norm(dists[0]) not in skip
+
+    reached, todo = set(), [m for root in ours for m in imports.get(root, ())]
+    while todo:
+        module = todo.pop()
+        if module in reached or module in ours or not needed(module):
+            continue
+        reached.add(module)
+        todo.extend(imports.get(module, ()))
+    found: dict[str, str] = {}
+    for module in sorted(reached):
+        pip_name = _norm(owners[module][0])
+        # the import name that reads like the distribution (PIL for pillow: the public one, not _pytest)
+        if pip_name not in found or _norm(module) == pip_name or found[pip_name].startswith("_"):
+            found[pip_name] = module
+    return dict(sorted(found.items()))
+
+
+def write_package_list(path: Path = PACKAGE_LIST) -> str:
+    """Rewrite the essential lines of the package list from derive_essential(); keep the others."""
+    head = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    kept = [
+        f"{pip} {module} {kind} {why}"
+        for module, pip, kind, why in read_packages(path)
+        if kind != "essential"
+    ]
+    rows = [
+        f"{pip} {module} essential the GPU check's tests or benchmark"
+        for pip, module in derive_essential().items()
+    ]
+    text = "\n".join(head + rows + kept) + "\n"
+    path.write_text(text)
+    return text
 
 
 class Report:
@@ -52,8 +193,8 @@ class Report:
         self.wheels, self.essential, self.pip_missing = wheels, [], []
         ver = f"{sys.version_info.major}.{sys.version_info.minor}"
         self.fetch = (
-            f"here (with PyPI): bash scripts/gpu_wheels.sh --python-version {ver}, then carry "
-            f'["{wheels.name}"] in the device call'
+            f"here (with PyPI): bash scripts/gpu_wheels.sh --python-version {ver}, then copy "
+            f"{wheels.name}/ with the working tree"
         )
 
     def line(self, status: str, text: str) -> None:
@@ -69,8 +210,9 @@ class Report:
     def wheel_fix(self, pip_name: str) -> str:
         if self.has_wheel(pip_name):
             return f"a wheel for it is carried in {self.wheels}/ (gpu_check.sh installs it)"
-        plot = " --plot" if pip_name == "matplotlib" else ""
-        return f"no wheel for this python in {self.wheels}/: {self.fetch.replace(', then', plot + ', then')}"
+        optional = any(pip == pip_name and kind == "optional" for _, pip, kind, _ in read_packages())
+        flag = " --optional" if optional else ""
+        return f"no wheel for this python in {self.wheels}/: {self.fetch.replace(', then', flag + ', then')}"
 
     def has_wheel(self, pip_name: str) -> bool:
         """A wheel of that name this python can install: its tag names this CPython, or none (py3, abi3)."""
@@ -172,7 +314,10 @@ def check_tools(r: Report) -> None:
 
 
 def check_packages(r: Report) -> None:
-    for module, pip_name, essential, why in PACKAGES:
+    for module, pip_name, kind, why in read_packages():
+        if kind == "tool":
+            continue
+        essential = kind == "essential"
         try:
             m = importlib.import_module(module)
         except ImportError as e:
@@ -194,7 +339,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wheels", type=Path, default=ROOT / "gpu_wheels", help="the carried wheels' folder")
     ap.add_argument("--missing-file", type=Path, help="write the pip names of missing packages here")
     ap.add_argument("--device-file", type=Path, help="write 1 (a CUDA device is usable) or 0 here")
+    ap.add_argument(
+        "--pip-names",
+        nargs="+",
+        choices=KINDS,
+        metavar="KIND",
+        help="print the pip names of the list's packages of these kinds (the wheels to carry) and stop",
+    )
+    ap.add_argument(
+        "--derive",
+        action="store_true",
+        help="rewrite the list's essential lines from what the check imports (run with the project's python)",
+    )
     args = ap.parse_args(argv)
+    if args.pip_names:
+        print(" ".join(pip for _, pip, kind, _ in read_packages() if kind in args.pip_names))
+        return 0
+    if args.derive:
+        print(write_package_list(), end="")
+        return 0
     r = Report(args.wheels)
     torch = check_python_and_torch(r)
     device = check_device(r, torch)

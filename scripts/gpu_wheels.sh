@@ -1,19 +1,17 @@
 #!/usr/bin/env bash
 # Download, on a machine with PyPI access, the wheels that scripts/gpu_check.sh installs on a GPU machine
-# whose python3 holds torch but may lack the rest (and which cannot reach PyPI itself):
-#   numpy, Pillow, tqdm, pytest (+ iniconfig, packaging, pluggy, pygments), ninja (the build tool torch's
-#   JIT compile calls), nvidia-ml-py (GPU utilisation in the benchmark), pip (used when that python has
-#   none), and with --plot matplotlib (+ contourpy, cycler, fonttools, kiwisolver, pyparsing,
-#   python-dateutil, tzdata) for the benchmark's plot. Never torch: the GPU machine has its own.
-# They land in gpu_wheels/ (ignored by git), which the device tool carries:
-#   bash scripts/gpu_wheels.sh                      # for Python 3.12: 28 MB (with --plot: 45 MB)
-#   run(command="bash scripts/gpu_check.sh", carry=["gpu_wheels"], timeout_s=570)
-# gpu_check.sh installs only what is missing there, with
+# whose python3 holds torch but may lack the rest (and which cannot reach PyPI itself): the packages of
+# scripts/gpu_packages.txt (the essential ones, derived from what the check imports, and ninja, the build
+# tool torch's JIT compile calls; with --optional also matplotlib for the benchmark's plot and
+# nvidia-ml-py), their dependencies, and pip (used when that python has none). Never torch: the GPU
+# machine has its own.
+#   bash scripts/gpu_wheels.sh                      # into gpu_wheels/ (ignored by git), for Python 3.12
+# Copy gpu_wheels/ with the working tree to the GPU machine; gpu_check.sh installs only what is missing
+# there, with
 #   pip install --no-index --find-links gpu_wheels --target .gpu_site/py<X.Y>  (then on PYTHONPATH).
-# The device tool carries at most 64 MiB in all (working tree included): keep one or two Python versions.
 #
-# Options: --python-version X.Y (repeatable; default 3.12, the python3 of this workplace's H200 image;
-# `python3 -V` there tells), --dest DIR (default gpu_wheels), --plot (add matplotlib).
+# Options: --python-version X.Y (repeatable; default 3.12; `python3 -V` on the GPU machine tells),
+# --dest DIR (default gpu_wheels), --optional (add the optional packages).
 # Versions: those of the project's .venv when it has the package (the set the tests ran with), else
 # the newest. Exit status: 0 when every wheel was downloaded, 1 otherwise (pip's error names the one).
 set -euo pipefail
@@ -22,20 +20,22 @@ cd "$ROOT"
 
 versions=()
 dest="gpu_wheels"
-plot=0
+optional=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --python-version) versions+=("$2"); shift 2 ;;
     --dest) dest="$2"; shift 2 ;;
-    --plot) plot=1; shift ;;
-    -h | --help) sed -n '2,21p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --optional) optional=1; shift ;;
+    -h | --help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "gpu_wheels.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [ ${#versions[@]} -gt 0 ] || versions=(3.12)
 
-packages=(numpy pillow tqdm pytest ninja nvidia-ml-py pip)
-[ $plot = 1 ] && packages+=(matplotlib)
+kinds=(essential tool)
+[ $optional = 1 ] && kinds+=(optional)
+read -r -a packages <<<"$(python3 scripts/gpu_preflight.py --pip-names "${kinds[@]}")"
+packages+=(pip)
 
 # pin to the project's .venv where it holds the package; pip resolves the dependencies for the target
 pinned=()
@@ -67,4 +67,4 @@ for ver in "${versions[@]}"; do
     --dest "$dest" "${pinned[@]}" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 done
 echo "gpu_wheels.sh: $(find "$dest" -maxdepth 1 -name '*.whl' | wc -l) wheels, $(du -sh "$dest" | cut -f1) in $dest/"
-echo "gpu_wheels.sh: carry it: run(command=\"bash scripts/gpu_check.sh\", carry=[\"$dest\"], timeout_s=570)"
+echo "gpu_wheels.sh: copy $dest/ with the working tree to the GPU machine and run bash scripts/gpu_check.sh there"

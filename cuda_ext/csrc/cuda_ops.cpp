@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -61,7 +62,58 @@ void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA error: ", cudaGetErrorString(err));
 }
 
-const uint8_t* bytes(const torch::Tensor& t) { return reinterpret_cast<const uint8_t*>(t.data_ptr<bool>()); }
+// The memory the kernels of one op see, by name. On the device, and in the emulation outside its checking
+// mode, a tensor's own memory. In checking mode (docs/cuda_emulation.md) each is a copy registered with
+// the emulator between red zones that belong to no buffer, so an overrun of one buffer never lands in
+// another; the copies of the buffers the op writes go back to their tensors when the op ends.
+class DeviceBuffers {
+ public:
+  DeviceBuffers() = default;
+  DeviceBuffers(const DeviceBuffers&) = delete;
+  DeviceBuffers& operator=(const DeviceBuffers&) = delete;
+
+  template <class T>
+  T* get(const torch::Tensor& t, const char* name, bool writes) {
+    return static_cast<T*>(add(t, name, writes));
+  }
+  const uint8_t* bytes(const torch::Tensor& t, const char* name) {
+    return static_cast<const uint8_t*>(add(t, name, false));
+  }
+  uint8_t* bytes_out(const torch::Tensor& t, const char* name) { return static_cast<uint8_t*>(add(t, name, true)); }
+
+#ifdef GSV_CUDA_EMULATION
+  ~DeviceBuffers() {
+    for (Copy& c : copies_) {
+      gsv_emu::unregister_buffer(c.base);
+      if (c.writes) std::memcpy(c.tensor.data_ptr(), c.base, c.bytes);
+    }
+  }
+
+ private:
+  struct Copy {
+    torch::Tensor tensor, storage;
+    void* base;
+    size_t bytes;
+    bool writes;
+  };
+  std::vector<Copy> copies_;
+
+  void* add(const torch::Tensor& t, const char* name, bool writes) {
+    const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
+    if (!gsv_emu::checking() || bytes == 0) return t.data_ptr();
+    const size_t redzone = bytes + 4096;  // past any overrun a wrong index computation makes in the tests
+    auto storage = torch::empty({static_cast<int64_t>(bytes + 2 * redzone)}, t.options().dtype(torch::kByte));
+    void* base = storage.data_ptr<uint8_t>() + redzone;
+    std::memcpy(base, t.data_ptr(), bytes);
+    gsv_emu::register_buffer(name, base, bytes, t.element_size(), redzone);
+    copies_.push_back(Copy{t, storage, base, bytes, writes});
+    return base;
+  }
+#else
+ private:
+  void* add(const torch::Tensor& t, const char*, bool) { return t.data_ptr(); }
+#endif
+};
 
 // Scratch tensors live as long as the returned holder; the struct holds their pointers.
 struct ScratchHolder {
@@ -70,7 +122,8 @@ struct ScratchHolder {
 };
 
 // `for_fit`: also the second setup buffers the fused fit writes (splat_cuda.h).
-ScratchHolder make_scratch(const torch::Tensor& params, int64_t size, int64_t tile_cap, bool for_fit = false) {
+ScratchHolder make_scratch(DeviceBuffers& buf, const torch::Tensor& params, int64_t size, int64_t tile_cap,
+                           bool for_fit = false) {
   TORCH_CHECK(tile_cap >= 1, "tile_cap must be ≥ 1, got ", tile_cap);
   const int64_t B = params.size(0), N = params.size(1);
   const int64_t cap = std::max<int64_t>(1, std::min<int64_t>(N, tile_cap));
@@ -84,13 +137,21 @@ ScratchHolder make_scratch(const torch::Tensor& params, int64_t size, int64_t ti
     s.next_geo_b = torch::empty({B * N, 4}, f);
     s.next_box = torch::empty({B * N, 4}, i);
   }
-  auto f4 = [](const torch::Tensor& t) {
-    return t.defined() ? reinterpret_cast<float4*>(t.data_ptr<float>()) : nullptr;
+  auto f4 = [&](const torch::Tensor& t, const char* name) {
+    return t.defined() ? reinterpret_cast<float4*>(buf.get<float>(t, name, true)) : nullptr;
   };
-  auto i4 = [](const torch::Tensor& t) { return t.defined() ? reinterpret_cast<int4*>(t.data_ptr<int>()) : nullptr; };
-  s.view = gsv::Scratch{f4(s.geo_a),      f4(s.geo_b),      i4(s.box),         s.lists.data_ptr<int>(),
-                        s.counts.data_ptr<int>(), static_cast<int>(cap), f4(s.next_geo_a), f4(s.next_geo_b),
-                        i4(s.next_box)};
+  auto i4 = [&](const torch::Tensor& t, const char* name) {
+    return t.defined() ? reinterpret_cast<int4*>(buf.get<int>(t, name, true)) : nullptr;
+  };
+  s.view = gsv::Scratch{f4(s.geo_a, "geo_a"),
+                        f4(s.geo_b, "geo_b"),
+                        i4(s.box, "box"),
+                        buf.get<int>(s.lists, "lists", true),
+                        buf.get<int>(s.counts, "counts", true),
+                        static_cast<int>(cap),
+                        f4(s.next_geo_a, "next_geo_a"),
+                        f4(s.next_geo_b, "next_geo_b"),
+                        i4(s.next_box, "next_box")};
   return s;
 }
 
@@ -104,10 +165,14 @@ torch::Tensor render_fwd(torch::Tensor params, torch::Tensor alive, int64_t size
   const int64_t B = params.size(0), N = params.size(1);
   auto image = torch::empty({B, size, size, 3}, params.options());
   if (B == 0) return image;
-  ScratchHolder s = make_scratch(params, size, tile_cap);
-  check_launch(gsv::render_forward(params.data_ptr<float>(), bytes(alive), B, N, static_cast<int>(size), s.view,
-                                   image.data_ptr<float>(), current_stream()),
-               "render_fwd");
+  {
+    DeviceBuffers buf;
+    ScratchHolder s = make_scratch(buf, params, size, tile_cap);
+    check_launch(gsv::render_forward(buf.get<float>(params, "params", false), buf.bytes(alive, "alive"), B, N,
+                                     static_cast<int>(size), s.view, buf.get<float>(image, "image", true),
+                                     current_stream()),
+                 "render_fwd");
+  }  // checking mode: the image copied back
   return image;
 }
 
@@ -124,11 +189,15 @@ torch::Tensor render_bwd(torch::Tensor params, torch::Tensor alive, torch::Tenso
   const DeviceGuard guard = guard_device(params);
   auto grad = torch::empty_like(params);
   if (params.numel() == 0) return grad;
-  ScratchHolder s = make_scratch(params, size, 1);  // the gather needs no tile lists
-  check_launch(gsv::render_backward(params.data_ptr<float>(), bytes(alive), grad_image.data_ptr<float>(),
-                                    params.size(0), params.size(1), static_cast<int>(size), s.view,
-                                    grad.data_ptr<float>(), current_stream()),
-               "render_bwd");
+  {
+    DeviceBuffers buf;
+    ScratchHolder s = make_scratch(buf, params, size, 1);  // the gather needs no tile lists
+    check_launch(gsv::render_backward(buf.get<float>(params, "params", false), buf.bytes(alive, "alive"),
+                                      buf.get<float>(grad_image, "grad_image", false), params.size(0),
+                                      params.size(1), static_cast<int>(size), s.view,
+                                      buf.get<float>(grad, "grad_params", true), current_stream()),
+                 "render_bwd");
+  }
   return grad;
 }
 
@@ -159,7 +228,8 @@ void fit_steps(torch::Tensor params, torch::Tensor exp_avg, torch::Tensor exp_av
   TORCH_CHECK(lr_warmup >= 0, op, ": lr_warmup must be ≥ 0, got ", lr_warmup);
   const DeviceGuard guard = guard_device(params);
   if (params.numel() == 0 || num_steps == 0) return;
-  ScratchHolder s = make_scratch(params, size, tile_cap, /*for_fit=*/true);
+  DeviceBuffers buf;
+  ScratchHolder s = make_scratch(buf, params, size, tile_cap, /*for_fit=*/true);
   auto grad_image = torch::empty_like(target);
   const int64_t gaussian_dim = 1;
   auto counts = alive.sum(at::IntArrayRef(gaussian_dim), false, torch::kFloat);  // the L1 term's n_b
@@ -175,10 +245,11 @@ void fit_steps(torch::Tensor params, torch::Tensor exp_avg, torch::Tensor exp_av
                      it0,
                      num_steps,
                      iters_total};
-  check_launch(gsv::fit_steps(params.data_ptr<float>(), exp_avg.data_ptr<float>(), exp_avg_sq.data_ptr<float>(),
-                              bytes(alive), bytes(active), counts.data_ptr<float>(), target.data_ptr<float>(), B, N,
-                              static_cast<int>(size), f, s.view, grad_image.data_ptr<float>(),
-                              current_stream()),
+  check_launch(gsv::fit_steps(buf.get<float>(params, "params", true), buf.get<float>(exp_avg, "exp_avg", true),
+                              buf.get<float>(exp_avg_sq, "exp_avg_sq", true), buf.bytes(alive, "alive"),
+                              buf.bytes(active, "active"), buf.get<float>(counts, "counts", false),
+                              buf.get<float>(target, "target", false), B, N, static_cast<int>(size), f, s.view,
+                              buf.get<float>(grad_image, "grad_image", true), current_stream()),
                op);
 }
 
@@ -187,10 +258,13 @@ torch::Tensor prune_mask(torch::Tensor params, torch::Tensor alive, double tau) 
   check_splats(params, alive, "prune_mask");
   const DeviceGuard guard = guard_device(params);
   auto keep = torch::zeros_like(alive);
-  check_launch(gsv::prune_mask(params.data_ptr<float>(), bytes(alive), params.size(0), params.size(1),
-                               static_cast<float>(tau), reinterpret_cast<uint8_t*>(keep.data_ptr<bool>()),
-                               current_stream()),
-               "prune_mask");
+  {
+    DeviceBuffers buf;
+    check_launch(gsv::prune_mask(buf.get<float>(params, "params", false), buf.bytes(alive, "alive"),
+                                 params.size(0), params.size(1), static_cast<float>(tau), buf.bytes_out(keep, "keep"),
+                                 current_stream()),
+                 "prune_mask");
+  }
   return keep;
 }
 
@@ -202,4 +276,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("render_bwd", &render_bwd, "splat sum backward on CUDA: d params [B, N, 8]", release());
   m.def("fit_steps", &fit_steps, "fused fit iterations on CUDA, in place", release());
   m.def("prune_mask", &prune_mask, "luminosity pruning mask on CUDA", release());
+#ifdef GSV_CUDA_EMULATION
+  m.def("set_checking", &gsv_emu::set_checking, "the emulation's checking mode: on/off and its seed",
+        pybind11::arg("on"), pybind11::arg("seed") = 0);
+  m.def("checking", &gsv_emu::checking, "whether the emulation's checking mode is on");
+#endif
 }

@@ -119,6 +119,13 @@ class FitConfig:
     seed: int = 0  # seed of the random initialisation
     backend: str = "auto"  # auto (CUDA kernels / compiled CPU op when built, else torch) | torch | cpp | cuda
 
+    def load_init(self) -> None:
+        """Read the learned init's weights now, so that a job fails on an unusable file before any work."""
+        if self.init == "learned":
+            from .learned_init import load_learned_init
+
+            load_learned_init(self.init_weights)
+
     @property
     def warmup_iters(self) -> int:
         """lr_warmup with None resolved by the init."""
@@ -147,10 +154,11 @@ class FitConfig:
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
         if self.init == "learned":
-            from .learned_init import check_request, load_learned_init
+            from .learned_init import check_request, check_weights_path
 
             check_request(self.num_gaussians, None)
-            load_learned_init(self.init_weights)  # a missing or unusable file is an error now, not mid-job
+            # a missing file is an error now; reading it (safetensors) waits for a fit or `load_init`
+            check_weights_path(self.init_weights)
         if self.lambda_l1 < 0:
             raise ValueError(f"lambda_l1 must be ≥ 0, got {self.lambda_l1}")
         if self.tau is not None and self.tau < 0:

@@ -315,15 +315,23 @@ def save_learned_init(path: str | Path, net: SplatInitNet, extra: dict[str, str]
     return path
 
 
-def _read_weights(path: Path, fix: str | None = None) -> SplatInitNet:
-    """The network of a weights file; errors name it and end with `fix` (default: how to rebuild it)."""
-    from safetensors import SafetensorError, safe_open
-
+def check_weights_path(path: str | Path | None, fix: str | None = None) -> str:
+    """Raise LearnedInitError when the weights file (None: the shipped one) does not exist; reads nothing, so
+    settings can be validated without safetensors. Returns the fix its other errors end with."""
+    path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if fix is None:
         shipped = path.resolve() == DEFAULT_WEIGHTS.resolve()
         fix = REBUILD.format(path=path) if shipped else OWN_FILE
     if not path.is_file():
         raise LearnedInitError(f"{path}: learned-init weights not found; {fix}")
+    return fix
+
+
+def _read_weights(path: Path, fix: str | None = None) -> SplatInitNet:
+    """The network of a weights file; errors name it and end with `fix` (default: how to rebuild it)."""
+    from safetensors import SafetensorError, safe_open
+
+    fix = check_weights_path(path, fix)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -1,6 +1,9 @@
 """The `kernels` fixture: cuda_ext's kernel sources on a GPU ("cuda", skipped without one) or run on the
-CPU by their emulation ("emu", docs/cuda_emulation.md), so every kernel test also runs in CI."""
+CPU by their emulation ("emu", docs/cuda_emulation.md), so every kernel test also runs in CI. The emulation
+runs in its checking mode here: blocks and threads in seeded random orders, races and out-of-bounds
+accesses fail the launch (GSV_EMU_SEED picks the orders; GSV_EMU_CHECK=0 turns the mode off)."""
 
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -31,6 +34,20 @@ class Kernels:
 
     def module(self):
         return _backend.emu_module() if self.emulate else _backend.cuda_module()
+
+
+EMU_SEED = int(os.environ.get("GSV_EMU_SEED", "0"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def emulation_checks():
+    if cuda_ext.emu_load_error() is not None or os.environ.get("GSV_EMU_CHECK") == "0":
+        yield
+        return
+    module = _backend.emu_module()
+    module.set_checking(True, EMU_SEED)
+    yield
+    module.set_checking(False, 0)
 
 
 CUDA_PARAM = pytest.param(

@@ -7,8 +7,8 @@ holding more Gaussians than their list. Gradients and fit steps, summed in anoth
 checked with tolerances in test_render_cuda.py and test_fit_cuda.py, which run on the emulation too."""
 
 import ctypes
+import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,6 @@ from gs_encoder.fitting.render import render_flat
 from ..gs_encoder.test_render import random_splats
 
 CASES = Path(__file__).resolve().parent / "emu_cases" / "rules.cpp"
-EMU = build.CSRC / "emu"
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +32,20 @@ def rules_lib(tmp_path_factory):
     out = tmp_path_factory.mktemp("emu_rules")
     src = out / "rules_emu.cpp"
     src.write_text(build.emulation_source(CASES.read_text(), str(CASES)))
-    lib = out / "rules.so"
-    cmd = [cxx, "-std=c++17", "-O1", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", f"-I{EMU}"]
-    done = subprocess.run(
-        [*cmd, str(src), str(EMU / "emu_runtime.cpp"), "-o", str(lib)], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    dll = ctypes.CDLL(str(lib))
+    dll = ctypes.CDLL(str(build.emu_library(src, out / "librules.so")))
     dll.run_case.restype = ctypes.c_int
     return dll
 
 
-def run_case(lib, which: int, n_out: int, blocks: int = 1) -> tuple[torch.Tensor, str]:
-    out = torch.full((n_out,), float("nan"))
-    msg = ctypes.create_string_buffer(512)
-    code = lib.run_case(which, ctypes.c_void_p(out.data_ptr()), blocks, msg, 512)
+RED = 64  # floats of red zone on each side of a checked case's buffer (rules.cpp registers 256 bytes)
+
+
+def run_case(lib, which: int, n_out: int, blocks: int = 1, check: bool = False, seed: int = 0):
+    """(out, the launch's error message or ""); `check`: in the emulator's checking mode."""
+    storage = torch.full((n_out + 2 * RED,), float("nan"))
+    out = storage[RED : RED + n_out]
+    msg = ctypes.create_string_buffer(1024)
+    code = lib.run_case(which, ctypes.c_void_p(out.data_ptr()), blocks, msg, 1024, int(check), n_out, seed)
     assert code in (0, 719), code
     return out, msg.value.decode()
 
@@ -72,6 +70,50 @@ def test_a_missing_barrier_shows_as_a_wrong_result(rules_lib):
     assert msg == "" and not torch.equal(racy, good)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_checking_mode_passes_kernels_that_keep_the_rules(rules_lib, seed):
+    # shuffled blocks and threads, every access checked: the same results, no finding
+    blocks = 5
+    plain, _ = run_case(rules_lib, 0, 3 * blocks * 64, blocks)
+    checked, msg = run_case(rules_lib, 0, 3 * blocks * 64, blocks, check=True, seed=seed)
+    assert msg == "" and torch.equal(checked, plain)
+    good, msg = run_case(rules_lib, 8, blocks, blocks, check=True, seed=seed)
+    assert msg == "" and torch.equal(good, torch.full((blocks,), 64.0))
+
+
+def test_checking_mode_catches_a_planted_race_on_global_memory(rules_lib):
+    # unchecked, the race goes unseen: the last block's store simply wins
+    _, msg = run_case(rules_lib, 6, 1 + 3 * 64, blocks=3)
+    assert msg == ""
+    _, msg = run_case(rules_lib, 6, 1 + 3 * 64, blocks=3, check=True)
+    assert re.search(
+        r"racy_store_kernel: block \(\d, 0, 0\), thread \(0, 0, 0\) writes `out` at byte 0 \(element 0 of 193\), "
+        r"which racy_store_kernel: block \(\d, 0, 0\), thread \(0, 0, 0\) also wrote it \(a write-write race\)",
+        msg,
+    ), msg
+
+
+def test_checking_mode_catches_a_planted_overrun(rules_lib):
+    _, msg = run_case(rules_lib, 7, 64)
+    assert msg == ""  # unchecked, the store lands in the red zone unseen
+    _, msg = run_case(rules_lib, 7, 64, check=True)
+    assert re.search(
+        r"overrun_kernel: block \(0, 0, 0\), thread \(63, 0, 0\) writes 4 bytes at byte 256 of `out` \(256 bytes\): "
+        r"past its end \(out of bounds\)",
+        msg,
+    ), msg
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_checking_mode_catches_a_missing_barrier_before_shared_reads(rules_lib, seed):
+    # in thread order the missing barrier happens to give the right sums; checked, it is a race however
+    # the threads are shuffled
+    _, msg = run_case(rules_lib, 9, 4, blocks=4, check=True, seed=seed)
+    assert re.search(
+        r"shared_race_kernel: .* `shared memory` .* \(a (read-after-write|write-after-read) race\)", msg
+    ), msg
+
+
 @pytest.mark.parametrize(
     "which, message",
     [
@@ -85,8 +127,6 @@ def test_a_missing_barrier_shows_as_a_wrong_result(rules_lib):
 def test_a_broken_rule_fails_the_launch_naming_the_thread(rules_lib, which, message):
     _, msg = run_case(rules_lib, which, 64)
     assert msg, "the launch should have failed"
-    import re
-
     assert re.search(message, msg), msg
 
 

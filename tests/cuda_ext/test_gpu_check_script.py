@@ -59,7 +59,7 @@ def test_preflight_lists_everything_missing(tmp_path):
     assert "MISSING  torch (No module named 'torch') -> run the check with the python that holds" in log
     for name in ("numpy", "pillow", "tqdm", "pytest"):
         assert f"MISSING  {name} (" in log, name
-    assert f"bash scripts/gpu_wheels.sh --python-version {ver}, then carry" in log
+    assert f"bash scripts/gpu_wheels.sh --python-version {ver}, then copy" in log
     assert "no carried wheels in" in log and "preflight FAILED (rc 4)" in log
     assert "building cuda_ext" not in log
 
@@ -108,3 +108,64 @@ def test_no_gpu_run_builds_and_collects_then_exits_5(tmp_path):
     ):
         assert line in log, line
     assert (tmp_path / "out" / "cuda_build.json").exists()
+
+
+def _preflight_module():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gpu_preflight
+    finally:
+        sys.path.pop(0)
+    return gpu_preflight
+
+
+def test_gpu_package_list_is_what_the_check_imports():
+    # the carried wheels and the preflight read scripts/gpu_packages.txt; its essential lines must be what
+    # a run of the check's tests and benchmark imports (`python scripts/gpu_preflight.py --derive` rewrites them)
+    pre = _preflight_module()
+    committed = {pip: module for module, pip, kind, _ in pre.read_packages() if kind == "essential"}
+    assert pre.derive_essential() == committed
+    for must in ("numpy", "pillow", "pytest", "safetensors", "tqdm"):
+        assert must in committed, must
+    assert not {"torch", "dill", "anyio"} & set(committed)  # torch's own; imported only when present
+
+
+def test_collecting_the_check_reads_no_weights_and_imports_no_optional_package():
+    # a bare GPU machine's python may lack safetensors (or matplotlib) until the wheels are installed:
+    # collecting the check's tests must not need them (settings are validated without reading files)
+    pre = _preflight_module()
+    code = (
+        "import sys\n"
+        "for m in ('safetensors', 'matplotlib', 'pynvml', 'transformers', 'skimage'): sys.modules[m] = None\n"
+        "import pytest\n"
+        f"sys.exit(pytest.main(['-q', '--collect-only', '-p', 'no:cacheprovider', *{list(pre.CHECK_TESTS)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_bare_gpu_machine_simulation_exits_5(tmp_path):
+    # scripts/gpu_check_sim.sh as it means it: a torch-only python, the carried wheels (downloaded when
+    # none are there), no ninja on PATH; it exits 0 when gpu_check.sh ended with 5 and every step before
+    # the GPU logged green
+    _toolkit_or_skip()
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        pytest.skip("the simulation needs the project's .venv (bash scripts/setup_env.sh)")
+    env = {**os.environ, "GSV_SIM_DIR": str(tmp_path / "sim"), "MAX_JOBS": "2"}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check_sim.sh")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-6000:]
+    assert "gpu_check.sh exit status 5" in log and "OK: exit 5 (no GPU)" in log
+    check_log = (tmp_path / "sim" / "out" / "gpu_check.log").read_text()
+    # found missing on the bare python, then installed from a wheel
+    assert "MISSING  safetensors" in check_log
+    assert "installing from" in check_log and "preflight ok" in check_log

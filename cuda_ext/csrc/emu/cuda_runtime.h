@@ -12,6 +12,12 @@
 //
 // __shared__ arrays are function-local statics, one copy per OS thread: a block's fibres share them, as
 // a block shares shared memory, and two blocks never run on one OS thread at once.
+//
+// In checking mode (gsv_emu::set_checking) blocks run in a seeded random order and a block's threads in a
+// new random order after every barrier, and every load and store of the kernel code (compiled with the
+// compiler's thread-sanitizer instrumentation, whose hooks emu_runtime.cpp implements) is checked against
+// shadow memory: a race on a global buffer or on shared memory, or an access outside every buffer of the
+// launch, fails the launch naming kernel, block, thread and buffer.
 #pragma once
 
 #include <cmath>
@@ -53,6 +59,8 @@ void block_barrier();
 struct Body {
   void (*call)(void*);
   void* self;
+  const void* args;  // the launch's copy of the kernel arguments (read by every thread)
+  size_t args_bytes;
 };
 void run_grid(const char* kernel, dim3 grid, dim3 block, Body body);
 
@@ -69,7 +77,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t /*dynamic shared mem
       std::apply(b->kernel, b->args);  // each thread gets its own copy of the by-value parameters
     }
   } bound{kernel, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)};
-  run_grid(name, grid, block, Body{&Bound::call, &bound});
+  run_grid(name, grid, block, Body{&Bound::call, &bound, &bound, sizeof bound});
 }
 
 template <class T>

@@ -35,3 +35,16 @@ inline int4 make_int4(int x, int y, int z, int w) { return int4{x, y, z, w}; }
 cudaError_t cudaGetLastError();
 // For cudaErrorLaunchFailure: which rule which thread of which launch broke.
 const char* cudaGetErrorString(cudaError_t err);
+
+// The emulation's checking mode (cuda_runtime.h, docs/cuda_emulation.md), host side.
+namespace gsv_emu {
+// On: blocks and threads run in orders drawn from `seed`, one OS thread, and every memory access of the
+// kernel code is checked. Off: the fast, parallel, fixed order.
+void set_checking(bool on, uint64_t seed);
+bool checking();
+// The global buffers of the next launches on this OS thread, named for the messages: [base, base + bytes)
+// in granules of `granule` bytes (its element size); `redzone` bytes on each side belong to no buffer, so
+// an access there is reported as an overrun of this one.
+void register_buffer(const char* name, const void* base, size_t bytes, size_t granule, size_t redzone);
+void unregister_buffer(const void* base);
+}  // namespace gsv_emu

@@ -7,15 +7,31 @@
 // or, when every live thread waits at __syncthreads, releases the barrier; anything else breaks a rule
 // of the device and fails the launch with a message naming the kernel, the block and the thread.
 //
+// Checking mode (set_checking): one OS thread runs the blocks in a seeded random order, and the fibres of
+// a block in a fresh random order every round. The kernel translation unit is compiled with
+// -fsanitize=thread, so the compiler calls __tsan_read<n> / __tsan_write<n> before each of its loads and
+// stores; the hooks at the end of this file (this file is not instrumented) check them while a fibre runs:
+// an address in a registered buffer against its shadow (the last writer and reader of each granule in
+// this launch: two threads touching a granule without a barrier between them, one of them writing, is a
+// race; threads of different blocks never have one), an address in the OS thread's static TLS block
+// (the __shared__ arrays) against a per-block shadow, the fibres' own stacks, their built-in variables and
+// the launch's kernel arguments are free, and anything else is an access outside every buffer (an
+// overrun when it falls in a buffer's red zone). The first violation fails the launch.
+//
 // Fibre switches are a few instructions of assembly on x86-64 (callee-saved registers, the stack
 // pointer, MXCSR and the x87 control word: what the SysV ABI asks a function call to preserve); other
 // architectures use ucontext, slower but the same semantics.
+#include <dlfcn.h>
+#include <link.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <mutex>
+#include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -104,6 +120,58 @@ struct Fibre {
 struct Runner;
 thread_local Runner* t_runner = nullptr;
 
+std::atomic<bool> g_checking{false};
+std::atomic<uint64_t> g_seed{0};
+std::atomic<uint32_t> g_launches{0};  // launch numbers: a shadow entry of an older launch is empty
+
+struct Range {
+  uintptr_t lo = 0, hi = 0;
+  bool has(uintptr_t a) const { return a >= lo && a < hi; }
+};
+
+// Who last wrote and read a granule: thread + 1 (0: nobody), its block and the block's barrier count then.
+struct Shadow {
+  uint32_t stamp = 0;  // the launch (global buffers) or block run (shared memory) it belongs to
+  uint32_t w_thread = 0, w_block = 0, w_epoch = 0;
+  uint32_t r_thread = 0, r_block = 0, r_epoch = 0;
+};
+
+struct Buffer {
+  std::string name;
+  uintptr_t base;
+  size_t bytes, granule, redzone;
+  std::vector<Shadow> shadow;
+};
+thread_local std::vector<Buffer> t_buffers;  // registered by the host code that launches on this thread
+
+// The static TLS block of this library for the calling thread: where the __shared__ arrays live.
+Range tls_block() {
+  struct Found {
+    uintptr_t self;
+    Range r;
+  } found{reinterpret_cast<uintptr_t>(&tls_block), {}};
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* data) -> int {
+        auto* f = static_cast<Found*>(data);
+        bool mine = false;
+        size_t tls_bytes = 0;
+        for (int i = 0; i < info->dlpi_phnum; ++i) {
+          const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+          const uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
+          if (ph.p_type == PT_LOAD && f->self >= lo && f->self < lo + ph.p_memsz) mine = true;
+          if (ph.p_type == PT_TLS) tls_bytes = ph.p_memsz;
+        }
+        if (!mine) return 0;
+        if (info->dlpi_tls_data != nullptr) {
+          const auto lo = reinterpret_cast<uintptr_t>(info->dlpi_tls_data);
+          f->r = Range{lo, lo + tls_bytes};
+        }
+        return 1;
+      },
+      &found);
+  return found.r;
+}
+
 void fibre_main(Fibre* f);
 
 // One per OS thread: the fibres and stacks of the block it runs.
@@ -121,6 +189,14 @@ struct Runner {
   Body body{};
   const char* kernel = "";
   std::string error;
+  // checking mode
+  bool check = false;
+  std::mt19937_64 rng;
+  uint32_t launch = 0, block_linear = 0, block_stamp = 0, epoch = 0;
+  dim3 grid_dim;
+  Range stack_range, fibre_range, args_range, shared_range;
+  std::vector<Shadow> shared_shadow;
+  std::string violation;  // set by a hook inside a fibre; the scheduler turns it into the launch's error
 
   ~Runner() {
     if (stacks != nullptr) munmap(stacks, stack_slots * slot_bytes);
@@ -140,6 +216,7 @@ struct Runner {
     }
     stacks = static_cast<char*>(mem);
     stack_slots = n;
+    stack_range = Range{reinterpret_cast<uintptr_t>(stacks), reinterpret_cast<uintptr_t>(stacks) + n * slot_bytes};
     for (size_t i = 0; i < n; ++i) mprotect(stacks + i * slot_bytes, page, PROT_NONE);
   }
 
@@ -196,6 +273,92 @@ struct Runner {
     std::snprintf(buf, sizeof buf, "%s: block (%u, %u, %u), thread (%u, %u, %u)", kernel, f.ts.block_idx.x,
                   f.ts.block_idx.y, f.ts.block_idx.z, f.ts.thread_idx.x, f.ts.thread_idx.y, f.ts.thread_idx.z);
     return buf;
+  }
+
+  // "kernel: block (x, y, z), thread (x, y, z)" of a linear block and thread index.
+  std::string who(uint32_t block, uint32_t thread) const {
+    const dim3 bd = fibres.empty() ? dim3() : fibres[0].ts.block_dim;
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%s: block (%u, %u, %u), thread (%u, %u, %u)", kernel, block % grid_dim.x,
+                  (block / grid_dim.x) % grid_dim.y, block / (grid_dim.x * grid_dim.y), thread % bd.x,
+                  (thread / bd.x) % bd.y, thread / (bd.x * bd.y));
+    return buf;
+  }
+
+  // A load or store of `size` bytes at `a` by the running fibre (checking mode).
+  void check_access(uintptr_t a, size_t size, bool write) {
+    if (!violation.empty() || stack_range.has(a) || fibre_range.has(a) || args_range.has(a)) return;
+    const auto thread = static_cast<uint32_t>(running - fibres.data());
+    const char* verb = write ? "writes" : "reads";
+    if (shared_range.has(a)) {
+      const size_t g0 = (a - shared_range.lo) / 4, g1 = (a + size - 1 - shared_range.lo) / 4;
+      for (size_t g = g0; g <= g1 && g < shared_shadow.size() && violation.empty(); ++g)
+        check_granule(shared_shadow[g], block_stamp, thread, write, "shared memory", g * 4, shared_range.hi - shared_range.lo,
+                      4);
+      return;
+    }
+    for (Buffer& b : t_buffers) {
+      if (a < b.base || a >= b.base + b.bytes) continue;
+      if (a + size > b.base + b.bytes) {
+        violation = who(block_linear, thread) + " " + verb + " " + std::to_string(size) + " bytes at byte " +
+                    std::to_string(a - b.base) + " of `" + b.name + "` (" + std::to_string(b.bytes) +
+                    " bytes): past its end (out of bounds)";
+        return;
+      }
+      const size_t g0 = (a - b.base) / b.granule, g1 = (a + size - 1 - b.base) / b.granule;
+      for (size_t g = g0; g <= g1 && violation.empty(); ++g)
+        check_granule(b.shadow[g], launch, thread, write, b.name.c_str(), g * b.granule, b.bytes, b.granule);
+      return;
+    }
+    for (const Buffer& b : t_buffers) {
+      if (a + size > b.base - b.redzone && a < b.base) {
+        violation = who(block_linear, thread) + " " + verb + " " + std::to_string(size) + " bytes " +
+                    std::to_string(b.base - a) + " bytes before the start of `" + b.name + "` (out of bounds)";
+        return;
+      }
+      if (a >= b.base + b.bytes && a < b.base + b.bytes + b.redzone) {
+        violation = who(block_linear, thread) + " " + verb + " " + std::to_string(size) + " bytes at byte " +
+                    std::to_string(a - b.base) + " of `" + b.name + "` (" + std::to_string(b.bytes) +
+                    " bytes): past its end (out of bounds)";
+        return;
+      }
+    }
+    char addr[32];
+    std::snprintf(addr, sizeof addr, "%p", reinterpret_cast<void*>(a));
+    violation = who(block_linear, thread) + " " + verb + " " + std::to_string(size) + " bytes at " + addr +
+                ", outside every buffer of the launch, its stack, its shared memory and its arguments (out of bounds)";
+  }
+
+  // One granule's shadow: a race when another thread touched it in this launch (global) or block run
+  // (shared) with no barrier between, one of the two accesses a write.
+  void check_granule(Shadow& e, uint32_t stamp, uint32_t thread, bool write, const char* name, size_t byte,
+                     size_t bytes, size_t granule) {
+    if (e.stamp != stamp) e = Shadow{stamp};
+    const uint32_t me = thread + 1;
+    auto unordered = [&](uint32_t other, uint32_t block, uint32_t ep) {
+      return other != 0 && (other != me || block != block_linear) && !(block == block_linear && ep < epoch);
+    };
+    const char* kind = nullptr;
+    uint32_t other = 0, other_block = 0;
+    if (unordered(e.w_thread, e.w_block, e.w_epoch)) {
+      kind = write ? "wrote it (a write-write race)" : "wrote it (a read-after-write race)";
+      other = e.w_thread, other_block = e.w_block;
+    } else if (write && unordered(e.r_thread, e.r_block, e.r_epoch)) {
+      kind = "read it (a write-after-read race)";
+      other = e.r_thread, other_block = e.r_block;
+    }
+    if (kind != nullptr) {
+      violation = who(block_linear, thread) + (write ? " writes `" : " reads `") + name + "` at byte " +
+                  std::to_string(byte) + " (element " + std::to_string(byte / granule) + " of " +
+                  std::to_string(bytes / granule) + "), which " + who(other_block, other - 1) +
+                  " also " + kind + " with no barrier between them";
+      return;
+    }
+    if (write) {
+      e.w_thread = me, e.w_block = block_linear, e.w_epoch = epoch;
+    } else {
+      e.r_thread = me, e.r_block = block_linear, e.r_epoch = epoch;
+    }
   }
 
   static const char* describe(const Fibre& f) {
@@ -277,9 +440,21 @@ struct Runner {
                          grid};
       start(f, i);
     }
+    std::vector<size_t> order(n);
+    std::iota(order.begin(), order.end(), size_t{0});
+    if (check) {
+      fibre_range = Range{reinterpret_cast<uintptr_t>(fibres.data()), reinterpret_cast<uintptr_t>(fibres.data() + n)};
+      epoch = 0;
+      ++block_stamp;
+    }
     while (error.empty()) {
-      for (Fibre& f : fibres)
-        if (f.wait == Wait::kNone) resume(f);
+      if (check) std::shuffle(order.begin(), order.end(), rng);
+      for (size_t i : order)
+        if (fibres[i].wait == Wait::kNone) resume(fibres[i]);
+      if (!violation.empty()) {  // a hook's finding (a fibre never sets `error` itself)
+        error = violation;
+        return;
+      }
       // only the scheduler sets `error` (in resolve_collectives or below), never a running fibre
       if (resolve_collectives() || !error.empty()) continue;
       size_t live = 0, at_barrier = 0;
@@ -295,6 +470,7 @@ struct Runner {
       if (live == 0) return;
       if (at_barrier == live && exited == nullptr) {
         for (Fibre& f : fibres) f.wait = Wait::kNone;
+        ++epoch;  // accesses before the barrier are ordered before those after it
         continue;
       }
       const Fibre* waiting = nullptr;
@@ -357,12 +533,77 @@ void block_barrier() {
   r.yield();
 }
 
+namespace {
+
+// Checking mode: every block on the calling thread, in a random order drawn from the seed and the launch.
+void run_grid_checked(const char* kernel, dim3 grid, dim3 block, Body body, int64_t blocks, size_t threads) {
+  thread_local Runner runner;
+  runner.reserve(threads);
+  if (runner.stacks == nullptr) {
+    record(std::string(kernel) + ": could not map the emulated threads' stacks");
+    return;
+  }
+  const uint32_t launch = g_launches.fetch_add(1) + 1;
+  runner.rng.seed(g_seed.load() * 0x9E3779B97F4A7C15ull + launch);
+  runner.check = true;
+  runner.launch = launch;
+  runner.grid_dim = grid;
+  runner.body = body;
+  runner.kernel = kernel;
+  runner.args_range = Range{reinterpret_cast<uintptr_t>(body.args), reinterpret_cast<uintptr_t>(body.args) + body.args_bytes};
+  runner.shared_range = tls_block();
+  runner.shared_shadow.resize((runner.shared_range.hi - runner.shared_range.lo + 3) / 4);
+  for (Buffer& b : t_buffers) b.shadow.resize((b.bytes + b.granule - 1) / b.granule);
+  std::vector<int64_t> order(static_cast<size_t>(blocks));
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::shuffle(order.begin(), order.end(), runner.rng);
+  Runner* outer = t_runner;
+  t_runner = &runner;
+  for (int64_t k : order) {
+    runner.error.clear();
+    runner.violation.clear();
+    runner.block_linear = static_cast<uint32_t>(k);
+    const uint3 idx{static_cast<unsigned>(k % grid.x), static_cast<unsigned>((k / grid.x) % grid.y),
+                    static_cast<unsigned>(k / (static_cast<int64_t>(grid.x) * grid.y))};
+    runner.run_block(grid, block, idx);
+    if (!runner.error.empty()) {
+      record(runner.error);
+      break;
+    }
+  }
+  t_runner = outer;
+  runner.check = false;
+}
+
+}  // namespace
+
+void set_checking(bool on, uint64_t seed) {
+  g_seed = seed;
+  g_checking = on;
+}
+
+bool checking() { return g_checking.load(); }
+
+void register_buffer(const char* name, const void* base, size_t bytes, size_t granule, size_t redzone) {
+  t_buffers.push_back(Buffer{name, reinterpret_cast<uintptr_t>(base), bytes, granule < 1 ? 1 : granule, redzone, {}});
+}
+
+void unregister_buffer(const void* base) {
+  const auto a = reinterpret_cast<uintptr_t>(base);
+  t_buffers.erase(std::remove_if(t_buffers.begin(), t_buffers.end(), [a](const Buffer& b) { return b.base == a; }),
+                  t_buffers.end());
+}
+
 void run_grid(const char* kernel, dim3 grid, dim3 block, Body body) {
   const int64_t blocks = static_cast<int64_t>(grid.x) * grid.y * grid.z;
   const size_t threads = static_cast<size_t>(block.x) * block.y * block.z;
   if (blocks == 0 || threads == 0) return;
   if (threads > 1024) {
     record(std::string(kernel) + ": " + std::to_string(threads) + " threads per block (the device allows 1024)");
+    return;
+  }
+  if (g_checking.load()) {
+    run_grid_checked(kernel, grid, block, body, blocks, threads);
     return;
   }
   std::atomic<bool> failed{false};
@@ -408,4 +649,36 @@ const char* cudaGetErrorString(cudaError_t err) {
   if (err == cudaErrorLaunchFailure && !gsv_emu::t_message_copy.empty())
     return gsv_emu::t_message_copy.c_str();
   return "unspecified launch failure";
+}
+
+// The hooks of the compiler's thread-sanitizer instrumentation, which the kernel translation unit is
+// built with (cuda_ext.build): the memory checks of checking mode; nothing outside a running fibre.
+namespace {
+inline void on_access(const void* a, size_t size, bool write) {
+  gsv_emu::Runner* r = gsv_emu::t_runner;
+  if (r != nullptr && r->check && r->running != nullptr) r->check_access(reinterpret_cast<uintptr_t>(a), size, write);
+}
+}  // namespace
+
+extern "C" {
+void __tsan_init() {}
+void __tsan_func_entry(void*) {}
+void __tsan_func_exit() {}
+void __tsan_vptr_update(void**, void*) {}
+void __tsan_vptr_read(void**) {}
+void __tsan_read_range(void* a, size_t n) { on_access(a, n, false); }
+void __tsan_write_range(void* a, size_t n) { on_access(a, n, true); }
+#define GSV_TSAN_HOOKS(n)                                                      \
+  void __tsan_read##n(void* a) { on_access(a, n, false); }                     \
+  void __tsan_write##n(void* a) { on_access(a, n, true); }                     \
+  void __tsan_unaligned_read##n(void* a) { on_access(a, n, false); }           \
+  void __tsan_unaligned_write##n(void* a) { on_access(a, n, true); }           \
+  void __tsan_volatile_read##n(void* a) { on_access(a, n, false); }            \
+  void __tsan_volatile_write##n(void* a) { on_access(a, n, true); }
+GSV_TSAN_HOOKS(1)
+GSV_TSAN_HOOKS(2)
+GSV_TSAN_HOOKS(4)
+GSV_TSAN_HOOKS(8)
+GSV_TSAN_HOOKS(16)
+#undef GSV_TSAN_HOOKS
 }

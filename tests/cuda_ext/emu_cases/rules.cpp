@@ -60,10 +60,38 @@ __global__ void exited_lane_kernel(float* out) {
   out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.f, 1);
 }
 
+// Two threads of different blocks store to one address, no atomic: a race on the device.
+// Thread 0 of every block stores to out[0], the others to slots of their own.
+__global__ void racy_store_kernel(float* out) {
+  out[threadIdx.x == 0 ? 0 : 1 + blockIdx.x * kThreads + threadIdx.x] = static_cast<float>(blockIdx.x);
+}
+
+// Thread t writes out[t + 1]: the last one writes one element past the buffer.
+__global__ void overrun_kernel(float* out) { out[threadIdx.x + 1] = 1.f; }
+
+// Each block reduces its slots through shared memory; `barrier` = false drops the barrier between the
+// writes and the reads (a shared-memory race however the threads are scheduled).
+__global__ void shared_race_kernel(float* out, bool barrier) {
+  __shared__ float s[kThreads];
+  s[threadIdx.x] = 1.f;
+  if (barrier) __syncthreads();
+  if (threadIdx.x == 0) {
+    float sum = 0.f;
+    for (int k = 0; k < kThreads; ++k) sum += s[k];
+    out[blockIdx.x] = sum;
+  }
+}
+
 }  // namespace
 
-extern "C" int run_case(int which, float* out, int blocks, char* msg, int msg_len) {
+// `check`: run in the emulator's checking mode (orders from `seed`) with out[0, n_out) registered as the
+// launch's one buffer; the caller leaves 256 bytes of red zone on each side of it.
+extern "C" int run_case(int which, float* out, int blocks, char* msg, int msg_len, int check, int n_out, int seed) {
   cudaGetLastError();  // start clean
+  if (check) {
+    gsv_emu::set_checking(true, static_cast<uint64_t>(seed));
+    gsv_emu::register_buffer("out", out, static_cast<size_t>(n_out) * sizeof(float), sizeof(float), 256);
+  }
   switch (which) {
     case 0:
       good_kernel<<<blocks, kThreads, 0, nullptr>>>(out, blocks);
@@ -83,8 +111,24 @@ extern "C" int run_case(int which, float* out, int blocks, char* msg, int msg_le
     case 5:
       exited_lane_kernel<<<1, kThreads, 0, nullptr>>>(out);
       break;
+    case 6:
+      racy_store_kernel<<<blocks, kThreads, 0, nullptr>>>(out);
+      break;
+    case 7:
+      overrun_kernel<<<1, kThreads, 0, nullptr>>>(out);
+      break;
+    case 8:
+      shared_race_kernel<<<blocks, kThreads, 0, nullptr>>>(out, true);
+      break;
+    case 9:
+      shared_race_kernel<<<blocks, kThreads, 0, nullptr>>>(out, false);
+      break;
     default:
       return -1;
+  }
+  if (check) {
+    gsv_emu::unregister_buffer(out);
+    gsv_emu::set_checking(false, 0);
   }
   const cudaError_t err = cudaGetLastError();
   std::snprintf(msg, msg_len, "%s", err == cudaSuccess ? "" : cudaGetErrorString(err));

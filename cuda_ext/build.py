@@ -90,15 +90,16 @@ def _cxx() -> str:
     return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or "c++"
 
 
-def emu_library(source: Path, out: Path, verbose: bool = False) -> Path:
+def emu_library(source: Path, out: Path, verbose: bool = False, csrc: Path = CSRC) -> Path:
     """Compile an emulation translation unit (a rewritten .cu file) with the emulator's runtime into the
     shared library `out`. The unit is built with the compiler's thread-sanitizer instrumentation, whose
     hooks the runtime implements: the memory checks of the emulation's checking mode (docs/cuda_emulation.md).
-    Rebuilt only when the sources under csrc/, the unit or the flags change."""
+    Rebuilt only when the sources under `csrc` (the kernels' headers and the emulator), the unit or the
+    flags change."""
     import hashlib
 
     cxx = _cxx()
-    common = ["-std=c++17", "-O2", "-fPIC", "-fopenmp", "-ffp-contract=off", f"-I{CSRC / 'emu'}", f"-I{CSRC}"]
+    common = ["-std=c++17", "-O2", "-fPIC", "-fopenmp", "-ffp-contract=off", f"-I{csrc / 'emu'}", f"-I{csrc}"]
     clang = "clang" in subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
     # function entry/exit hooks would only cost time: the checks need loads and stores
     no_entry_exit = (
@@ -107,9 +108,9 @@ def emu_library(source: Path, out: Path, verbose: bool = False) -> Path:
         else ["--param=tsan-instrument-func-entry-exit=0"]
     )
     instrument = ["-fsanitize=thread", *no_entry_exit, "-DGSV_CUDA_EMULATION"]
-    runtime = CSRC / "emu" / "emu_runtime.cpp"
+    runtime = csrc / "emu" / "emu_runtime.cpp"
     key = hashlib.sha256()
-    for f in sorted(CSRC.rglob("*")):
+    for f in sorted(csrc.rglob("*")):
         if f.is_file():
             key.update(f.name.encode() + f.read_bytes())
     key.update(source.read_bytes() + " ".join([cxx, *common, *instrument]).encode())

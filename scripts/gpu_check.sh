@@ -1,27 +1,27 @@
 #!/usr/bin/env bash
-# The one prepared GPU check of the CUDA kernels, for a session lent a GPU machine (the device tool runs
-# it in the repo root with the machine's own python3, which holds torch; nothing here needs our .venv or
-# the network):
+# The one prepared GPU check of the CUDA kernels (docs/gpu.md), run in the repo root of a copy of the
+# working tree on a GPU machine, with that machine's own python3, which holds torch; nothing here needs our
+# .venv or the network:
 #   0. preflight (seconds; scripts/gpu_preflight.py): lists everything missing (torch's CUDA build, nvcc
-#      of torch's CUDA major version / CUDA_HOME, a C++ compiler, ninja, numpy, Pillow, tqdm, pytest;
-#      optional: matplotlib, nvidia-ml-py, compute-sanitizer, the GPU itself) and what to do for each;
-#      installs the missing packages from the carried wheels (gpu_wheels/, made here by
-#      scripts/gpu_wheels.sh) into .gpu_site/py<X.Y> (pip --target: works for a venv and for an
-#      externally managed system python alike) and checks again; stops (exit 4) if anything essential
-#      is still missing;
+#      of torch's CUDA major version / CUDA_HOME, a C++ compiler, ninja, the packages of
+#      scripts/gpu_packages.txt; optional: matplotlib, nvidia-ml-py, compute-sanitizer, the GPU itself) and
+#      what to do for each; installs the missing packages from the wheels copied beside the tree
+#      (gpu_wheels/, made by scripts/gpu_wheels.sh on a machine with PyPI) into .gpu_site/py<X.Y>
+#      (pip --target: works for a venv and for an externally managed system python alike) and checks
+#      again; stops (exit 4) if anything essential is still missing;
 #   1. build cuda_ext (the CUDA kernels; the C++ CPU op, the tests' reference; the kernels' CPU emulation)
 #      with that python, torch and nvcc, for its GPU only (TORCH_CUDA_ARCH_LIST, default 9.0: H100/H200),
 #      and import them;
 #   2. the cuda-marked tests (tests/cuda_ext: render and fit, CUDA vs CPU) and the build/import test;
-#   3. compute-sanitizer memcheck on a small workload when over 200 s are left (GSV_SANITIZE);
+#   3. compute-sanitizer memcheck and racecheck on scripts/gpu_sanitize.py (every kernel on odd problems,
+#      a short fit) while over 200 s are left (GSV_SANITIZE);
 #   4. the GPU benchmark, `python3 -m eval.bench.fit_speed --part gpu`, with whatever time is left;
-#   5. the log and the results (eval/results/fit_speed_gpu.{json,md,png}) copied into $OUT.
+#   5. the log, the sanitizer reports and the results (eval/results/fit_speed_gpu.{json,md,png}) copied into $OUT.
 # Without a CUDA device (or with GSV_DRY_RUN=1) steps 2-4 are replaced by what needs no device: test
 # collection, the build/import test and the benchmark's imports; then exit 5.
 #
-# Device tool, after `bash scripts/gpu_wheels.sh` here (28 MB of wheels for Python 3.12, the H200
-# image's python3; without them the check runs only where that python already has every package):
-#   run(command="bash scripts/gpu_check.sh", carry=["gpu_wheels"], timeout_s=570)
+#   bash scripts/gpu_wheels.sh      # here, once: 28 MB of wheels for Python 3.12 (--python-version X.Y)
+#   bash scripts/gpu_check.sh       # there, with gpu_wheels/ beside the tree; give it ~9.5 minutes
 # (the script aims to end by GSV_DEADLINE_S = 480 s and bounds each step with `timeout`, so the log and
 # results come back).
 # Exit status: 0 all passed; 1 tests failed (or were skipped: a GPU run must not skip them) or the
@@ -30,10 +30,11 @@
 # 5 no GPU: every step that needs no device passed (preflight, wheels, build, imports, collection).
 #
 # Env: OUT (default ./gpu_check_out), GSV_DEADLINE_S (480), GSV_PYTEST_X (1: stop at the first failing
-# test; 0: run them all), GSV_SANITIZE (0 off, 1 memcheck, 2 memcheck + racecheck), TORCH_CUDA_ARCH_LIST
-# (9.0), MAX_JOBS (4), CUDA_HOME (default: the toolkit of the nvcc on PATH, else /usr/local/cuda, else
-# cuda_ext.build's search), GSV_PYTHON (python3), GSV_WHEELS (./gpu_wheels), GSV_DRY_RUN=1 (skip the
-# device steps even with a GPU: exit 5), GSV_PREFLIGHT_ONLY=1 (stop after the preflight: exit 0 or 4).
+# test; 0: run them all), GSV_SANITIZE (0 off, 1 memcheck, 2 memcheck + racecheck: the default),
+# TORCH_CUDA_ARCH_LIST (9.0), MAX_JOBS (4), CUDA_HOME (default: the toolkit of the nvcc on PATH, else
+# /usr/local/cuda, else cuda_ext.build's search), GSV_PYTHON (python3), GSV_WHEELS (./gpu_wheels),
+# GSV_DRY_RUN=1 (skip the device steps even with a GPU: exit 5), GSV_PREFLIGHT_ONLY=1 (stop after the
+# preflight: exit 0 or 4).
 # scripts/gpu_check_sim.sh runs the whole script here as on a bare GPU machine (a torch-only python).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -229,49 +230,23 @@ EOF
 }
 
 sanitize() {
-  local level="${GSV_SANITIZE:-1}"
+  local level="${GSV_SANITIZE:-2}"
   [ "$level" != "0" ] || return 0
   if ! command -v compute-sanitizer >/dev/null; then
     say "compute-sanitizer not found; skipped"
     return 0
   fi
-  if [ "$(left)" -lt 200 ]; then  # the benchmark comes first
-    say "compute-sanitizer skipped: only $(left)s left"
-    return 0
-  fi
-  cat >/tmp/gsv_sanitize.py <<'EOF'
-# Every op on small odd-sized problems: padding and dead rows, overflowing tile lists (tile_cap 4),
-# a frozen image, off-canvas and huge Gaussians.
-import torch
-from cuda_ext import ops
-
-g = torch.Generator().manual_seed(0)
-for size, n, cap in ((17, 40, 4), (33, 300, 512), (48, 600, 4)):
-    p = torch.zeros(2, n, 8)
-    p[..., 0:2] = torch.rand(2, n, 2, generator=g) * size * 1.4 - 0.2 * size
-    p[..., 2] = p[..., 4] = 0.5 + 3 * torch.rand(2, n, generator=g)
-    p[..., 3] = torch.randn(2, n, generator=g)
-    p[0, 0, 2:5] = torch.tensor([40.0, 5.0, 30.0])
-    p[..., 5:8] = torch.rand(2, n, 3, generator=g)
-    alive = torch.rand(2, n, generator=g) > 0.2
-    p, alive = p.cuda(), alive.cuda()
-    pr = p.clone().requires_grad_(True)
-    ops.render_cuda(pr, alive, size, tile_cap=cap).square().sum().backward()
-    m, v = torch.zeros_like(p), torch.zeros_like(p)
-    active = torch.tensor([True, False], device="cuda")
-    ops.fit_steps(p, m, v, alive, active, torch.rand(2, size, size, 3, device="cuda"), it0=0, num_steps=3,
-                  iters_total=3, lr=(0.1, 0.04, 0.02), lr_final=0.05, lambda_l1=0.01, min_scale=0.3, tile_cap=cap)
-    ops.prune_mask(p, alive, 0.05)
-torch.cuda.synchronize()
-print("sanitizer workload done")
-EOF
   local tools=(memcheck)
   [ "$level" = "2" ] && tools+=(racecheck)
   for tool in "${tools[@]}"; do
-    say "compute-sanitizer --tool $tool"
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 90 compute-sanitizer --tool "$tool" --error-exitcode 9 \
-      --print-limit 20 $PY /tmp/gsv_sanitize.py
-    local rc=$?
+    if [ "$(left)" -lt 200 ]; then  # the benchmark comes first
+      say "compute-sanitizer $tool skipped: only $(left)s left"
+      continue
+    fi
+    say "compute-sanitizer --tool $tool (scripts/gpu_sanitize.py: every kernel on odd problems, a short fit)"
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      --print-limit 20 $PY scripts/gpu_sanitize.py 2>&1 | tee "$OUT/sanitizer_$tool.txt"
+    local rc=${PIPESTATUS[0]}
     case $rc in
       0) say "$tool: clean" ;;
       9) say "$tool: ERRORS REPORTED (see above)"; SANITIZER_FAILED=1 ;;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run scripts/gpu_check.sh here as on a bare GPU machine without its GPU, to prove every step before the
 # device works: a python holding only torch and what `pip install torch==2.14.1` brings, a copy of the
-# working tree as the device tool sends it (tracked and untracked-not-ignored files) plus the carried
+# working tree as it is copied to a GPU machine (tracked and untracked-not-ignored files) plus the
 # wheels, no ninja on PATH, the pip CUDA toolkit of .venv as CUDA_HOME. Expected: exit status 5
 # ("no GPU") with the preflight, the wheel install, the build, the imports and the test collection ok.
 #
@@ -73,7 +73,7 @@ if ! ls "$WHEELS"/numpy-*-cp${ver/./}-*.whl >/dev/null 2>&1; then
   bash scripts/gpu_wheels.sh --python-version "$ver" --dest "$WHEELS"
 fi
 
-say "copy of the working tree (as the device tool sends it) + $(basename "$WHEELS")/ in $SIM/repo"
+say "copy of the working tree (tracked and untracked-not-ignored files) + $(basename "$WHEELS")/ in $SIM/repo"
 mkdir -p "$SIM/repo"
 git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
   [ -e "$f" ] && printf '%s\0' "$f"

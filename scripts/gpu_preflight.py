@@ -14,7 +14,7 @@ with what to do. The requirements are what the check really uses:
 - optionally compute-sanitizer (the sanitizer step) and a CUDA device (without one the check builds
   and collects the tests, then stops: gpu_check.sh's exit status 5).
 
-    python scripts/gpu_preflight.py --pip-names essential tool   # the wheels to carry (gpu_wheels.sh)
+    python scripts/gpu_preflight.py --pip-names essential tool   # the wheels to copy (gpu_wheels.sh)
     python scripts/gpu_preflight.py --derive                     # with the project's .venv python
 
 --missing-file receives the pip names of the missing packages (one a line) for gpu_check.sh to install
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         choices=KINDS,
         metavar="KIND",
-        help="print the pip names of the list's packages of these kinds (the wheels to carry) and stop",
+        help="print the pip names of the list's packages of these kinds (the wheels to copy) and stop",
     )
     ap.add_argument(
         "--derive",

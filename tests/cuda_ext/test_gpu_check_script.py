@@ -169,3 +169,22 @@ def test_bare_gpu_machine_simulation_exits_5(tmp_path):
     # found missing on the bare python, then installed from a wheel
     assert "MISSING  safetensors" in check_log
     assert "installing from" in check_log and "preflight ok" in check_log
+
+
+@pytest.mark.slow
+def test_sanitizer_workload_runs_on_the_checked_emulation():
+    # the workload gpu_check.sh hands to compute-sanitizer, on the CPU emulation with its own race and
+    # bounds checks: it runs to the end (its API calls are current) and finds nothing
+    import cuda_ext
+
+    if cuda_ext.emu_load_error() is not None:
+        pytest.skip(f"the emulation is not built: {cuda_ext.emu_load_error()}")
+    done = subprocess.run(
+        [sys.executable, "scripts/gpu_sanitize.py", "--emulate"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "sanitizer workload done (short fit: lowest PSNR" in done.stdout

@@ -69,6 +69,10 @@ def test_render_matches_cpu_at_224(kernels, astronaut_224, state):
     img, g = render_gpu_with_grad(kernels, rows[None], torch.ones(1, n, dtype=torch.bool), size, cot)
     torch.testing.assert_close(img, img_ref, rtol=0, atol=1e-5)
     assert_grads_close(g[0], g_ref)
+    if state == "fitted":
+        # sheared Gaussians, so that every term of d/dl21 (zero where l21 = 0, as at the grid) is checked
+        assert float(rows[:, 3].abs().median()) > 0.05 and float(rows[:, 3].abs().max()) > 1.0
+        assert float(g_ref[:, 3].abs().max()) > 0.1 * float(g_ref[:, 2].abs().max())
     if kernels.emulate and CPU_RENDER == "cpp" and torch.get_num_threads() == 1:
         # the same float operations in the same order as the CPU op (one thread: index order)
         assert torch.equal(img, img_ref)
@@ -108,6 +112,37 @@ def test_tile_lists_never_change_the_result(kernels):
     assert torch.equal(kernels.render(p, m, 48, tile_cap=4), full)
     assert torch.equal(kernels.render(p, m, 48), full)  # the default cap
     assert torch.equal(kernels.render(p, m, 48), full)  # and run to run
+
+
+def test_crowded_tiles_at_block_edges(kernels):
+    # 192² is 12 × 12 = 144 tiles, two blocks of the binning kernel (128 tiles each): crowded tiles at the
+    # last thread of block 0 (tile 127), the first of block 1 (128) and the last tile of the image (143),
+    # with neighbours that hold Gaussians of their own. A list that overflows its cap must neither spill
+    # into the next tile's list nor past the buffer; the result is the same whatever the cap.
+    size, per_tile = 192, 40
+    g = torch.Generator().manual_seed(4)
+    rows = []
+    for tile in (126, 127, 128, 129, 142, 143):
+        x0, y0 = (tile % 12) * 16, (tile // 12) * 16
+        n = per_tile if tile in (127, 128, 143) else 3
+        r = torch.zeros(n, 8)
+        r[:, 0] = x0 + 4 + 8 * torch.rand(n, generator=g)
+        r[:, 1] = y0 + 4 + 8 * torch.rand(n, generator=g)
+        r[:, 2] = r[:, 4] = 0.6 + 0.6 * torch.rand(n, generator=g)  # 3σ boxes stay inside the tile
+        r[:, 3] = 0.2 * torch.randn(n, generator=g)
+        r[:, 5:8] = torch.rand(n, 3, generator=g)
+        rows.append(r)
+    one = torch.cat(rows)
+    params = torch.stack([one, one.flip(0)])  # the second image lists them in another order
+    mask = torch.ones(params.shape[:2], dtype=torch.bool)
+    p, m = params.to(kernels.device), mask.to(kernels.device)
+    full = kernels.render(p, m, size, tile_cap=params.shape[1])
+    for cap in (8, per_tile - 1, per_tile):
+        assert torch.equal(kernels.render(p, m, size, tile_cap=cap), full), cap
+    b_idx, g_idx = mask.nonzero(as_tuple=True)
+    ref, _ = render_flat(params[b_idx, g_idx][:, 0:2], params[b_idx, g_idx][:, 2:5], params[b_idx, g_idx][:, 5:8],
+                         b_idx, 2, size, backend=CPU_RENDER)  # fmt: skip
+    torch.testing.assert_close(full.cpu(), ref, rtol=0, atol=1e-5)
 
 
 def test_empty_batches_and_sets(kernels):

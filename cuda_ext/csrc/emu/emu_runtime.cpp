@@ -197,6 +197,7 @@ struct Runner {
   Range stack_range, fibre_range, args_range, shared_range;
   std::vector<Shadow> shared_shadow;
   std::string violation;  // set by a hook inside a fibre; the scheduler turns it into the launch's error
+  size_t last_buffer = 0;  // the buffer of the last checked access: accesses come in runs
 
   ~Runner() {
     if (stacks != nullptr) munmap(stacks, stack_slots * slot_bytes);
@@ -297,8 +298,16 @@ struct Runner {
                       4);
       return;
     }
-    for (Buffer& b : t_buffers) {
-      if (a < b.base || a >= b.base + b.bytes) continue;
+    Buffer* hit = nullptr;
+    if (last_buffer < t_buffers.size() && a >= t_buffers[last_buffer].base &&
+        a < t_buffers[last_buffer].base + t_buffers[last_buffer].bytes) {
+      hit = &t_buffers[last_buffer];
+    } else {
+      for (size_t i = 0; i < t_buffers.size() && hit == nullptr; ++i)
+        if (a >= t_buffers[i].base && a < t_buffers[i].base + t_buffers[i].bytes) hit = &t_buffers[last_buffer = i];
+    }
+    if (hit != nullptr) {
+      Buffer& b = *hit;
       if (a + size > b.base + b.bytes) {
         violation = who(block_linear, thread) + " " + verb + " " + std::to_string(size) + " bytes at byte " +
                     std::to_string(a - b.base) + " of `" + b.name + "` (" + std::to_string(b.bytes) +

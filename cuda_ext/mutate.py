@@ -316,6 +316,8 @@ def write_report(rows: list[dict], out: Path, meta: dict) -> None:
         f"**{killed} of {len(rows) - 1} mutations killed**; the unmutated sources: {rows[0]['status']} "
         f"({rows[0]['tests_run']} tests, {rows[0]['seconds']} s).",
         "",
+        f"![tests that failed per mutation]({out.with_suffix('.png').name})",
+        "",
         "| mutation | file | what it breaks | result | tests that failed | time (s) |",
         "|---|---|---|---|---|---|",
     ]
@@ -335,12 +337,40 @@ def write_report(rows: list[dict], out: Path, meta: dict) -> None:
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     tmp.replace(out.with_suffix(".json"))
+    plot(rows, out.with_suffix(".png"))
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Horizontal bars: how many tests each mutation failed (red: survived)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    muts = rows[1:]
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(muts) + 1.2))
+    counts = [len(r["killed_by"]) for r in muts]
+    colours = ["#2e7d32" if r["status"].startswith("killed") else "#c62828" for r in muts]
+    ax.barh(range(len(muts)), counts, color=colours)
+    ax.set_yticks(range(len(muts)), [r["mutation"] for r in muts], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"tests that failed (of {rows[0]['tests_run']}); red: survived")
+    killed = sum(r["status"].startswith("killed") for r in muts)
+    ax.set_title(f"Kernel mutations: {killed} of {len(muts)} killed")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run these mutations only (see --list)")
     ap.add_argument("--list", action="store_true", help="list the catalogue and stop")
+    ap.add_argument("--from-json", type=Path, help="rewrite the report (.md, .png) of a run's JSON; no runs")
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "kernel_mutations",
                     help="report path without suffix (.md and .json are written)")  # fmt: skip
     ap.add_argument(
@@ -354,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=900.0, help="seconds per test run before it counts as killed"
     )
     args = ap.parse_args(argv)
+    if args.from_json:
+        run = json.loads(args.from_json.read_text())
+        write_report(run.pop("rows"), args.out, run)
+        return 0
     if args.list:
         for m in CATALOGUE:
             print(f"{m.name:34s} {m.file:18s} {m.what}")

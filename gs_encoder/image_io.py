@@ -28,7 +28,9 @@ __all__ = [
     "ImageLoadError",
     "canvas_from_pil",
     "decode_image",
+    "fingerprint",
     "load_image",
+    "same_picture",
     "to_canvas",
 ]
 
@@ -39,6 +41,48 @@ DEFAULT_MAX_PIXELS = 200_000_000  # decoded pixels; above this, refuse instead o
 
 class ImageLoadError(ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
+
+
+FINGERPRINT_SIDE = 16  # grey cells of a content fingerprint
+SAME_PICTURE_TOLERANCE = 4.0  # mean |difference| of two fingerprints' cells (of 255) below which they match
+SAME_PICTURE_CORRELATION = 0.95  # … and the correlation of their cells above which they match
+
+
+def fingerprint(rgb: np.ndarray) -> str:
+    """Content fingerprint of a picture (uint8 [H, W, 3] or [H, W]): its centre square area-averaged to
+    16×16 grey cells (Rec. 601 luma), rounded to bytes, as 512 hex digits. Names are not enough
+    (scikit-image's `cat` is `chelsea`): `same_picture` compares fingerprints, so a copy at another size,
+    a re-encoding or a greyscale version still matches (eval/splits.py keeps sealed images out of training
+    with it)."""
+    a = np.asarray(rgb, dtype=np.float64)
+    if a.ndim == 3:
+        a = a[..., :3] @ np.array([0.299, 0.587, 0.114]) if a.shape[2] >= 3 else a[..., 0]
+    h, w = a.shape
+    side = min(h, w)
+    a = a[(h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
+    edges = np.linspace(0, side, FINGERPRINT_SIDE + 1).round().astype(int)
+    cells = [
+        a[edges[i] : edges[i + 1], edges[j] : edges[j + 1]].mean()
+        for i in range(FINGERPRINT_SIDE)
+        for j in range(FINGERPRINT_SIDE)
+    ]
+    return bytes(np.clip(np.round(cells), 0, 255).astype(np.uint8)).hex()
+
+
+def same_picture(a: str, b: str, tolerance: float = SAME_PICTURE_TOLERANCE) -> bool:
+    """Whether two fingerprints are of one picture: their cells differ by less than `tolerance` on average
+    and vary together (correlation above SAME_PICTURE_CORRELATION)."""
+    x = np.frombuffer(bytes.fromhex(a), dtype=np.uint8).astype(np.float64)
+    y = np.frombuffer(bytes.fromhex(b), dtype=np.uint8).astype(np.float64)
+    if x.shape != y.shape or x.size != FINGERPRINT_SIDE**2:
+        raise ValueError(f"fingerprints of {x.size} and {y.size} cells; expected {FINGERPRINT_SIDE**2} each")
+    if float(np.abs(x - y).mean()) >= tolerance:
+        return False
+    # mostly flat pictures (pages, screens) are close on average; their layout must match too
+    sx, sy = x.std(), y.std()
+    if sx < 1.0 or sy < 1.0:
+        return bool(sx < 1.0 and sy < 1.0)
+    return float(np.corrcoef(x, y)[0, 1]) > SAME_PICTURE_CORRELATION
 
 
 def _to_rgb_array(im: Image.Image, background: str) -> np.ndarray:

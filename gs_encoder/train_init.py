@@ -15,9 +15,9 @@ predicts their splats and minimises the mean squared error of the render against
 loss; gradients flow through the renderer into the network). Images:
 
 - photographs: random crops (¼ to all of the short side), flips, quarter turns and colour jitter
-  (brightness, contrast, saturation, channel order) of scikit-image's bundled pictures EXCEPT the four
-  benchmark photos astronaut, chelsea (also shipped as `cat`), coffee and rocket, or of the images in
-  `--images` folders instead;
+  (brightness, contrast, saturation, channel order) of scikit-image's bundled pictures (TRAIN_PHOTOS:
+  none of the tuning photographs of eval/splits.py), or of the images in `--images` folders instead,
+  less any picture of the sealed test set (by content; a warning names them);
 - procedural images (share `--procedural`): gradients, polygons with hard edges, textures (sums of
   oriented waves with noise) and text.
 
@@ -50,9 +50,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BENCHMARK_PHOTOS", "TRAIN_PHOTOS", "TrainInitConfig", "add_args", "main", "train_init"]
+__all__ = ["TRAIN_PHOTOS", "TrainInitConfig", "add_args", "main", "train_init"]
 
-BENCHMARK_PHOTOS = ("astronaut", "chelsea", "cat", "coffee", "rocket")  # never trained on (cat is chelsea)
+# scikit-image's pictures trained on: not the tuning photographs of eval/splits.py (astronaut, chelsea,
+# which skimage also ships as `cat`, coffee, rocket); tests/eval/test_splits.py checks it by content
 TRAIN_PHOTOS = (
     "brick",
     "camera",
@@ -75,6 +76,8 @@ TRAIN_PHOTOS = (
     "text",
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+# written by eval/images/make.py (eval/splits.py): pictures no training run may see
+SEALED_FINGERPRINTS = Path(__file__).with_name("sealed_fingerprints.txt")
 
 
 @dataclass
@@ -155,12 +158,24 @@ def _limit(img: torch.Tensor, max_side: int = 768) -> torch.Tensor:
     return F.interpolate(img[None], size=size, mode="area")[0]
 
 
+def sealed_fingerprints() -> list[str]:
+    """Fingerprints of the project's sealed test pictures and their originals (eval/splits.py)."""
+    lines = SEALED_FINGERPRINTS.read_text().splitlines()
+    return [line.split()[0] for line in lines if line.strip() and not line.startswith("#")]
+
+
 def load_photos(folders: list[str]) -> list[torch.Tensor]:
-    """Training photographs as [3, H, W] tensors: the images in `folders`, else scikit-image's set."""
+    """Training photographs as [3, H, W] tensors: the images in `folders`, else scikit-image's set.
+
+    Pictures of the project's sealed test set (by content, gs_encoder.image_io.fingerprint) are left out
+    with a warning naming them: no result on the sealed set may come from weights that saw it."""
     if folders:
         from PIL import Image
 
-        out = []
+        from .image_io import fingerprint, same_picture
+
+        sealed = sealed_fingerprints()
+        out, dropped = [], []
         for folder in folders:
             root = Path(folder)
             if not root.is_dir():
@@ -168,9 +183,23 @@ def load_photos(folders: list[str]) -> list[torch.Tensor]:
             files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
             for p in files:
                 with Image.open(p) as im:
-                    out.append(_limit(_to_rgb_tensor(np.asarray(im.convert("RGB")))))
+                    rgb = np.asarray(im.convert("RGB"))
+                mine = fingerprint(rgb)
+                if any(same_picture(mine, f) for f in sealed):
+                    dropped.append(str(p))
+                    continue
+                out.append(_limit(_to_rgb_tensor(rgb)))
+        if dropped:
+            print(
+                f"warning: left out {len(dropped)} image(s) of the sealed test set (eval/splits.py): "
+                + ", ".join(dropped),
+                file=sys.stderr,
+            )
         if not out:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(folders)}")
+            raise FileNotFoundError(
+                f"no images ({', '.join(IMAGE_SUFFIXES)}) to train on in {', '.join(folders)}"
+                + (" once the sealed test pictures are left out" if dropped else "")
+            )
         return out
     import skimage.data
 
@@ -534,8 +563,48 @@ def _source_log(weights: Path) -> dict:
     return {"log": None}
 
 
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_provenance(weights: Path) -> list[str]:
+    """Walk the training log of a weights file back through every stage it was fine-tuned from: the file's
+    SHA-256 must be the one its log wrote, and each stage must have started from the weights (by SHA-256)
+    that the stage before it wrote. Returns the hashes from the file back to the first stage; raises
+    ValueError naming the first break."""
+    weights = Path(weights)
+    log = _source_log(weights)["log"]
+    if log is None:
+        raise ValueError(f"{weights}: no training log beside it ({log_path(weights).name})")
+    have = file_sha256(weights)
+    if log.get("weights_sha256") != have:
+        raise ValueError(
+            f"{weights}: its SHA-256 {have[:12]} is not the one its log wrote ({str(log.get('weights_sha256'))[:12]})"
+        )
+    chain = [have]
+    while "started_from" in log:
+        start = log["started_from"]
+        parent = start.get("log")
+        if parent is None or "sha256" not in start:
+            raise ValueError(
+                f"{weights}: stage {len(chain)} started from {start.get('weights')} without its log or hash"
+            )
+        if parent.get("weights_sha256") != start["sha256"]:
+            raise ValueError(
+                f"{weights}: stage {len(chain)} started from weights {start['sha256'][:12]}, but the log it keeps "
+                f"wrote {str(parent.get('weights_sha256'))[:12]}"
+            )
+        chain.append(start["sha256"])
+        log = parent
+    return chain
+
+
 def _finish(cfg: TrainInitConfig, out: Path, net, log: list) -> Path:
-    """Save the final weights and the training log (and copy both to cfg.export); returns the weights."""
+    """Save the final weights and the training log (and copy both to cfg.export); returns the weights.
+    The log holds the weights' SHA-256 and, for a fine-tuning run, the SHA-256 and log of the weights it
+    started from, so a shipped file's whole history is machine-written and checkable (check_provenance)."""
     from .fitting.learned_init import save_learned_init
     from .report import machine_info
 
@@ -546,9 +615,15 @@ def _finish(cfg: TrainInitConfig, out: Path, net, log: list) -> Path:
         "photos": list(TRAIN_PHOTOS) if not cfg.images else cfg.images,
         "log": log,
         "machine": machine_info(),
+        "weights_sha256": file_sha256(final),
     }
     if cfg.from_weights:  # fine-tuned: keep the history of the weights it started from
-        train_log["started_from"] = {"weights": cfg.from_weights, **_source_log(Path(cfg.from_weights))}
+        source = Path(cfg.from_weights)
+        train_log["started_from"] = {
+            "weights": cfg.from_weights,
+            "sha256": file_sha256(source),
+            **_source_log(source),
+        }
     _atomic_json(out / "train_log.json", train_log)
     if cfg.export:
         dest = Path(cfg.export)
@@ -557,7 +632,7 @@ def _finish(cfg: TrainInitConfig, out: Path, net, log: list) -> Path:
         shutil.copyfile(final, tmp)
         tmp.chmod(0o644)
         tmp.replace(dest)
-        _atomic_json(log_path(dest), train_log)
+        _atomic_json(log_path(dest), {**train_log, "exported_to": str(dest)})
         print(f"exported {dest}")
     print(f"wrote {final} and {out / 'train_log.json'}")
     return final

@@ -129,6 +129,7 @@ def test_fit_steps_match_their_torch_twin(kernels, photo):
         assert torch.equal(x, y)
 
 
+@pytest.mark.slow  # whole fits: 12–19 s each on the checked emulation
 def test_image_in_a_batch_equals_a_single_image_run(kernels, photo):
     images = torch.stack([photo("chelsea", 64), photo("coffee", 64), photo("rocket", 64)])
     sets = list(structured_init(images, 144))
@@ -142,6 +143,7 @@ def test_image_in_a_batch_equals_a_single_image_run(kernels, photo):
         assert abs(batch[i].psnr - single.psnr) < 1e-4
 
 
+@pytest.mark.slow  # whole fits: 12–19 s each on the checked emulation
 def test_fit_is_deterministic(kernels, photo):
     images = torch.stack([photo("astronaut", 96), photo("chelsea", 96)]).to(kernels.device)
     cfg = FitConfig(num_gaussians=400, iters=50, backend=kernels.backend)
@@ -168,6 +170,7 @@ def test_100_iteration_fit_matches_the_cpu_fit_at_224(kernels, photo):
         assert abs(c.psnr - g.psnr) < 0.05, (c.psnr, g.psnr)
 
 
+@pytest.mark.slow  # whole fits: 12–19 s each on the checked emulation
 def test_fit_with_l1_pruning_and_finetune_matches_the_cpu_fit(kernels, photo):
     images = torch.stack([photo("chelsea", 64), photo("rocket", 64)])
     # From the structured init, with the warm-up: the learned init renders on the fit's backend, and the

@@ -411,3 +411,31 @@ def test_weights_identity_follows_the_splats(tmp_path, caplog):
         GaussianProcessor.from_dict({**saved, "fit_init_weights": None})  # the shipped file: unchanged
     assert "now holds" not in caplog.text
     assert "fit_init_weights_id" not in GaussianProcessor(fit_init="structured").to_dict()
+
+
+def test_training_logs_chain_the_weights_by_hash(tmp_path):
+    """Each stage's log holds the SHA-256 of the weights it wrote and of those it started from, and
+    --export writes the file whose hash is in the log: check_provenance walks the chain."""
+    from gs_encoder.train_init import TrainInitConfig, check_provenance, file_sha256, log_path, train_init
+
+    small = dict(batch_size=2, canvas=[32], width=8, cell_width=8, blocks=1, passes=1, log_every=1)
+    first = train_init(TrainInitConfig(out_dir=str(tmp_path / "a"), steps=2, **small), progress=False)
+    shipped = tmp_path / "ship" / "learned_init.safetensors"
+    tuned = TrainInitConfig(
+        out_dir=str(tmp_path / "b"), steps=1, from_weights=str(first), export=str(shipped), **small
+    )
+    train_init(tuned, progress=False)
+    chain = check_provenance(shipped)
+    assert chain == [file_sha256(shipped), file_sha256(first)]
+    log = json.loads(log_path(shipped).read_text())
+    assert log["exported_to"] == str(shipped) and log["started_from"]["sha256"] == file_sha256(first)
+    # a file changed after its log was written, or a broken link in the chain, is named
+    shipped.write_bytes(shipped.read_bytes() + b" ")
+    with pytest.raises(ValueError, match="is not the one its log wrote"):
+        check_provenance(shipped)
+    (tmp_path / "ship" / "learned_init.safetensors").write_bytes(first.read_bytes())
+    bad = dict(log, weights_sha256=file_sha256(first))
+    bad["started_from"] = dict(log["started_from"], sha256="0" * 64)
+    log_path(shipped).write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="stage 1 started from weights 000000000000"):
+        check_provenance(shipped)

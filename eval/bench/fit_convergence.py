@@ -1,21 +1,22 @@
 """How fast a fit reaches its quality from each initialisation: PSNR vs iterations and vs wall time.
 
-    python -m eval.bench.fit_convergence [--threads 1] [--quick]
+    python -m eval.bench.fit_convergence [--threads 1] [--ns 400,1600,3136]   # the sealed test set
+    python -m eval.bench.fit_convergence --tuning [--quick]                   # the exploration on the tuning photos
 
-For each init (structured grid, GaussianImage's random, the structure-tensor grid and the density grid
-(warped towards detail) of gs_encoder/fitting/init.py, the learned network of
+The default run is the headline (eval/bench/fit_sealed.py): the structured, density and learned inits
+under the same optimiser, each with its warm-up chosen on the tuning set, fitted on the sealed test set
+of eval/splits.py; writes eval/results/fit_convergence.{json,md,png}. `--ns` runs some of the Gaussian
+counts (one process per core, each timed on its own; `--warmups` reuses one choice of warm-ups), and
+`--from-json` merges such runs into one report.
+
+`--tuning` is the exploration the defaults were chosen with, on the four tuning photographs at 224²
+(centre crop; never part of the learned init's training data): each init (structured grid, GaussianImage's
+random, the structure-tensor grid and the density grid of gs_encoder/fitting/init.py, the learned network of
 gs_encoder/fitting/learned_init.py, and the learned init with coarse-to-fine: K iterations on the canvas
-shrunk 2× first) and N ∈ {400, 1600, 3136} on the four benchmark photos at 224²
-(centre crop; never part of the learned init's training data), one fit per iteration budget
-K ∈ {50, 100, 300, 1000, 3000}, each a complete K-iteration fit (what `gsv fit --iters K` runs; random
-stops at 1000 to save time), timed from the raw image to the fitted splats (init, network included);
-K = 0 is the init itself. Also the baseline of the targets, structured-prev: the structured init fitted with
-the optimiser settings of the default before 2026-12-05 (cosine decay to 5%, Adam β2 = 0.999), side by side
-in the same run, and the cost of the learned network and the density init against 20 fit iterations.
-`--ns` runs some of the Gaussian counts (e.g. one process per core, each timed on its own); `--from-json`
-with several JSON files merges such runs into one report.
-
-Writes eval/results/fit_convergence.{json,md,png}.
+shrunk 2× first) and N ∈ {400, 1600, 3136}, one fit per budget K ∈ {50, 100, 300, 1000, 3000}, each a
+complete K-iteration fit (random stops at 1000), timed from the raw image to the fitted splats; K = 0 is the
+init itself; also the structured init with the optimiser before 2026-12-05 and the cost of the learned
+network and the density init against 20 fit iterations. Writes eval/results/fit_convergence_tuning.*.
 """
 
 from __future__ import annotations
@@ -545,15 +546,25 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: stable timings)")
-    ap.add_argument("--quick", action="store_true", help="tiny run to check the script (not for results)")
+    ap.add_argument(
+        "--tuning", action="store_true", help="the exploration on the tuning photos (not the sealed set)"
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="with --tuning: tiny run to check the script (not for results)"
+    )
     ap.add_argument(
         "--ns", type=lambda s: [int(n) for n in s.split(",")], help="Gaussian counts (default 400,1600,3136)"
     )
-    ap.add_argument("--out", help="results name (default fit_convergence)")
+    ap.add_argument(
+        "--warmups", help="sealed run: the warm-up choice of an earlier run's JSON (its tuning-set scores)"
+    )
+    ap.add_argument(
+        "--out", help="results name (default fit_convergence, with --tuning fit_convergence_tuning)"
+    )
     ap.add_argument(
         "--placement",
         action="store_true",
-        help="only draw <name>_placement.png (where each init puts its Gaussians) with the current code",
+        help="with --tuning: only draw <name>_placement.png (where each init puts its Gaussians) with the current code",
     )
     ap.add_argument(
         "--from-json",
@@ -561,7 +572,9 @@ def main(argv=None):
         help="rebuild the tables and plot from a run's JSON, or merge runs of other --ns (no fitting)",
     )
     args = ap.parse_args(argv)
-    name = args.out or ("fit_convergence_quick" if args.quick else "fit_convergence")
+    if not args.tuning:
+        return _sealed(args)
+    name = args.out or ("fit_convergence_tuning_quick" if args.quick else "fit_convergence_tuning")
     if args.placement:
         path = RESULTS / f"{name}_placement.png"
         placement_figure(photos(224, PHOTOS[:1])[0], 1600, path)
@@ -595,6 +608,38 @@ def main(argv=None):
     md = report(run, name)
     placement_figure(images[0], 1600 if size >= 64 else ns[-1], RESULTS / f"{name}_placement.png")
     print(md.read_text())
+
+
+def _sealed(args) -> None:
+    import json
+
+    from . import fit_sealed
+
+    name = args.out or ("fit_convergence_quick" if args.quick else "fit_convergence")
+    if args.from_json:
+        runs = [json.loads(Path(p).read_text()) for p in args.from_json]
+        if any(r["run"]["warmups"]["chosen"] != runs[0]["run"]["warmups"]["chosen"] for r in runs):
+            raise SystemExit("the runs chose different warm-ups on the tuning set; they cannot be merged")
+        merged = {**runs[0]["run"], "fits": {}, "ns": []}
+        for r in runs:
+            merged["fits"].update(r["run"]["fits"])
+            merged["ns"] += [n for n in r["run"]["ns"] if n not in merged["ns"]]
+        merged["ns"].sort()
+        merged["fits"] = {k: {f: _int_keys(v) for f, v in e.items()} for k, e in merged["fits"].items()}
+        print(fit_sealed.report(merged, name, machine=runs[0]["machine"]).read_text())
+        return
+    torch.set_num_threads(args.threads)
+    if args.quick:  # a check of the script: 48² canvases, tiny budgets (not for results)
+        warmups = fit_sealed.choose_warmups(n=64, k=5, size=48)
+        run = fit_sealed.run(args.ns or [64], [5, 10], warmups, size=48)
+        print(fit_sealed.report(run, name).read_text())
+        return
+    if args.warmups:
+        warmups = json.loads(Path(args.warmups).read_text())["run"]["warmups"]
+    else:
+        warmups = fit_sealed.choose_warmups()
+    run = fit_sealed.run(args.ns or fit_sealed.NS, fit_sealed.BUDGETS, warmups)
+    print(fit_sealed.report(run, name).read_text())
 
 
 if __name__ == "__main__":

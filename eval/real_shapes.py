@@ -4,8 +4,9 @@
     python -m eval.real_shapes report OUT [-o eval/results/real_shapes]
 
 `prepare` writes what scripts/real_shapes_check.sh trains on: OUT/lm (a Llama with Vicuna-7B's config,
-hidden 4096, 32 heads, MLP 11008, vocab 32000, but `--lm-layers` layers, and a real Llama-format
-SentencePiece tokenizer, the 32000-token one that ships inside mistral-common), OUT/encoder (a GS encoder
+hidden 4096, 32 heads, MLP 11008, vocab 32000, but `--lm-layers` layers, and Mistral-7B v1's
+SentencePiece tokenizer, which ships inside mistral-common: Llama's format and size, 32000 tokens, but
+another vocabulary than Vicuna's), OUT/encoder (a GS encoder
 on open_clip's ViT-B-16 config, 196 tokens), OUT/data (LLaVA-format pretrain and finetune JSON over 8
 scikit-image photos; one finetune conversation is longer than `--context`) and OUT/shapes.json (forward
 shapes of the GS encoder at 196 and 98 tokens and of its RGB twin, and the parts' parameter counts).
@@ -46,7 +47,15 @@ LLAVA15 = {
     "pretrain": {"micro_batch": 32, "zero": 2, "trains": "projector"},
     "finetune": {"micro_batch": 16, "zero": 3, "trains": "LLM + projector"},
     "context": 2048,
-    "published": "8× A100 80 GB for both stages (LLaVA-1.5 README: pretraining 5.5 h, finetuning ~20 h for 7B)",
+    # LLaVA's README (haotian-liu/LLaVA, Train), quoted: "Pretrain takes around 5.5 hours for LLaVA-v1.5-13B on
+    # 8x A100 (80G), due to the increased resolution to 336px. It takes around 3.5 hours for LLaVA-v1.5-7B."
+    # "Visual instruction tuning takes around 20 hours for LLaVA-v1.5-13B on 8x A100 (80G), due to the
+    # increased resolution to 336px. It takes around 10 hours for LLaVA-v1.5-7B on 8x A100 (40G)."
+    "published": (
+        'LLaVA\'s README: pretraining "around 5.5 hours for LLaVA-v1.5-13B on 8x A100 (80G)" and "around 3.5 hours '
+        'for LLaVA-v1.5-7B"; visual instruction tuning "around 20 hours for LLaVA-v1.5-13B on 8x A100 (80G)" and '
+        '"around 10 hours for LLaVA-v1.5-7B on 8x A100 (40G)"'
+    ),
 }
 PHOTOS = [
     "astronaut",
@@ -71,7 +80,8 @@ CAPTIONS = [
 
 
 def llama_tokenizer(out: Path):
-    """The 32000-token Llama-format SentencePiece tokenizer that mistral-common ships, as a transformers
+    """Mistral-7B v1's 32000-token SentencePiece tokenizer (Llama's format, another vocabulary), which
+    mistral-common ships, as a transformers
     tokenizer saved in `out` (Vicuna's specials: <unk> 0, <s> 1, </s> 2; pad = unk, as LLaVA sets it)."""
     try:
         import mistral_common
@@ -299,8 +309,10 @@ def _tokens(out: Path) -> dict:
     return rows
 
 
-def report(out: Path, dest: Path) -> int:
-    from gs_encoder.report import machine_info, markdown_table
+def collect(out: Path) -> dict:
+    """The record of a finished run in `out`: what the CPU run measured, the real parameter counts and the
+    projected memory of the real run."""
+    from gs_encoder.report import machine_info
 
     shapes = json.loads((out / "shapes.json").read_text())
     timings = (
@@ -314,33 +326,78 @@ def report(out: Path, dest: Path) -> int:
         for stage in ("pretrain", "finetune")
         if (out / stage / "trainer_state.json").exists()
     }
-    resources = _resources(out)
     tokens = _tokens(out)
     seq = {"pretrain": round(tokens["pretrain"]["mean"]), "finetune": LLAVA15["context"]}
-    mem = memory_table(counts, seq)
-    info = machine_info()
-    record = {
-        "machine": info,
+    return {
+        "machine": machine_info(),
         "cpu_run": {
             "shapes": shapes,
             "tokens": tokens,
             "training": measured,
-            "resources": resources,
+            "resources": _resources(out),
             "stage_seconds": timings,
         },
         "real_parameters": counts,
-        "memory_per_gpu": mem,
+        "memory_per_gpu": memory_table(counts, seq),
         "llava15": LLAVA15,
     }
+
+
+def cpu_run_prediction(record: dict) -> list[dict]:
+    """The memory model of memory_table applied to the CPU run itself (its layers, 2 ZeRO-3 ranks, micro-batch
+    1, its longest sample within the context): GiB per rank of the training state it counts."""
+    shapes, counts, tok = record["cpu_run"]["shapes"], record["real_parameters"], record["cpu_run"]["tokens"]
+    ranks, total = 2, shapes["lm_parameters"] + shapes["encoder_parameters"] + counts["projector"]
+    rows = []
+    for stage in ("pretrain", "finetune"):
+        trainable = counts["projector"] + (shapes["lm_parameters"] if stage == "finetune" else 0)
+        tokens = min(tok[stage]["max"], shapes["context"])
+        h, i = VICUNA_7B["hidden_size"], VICUNA_7B["intermediate_size"]
+        act = tokens * (shapes["lm_layers"] * 2 * h + 20 * h + 8 * i) + tokens * 10 * counts["vocab_padded"]
+        state = 2 * total / ranks + 2 * trainable / ranks + 12 * trainable / ranks
+        rows.append({"stage": stage, "state_gib": state / GIB, "activations_gib": act / GIB,
+                     "total_gib": (state + act) / GIB, "tokens": tokens})  # fmt: skip
+    return rows
+
+
+def transient_bound_bytes(row: dict, vocab: int) -> float:
+    """An upper bound of what the backward holds on top of the memory table's state and activations: the
+    gradient of the logits (fp32 from the loss, 4V per token, and its bf16 copy, 2V), under ZeRO-3 the
+    gathered parameters (stage3_max_live_parameters = 1e9 in scripts/zero3.json: 2 GB in bf16), and one
+    fp32 gradient bucket of hidden² elements (DeepSpeed's "auto" reduce_bucket_size). Allocator
+    fragmentation is not bounded here."""
+    h = VICUNA_7B["hidden_size"]
+    logits_grad = row["tokens_per_gpu"] * 6 * vocab
+    gathered = 2 * 1e9 if row["zero"] == 3 else 0
+    return logits_grad + gathered + 4 * h * h
+
+
+def write_report(record: dict, dest: Path) -> int:
+    """eval/results/real_shapes.{json,md} from a run's record (collect, or the JSON of an earlier run)."""
+    from gs_encoder.report import markdown_table
+
+    info, counts, mem = record["machine"], record["real_parameters"], record["memory_per_gpu"]
+    shapes, tokens = record["cpu_run"]["shapes"], record["cpu_run"]["tokens"]
+    measured, resources = record["cpu_run"]["training"], record["cpu_run"]["resources"]
+    timings = record["cpu_run"]["stage_seconds"]
+    seq = {"pretrain": round(tokens["pretrain"]["mean"]), "finetune": LLAVA15["context"]}
+    predicted = cpu_run_prediction(record)
+    record = {**record, "llava15": LLAVA15, "cpu_run_predicted": predicted}
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     md = [
         "# Real shapes without the weights",
         "",
-        f"`bash scripts/real_shapes_check.sh`, {info['date']}, {info.get('cpu', '')} ({info['cpu_count']} cores, commit {info['git']}). "
+        "Regenerate: `bash scripts/real_shapes_check.sh` (the run and this report); `python -m eval.real_shapes "
+        "rebuild eval/results/real_shapes.json` rewrites the report from the run's record.",
+        "",
+        f"Measured: the CPU run of `bash scripts/real_shapes_check.sh`, {info['date']}, {info.get('cpu', '')} "
+        f"({info['cpu_count']} cores, commit {info['git']}). "
         f"Random weights in the real architectures: a GS encoder on open_clip's ViT-B-16 (196 tokens), a Llama with "
-        f"Vicuna-7B's config but {shapes['lm_layers']} layers, the 32000-token Llama SentencePiece tokenizer; ZeRO-3 "
-        f"on 2 CPU ranks, bf16, gradient checkpointing, SDPA, context {shapes['context']}.",
+        f"Vicuna-7B's config but {shapes['lm_layers']} layers, Mistral-7B v1's 32000-token SentencePiece tokenizer "
+        "(shipped in mistral-common: Llama's format and size, another vocabulary than Vicuna's); ZeRO-3 "
+        f"on 2 CPU ranks, bf16, gradient checkpointing, SDPA, context {shapes['context']}. Projected: the memory "
+        "of the real run, computed from the configs; no GPU has measured it.",
         "",
         "## Parts",
         "",
@@ -396,15 +453,48 @@ def report(out: Path, dest: Path) -> int:
     ]
     if timings:
         md += ["Stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ".", ""]
+    peak = {stage: max((r["peak_rss_mib"] / 1024 for r in resources if r["stage"] == stage), default=None)
+            for stage in ("pretrain", "finetune")}  # fmt: skip
     md += [
-        f"## Memory per GPU of the real run (Vicuna-7B + ViT-B/16, {LLAVA15['gpus']} GPUs, context {LLAVA15['context']})",
+        "### The memory model against this run",
         "",
-        "Computed from the real configs (bf16 weights and gradients, fp32 Adam master + moments, partitioned "
-        "over the GPUs as each ZeRO stage does; activations of SDPA attention for micro-batch × tokens per "
-        f"sample, logits included: pretraining at this run's mean of {seq['pretrain']} tokens (196 image tokens + "
-        f"a caption), finetuning at the full {seq['finetune']}-token context; buffers, fragmentation and the "
-        "frozen tower's forward not counted). The recipe's rows are marked ✓. LLaVA-1.5's published "
-        f"requirement: {LLAVA15['published']}.",
+        "The model of the projection below, applied to this run's own configuration (its parameters, 2 ZeRO-3 ranks, "
+        "micro-batch 1, its longest sample within the context), predicts the training state it counts; the "
+        "measured peak RSS of a rank is far larger. RSS counts every byte the process maps, and the model leaves "
+        "out the Python interpreter and the code of torch, DeepSpeed and transformers, the full bf16 model each "
+        "rank loads before ZeRO-3 partitions it, DeepSpeed's flat and communication buffers and the allocator's "
+        "cache; this run measured only the total, so the gap is reported, not broken down.",
+        "",
+        markdown_table(
+            [
+                "stage",
+                "predicted: state + activations (GiB per rank)",
+                "measured: peak RSS (GiB, highest rank)",
+                "gap (GiB)",
+            ],
+            [
+                [
+                    r["stage"],
+                    f"{r['state_gib']:.2f} + {r['activations_gib']:.2f} = {r['total_gib']:.2f}",
+                    "–" if peak[r["stage"]] is None else f"{peak[r['stage']]:.2f}",
+                    "–" if peak[r["stage"]] is None else f"{peak[r['stage']] - r['total_gib']:.2f}",
+                ]
+                for r in predicted
+            ],
+        ),  # fmt: skip
+        "",
+        f"## Projected memory per GPU of the real run (Vicuna-7B + ViT-B/16, {LLAVA15['gpus']} GPUs, context "
+        f"{LLAVA15['context']}): a projection, not a measurement",
+        "",
+        "Computed from the real configs, never run on a GPU (bf16 weights and gradients, fp32 Adam master + "
+        "moments, partitioned over the GPUs as each ZeRO stage does; activations of SDPA attention for "
+        "micro-batch × tokens per sample, logits included: pretraining at this run's mean of "
+        f"{seq['pretrain']} tokens (196 image tokens + a caption), finetuning at the full {seq['finetune']}-token "
+        "context). The backward's transients are bounded in their own column (transient_bound_bytes: the "
+        "logits' gradient, ZeRO-3's gathered parameters at stage3_max_live_parameters, one gradient bucket); "
+        "allocator fragmentation and the frozen tower's forward are not counted, and the section above shows "
+        "how far a process's footprint can exceed the counted state. The recipe's rows are marked ✓. "
+        f"LLaVA-1.5's published times and hardware: {LLAVA15['published']}.",
         "",
         markdown_table(
             [
@@ -417,6 +507,8 @@ def report(out: Path, dest: Path) -> int:
                 "Adam",
                 "activations",
                 "total GiB",
+                "transients ≤",
+                "total + transients ≤",
                 "recipe",
             ],
             [
@@ -430,6 +522,8 @@ def report(out: Path, dest: Path) -> int:
                     f"{r['optimizer_gib']:.1f}",
                     f"{r['activations_gib']:.1f}",
                     f"{r['total_gib']:.1f}",
+                    f"{transient_bound_bytes(r, counts['vocab_padded']) / GIB:.1f}",
+                    f"{r['total_gib'] + transient_bound_bytes(r, counts['vocab_padded']) / GIB:.1f}",
                     "✓" if r["recipe"] else "",
                 ]
                 for r in mem
@@ -452,7 +546,16 @@ def main(argv=None) -> int:
     r = sub.add_parser("report", help="write the resource report from a finished run")
     r.add_argument("out", type=Path)
     r.add_argument("-o", "--output", type=Path, default=Path("eval/results/real_shapes"))
+    b = sub.add_parser("rebuild", help="rewrite the report from a run's record (its JSON); no run")
+    b.add_argument("record", type=Path)
+    b.add_argument("-o", "--output", type=Path, default=Path("eval/results/real_shapes"))
     args = ap.parse_args(argv)
+    if args.cmd == "rebuild":
+        try:
+            record = json.loads(args.record.read_text())
+        except (OSError, ValueError) as e:
+            ap.error(f"{args.record}: not a readable run record ({e})")
+        return write_report(record, args.output)
     if args.cmd == "prepare":
         if args.lm_layers < 1 or args.context < 256:
             ap.error("--lm-layers must be ≥ 1 and --context ≥ 256 (196 image tokens plus text)")
@@ -462,7 +565,7 @@ def main(argv=None) -> int:
         ap.error(
             f"{args.out}: no {missing[0]}; run `bash scripts/real_shapes_check.sh` (OUT={args.out}) first"
         )
-    return report(args.out, args.output)
+    return write_report(collect(args.out), args.output)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,27 @@ def test_real_shapes_check_script(tmp_path):
     )  # the long sample, truncated in training
     assert record["real_parameters"]["llm"] > 6.7e9 and len(record["memory_per_gpu"]) == 8
     md = (tmp_path / "real_shapes.md").read_text()
-    assert "## Memory per GPU of the real run" in md and "peak RSS" in md
+    assert "## Projected memory per GPU of the real run" in md and "peak RSS" in md
+    assert "### The memory model against this run" in md and len(record["cpu_run_predicted"]) == 2
     log = (tmp_path / "run" / "logs" / "chat.log").read_text()
     assert "ASSISTANT:" in log
+
+
+def test_report_rebuilds_from_the_committed_record(tmp_path):
+    # the committed record rewrites its report: the projection titled as one, the CPU run's predicted and
+    # measured memory side by side, LLaVA-1.5's published times quoted for 7B and 13B, the tokenizer named
+    from eval import real_shapes
+
+    root = Path(__file__).resolve().parents[2]
+    assert (
+        real_shapes.main(["rebuild", str(root / "eval/results/real_shapes.json"), "-o", str(tmp_path / "rs")])
+        == 0
+    )
+    md = (tmp_path / "rs.md").read_text()
+    assert "a projection, not a measurement" in md and "transients ≤" in md
+    assert "| finetune | 5.20 + 0.24 = 5.44 | 10.57 | 5.13 |" in md
+    assert (
+        '"around 10 hours for LLaVA-v1.5-7B on 8x A100 (40G)"' in md
+        and '"around 3.5 hours for LLaVA-v1.5-7B"' in md
+    )
+    assert "Mistral-7B v1's 32000-token SentencePiece tokenizer" in md

@@ -444,7 +444,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         f"Photos: scikit-image {', '.join(names)}, centre-cropped to {size}² (never in the "
         f"learned init's training data). One fit per budget K with the default FitConfig optimiser ({_adam(opt)}), "
         f"as `gsv fit --iters K` runs it; {PREV}: the structured init fitted with the optimiser of the default "
-        f'before 2026-12-05 ({_adam(PREV_ADAM)}), the baseline of the targets. PSNR of '
+        f"before 2026-12-05 ({_adam(PREV_ADAM)}), the baseline of the targets. PSNR of "
         "the fp32 result, mean over the photos; K = 0 is "
         "the init itself (random stops at K = 1000). Wall time: the whole batch of photos from raw image to "
         f"fitted splats (init and network included), {run['threads']} torch thread(s), compiled CPU renderer "

@@ -157,7 +157,7 @@ def diagram() -> Image.Image:
     for name, (x, y) in boxes.items():
         ax.add_patch(FancyBboxPatch((x, y), 3, 1.4, boxstyle="round,pad=0.1", fc="#dde8f5", ec="#234"))
         ax.text(x + 1.5, y + 0.7, name, ha="center", va="center", fontsize=15)
-    for (a, b) in (("image", "splats"), ("splats", "encoder"), ("encoder", "tokens"), ("tokens", "LLM")):
+    for a, b in (("image", "splats"), ("splats", "encoder"), ("encoder", "tokens"), ("tokens", "LLM")):
         (x0, y0), (x1, y1) = boxes[a], boxes[b]
         ax.add_patch(FancyArrowPatch((x0 + 1.5, y0 + 0.7), (x1 + 1.5, y1 + 0.7), arrowstyle="-|>",
                                      mutation_scale=20, shrinkA=40, shrinkB=40, lw=2))  # fmt: skip
@@ -204,11 +204,12 @@ def screenshot(name: str, work: Path) -> Image.Image:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not (Path(args[0]) / "mate" / "nature").is_dir():
-        sys.exit("usage: python -m eval.images.make SOURCES_DIR  (SOURCES_DIR/mate/nature: see the docstring)")
+        sys.exit(
+            "usage: python -m eval.images.make SOURCES_DIR  (SOURCES_DIR/mate/nature: see the docstring)"
+        )
     src = Path(args[0])
-    from sklearn.datasets import load_sample_image
-
     import matplotlib
+    from sklearn.datasets import load_sample_image
 
     mate = src / "mate" / "nature"
     sample = Path(matplotlib.get_data_path()) / "sample_data"

@@ -111,10 +111,11 @@ def _fmt(x, digits=2):
     return None if x is None else round(float(x), digits)
 
 
-def report(run: dict, name: str = "fit_convergence", machine: dict | None = None):
-    """eval/results/<name>.{md,json,png} of a sealed run."""
+def report(run: dict, name: str = "fit_convergence", machine: dict | None = None, out_dir=None):
+    """eval/results/<name>.{md,json,png} (or under `out_dir`) of a sealed run."""
     from .common import RESULTS, write_results
 
+    out_dir = out_dir or RESULTS
     fits, ns, ks, pics = run["fits"], run["ns"], [0, *run["budgets"]], run["pictures"]
     arr = {key: {k: np.array(v) for k, v in e["psnr"].items()} for key, e in fits.items()}
     chosen = run["warmups"]["chosen"]
@@ -185,8 +186,8 @@ def report(run: dict, name: str = "fit_convergence", machine: dict | None = None
         (f"Per picture: PSNR (dB) at K = {' and K = '.join(map(str, shown))}", ["N", "picture", "kind", *[f"{i}@{k}" for k in shown for i in INITS]], per_picture),
     ]  # fmt: skip
     md = write_results(name, "Fit convergence on the sealed test set: structured vs density vs learned initialisation, same optimiser",
-                       sections, {"run": run}, notes, RESULTS, machine)  # fmt: skip
-    plot(run, RESULTS / f"{name}.png")
+                       sections, {"run": run}, notes, out_dir, machine)  # fmt: skip
+    plot(run, out_dir / f"{name}.png")
     return md
 
 

@@ -66,7 +66,7 @@ PREVIOUS_OPTIMISER = {
     "lr_warmup": 0,
 }
 # Warm-up iterations of FitConfig.lr_warmup = None after the learned and density inits
-# (eval/results/fit_convergence.md): Adam's first steps are full-size whatever the gradient (t = 1:
+# (eval/results/fit_convergence_tuning.md): Adam's first steps are full-size whatever the gradient (t = 1:
 # m̂ / √v̂ = ±1), which throws a close start away (learned: 31.6 → 27.7 dB after one step at N = 3136, back
 # only after ~10); ramping the step sizes over the first 10 keeps it (+0.57 dB at 100 iterations; density
 # +0.8). The other inits start without one (measured with the step sizes before 2026-12-05, a warm-up cost
@@ -81,7 +81,7 @@ class FitConfig:
 
     num_gaussians: int = 3136  # N per image before pruning
     iters: int = 3000  # Adam steps of the main fit
-    # learned (learned_init.py; the default: fastest to every quality in eval/results/fit_convergence.md),
+    # learned (learned_init.py; the default: fastest to every quality in eval/results/fit_convergence_tuning.md),
     # structured (grid), adaptive (structure-tensor grid, init.py), density (grid warped towards detail,
     # init.py) or random (GaussianImage)
     init: str = "learned"
@@ -91,16 +91,16 @@ class FitConfig:
     prune_at: int | None = None  # main-fit iteration at which to prune (needs tau); None: after the fit
     finetune_iters: int = 0  # Adam steps after the main fit when pruning (fresh Adam state, own schedule)
     # coarse-to-fine: Adam steps on the canvas shrunk coarse_factor× (area average) before the main fit (own
-    # schedule and Adam state); 0: none (measured in eval/results/fit_convergence.md)
+    # schedule and Adam state); 0: none (measured in eval/results/fit_convergence_tuning.md)
     coarse_iters: int = 0
     coarse_factor: int = 2
-    # Adam step sizes (eval/results/fit_convergence.md): the ones before 2026-12-05 (0.1, 0.04, 0.02) were
+    # Adam step sizes (eval/results/fit_convergence_tuning.md): the ones before 2026-12-05 (0.1, 0.04, 0.02) were
     # too small for the geometry; 4× on centres and shapes and 0.7× on colours reach every budget higher
     # (+0.5–1.0 dB at 100 iterations, +0.2–0.3 at 1000, N = 1600–3136), and flat images settle higher too.
     lr_xy: float = 0.4  # Adam step size of centres, pixels
     lr_chol: float = 0.16  # Adam step size of the Cholesky factor, pixels
     lr_rgb: float = 0.014  # Adam step size of colours
-    # Step-size schedule and Adam's moment decay rates (eval/results/fit_convergence.md): constant step sizes
+    # Step-size schedule and Adam's moment decay rates (eval/results/fit_convergence_tuning.md): constant step sizes
     # with a cosine to lr_final over the last lr_decay of the iterations, and a shorter second-moment memory
     # (β2 = 0.98), reach every quality in fewer iterations than PREVIOUS_OPTIMISER. The final decay matters
     # where a fit converges (flat images): with constant step sizes Adam's normalised steps keep every

@@ -46,7 +46,7 @@ __all__ = [
 COLOUR_ITERS = 3  # conjugate-gradient steps of the least-squares colour solve (solve_colours)
 MAX_ANISOTROPY = 3.0  # adaptive init: largest ratio of a Gaussian's long to its short axis is this squared
 # density init: share of the cell density that follows the image's detail (the rest is uniform); 0.75–0.9
-# measured alike (eval/results/fit_convergence.md)
+# measured alike (eval/results/fit_convergence_tuning.md)
 DENSITY_MIX = 0.8
 DENSITY_BLUR = 0.5  # density init: radius of the detail's box blur, in cells (at least one pixel)
 

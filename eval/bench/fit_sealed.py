@@ -2,8 +2,8 @@
 
 Each initialisation (the structured grid, the density grid, the learned network) is fitted with the same
 optimiser (the default FitConfig's Adam and schedule), each with its own best linear warm-up, chosen on
-the tuning set (eval/splits.py) before any sealed picture is fitted. The pre-2026-12-05 default (the
-structured grid with the optimiser of that time) is a secondary row. Every fit is a complete K-iteration
+the tuning set (eval/splits.py) before any sealed picture is fitted. The previous default (the
+structured grid with PREVIOUS_OPTIMISER) is a secondary row. Every fit is a complete K-iteration
 fit of all sealed pictures in one batch (what `gsv fit --iters K` runs), timed from the raw image to the
 fitted splats; K = 0 is the init itself. Reported per picture, with the mean, the median and a bootstrap
 interval over pictures (the unit the data clusters in); speed-ups as measured wall time at measured
@@ -25,7 +25,7 @@ from gs_encoder.fitting.init import density_init, structured_init
 from gs_encoder.fitting.learned_init import learned_init
 
 INITS = ("structured", "density", "learned")
-PREV = "structured-prev"  # secondary row: the structured init with the optimiser before 2026-12-05
+PREV = "structured-prev"  # secondary row: the structured init with PREVIOUS_OPTIMISER, the default before
 BUDGETS = (50, 100, 300, 1000)
 NS = (400, 1600, 3136)
 WARMUPS = (0, 10, 30)  # linear warm-up lengths each init chooses from, on the tuning set
@@ -172,7 +172,9 @@ def report(run: dict, name: str = "fit_convergence", machine: dict | None = None
         "eval/images/README.md), used for no choice: the warm-ups below were chosen on the tuning set "
         f"({', '.join(tune['tuning_pictures'])}; N = {tune['n']}, K = {tune['k']}) before any sealed picture "
         "was fitted, and nothing was changed after. Every init runs the default FitConfig optimiser; "
-        f"{PREV} (the structured grid with the optimiser of the default before 2026-12-05) is a secondary row. "
+        f"{PREV} (the structured grid with the previous default optimiser: Adam β2 = {PREVIOUS_OPTIMISER['betas'][1]}, "
+        f"step sizes {PREVIOUS_OPTIMISER['lr_xy']} / {PREVIOUS_OPTIMISER['lr_chol']} / {PREVIOUS_OPTIMISER['lr_rgb']}, "
+        "a cosine over the whole fit) is a secondary row. "
         "PSNR of the fp32 result; cells are mean (median) over the pictures. Wall time: the whole batch of "
         "pictures from raw image to fitted splats, init included, on a CPU that may be shared: measured "
         "speed-ups compare two measured fits; iteration equivalents interpolate between budgets (derived)."

@@ -652,7 +652,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--procedural", type=float, default=d.procedural, help="share of procedural images")
-    p.add_argument("--images", nargs="+", default=[], help="folders of your own images (replace the photos)")
+    p.add_argument(
+        "--images",
+        nargs="+",
+        default=[],
+        help="folders of your own images (replace the photos; pictures of the sealed test set are left out)",
+    )
     p.add_argument("--width", type=int, default=d.width)
     p.add_argument("--cell-width", type=int, default=d.cell_width)
     p.add_argument("--blocks", type=int, default=d.blocks, help="residual convs at cell resolution")

@@ -623,10 +623,14 @@ def _sealed(args) -> None:
         runs = [json.loads(Path(p).read_text()) for p in args.from_json]
         if any(r["run"]["warmups"]["chosen"] != runs[0]["run"]["warmups"]["chosen"] for r in runs):
             raise SystemExit("the runs chose different warm-ups on the tuning set; they cannot be merged")
-        merged = {**runs[0]["run"], "fits": {}, "ns": []}
+        merged = {**runs[0]["run"], "fits": {}, "ns": [], "merged_from": []}
         for r in runs:
             merged["fits"].update(r["run"]["fits"])
             merged["ns"] += [n for n in r["run"]["ns"] if n not in merged["ns"]]
+            # a merged run's record keeps its parts; a part is a run of its own
+            merged["merged_from"] += r["run"].get("merged_from") or [
+                {"ns": r["run"]["ns"], "finished": r["machine"]["date"], "commit": r["machine"]["git"]}
+            ]
         merged["ns"].sort()
         merged["fits"] = {k: {f: _int_keys(v) for f, v in e.items()} for k, e in merged["fits"].items()}
         print(fit_sealed.report(merged, name, machine=runs[0]["machine"]).read_text())

@@ -179,6 +179,15 @@ def report(run: dict, name: str = "fit_convergence", machine: dict | None = None
         "pictures from raw image to fitted splats, init included, on a CPU that may be shared: measured "
         "speed-ups compare two measured fits; iteration equivalents interpolate between budgets (derived)."
     )
+    if run.get("merged_from"):
+        notes += (
+            " Merged from runs of one process each (one thread, side by side on the machine): "
+            + "; ".join(
+                f"N = {', '.join(map(str, part['ns']))} finished {part['finished']} at commit {part['commit']}"
+                for part in run["merged_from"]
+            )
+            + "."
+        )
     sections = [
         ("Warm-up of each init, chosen on the tuning set (mean PSNR, dB)", ["init", *[f"warm-up {w}" for w in WARMUPS], "chosen"], tune_rows),
         ("PSNR (dB) after K iterations on the sealed set: mean (median), same optimiser", ["N", "init", *[f"K={k}" for k in ks]], head),

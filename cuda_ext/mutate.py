@@ -286,6 +286,7 @@ def run_one(
 
 
 def _cpu_name() -> str:
+    # as gs_encoder.report's: cuda_ext imports nothing from the project (docs/format.md's layering)
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

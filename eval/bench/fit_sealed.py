@@ -15,17 +15,15 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from eval import splits
-from gs_encoder import FitConfig, fit_images, psnr, render
+from gs_encoder import FitConfig, fit_images
 from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER
-from gs_encoder.fitting.init import density_init, structured_init
-from gs_encoder.fitting.learned_init import learned_init
+
+from .fit_convergence import PREV, base_init, init_psnr
 
 INITS = ("structured", "density", "learned")
-PREV = "structured-prev"  # secondary row: the structured init with PREVIOUS_OPTIMISER, the default before
 BUDGETS = (50, 100, 300, 1000)
 NS = (400, 1600, 3136)
 WARMUPS = (0, 10, 30)  # linear warm-up lengths each init chooses from, on the tuning set
@@ -38,19 +36,6 @@ def config(init: str, n: int, k: int, warmup: int) -> FitConfig:
             num_gaussians=n, iters=k, init="structured", check_every=max(k // 20, 1), **PREVIOUS_OPTIMISER
         )
     return FitConfig(num_gaussians=n, iters=k, init=init, lr_warmup=warmup, check_every=max(k // 20, 1))
-
-
-def start_psnr(images: torch.Tensor, init: str, n: int) -> tuple[list[float], float]:
-    """(PSNR of each picture's initial splats, seconds for the batch)."""
-    make = {"structured": structured_init, "density": density_init, "learned": learned_init}[init]
-    t = time.perf_counter()
-    sets = make(images, n)
-    secs = time.perf_counter() - t
-    with torch.no_grad():
-        return [
-            float(psnr(render(s, size=images.shape[-1]).clamp(0, 1), im))
-            for s, im in zip(sets, images, strict=True)
-        ], secs
 
 
 def choose_warmups(n: int = TUNE_N, k: int = TUNE_K, size: int = 224) -> dict:
@@ -72,7 +57,7 @@ def run(ns=NS, budgets=BUDGETS, warmups: dict | None = None, size: int = 224) ->
     fits = {}
     jobs = [(n, init) for n in ns for init in (*INITS, PREV)]
     for n, init in tqdm(jobs, desc="sealed fits", unit="init×N"):
-        p0, s0 = start_psnr(images, "structured" if init == PREV else init, n)
+        p0, s0 = init_psnr(images, base_init(init), n, clamp=True)
         entry = {"psnr": {0: p0}, "seconds": {0: s0}}
         for k in budgets:
             t = time.perf_counter()

@@ -50,6 +50,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .fitting.learned_init import file_sha256
+
 __all__ = ["TRAIN_PHOTOS", "TrainInitConfig", "add_args", "main", "train_init"]
 
 # scikit-image's pictures trained on: not the tuning photographs of eval/splits.py (astronaut, chelsea,
@@ -561,12 +563,6 @@ def _source_log(weights: Path) -> dict:
         except (OSError, ValueError):
             continue
     return {"log": None}
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def check_provenance(weights: Path) -> list[str]:

@@ -370,11 +370,18 @@ def _read_weights(path: Path, fix: str | None = None) -> SplatInitNet:
 
 
 @functools.lru_cache(maxsize=32)
-def _file_id(path: str, mtime_ns: int, size: int) -> str:
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
     import hashlib
 
     with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:12]
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file, cached per path, modification time and size (weights files are hashed often)."""
+    path = Path(path)
+    st = path.stat()
+    return _file_sha256(str(path.resolve()), st.st_mtime_ns, st.st_size)
 
 
 def weights_id(path: str | Path | None = None) -> str:
@@ -385,8 +392,7 @@ def weights_id(path: str | Path | None = None) -> str:
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.is_file():
         _read_weights(path)  # raises "not found"
-    st = path.stat()
-    return _file_id(str(path.resolve()), st.st_mtime_ns, st.st_size)
+    return file_sha256(path)[:12]
 
 
 @functools.lru_cache(maxsize=8)

@@ -306,12 +306,15 @@ struct Runner {
       for (size_t i = 0; i < t_buffers.size() && hit == nullptr; ++i)
         if (a >= t_buffers[i].base && a < t_buffers[i].base + t_buffers[i].bytes) hit = &t_buffers[last_buffer = i];
     }
+    auto past_end = [&](const Buffer& b) {
+      violation = who(block_linear, thread) + " " + verb + " " + std::to_string(size) + " bytes at byte " +
+                  std::to_string(a - b.base) + " of `" + b.name + "` (" + std::to_string(b.bytes) +
+                  " bytes): past its end (out of bounds)";
+    };
     if (hit != nullptr) {
       Buffer& b = *hit;
       if (a + size > b.base + b.bytes) {
-        violation = who(block_linear, thread) + " " + verb + " " + std::to_string(size) + " bytes at byte " +
-                    std::to_string(a - b.base) + " of `" + b.name + "` (" + std::to_string(b.bytes) +
-                    " bytes): past its end (out of bounds)";
+        past_end(b);
         return;
       }
       const size_t g0 = (a - b.base) / b.granule, g1 = (a + size - 1 - b.base) / b.granule;
@@ -326,9 +329,7 @@ struct Runner {
         return;
       }
       if (a >= b.base + b.bytes && a < b.base + b.bytes + b.redzone) {
-        violation = who(block_linear, thread) + " " + verb + " " + std::to_string(size) + " bytes at byte " +
-                    std::to_string(a - b.base) + " of `" + b.name + "` (" + std::to_string(b.bytes) +
-                    " bytes): past its end (out of bounds)";
+        past_end(b);
         return;
       }
     }
@@ -544,14 +545,25 @@ void block_barrier() {
 
 namespace {
 
+// The (x, y, z) index of linear block k of a grid.
+uint3 block_index(int64_t k, dim3 grid) {
+  return uint3{static_cast<unsigned>(k % grid.x), static_cast<unsigned>((k / grid.x) % grid.y),
+               static_cast<unsigned>(k / (static_cast<int64_t>(grid.x) * grid.y))};
+}
+
+// Stacks for `threads` fibres on this OS thread's runner; false (the launch's error recorded) when they
+// cannot be mapped.
+bool reserve_stacks(Runner& runner, size_t threads, const char* kernel) {
+  runner.reserve(threads);
+  if (runner.stacks != nullptr) return true;
+  record(std::string(kernel) + ": could not map the emulated threads' stacks");
+  return false;
+}
+
 // Checking mode: every block on the calling thread, in a random order drawn from the seed and the launch.
 void run_grid_checked(const char* kernel, dim3 grid, dim3 block, Body body, int64_t blocks, size_t threads) {
   thread_local Runner runner;
-  runner.reserve(threads);
-  if (runner.stacks == nullptr) {
-    record(std::string(kernel) + ": could not map the emulated threads' stacks");
-    return;
-  }
+  if (!reserve_stacks(runner, threads, kernel)) return;
   const uint32_t launch = g_launches.fetch_add(1) + 1;
   runner.rng.seed(g_seed.load() * 0x9E3779B97F4A7C15ull + launch);
   runner.check = true;
@@ -560,7 +572,7 @@ void run_grid_checked(const char* kernel, dim3 grid, dim3 block, Body body, int6
   runner.body = body;
   runner.kernel = kernel;
   runner.args_range = Range{reinterpret_cast<uintptr_t>(body.args), reinterpret_cast<uintptr_t>(body.args) + body.args_bytes};
-  runner.shared_range = tls_block();
+  if (runner.shared_range.hi == 0) runner.shared_range = tls_block();  // fixed for the thread's lifetime
   runner.shared_shadow.resize((runner.shared_range.hi - runner.shared_range.lo + 3) / 4);
   for (Buffer& b : t_buffers) b.shadow.resize((b.bytes + b.granule - 1) / b.granule);
   std::vector<int64_t> order(static_cast<size_t>(blocks));
@@ -572,9 +584,7 @@ void run_grid_checked(const char* kernel, dim3 grid, dim3 block, Body body, int6
     runner.error.clear();
     runner.violation.clear();
     runner.block_linear = static_cast<uint32_t>(k);
-    const uint3 idx{static_cast<unsigned>(k % grid.x), static_cast<unsigned>((k / grid.x) % grid.y),
-                    static_cast<unsigned>(k / (static_cast<int64_t>(grid.x) * grid.y))};
-    runner.run_block(grid, block, idx);
+    runner.run_block(grid, block, block_index(k, grid));
     if (!runner.error.empty()) {
       record(runner.error);
       break;
@@ -620,9 +630,7 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, Body body) {
   for (int64_t k = 0; k < blocks; ++k) {
     if (failed.load(std::memory_order_relaxed)) continue;
     thread_local Runner runner;
-    runner.reserve(threads);
-    if (runner.stacks == nullptr) {
-      record(std::string(kernel) + ": could not map the emulated threads' stacks");
+    if (!reserve_stacks(runner, threads, kernel)) {
       failed = true;
       continue;
     }
@@ -631,9 +639,7 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, Body body) {
     runner.body = body;
     runner.kernel = kernel;
     runner.error.clear();
-    const uint3 idx{static_cast<unsigned>(k % grid.x), static_cast<unsigned>((k / grid.x) % grid.y),
-                    static_cast<unsigned>(k / (static_cast<int64_t>(grid.x) * grid.y))};
-    runner.run_block(grid, block, idx);
+    runner.run_block(grid, block, block_index(k, grid));
     t_runner = outer;
     if (!runner.error.empty()) {
       record(runner.error);

@@ -10,10 +10,10 @@
   benchmark reports its rows as they come, and a target that fails there is reported as failed.
 
 The images are committed as PNGs: 224² ones in eval/images/ (made by eval/images/make.py from the
-sources named below) and the photographs at their own size in eval/bench/photos/. Splits are disjoint by content, not by name (tests/eval/test_splits.py
-compares fingerprints, gs_encoder.image_io.fingerprint); train_init drops sealed pictures found in
-`--images` folders, by the fingerprints in gs_encoder/sealed_fingerprints.txt that
-`write_sealed_fingerprints` writes.
+sources named below) and the photographs at their own size in eval/bench/photos/. Splits are disjoint
+by content, not by name (tests/eval/test_splits.py compares fingerprints, gs_encoder.image_io.fingerprint);
+train_init drops sealed pictures found in `--images` folders, by the fingerprints in
+gs_encoder/sealed_fingerprints.txt that `write_sealed_fingerprints` writes.
 """
 
 from __future__ import annotations

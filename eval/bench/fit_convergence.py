@@ -614,14 +614,28 @@ def main(argv=None):
     print(md.read_text())
 
 
-def _sealed(args) -> None:
+def _sealed_record(path: str) -> dict:
+    """The JSON a sealed run wrote (its "run" holds "warmups" and "fits"); SystemExit naming the file otherwise."""
     import json
 
+    try:
+        record = json.loads(Path(path).read_text())
+        if not {"warmups", "fits", "ns"} <= set(record["run"]):
+            raise KeyError("warmups, fits, ns")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(
+            f"{path}: not the JSON of a sealed fit_convergence run ({type(e).__name__}: {e}); give an "
+            "eval/results/fit_convergence*.json written by `python -m eval.bench.fit_convergence`"
+        ) from None
+    return record
+
+
+def _sealed(args) -> None:
     from . import fit_sealed
 
     name = args.out or ("fit_convergence_quick" if args.quick else "fit_convergence")
     if args.from_json:
-        runs = [json.loads(Path(p).read_text()) for p in args.from_json]
+        runs = [_sealed_record(p) for p in args.from_json]
         if any(r["run"]["warmups"]["chosen"] != runs[0]["run"]["warmups"]["chosen"] for r in runs):
             raise SystemExit("the runs chose different warm-ups on the tuning set; they cannot be merged")
         merged = {**runs[0]["run"], "fits": {}, "ns": [], "merged_from": []}
@@ -643,7 +657,7 @@ def _sealed(args) -> None:
         print(fit_sealed.report(run, name).read_text())
         return
     if args.warmups:
-        warmups = json.loads(Path(args.warmups).read_text())["run"]["warmups"]
+        warmups = _sealed_record(args.warmups)["run"]["warmups"]
     else:
         warmups = fit_sealed.choose_warmups()
     run = fit_sealed.run(args.ns or fit_sealed.NS, fit_sealed.BUDGETS, warmups)

@@ -115,3 +115,11 @@ def test_sealed_run_reports_every_picture_at_equal_settings(tmp_path):
     for p in splits.SEALED:
         assert f"| 16 | {p.name} | {p.kind} |" in md
     assert (tmp_path / "sealed_check.png").exists() and (tmp_path / "sealed_check.json").exists()
+
+
+def test_sealed_run_files_that_are_not_one_are_named(tmp_path):
+    bad = tmp_path / "other.json"
+    bad.write_text('{"benchmark": "fit_speed"}')
+    for args in (["--from-json", str(bad)], ["--warmups", str(tmp_path / "missing.json")]):
+        with pytest.raises(SystemExit, match="not the JSON of a sealed fit_convergence run"):
+            fc.main(args)

@@ -60,7 +60,13 @@ ver="$("$BARE" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1
 import importlib.util
 import torch
 
-absent = ("numpy", "PIL", "tqdm", "pytest", "safetensors", "matplotlib", "skimage")
+import sys
+
+sys.path.insert(0, "scripts")
+from gpu_preflight import read_packages  # noqa: E402  (standard library only)
+
+# every package the check installs from wheels, and one the project's own tests need, must be missing
+absent = [m for m, _, kind, _ in read_packages() if kind != "tool"] + ["skimage"]
 seen = [m for m in absent if importlib.util.find_spec(m)]
 assert not seen, f"the torch-only python sees {seen}"
 print("torch-only python:", torch.__version__, "|", ", ".join(absent), "absent")

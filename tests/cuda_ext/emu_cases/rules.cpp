@@ -85,12 +85,14 @@ __global__ void shared_race_kernel(float* out, bool barrier) {
 }  // namespace
 
 // `check`: run in the emulator's checking mode (orders from `seed`) with out[0, n_out) registered as the
-// launch's one buffer; the caller leaves 256 bytes of red zone on each side of it.
-extern "C" int run_case(int which, float* out, int blocks, char* msg, int msg_len, int check, int n_out, int seed) {
+// launch's one buffer, with `red` floats of red zone the caller leaves on each side of it.
+extern "C" int run_case(int which, float* out, int blocks, char* msg, int msg_len, int check, int n_out, int seed,
+                        int red) {
   cudaGetLastError();  // start clean
   if (check) {
     gsv_emu::set_checking(true, static_cast<uint64_t>(seed));
-    gsv_emu::register_buffer("out", out, static_cast<size_t>(n_out) * sizeof(float), sizeof(float), 256);
+    gsv_emu::register_buffer("out", out, static_cast<size_t>(n_out) * sizeof(float), sizeof(float),
+                             static_cast<size_t>(red) * sizeof(float));
   }
   switch (which) {
     case 0:

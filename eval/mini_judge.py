@@ -6,9 +6,12 @@
 lmms-eval's MM-Vet scorer sends its few-shot grading prompt ending with the row
 `question | ground truth | prediction |`; this judge reads that last row and applies the rule the prompt
 states: with `<AND>` the score is the share of ground-truth parts found in the prediction, with `<OR>` (or
-a single answer) it is 1.0 when any part is found, else 0.0 (case-insensitive, whole words). It is a
-deterministic rule for offline tests and the mini tasks, not a replacement for GPT-4 grading: numbers
-from it are not comparable with published MM-Vet scores.
+a single answer) it is 1.0 when any part is found, else 0.0 (case-insensitive, whole words). A listed item
+of the prediction (split at commas, "and", "or") that holds no ground-truth part counts against it, as a
+wrong element would with a human grader: the score is found / (parts + wrong items), so naming every shape
+of the world does not answer "What shapes are in the image?". It is a deterministic rule for offline tests
+and the mini tasks, not a replacement for GPT-4 grading: numbers from it are not comparable with published
+MM-Vet scores.
 """
 
 from __future__ import annotations
@@ -39,10 +42,13 @@ def grade(prompt: str) -> float:
         raise ValueError("no 'question | ground truth | prediction |' row in the prompt")
     cells = [c.strip() for c in rows[-1].rstrip().rstrip("|").split(" | ")]
     truth, prediction = cells[1], " | ".join(cells[2:])
-    if "<AND>" in truth:
-        parts = [p for p in truth.split("<AND>") if p.strip()]
-        return round(sum(_found(p, prediction) for p in parts) / len(parts), 1)
-    return 1.0 if any(_found(p, prediction) for p in truth.split("<OR>")) else 0.0
+    every = "<AND>" in truth
+    parts = [p for p in truth.split("<AND>" if every else "<OR>") if p.strip()]
+    items = [x for x in re.split(r",|;|\band\b|\bor\b", prediction.lower()) if _norm(x)]
+    wrong = sum(not any(_found(p, item) for p in parts) for item in items)
+    found = sum(_found(p, prediction) for p in parts)
+    right = found / len(parts) if every else float(found > 0)
+    return round(right * (len(parts) if every else 1) / ((len(parts) if every else 1) + wrong), 1)
 
 
 class _Handler(BaseHTTPRequestHandler):

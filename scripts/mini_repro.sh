@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # GaussianVision in miniature, end to end on CPU with the project's real commands:
-#   world data → RGB CLIP teacher from scratch (open_clip_train) → splats at 3 budgets (gsv fit-shards, with
-#   teacher embeddings) → GS encoder stage 1 + stage 2 (K = 64 and 32, the 196/98-token equivalents at 64²)
-#   → zero-shot GS vs RGB → tiny RGB-LLaVA and GS-LLaVA through scripts/pretrain.sh + scripts/finetune.sh
-#   (DeepSpeed, CPU) → lmms-eval on the world's six question kinds (+ shuffled-image control)
-#   → eval/results/mini_repro.{md,json,png} via eval.mini.report.
-#   bash scripts/mini_repro.sh            the full run (sized for ≤ 45 min on 2 cores; NTRAIN, BUDGETS, ... override)
+#   world data (train / val / test scenes) → RGB CLIP teacher from scratch (open_clip_train) → splats at 2
+#   budgets (gsv fit-shards, with teacher embeddings) → GS encoder stage 1 + stage 2 (K = 64 and 32, the
+#   196/98-token equivalents at 64²) → zero-shot GS vs RGB → tiny RGB-LLaVA, GS-LLaVAs and the blind GS-LLaVA
+#   (trained on one blank image: the no-vision floor) through scripts/pretrain.sh + scripts/finetune.sh
+#   (DeepSpeed, CPU) → after every model of every seed is trained, lmms-eval once on the validation questions
+#   (where every choice is made) and the test questions (+ shuffled-image control)
+#   → eval/results/mini_repro.{md,json,png} via eval.mini.report, and the demo model chosen on validation
+#   (eval.mini.ship_demo).
+#   bash scripts/mini_repro.sh            the full run (sized for ≤ 45 min per seed on 2 cores; NTRAIN, BUDGETS, ... override)
 #   bash scripts/mini_repro.sh --smoke    every stage at toy size (a few minutes; CI runs it)
 #   bash scripts/mini_repro.sh --demo     one small GS-LLaVA only (N = 64, K = 64; no RGB-LLaVA, zero-shot or
 #                                         evaluation) for scripts/demo.sh, in a few minutes
@@ -25,7 +28,7 @@ SMOKE=0 DEMO=0 HEAD_ABLATION=0 SEEDS=1
 USAGE="usage: bash scripts/mini_repro.sh [--smoke|--demo] [--head-ablation] [--seeds K]"
 # the command as the report records it: the settings given in the environment first
 COMMAND=""
-for knob in OUT NTRAIN NTEST ZS CLIP_EPOCHS FIT_ITERS BUDGETS S1_STEPS S2_STEPS FT_EPOCHS PT_EPOCHS FT_LR LM_INIT \
+for knob in OUT NTRAIN NVAL NTEST ZS CLIP_EPOCHS FIT_ITERS BUDGETS S1_STEPS S2_STEPS FT_EPOCHS PT_EPOCHS FT_LR LM_INIT \
   LABEL_SCALE CLIP_WORDS PT_WORDS ENC_WORDS_RATE FT_WORDS READING WARM_EPOCHS GS_WIDTH GS_FF_MULT GS_HEADS \
   PATCH_WEIGHT; do
   if [[ -n ${!knob+set} ]]; then printf -v COMMAND '%s%s=%q ' "$COMMAND" "$knob" "${!knob}"; fi
@@ -54,26 +57,18 @@ case "$LM_INIT" in
 esac
 OUT="${OUT:-outputs/mini_repro$( ((SMOKE)) && echo _smoke || true)$( ((DEMO)) && echo _demo || true)}"
 if [[ $DEMO == 1 ]]; then
-  NTRAIN=1000 NTEST=50 ZS=2 CLIP_EPOCHS=10 CLIP_BATCH=128 FIT_ITERS=60 BUDGETS="64" S1_STEPS=150 S2_STEPS=30
+  NTRAIN=1000 NVAL=20 NTEST=50 ZS=2 CLIP_EPOCHS=10 CLIP_BATCH=128 FIT_ITERS=60 BUDGETS="64" S1_STEPS=150 S2_STEPS=30
   FT_EPOCHS=1.5 PT_EPOCHS=1 MAX_STEPS=-1 KS="64"
 elif [[ $SMOKE == 1 ]]; then
-  NTRAIN=64 NTEST=24 ZS=2 CLIP_EPOCHS=1 CLIP_BATCH=16 FIT_ITERS=10 BUDGETS="16 36" S1_STEPS=4 S2_STEPS=2
+  NTRAIN=64 NVAL=24 NTEST=24 ZS=2 CLIP_EPOCHS=1 CLIP_BATCH=16 FIT_ITERS=10 BUDGETS="16 36" S1_STEPS=4 S2_STEPS=2
   FT_EPOCHS=1 PT_EPOCHS=1 MAX_STEPS=2 KS="16 8"
 else
-  # sized by measured stage costs on 2 cores (eval/results/mini_repro.md, "Time per stage"); three finetuning
-  # epochs (750 steps of 16 dialogues): one gave RGB-LLaVA +14.7 points over the question-only prior, three +29.7;
-  # 1200 + 150 encoder steps: 150 + 60 left GS n144-k64 at 50.0% (600 + 150: 69.0%; seed 0 of the 3-seed run at
-  # e502dea); at 600 the N = 64 stage-1 loss was still falling (seed 0: 3.3e-3; 1200 steps: 1.0e-3, n144-k64
-  # 1.3e-3 → 6.6e-4), and the GS-LLaVAs whose encoders stopped highest fell 7–13 points with the reading on
-  # (seed 0, paired: GS − RGB +1.6 / −1.2 / −9.5 at 600, −0.1 / +3.2 / −0.1 at 1200; README, "Reading")
-  NTRAIN="${NTRAIN:-2000}" NTEST="${NTEST:-250}" ZS="${ZS:-8}" CLIP_EPOCHS="${CLIP_EPOCHS:-8}" CLIP_BATCH=128
+  # sized by measured stage costs on 2 cores (eval/results/mini_repro.md, "Time per stage"); the reasoning
+  # behind each default, and what is left to re-check on validation: docs/mini.md
+  NTRAIN="${NTRAIN:-2000}" NVAL="${NVAL:-250}" NTEST="${NTEST:-250}" ZS="${ZS:-8}" CLIP_EPOCHS="${CLIP_EPOCHS:-8}" CLIP_BATCH=128
   FIT_ITERS="${FIT_ITERS:-70}" BUDGETS="${BUDGETS:-64 144}" S1_STEPS="${S1_STEPS:-1200}" S2_STEPS="${S2_STEPS:-150}"
-  # three projector-pretraining epochs (189 steps): RGB-LLaVA 62.9 → 68.2%, GS n144-k64 69.0 → 68.7% (seed 0)
   FT_EPOCHS="${FT_EPOCHS:-3}" PT_EPOCHS="${PT_EPOCHS:-3}" MAX_STEPS=-1 KS="64 32"
-  # reading, on in the full run (--demo and --smoke keep the small labels and no word images unless asked):
-  # labels 2× (a letter about one 8-px patch; the teacher then reads 53% of the words zero-shot, 24% at 1.45×),
-  # 1000 label-only images each for the teacher, LLaVA's stage 1 and finetuning, drawn by the GS encoders at
-  # 0.3 of the scenes' rate
+  # reading, on in the full run (--demo and --smoke keep the small labels and no word images unless asked)
   LABEL_SCALE="${LABEL_SCALE:-2}" CLIP_WORDS="${CLIP_WORDS:-1000}" PT_WORDS="${PT_WORDS:-1000}"
   FT_WORDS="${FT_WORDS:-1000}" ENC_WORDS_RATE="${ENC_WORDS_RATE:-0.3}"
 fi
@@ -83,8 +78,8 @@ fi
 # WARM_EPOCHS epochs of finetuning on the FT_WORDS reading questions alone before it (a warm-up run of
 # finetune.sh; one made RGB-LLaVA read on both of two seeds, at ~1.5 min per LLaVA). ENC_WORDS_RATE: with
 # PT_WORDS, the rate the GS encoders draw the label-only images at, against the scenes'
-# (gs_encoder.train --data-upsampling-factors 1 RATE; 0: the scenes alone). What each of them bought: README,
-# "Reading", and eval/results/mini_repro_reading_*.md
+# (gs_encoder.train --data-upsampling-factors 1 RATE; 0: the scenes alone). What each of them is for:
+# docs/mini.md, "Reading"
 LABEL_SCALE="${LABEL_SCALE:-1}" CLIP_WORDS="${CLIP_WORDS:-0}" PT_WORDS="${PT_WORDS:-0}" FT_WORDS="${FT_WORDS:-0}"
 READING="${READING:-1}" WARM_EPOCHS="${WARM_EPOCHS:-0}" ENC_WORDS_RATE="${ENC_WORDS_RATE:-1}"
 if ! [[ $ENC_WORDS_RATE =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]]; then
@@ -102,10 +97,7 @@ CFG=eval/mini/mini-vit.json
 # the GS head narrower than the mini ViT's 128, as the default head is narrower than ViT-B/16's 768
 # (docs/encoder.md); --head-ablation adds the full-width head (128, feed-forward ×4)
 GS_WIDTH="${GS_WIDTH:-64}" GS_FF_MULT="${GS_FF_MULT:-1}" GS_HEADS="${GS_HEADS:-2}"
-# stage 1's patch-token term (gs_encoder.train --patch-weight; 0: the CLS embedding only, the paper's stage 1).
-# With the reading options, seed 0: PATCH_WEIGHT=1 doubles the patch-token cosine with the teacher but GS − RGB
-# goes −3.7 / −5.2 / −10.5 (K = 32 / 64 / N = 64) from +1.6 / −1.2 / −9.5 (eval/results/mini_repro_reading_patch.md
-# against mini_repro_reading_cls.md; README, "Reading")
+# stage 1's patch-token term (gs_encoder.train --patch-weight; 0: the CLS embedding only, the paper's stage 1)
 PATCH_WEIGHT="${PATCH_WEIGHT:-0}"
 JUDGE_PORT="${JUDGE_PORT:-18771}"
 T0=$(date +%s)
@@ -122,12 +114,13 @@ done_or() {  # done_or PATH: PATH exists, so its stage is skipped (and counted a
   printf '%s\t# skipped %s\n' "$(date +%s)" "$1" >>"$TIMES"
 }
 
-stamp "world: $NTRAIN train / $NTEST test scenes"
+stamp "world: $NTRAIN train / $NVAL validation / $NTEST test scenes"
 done_or "$OUT/data/test_questions.json" || \
-  python -m eval.mini.world --out "$OUT/data" --train "$NTRAIN" --test "$NTEST" --zeroshot-per-class "$ZS" \
+  python -m eval.mini.world --out "$OUT/data" --train "$NTRAIN" --val "$NVAL" --test "$NTEST" --zeroshot-per-class "$ZS" \
     --label-scale "$LABEL_SCALE" --clip-words "$CLIP_WORDS" --pretrain-words "$PT_WORDS" \
     --finetune-words "$FT_WORDS" --reading "$READING"
-done_or "$OUT/tasks/_mw_all_shuffled.yaml" || python -m eval.mini.tasks --data "$OUT/data" --out "$OUT/tasks" --shuffled
+done_or "$OUT/tasks/_mw_all_blank.yaml" || \
+  python -m eval.mini.tasks --data "$OUT/data" --out "$OUT/tasks" --shuffled --blank
 
 stamp "RGB CLIP teacher from scratch (open_clip_train, $CLIP_EPOCHS epochs)"
 CLIP_CKPT="$OUT/runs/rgb-clip/checkpoints/epoch_${CLIP_EPOCHS}.pt"
@@ -153,6 +146,10 @@ for n in $BUDGETS; do
       touch "$OUT/splats/n$n/.$split.done"
     }
   done
+  # the blind floor's one blank image
+  done_or "$OUT/splats/n$n/blank.gs.npy" || \
+    gsv fit-shards "$OUT/data/blank.json" --image-folder "$OUT/data/images" -o "$OUT/splats/n$n" \
+      --num-gaussians "$n" --iters "$FIT_ITERS" --size 64 --resize resize --batch-size 64 -q
 done
 
 if [[ $DEMO == 0 ]]; then
@@ -178,7 +175,7 @@ else
 fi
 
 # ---- from here on, once per seed: seed 0 writes to OUT, seed s > 0 to OUT/seed<s> ----
-MID_N=$(echo "$BUDGETS" | awk '{print $2}')
+MID_N=$(echo "$BUDGETS" | awk '{print ($2 != "" ? $2 : $1)}')  # the middle budget (the only one, if one)
 K1=${KS%% *}
 gs_encoder() {  # gs_encoder RUN SEED NAME N K GS_WIDTH GS_FF_MULT HEADS
   local run=$1 seed=$2 name=$3 n=$4 k=$5 width=$6 ff=$7 heads=$8
@@ -206,8 +203,8 @@ gs_encoder() {  # gs_encoder RUN SEED NAME N K GS_WIDTH GS_FF_MULT HEADS
 NO_CKPT="--gradient_checkpointing False"
 # finetune: the projector keeps pretrain.sh's 1e-3; the LM, pretrained unless LM_INIT=random, moves slower
 FT_LR="${FT_LR:-$([[ $LM_INIT == random ]] && echo 1e-3 || echo 3e-4)}"
-llava() {  # llava RUN SEED NAME ENCODER_DIR SPLAT_FOLDER N
-  local run=$1 seed=$2 name=$3 enc=$4 splats=$5 n=$6
+llava() {  # llava RUN SEED NAME ENCODER_DIR SPLAT_FOLDER N [DATA_SUFFIX]: DATA_SUFFIX _blank gives the blind floor
+  local run=$1 seed=$2 name=$3 enc=$4 splats=$5 n=$6 data=${7:-}
   local dir="$run/llava/$name" warm=""
   (( WARM_EPOCHS > 0 )) && warm=" → reading warm-up"
   stamp "LLaVA $name: init → pretrain.sh (projector)$warm → finetune.sh (projector + LM)$SEED_LABEL"
@@ -217,7 +214,7 @@ llava() {  # llava RUN SEED NAME ENCODER_DIR SPLAT_FOLDER N
   local common=(IMAGE_FOLDER="$OUT/data/images" NUM_GPUS=1 WORKERS=0
                 MAX_STEPS="$MAX_STEPS" MASTER_PORT="${MASTER_PORT:-29581}" DS_CONFIG=scripts/zero2.json)
   [[ -n "$splats" ]] && common+=(SPLAT_FOLDER="$splats")
-  env "${common[@]}" MODEL="$dir/init" DATA_PATH="$OUT/data/train_pretrain.json" OUTPUT_DIR="$dir/pretrain" \
+  env "${common[@]}" MODEL="$dir/init" DATA_PATH="$OUT/data/train_pretrain$data.json" OUTPUT_DIR="$dir/pretrain" \
     PER_DEVICE_BATCH=32 GLOBAL_BATCH=32 LR=1e-3 EXTRA_ARGS="--num_train_epochs $PT_EPOCHS $NO_CKPT --seed $seed" bash scripts/pretrain.sh
   local from=(MODEL="$dir/init" PROJECTOR="$dir/pretrain/mm_projector.safetensors")
   finetune() {  # finetune EPOCHS DATA OUTPUT: projector + LM from "${from[@]}"
@@ -225,10 +222,10 @@ llava() {  # llava RUN SEED NAME ENCODER_DIR SPLAT_FOLDER N
       EXTRA_ARGS="--num_train_epochs $1 --mm_projector_lr 1e-3 $NO_CKPT --seed $seed" bash scripts/finetune.sh
   }
   if (( WARM_EPOCHS > 0 )); then  # on the label-only images' reading questions alone first
-    finetune "$WARM_EPOCHS" "$OUT/data/train_reading.json" "$dir/warm"
+    finetune "$WARM_EPOCHS" "$OUT/data/train_reading$data.json" "$dir/warm"
     from=(MODEL="$dir/warm" PROJECTOR=)  # train on from the warm-up's folder, its projector included
   fi
-  finetune "$FT_EPOCHS" "$OUT/data/train_finetune.json" "$dir/final"
+  finetune "$FT_EPOCHS" "$OUT/data/train_finetune$data.json" "$dir/final"
 }
 
 if [[ $DEMO == 0 ]]; then
@@ -237,18 +234,22 @@ if [[ $DEMO == 0 ]]; then
   trap 'kill $JUDGE 2>/dev/null || true' EXIT
   export OPENAI_API_URL="http://127.0.0.1:$JUDGE_PORT/v1" OPENAI_API_KEY=local HF_DATASETS_OFFLINE=1
 fi
-evaluate() {  # evaluate RUN: lmms-eval on the world's test questions and the shuffled-image control
-  local run=$1 model name out splats
-  stamp "lmms-eval on the world's test questions (six kinds) and the shuffled-image control$SEED_LABEL"
+evaluate() {  # evaluate RUN: lmms-eval on the validation and test questions (+ the test's shuffled-image control)
+  local run=$1 model name out splats tasks n
+  stamp "lmms-eval on the world's validation and test questions (six kinds) and the test's shuffled-image control$SEED_LABEL"
   for model in "$run"/llava/*/final; do
     name=$(basename "$(dirname "$model")")
     out="$run/vqa/$name"
-    find "$out" -name '*_results.json' 2>/dev/null | grep -q . && continue
+    done_or "$out/.done" && continue
     splats=""
-    [[ $name == gs-* ]] && { n=${name#gs-n}; n=${n%%-*}; splats=",splat_cache=$OUT/eval_cache/n$n"; }
+    if [[ $name != rgb ]]; then n=${name#*-n}; n=${n%%-*}; splats=",splat_cache=$OUT/eval_cache/n$n"; fi
+    tasks=mwval_all,mw_all,mw_all_shuffled
+    [[ $name == blind-* ]] && tasks=mwval_all_blank,mw_all_blank  # asked with the one blank image it was trained on
+    rm -rf "$out"
     python -m lmms_eval --model llava_gs --model_args "pretrained=$model,progress=false$splats" \
-      --tasks mw_all,mw_all_shuffled --include_path "$OUT/tasks" --batch_size 32 --output_path "$out" \
+      --tasks "$tasks" --include_path "$OUT/tasks" --batch_size 32 --output_path "$out" \
       --log_samples --verbosity WARNING
+    touch "$out/.done"
   done
 }
 
@@ -286,17 +287,27 @@ for (( seed = 0; seed < SEEDS; seed++ )); do
     n=${name#gs-n}; n=${n%%-*}
     llava "$RUN" "$seed" "$name" "$enc" "$OUT/splats/n$n" "$n"
   done
-  [[ $DEMO == 1 ]] || evaluate "$RUN"
+  if [[ $DEMO == 1 ]]; then continue; fi
+  # the blind floor: the default GS-LLaVA's pipeline, encoder and data with every image the one blank image
+  llava "$RUN" "$seed" "blind-n$MID_N-k$K1" "$RUN/encoders/gs-n$MID_N-k$K1/stage2/final" "$OUT/splats/n$MID_N" \
+    "$MID_N" _blank
 done
 if [[ $DEMO == 1 ]]; then
   stamp "done: $(ls -d "$OUT"/llava/*/final)"
   exit 0
 fi
+# scored once, at the end, after every model of every seed is trained; choices read the validation scores only
+for (( seed = 0; seed < SEEDS; seed++ )); do
+  RUN="$OUT$( ((seed)) && echo "/seed$seed" || true)"
+  SEED_LABEL="$( ((SEEDS > 1)) && echo ", seed $seed" || true)"
+  evaluate "$RUN"
+done
 
 stamp "report"
 RESULTS="$([[ $SMOKE == 1 ]] && echo "$OUT/report" || echo eval/results)/mini_repro"
 python -m eval.mini.report --out "$OUT" --seeds "$SEEDS" --results "$RESULTS" --command "$COMMAND"
-# the best GS-LLaVA ships with the repository for scripts/demo.sh (the smoke run writes it beside its report)
+# the GS-LLaVA with the best validation score ships with the repository for scripts/demo.sh (the smoke run
+# writes it beside its report)
 python -m eval.mini.ship_demo --out "$OUT" --report "$RESULTS.json" \
   --dest "$([[ $SMOKE == 1 ]] && echo "$OUT/report/demo_llava" || echo eval/mini/demo_llava)" --command "$COMMAND"
 stamp "done"

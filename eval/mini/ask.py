@@ -16,23 +16,18 @@ import json
 import sys
 from pathlib import Path
 
-from .score import correct
+from .score import score
 from .world import answer_style
 
 
 def scene_questions(data: Path, scenes: int) -> list[dict]:
     """The questions of the first `scenes` test scenes of a mini-world data folder (eval.mini.world), each
-    with its image path, kind, question, true answer and the answer in the style the models are taught."""
+    as the world wrote it (kind, question, true answer, ...) with its image path and the answer in the style
+    the models are taught (`shown`)."""
     questions = json.loads((data / "test_questions.json").read_text())
     images = sorted({q["image"] for q in questions})[:scenes]
     return [
-        {
-            "image": str(data / "images" / q["image"]),
-            "kind": q["kind"],
-            "question": q["question"],
-            "answer": q["answer"],
-            "shown": answer_style(q),
-        }
+        {**q, "image": str(data / "images" / q["image"]), "shown": answer_style(q)}
         for image in images
         for q in questions
         if q["image"] == image
@@ -45,8 +40,9 @@ def shipped_questions(scenes: Path) -> list[dict]:
     return [{**q, "image": str(scenes / q["image"])} for q in qs]
 
 
-def ask(model_dir: str, questions: list[dict], out=sys.stdout) -> tuple[int, int]:
-    """Print each scene's caption, then question → model answer (true answer, ✓/✗); returns (right, asked)."""
+def ask(model_dir: str, questions: list[dict], out=sys.stdout) -> tuple[float, int]:
+    """Print each scene's caption, then question → model answer (true answer, ✓/✗ or the judge's partial
+    score); returns (score summed over the questions, asked)."""
     from llava_gs.builder import load_pretrained_model
     from llava_gs.chat import ChatSession
     from llava_gs.splat_cache import SplatCache
@@ -55,8 +51,9 @@ def ask(model_dir: str, questions: list[dict], out=sys.stdout) -> tuple[int, int
     if build.is_file():
         b = json.loads(build.read_text())
         print(
-            f"{b['model']}, the best GS-LLaVA of `{b['run']['command']}` ({b['run']['date'][:10]}): "
-            f"{100 * b['accuracy_all_questions']:.1f}% of all its test questions",
+            f"{b['model']} (seed {b['seed']}) of `{b['run']['command']}` ({b['run']['date'][:10]}), chosen on "
+            f"validation: {100 * b['validation_score_of_this_seed']:.1f}% of its validation questions, "
+            f"{100 * b['test_score_of_this_seed']:.1f}% of its test questions",
             file=out,
         )
     model, processor = load_pretrained_model(model_dir)
@@ -74,11 +71,12 @@ def ask(model_dir: str, questions: list[dict], out=sys.stdout) -> tuple[int, int
             session.set_image(image)
         session.reset()
         reply = session.ask(q["question"])
-        ok = correct(q["kind"], q["answer"], reply)
-        right += ok
+        got = score(q["kind"], q, reply)  # as lmms-eval scores the question's benchmark (eval.mini.score)
+        right += got
         question = " ".join(q["question"].split())  # multiple-choice options on the same line
-        print(f"  {'✓' if ok else '✗'} {question} → {reply!r}  (true: {q['shown']})", file=out, flush=True)
-    print(f"\n{right} of {len(questions)} answered right", file=out)
+        mark = {1.0: "✓", 0.0: "✗"}.get(got, f"{got:.1f}")
+        print(f"  {mark} {question} → {reply!r}  (true: {q['shown']})", file=out, flush=True)
+    print(f"\n{right:g} of {len(questions)} answered right", file=out)
     return right, len(questions)
 
 

@@ -3,13 +3,15 @@
     python -m eval.mini.report --out outputs/mini_repro --results eval/results/mini_repro [--seeds K] --command "..."
 
 Sections (the paper's tables in small): splat budgets (bytes, compression vs raw 64² RGB, fit PSNR, load
-time vs PNG decoding); zero-shot accuracy GS vs RGB and GS/RGB per encoder; VQA accuracy per question
-kind for RGB-LLaVA and each GS-LLaVA with chance, the question-only prior and the shuffled-image control
-(± one standard error; with --seeds K, mean ± between-seed s.d. over the K seeds of mini_repro.sh --seeds K);
-the targets (each a mean difference that must beat its threshold by more than the combined error of seeds
-and test questions); the GS head's size per encoder (the head-size ablation of --head-ablation: narrow head
-vs the full-width one, zero-shot and VQA); the LLaVAs' stage-1 caption loss; time per stage; lmms-eval's
-official metrics. Writes <results>.md, .json and .png.
+time vs PNG decoding); zero-shot accuracy GS vs RGB and GS/RGB per encoder; VQA scores per question kind
+(lmms-eval's own per-question scores, eval.mini.score) on the validation split, where every choice is made
+(the demo model among them), and on the test split, scored once at the end of the run: RGB-LLaVA and each
+GS-LLaVA beside the floors — chance, the question-only prior, the blind GS-LLaVA (trained and asked with
+one blank image) and each model's shuffled-image control (± one scene-clustered bootstrap s.e.; with
+--seeds K, mean ± between-seed s.d. over the K seeds of mini_repro.sh --seeds K); the targets on test (a
+mean difference over seeds, met when it clears its threshold at one-sided 90%: by more than 1.28 × the
+combined error of seeds and test scenes); the GS head's size per encoder (--head-ablation); the LLaVAs'
+stage-1 caption loss; time per stage; lmms-eval's official metrics. Writes <results>.md, .json and .png.
 """
 
 from __future__ import annotations
@@ -23,10 +25,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .score import accuracy_table, chance, paired_difference, question_only_prior, read_samples
+from .score import (
+    SCORERS,
+    chance,
+    clustered_se,
+    paired_difference,
+    question_only_prior,
+    read_samples,
+    scene_clusters,
+)
+from .world import KINDS
 
-KINDS = ["sqa", "text", "pope", "mme", "open", "gqa"]
 RAW_BYTES = 64 * 64 * 3
+Z90 = 1.2816  # one-sided 90% normal quantile: a target is met when it clears its threshold by Z90 × error
+PRIOR = "question-only prior"
+SPLIT_TITLES = {
+    "val": "Validation: VQA score per question kind, where every choice is made",
+    "test": "Test: VQA score per question kind, scored once at the end of the run",
+}
 
 
 def _budgets(out: Path) -> tuple[list[str], list[list], dict]:
@@ -231,9 +247,9 @@ def _time_targets(timings: dict, seeds: int) -> list[dict]:
 
 @dataclass(frozen=True)
 class _Check:
-    """One target: `a` minus `b` (a model label, or a constant accuracy in %) over all questions or one kind;
-    met when the mean over seeds beats `threshold` by more than the combined error. A relative target
-    (`reference` set) counts only when the reference's answers depend on the image."""
+    """One target: `a` minus `b` (a model label, or a constant score in %) over all questions or one kind;
+    met when the mean over seeds clears `threshold` (and stays below `upper`, when set) at one-sided 90%.
+    A relative target (`reference` set) counts only when the reference's answers depend on the image."""
 
     name: str
     a: str
@@ -242,34 +258,48 @@ class _Check:
     target: str
     kind: str | None = None
     reference: str | None = None
+    upper: float | None = None
 
 
-def _difference(res: dict, c: _Check) -> tuple[float, float]:
-    """(points, test-set s.e.) of one seed's results for a check."""
-    a = res[c.a] if c.kind is None else {c.kind: res[c.a][c.kind]}
-    if isinstance(c.b, str):
-        b = res[c.b] if c.kind is None else {c.kind: res[c.b][c.kind]}
-        d, se = paired_difference(a, b)
-        return 100 * d, 100 * se
-    vals = [int(x) for v in a.values() for x in v]
-    p = sum(vals) / len(vals)
-    return 100 * p - c.b, 100 * math.sqrt(p * (1 - p) / len(vals))
+def _pick(res: dict, label: str, kind: str | None) -> dict[str, list[float]]:
+    return res[label] if kind is None else {kind: res[label][kind]}
 
 
-def _over_seeds(per_seed: list[dict], c: _Check) -> dict:
-    """Mean of a check's difference over seeds, the between-seed s.d., the test-set s.e. and the combined
-    error of the mean: sqrt(s.e.² + s.d.² / seeds) (the test questions are the same for every seed, so their
-    error does not shrink with more seeds)."""
-    ds, ses = zip(*(_difference(res, c) for res in per_seed), strict=True)
+def _mean_over(values: dict[str, list[float]]) -> float:
+    every = [x for v in values.values() for x in v]
+    return sum(every) / len(every)
+
+
+def _seed_average(per_seed: list[dict], label: str, kind: str | None = None) -> dict[str, list[float]]:
+    """kind → each question's score averaged over the seeds."""
+    runs = [_pick(res, label, kind) for res in per_seed]
+    return {k: [sum(xs) / len(xs) for xs in zip(*(r[k] for r in runs), strict=True)] for k in runs[0]}
+
+
+def _over_seeds(per_seed: list[dict], clusters: dict[str, list[str]], c: _Check) -> dict:
+    """A check's difference in points: mean over seeds, between-seed s.d., the test-set s.e. (a bootstrap
+    over scenes of the seed-averaged per-question difference) and the combined error of the mean,
+    sqrt(s.e.² + s.d.² / seeds): the test questions are the same for every seed, so their error does not
+    shrink with more seeds."""
+    ds = []
+    for res in per_seed:
+        a = _mean_over(_pick(res, c.a, c.kind))
+        b = _mean_over(_pick(res, c.b, c.kind)) if isinstance(c.b, str) else c.b / 100
+        ds.append(100 * (a - b))
     mean, sd = _mean_sd(ds)
-    se = math.sqrt(sum(x * x for x in ses) / len(ses))
+    a = _seed_average(per_seed, c.a, c.kind)
+    if isinstance(c.b, str):
+        se = 100 * paired_difference(a, _seed_average(per_seed, c.b, c.kind), clusters)[1]
+    else:
+        se = 100 * clustered_se(a, clusters)
     combined = math.sqrt(se**2 + (sd or 0.0) ** 2 / len(ds))
     return {"points": mean, "sd": sd, "se": se, "error": combined}
 
 
-def _beats(r: dict, threshold: float) -> bool:
-    """A mean difference (from _over_seeds) above `threshold` by more than its combined error."""
-    return r["points"] - threshold > r["error"]
+def _met(r: dict, c: _Check) -> bool:
+    """Whether a mean difference (from _over_seeds) clears the check's bounds at one-sided 90%."""
+    margin = Z90 * r["error"]
+    return r["points"] - c.threshold > margin and (c.upper is None or c.upper - r["points"] > margin)
 
 
 def _mean_sd(xs) -> tuple[float, float | None]:
@@ -281,17 +311,18 @@ def _mean_sd(xs) -> tuple[float, float | None]:
 
 
 def _checks(labels: list[str], chance: dict[str, float]) -> list[_Check]:
-    """The miniature's targets for the models present: each model over the question-only prior (+20) and over
-    its shuffled-image control; GS vs RGB (within 3 points at the largest budget, 5 below); the narrow head vs
-    the full-width one and K vs 2K tokens (within 3); RGB reading above chance; 75% overall (stretch)."""
-    prior = "question-only prior"
-    models = [m for m in labels if m != prior and not m.endswith(", shuffled images")]
+    """The miniature's targets for the models present: each model over the blind GS-LLaVA (+15) and over its
+    shuffled-image control; GS vs RGB (within 3 points at the largest budget, 5 below); the narrow head vs
+    the full-width one (≥ −3); K vs 2K tokens (within ±3); RGB reading above chance; 75% overall (stretch)."""
+    blind = next((m for m in labels if m.startswith("blind ")), None)
+    models = [m for m in labels if m != PRIOR and m != blind and not m.endswith(", shuffled images")]
     gs = {m: re.fullmatch(r"GS-LLaVA n(\d+)-k(\d+)(-wide)?", m) for m in models}
     gs = {m: (int(g[1]), int(g[2]), bool(g[3])) for m, g in gs.items() if g}
     top_n = max((n for n, _, _ in gs.values()), default=None)
     checks = []
     for m in models:
-        checks.append(_Check(f"{m} − question-only prior", m, prior, 20, "≥ +20"))
+        if blind:
+            checks.append(_Check(f"{m} − {blind}", m, blind, 15, "≥ +15"))
         if f"{m}, shuffled images" in labels:
             checks.append(_Check(f"{m} − its shuffled-image control", m, f"{m}, shuffled images", 0, "> 0"))
     if "RGB-LLaVA" in models:
@@ -312,7 +343,7 @@ def _checks(labels: list[str], chance: dict[str, float]) -> list[_Check]:
         if len(ks) >= 2:
             big, small = max(ks), min(ks)
             name = f"N = {n}: K = {small} − K = {big} tokens"
-            checks.append(_Check(name, ks[small], ks[big], -3, "≥ −3", reference=ks[big]))
+            checks.append(_Check(name, ks[small], ks[big], -3, "within ±3", reference=ks[big], upper=3))
     if "RGB-LLaVA" in models and "text" in chance:
         c = 100 * chance["text"]
         checks.append(
@@ -323,33 +354,37 @@ def _checks(labels: list[str], chance: dict[str, float]) -> list[_Check]:
     )
     for m in ("RGB-LLaVA", default_gs):
         if m in models:
-            checks.append(_Check(f"{m}, accuracy over all questions (stretch)", m, 0.0, 75, "≥ 75%"))
+            checks.append(_Check(f"{m}, score over all questions (stretch)", m, 0.0, 75, "≥ 75%"))
     return checks
 
 
-def _targets(per_seed: list[dict], chance: dict[str, float]) -> tuple[list[str], list[list], list[dict]]:
+def _targets(
+    per_seed: list[dict], clusters: dict[str, list[str]], chance: dict[str, float]
+) -> tuple[list[str], list[list], list[dict]]:
     """The targets as differences over the same test questions, in points: mean over seeds, between-seed s.d.,
-    test-set s.e., and met when the mean beats the target by more than the combined error.
+    test-set s.e., and met when the mean clears the target at one-sided 90% (by more than 1.28 × the
+    combined error).
 
     "Within x points of the reference" says nothing when the reference itself does not use the image: two
     models at the prior are trivially close. So a relative target (GS vs RGB, K vs 2K tokens, the head sizes)
-    counts only when its reference beats its own shuffled-image control by more than the combined error;
-    otherwise it is reported as not testable."""
+    counts only when its reference beats its own shuffled-image control by the same rule; otherwise it is
+    reported as not testable."""
     labels = list(per_seed[0])
 
     def sees(m: str) -> bool:  # the model's answers depend on the image
         control = f"{m}, shuffled images"
         if control not in labels:
             return True  # no control run: nothing to test against
-        return _beats(_over_seeds(per_seed, _Check("", m, control, 0, "")), 0)
+        check = _Check("", m, control, 0, "")
+        return _met(_over_seeds(per_seed, clusters, check), check)
 
     rows, data = [], []
     for c in _checks(labels, chance):
-        r = _over_seeds(per_seed, c)
+        r = _over_seeds(per_seed, clusters, c)
         if c.reference is not None and not sees(c.reference):
             met = f"not testable: {c.reference} does not beat its shuffled-image control"
         else:
-            met = "yes" if _beats(r, c.threshold) else "no"
+            met = "yes" if _met(r, c) else "no"
         sd = "–" if r["sd"] is None else f"{r['sd']:.1f}"
         rows.append([c.name, f"{r['points']:+.1f}", sd, f"{r['se']:.1f}", f"{r['error']:.1f}", c.target, met])
         data.append({"comparison": c.name, **r, "seeds": len(per_seed), "target": c.target, "met": met})
@@ -357,10 +392,10 @@ def _targets(per_seed: list[dict], chance: dict[str, float]) -> tuple[list[str],
         "comparison (all questions unless named, paired)",
         "points (mean over seeds)",
         "between-seed s.d.",
-        "test-set s.e.",
+        "test-set s.e. (scene bootstrap)",
         "combined error",
         "target",
-        "met (by more than the error)",
+        "met (one-sided 90%)",
     ]
     return headers, rows, data
 
@@ -417,8 +452,11 @@ def _stage1(runs: list[Path]) -> tuple[list[str], list[list], dict]:
 
 
 def _official(out: Path, name: str) -> dict:
-    files = sorted((out / "vqa" / name).rglob("*_results.json"))
-    return json.loads(files[-1].read_text())["results"] if files else {}
+    """lmms-eval's own aggregate metrics of one model's test tasks (seed 0), from its results files."""
+    results = {}
+    for f in sorted((out / "vqa" / name).rglob("*_results.json")):
+        results |= {t: r for t, r in json.loads(f.read_text())["results"].items() if t.startswith("mw_")}
+    return results
 
 
 def seed_runs(out: Path, seeds: int) -> list[Path]:
@@ -433,30 +471,43 @@ def seed_runs(out: Path, seeds: int) -> list[Path]:
     return runs
 
 
-def _vqa(run: Path, prior: dict) -> tuple[list[str], dict[str, dict[str, list[bool]]]]:
-    """(lmms-eval folder names, label → correctness per kind) of one seed: the prior, every model, then every
-    model's shuffled-image control."""
+def _label(folder: str) -> str:
+    """The report's name of an lmms-eval folder: rgb, gs-<n>-<k>[-wide] or blind-<n>-<k>."""
+    if folder == "rgb":
+        return "RGB-LLaVA"
+    if folder.startswith("blind-"):
+        return f"blind GS-LLaVA {folder[6:]} (one blank image)"
+    return f"GS-LLaVA {folder[3:]}"
+
+
+def _vqa(run: Path, split: str, prior: dict) -> tuple[list[str], dict[str, dict[str, list[float]]]]:
+    """(lmms-eval folder names, label → scores per kind) of one seed on one split: the prior, every model
+    (the blind one on its blank-image tasks), then, on test, every model's shuffled-image control."""
     folders = sorted(p.name for p in (run / "vqa").glob("*") if p.is_dir()) if (run / "vqa").exists() else []
-    folders.sort(key=lambda m: (m != "rgb", m))
-    models, controls = {"question-only prior": prior}, {}
+    folders.sort(key=lambda m: (m != "rgb", m.startswith("blind-"), m))
+    models, controls = {PRIOR: prior}, {}
     for m in folders:
-        label = "RGB-LLaVA" if m == "rgb" else f"GS-LLaVA {m[3:]}"
-        models[label] = read_samples(run / "vqa" / m)
-        try:
-            controls[f"{label}, shuffled images"] = read_samples(run / "vqa" / m, shuffled=True)
-        except FileNotFoundError:  # the control was not run
-            pass
+        label = _label(m)
+        blind = m.startswith("blind-")
+        models[label] = read_samples(run / "vqa" / m, split, "blank" if blind else "")
+        if split == "test" and not blind:
+            try:
+                controls[f"{label}, shuffled images"] = read_samples(run / "vqa" / m, split, "shuffled")
+            except FileNotFoundError:  # the control was not run
+                pass
     return folders, {**models, **controls}
 
 
-def _accuracy_over_seeds(per_seed: list[dict]) -> tuple[list[str], list[list], dict, dict]:
-    """Accuracy rows per kind: '% ± s.e.' for one seed; 'mean ± between-seed s.d.' and the test-set s.e. of
-    the overall accuracy for several. Also label → kind → mean accuracy, and label → per-seed accuracies."""
+def _accuracy_over_seeds(
+    per_seed: list[dict], clusters: dict[str, list[str]]
+) -> tuple[list[str], list[list], dict, dict]:
+    """Score rows per kind: '% ± s.e.' for one seed; 'mean ± between-seed s.d.' for several, with the
+    split's s.e. of the overall score (the seed-averaged scores, bootstrapped over scenes). Also label →
+    kind → mean score, and label → per-seed scores. Every s.e. is a bootstrap over scenes."""
 
     def acc(res: dict) -> dict[str, float | None]:
-        every = [x for k in KINDS for x in res.get(k, [])]
         out = {k: (sum(res[k]) / len(res[k]) if res.get(k) else None) for k in KINDS if k in res}
-        return {**out, "all": sum(every) / len(every) if every else None}
+        return {**out, "all": _mean_over({k: res[k] for k in KINDS if k in res})}
 
     labels = list(per_seed[0])
     seeds = {label: [acc(res[label]) for res in per_seed] for label in labels}
@@ -464,49 +515,110 @@ def _accuracy_over_seeds(per_seed: list[dict]) -> tuple[list[str], list[list], d
         label: {k: (sum(x[k] for x in accs) / len(accs) if accs[0][k] is not None else None) for k in accs[0]}
         for label, accs in seeds.items()
     }
-    if len(per_seed) == 1:
-        headers, rows = accuracy_table(per_seed[0], KINDS)
-        return headers, rows, mean, seeds
-    headers = ["model", *KINDS, "all", "test-set s.e. (all)"]
     rows = []
     for label, accs in seeds.items():
+        avg = _seed_average(per_seed, label)
+        se_all = f"{100 * clustered_se(avg, clusters):.1f}"
         row = [label]
+        if len(per_seed) == 1:
+            for k in KINDS:
+                row.append(
+                    f"{100 * mean[label][k]:.1f} ± {100 * clustered_se({k: avg[k]}, clusters):.1f}"
+                    if k in avg
+                    else "–"
+                )
+            rows.append([*row, f"{100 * mean[label]['all']:.1f} ± {se_all}"])
+            continue
         for k in [*KINDS, "all"]:
             vals = [100 * a[k] for a in accs if a.get(k) is not None]
             row.append(_pm(*_mean_sd(vals), 1) if vals else "–")
-        n = sum(len(v) for v in per_seed[0][label].values())
-        p = mean[label]["all"]
-        row.append(f"{100 * math.sqrt(p * (1 - p) / n):.1f}" if p is not None else "–")
-        rows.append(row)
+        rows.append([*row, se_all])
+    headers = ["model", *KINDS, "all"] + ([] if len(per_seed) == 1 else ["s.e. of the mean (all)"])
     return headers, rows, mean, seeds
 
 
-def build(out: Path, seeds: int = 1) -> tuple[list[tuple[str, list[str], list[list]]], dict]:
-    train = json.loads((out / "data" / "train_questions.json").read_text())
-    test = json.loads((out / "data" / "test_questions.json").read_text())
-    ch = chance(train, test)
-    prior = question_only_prior(train, test)
-    runs = seed_runs(out, seeds)
-    folders, seed0 = _vqa(out, prior)
-    per_seed = [seed0, *(_vqa(run, prior)[1] for run in runs[1:])]
+def _split(out: Path, runs: list[Path], split: str, train: list[dict]) -> dict:
+    """One split's scores for every seed: questions, clusters, chance, prior, per-seed results, table."""
+    questions = json.loads((out / "data" / f"{split}_questions.json").read_text())
+    ch = chance(train, questions)
+    prior = question_only_prior(train, questions)
+    folders, seed0 = _vqa(out, split, prior)
+    per_seed = [seed0, *(_vqa(run, split, prior)[1] for run in runs[1:])]
     for run, res in zip(runs[1:], per_seed[1:], strict=True):
         if list(res) != list(seed0):
             raise ValueError(
                 f"{run}: its models {sorted(res)} differ from seed 0's {sorted(seed0)}; rerun it"
             )
-    headers, rows, accuracy, accuracy_per_seed = _accuracy_over_seeds(per_seed)
+    clusters = scene_clusters(questions)
+    headers, rows, accuracy, accuracy_per_seed = _accuracy_over_seeds(per_seed, clusters)
     chance_row = ["chance", *(f"{100 * ch[k]:.1f}" if k in ch else "–" for k in KINDS)]
     rows.insert(0, chance_row + [""] * (len(headers) - len(chance_row)))
+    return {
+        "folders": folders,
+        "per_seed": per_seed,
+        "clusters": clusters,
+        "chance": ch,
+        "table": (headers, rows),
+        "accuracy": accuracy,
+        "accuracy_per_seed": accuracy_per_seed,
+        "counts": {k: len(v) for k, v in clusters.items()},
+        "scenes": len({q["image"] for q in questions}),
+    }
+
+
+def demo_choice(val: dict) -> dict:
+    """The GS-LLaVA that ships as the demo, chosen on validation: the best mean validation score over all
+    questions (the blind floor excluded), then its best validation seed."""
+    best = None
+    for label, acc in val["accuracy"].items():
+        if label.startswith("GS-LLaVA ") and (best is None or acc["all"] > best[1]):
+            best = (label, acc["all"])
+    if best is None:
+        raise ValueError(
+            "the run has no GS-LLaVA validation score; run scripts/mini_repro.sh to its end first"
+        )
+    per_seed = [a["all"] for a in val["accuracy_per_seed"][best[0]]]
+    seed = max(range(len(per_seed)), key=per_seed.__getitem__)
+    folder = "gs-" + best[0][len("GS-LLaVA ") :]
+    return {
+        "model": folder,
+        "label": best[0],
+        "validation_score": best[1],
+        "seed": seed,
+        "seed_validation_score": per_seed[seed],
+    }
+
+
+def build(out: Path, seeds: int = 1) -> tuple[list[tuple[str, list[str], list[list]]], dict]:
+    train = json.loads((out / "data" / "train_questions.json").read_text())
+    runs = seed_runs(out, seeds)
+    splits = {split: _split(out, runs, split, train) for split in ("val", "test")}
+    val, test = splits["val"], splits["test"]
     what = "± 1 s.e." if seeds == 1 else f"mean ± between-seed s.d. over {seeds} seeds"
-    sections = [(f"VQA accuracy per question kind (%, {what})", headers, rows)]
-    targets = []
+    sections = [(f"{SPLIT_TITLES[split]} (%, {what})", *splits[split]["table"]) for split in ("val", "test")]
+    targets, choice = [], None
     t_headers, t_rows, timings = _timings(out)
-    if folders:
-        g_headers, g_rows, targets = _targets(per_seed, ch)
+    if test["folders"]:
+        g_headers, g_rows, targets = _targets(test["per_seed"], test["clusters"], test["chance"])
         for t in _time_targets(timings, seeds):
             g_rows.append([t["comparison"], f"{t['points']:.1f}", "", "", "", t["target"], t["met"]])
             targets.append(t)
-        sections.append(("Targets", g_headers, g_rows))
+        sections.append(("Targets (test)", g_headers, g_rows))
+    if any(m.startswith("gs-") for m in val["folders"]):
+        choice = demo_choice(val)
+        sections.append(
+            (
+                "Choices made on validation",
+                ["choice", "made", "validation score %"],
+                [
+                    [
+                        "the demo model (scripts/demo.sh)",
+                        f"{choice['label']}, seed {choice['seed']}",
+                        f"{100 * choice['seed_validation_score']:.1f}",
+                    ]
+                ],
+            )
+        )
     b_headers, b_rows, budgets = _budgets(out)
     if b_rows:
         sections.insert(0, ("Splat budgets: storage, fidelity, loading", b_headers, b_rows))
@@ -526,23 +638,30 @@ def build(out: Path, seeds: int = 1) -> tuple[list[tuple[str, list[str], list[li
         sections.insert(at, ("GS head size per encoder", h_headers, h_rows))
     l_headers, l_rows, lm = _lm(out)
     if l_rows:
-        vqa = next(i for i, (heading, _, _) in enumerate(sections) if heading.startswith("VQA accuracy"))
+        vqa = next(i for i, (heading, _, _) in enumerate(sections) if heading.startswith("Validation"))
         sections.insert(
-            vqa, ("Language model stand-in: the test questions with the caption as text", l_headers, l_rows)
+            vqa, ("Language model stand-in: questions with the caption as text", l_headers, l_rows)
         )
     s_headers, s_rows, stage1 = _stage1(runs)
     if s_rows:
         sections.append(
             ("Stage 1: caption loss of the projector pretraining (nats per token)", s_headers, s_rows)
         )
+    sections.append(
+        ("Scoring (lmms-eval's scorer per kind)", ["kind", "scored as"], [[k, SCORERS[k]] for k in KINDS])
+    )
     if t_rows:
         sections.append(("Time per stage", t_headers, t_rows))
     data = {
         "seeds": seeds,
-        "accuracy": accuracy,
-        "accuracy_per_seed": accuracy_per_seed,
-        "counts": {k: sum(q["kind"] == k for q in test) for k in KINDS},
-        "chance": ch,
+        "accuracy": test["accuracy"],
+        "accuracy_per_seed": test["accuracy_per_seed"],
+        "counts": test["counts"],
+        "scenes": test["scenes"],
+        "chance": test["chance"],
+        "validation": {k: val[k] for k in ("accuracy", "accuracy_per_seed", "counts", "scenes", "chance")},
+        "demo_choice": choice,
+        "scoring": SCORERS,
         "budgets": budgets,
         "zeroshot": zs,
         "zeroshot_words": zs_words,
@@ -551,7 +670,7 @@ def build(out: Path, seeds: int = 1) -> tuple[list[tuple[str, list[str], list[li
         "lm_caption_qa": lm,
         "stage1_caption_loss": stage1,
         "targets": targets,
-        "official_lmms_eval": {m: _official(out, m) for m in folders},
+        "official_lmms_eval": {m: _official(out, m) for m in test["folders"]},
     }
     return sections, data
 
@@ -566,7 +685,7 @@ def _plot(data: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw={"width_ratios": [2.4, 1, 1]})
     ax = axes[0]
-    acc = {k: v for k, v in data["accuracy"].items() if "shuffled" not in k and k != "question-only prior"}
+    acc = {k: v for k, v in data["accuracy"].items() if "shuffled" not in k and k != PRIOR}
     width = 0.8 / max(1, len(acc))
     x = np.arange(len(KINDS))
     per_seed = data["accuracy_per_seed"]
@@ -575,20 +694,21 @@ def _plot(data: dict, path: Path) -> None:
         if data["seeds"] > 1:  # error bars: the between-seed s.d.
             sd = [_mean_sd(100 * (a.get(k) or 0) for a in per_seed[name])[1] or 0 for k in KINDS]
         ax.bar(x + i * width, [100 * (res.get(k) or 0) for k in KINDS], width, yerr=sd, capsize=2, label=name)
-    prior = data["accuracy"]["question-only prior"]
+    prior = data["accuracy"][PRIOR]
     ax.scatter(
         x + 0.4 - width / 2,
         [100 * (prior.get(k) or 0) for k in KINDS],
         marker="_",
         s=400,
         color="k",
-        label="question-only prior",
+        label=PRIOR,
         zorder=3,
     )
     ax.set_xticks(x + 0.4 - width / 2, KINDS)
     ax.set_ylabel("accuracy %")
     ax.set_title(
-        "VQA per question kind" + (f" (mean ± s.d., {data['seeds']} seeds)" if data["seeds"] > 1 else "")
+        "test score per question kind"
+        + (f" (mean ± s.d., {data['seeds']} seeds)" if data["seeds"] > 1 else "")
     )
     ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # headroom: the legend sits above the bars
     ax.legend(fontsize=7, ncol=3, loc="upper left")
@@ -669,9 +789,10 @@ def main(argv=None) -> int:
         "# GaussianVision in miniature",
         "",
         f"`{args.command}`, run {info['date']} on {info['cpu']} ({info['torch_threads']} torch threads), "
-        f"torch {info['torch']}, commit {info['git']}. Questions per kind: "
+        f"torch {info['torch']}, commit {info['git']}. Test questions per kind ({data['scenes']} scenes): "
         + ", ".join(f"{k} {n}" for k, n in data["counts"].items())
-        + ".",
+        + f"; validation: {sum(data['validation']['counts'].values())} questions of "
+        + f"{data['validation']['scenes']} scenes.",
         "",
     ]
     for heading, headers, rows in sections:

@@ -3,15 +3,16 @@
     python -m eval.mini.ship_demo --out outputs/mini_repro --report eval/results/mini_repro.json \
         --dest eval/mini/demo_llava --command "bash scripts/mini_repro.sh"
 
-Picks the GS-LLaVA with the best accuracy over all test questions in the report (the head-size ablation's
-full-width model included; with several seeds, the best mean, then its best seed), and writes `dest/` the
-way a downloaded checkpoint is laid out:
+Ships the GS-LLaVA the report chose on validation (`demo_choice`: the best mean validation score over all
+questions, the head-size ablation's full-width model included, then its best validation seed; the test
+split plays no part), and writes `dest/` the way a downloaded checkpoint is laid out:
 - `model/`: the GS-LLaVA folder as finetune.sh saved it (config, safetensors weights, tokenizer, processor);
 - `scenes/`: the first `--scenes` test scenes (64² PNG and caption) and `questions.json` with their
   questions and the answers in the style the model was taught;
 - `train_log.json`: the model's training logs, the `log_history` (loss, learning rate, per logging step)
   of its projector pretraining (`pretrain`) and finetuning (`finetune`) from their trainer_state.json;
-- `build.json`: which model, its accuracy, the run, and the command that rebuilds it all.
+- `build.json`: which model, its validation score (and, for the record, its test score), the run, and the
+  command that rebuilds it all.
 The folder is written under a temporary name and renamed, so a failed run never leaves half a model.
 """
 
@@ -29,32 +30,6 @@ from .ask import scene_questions
 # logs and checkpoints stay behind
 _MODEL_SUFFIXES = (".json", ".safetensors", ".model", ".txt", ".jinja")
 _SKIP = ("trainer_state.json", "training_args.bin", "all_results.json", "train_results.json")
-
-
-def best_gs_model(report: dict) -> tuple[str, float]:
-    """(lmms-eval folder name, accuracy over all questions) of the best GS-LLaVA in a mini_repro report."""
-    counts = report["counts"]
-    total = sum(counts.values())
-    best = None
-    for label, acc in report["accuracy"].items():
-        if not label.startswith("GS-LLaVA ") or "shuffled" in label:
-            continue
-        overall = sum(acc[k] * counts[k] for k in counts if acc.get(k) is not None) / total
-        if best is None or overall > best[1]:
-            best = (label[len("GS-LLaVA ") :], overall)
-    if best is None:
-        raise ValueError("the report has no GS-LLaVA accuracy; run scripts/mini_repro.sh to its end first")
-    return f"gs-{best[0]}", best[1]
-
-
-def best_seed(report: dict, name: str, accuracy: float) -> tuple[int, float]:
-    """(seed, its accuracy over all questions) of GS-LLaVA `name` (lmms-eval folder name) that scored best;
-    (0, `accuracy`) for a report without per-seed accuracies."""
-    accs = report.get("accuracy_per_seed", {}).get(f"GS-LLaVA {name[3:]}")
-    if not accs:
-        return 0, accuracy
-    seed = max(range(len(accs)), key=lambda s: accs[s]["all"])
-    return seed, accs[seed]["all"]
 
 
 def _copy_model(src: Path, dst: Path) -> int:
@@ -97,8 +72,12 @@ def ship(out: Path, report_path: Path, dest: Path, command: str, scenes: int = 2
     """Write dest/ (model/, scenes/, train_log.json, build.json) from a finished mini_repro run; returns
     build.json's data."""
     report = json.loads(report_path.read_text())
-    name, accuracy = best_gs_model(report)
-    seed, seed_accuracy = best_seed(report, name, accuracy)
+    choice = report.get("demo_choice")
+    if not choice:
+        raise ValueError(
+            f"{report_path}: no demo_choice (no GS-LLaVA validation score); rerun eval.mini.report"
+        )
+    name, seed = choice["model"], choice["seed"]
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     llava = out / ("" if seed == 0 else f"seed{seed}") / "llava" / name
@@ -107,10 +86,12 @@ def ship(out: Path, report_path: Path, dest: Path, command: str, scenes: int = 2
     (tmp / "train_log.json").write_text(json.dumps(_train_log(llava), separators=(",", ":")) + "\n")
     build = {
         "model": name,
-        "accuracy_all_questions": round(accuracy, 4),
-        "accuracy_per_kind": report["accuracy"][f"GS-LLaVA {name[3:]}"],
+        "chosen_on": "validation: best mean score over all validation questions, then its best seed",
+        "validation_score": round(choice["validation_score"], 4),
         "seed": seed,
-        "accuracy_of_this_seed": seed_accuracy,
+        "validation_score_of_this_seed": round(choice["seed_validation_score"], 4),
+        "test_score_per_kind": report["accuracy"][choice["label"]],
+        "test_score_of_this_seed": round(report["accuracy_per_seed"][choice["label"]][seed]["all"], 4),
         "model_bytes": size,
         "scenes": sorted({q["image"] for q in qs}),
         "run": {"date": report["machine"]["date"], "commit": report["machine"]["git"], "command": command},
@@ -138,7 +119,8 @@ def main(argv=None) -> int:
         print(f"ship_demo: {e}", file=sys.stderr)
         return 2
     print(
-        f"shipped {build['model']} ({100 * build['accuracy_all_questions']:.1f}% of all test questions, "
+        f"shipped {build['model']}, seed {build['seed']} (chosen on validation: "
+        f"{100 * build['validation_score_of_this_seed']:.1f}%; test {100 * build['test_score_of_this_seed']:.1f}%, "
         f"{build['model_bytes'] / 1e6:.1f} MB) and {len(build['scenes'])} test scenes to {args.dest}"
     )
     return 0

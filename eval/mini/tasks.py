@@ -1,12 +1,15 @@
-"""The miniature world's test questions as lmms-eval tasks, one per benchmark kind, scored by the official
-lmms-eval scorers (the YAMLs of eval/tasks/mini with the task name and data file replaced).
+"""The miniature world's validation and test questions as lmms-eval tasks, one per benchmark kind, scored by
+the official lmms-eval scorers (the YAMLs of eval/tasks/mini with the task name and data file replaced).
 
-    python -m eval.mini.tasks --data data/mini --out data/mini/tasks [--shuffled]
+    python -m eval.mini.tasks --data data/mini --out data/mini/tasks [--shuffled] [--blank]
 
-Tasks: mw_sqa, mw_text, mw_pope, mw_mme, mw_open (MM-Vet style, needs the judge), mw_gqa; group mw_all.
-`--shuffled` also writes mw_*_shuffled: every question paired with another test image (seeded), the
-control that shows how much of a model's score the image really explains. The prompts lmms-eval builds
-from these rows are exactly the training prompts (eval.mini.world), which the tests check.
+Tasks: mw_sqa, mw_text, mw_pope, mw_mme, mw_open (MM-Vet style, needs the judge), mw_gqa on the test split
+(group mw_all) and the same as mwval_* on the validation split (group mwval_all). `--shuffled` also writes
+mw_*_shuffled: every test question paired with another test image (seeded), the control that shows how much of
+a model's score the image really explains. `--blank` also writes mw_*_blank and mwval_*_blank: every image
+replaced by the world's blank image, the inputs of the blind floor (a LLaVA trained on that image alone).
+The prompts lmms-eval builds from these rows are exactly the training prompts (eval.mini.world), which the
+tests check.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import argparse
 import json
 import random
 from pathlib import Path
+
+from .score import lmms_row
 
 MINI_YAML = Path(__file__).resolve().parents[1] / "tasks" / "mini"
 KIND_TO_MINI = {  # world kind → (mini task YAML, its data file)
@@ -27,73 +32,46 @@ KIND_TO_MINI = {  # world kind → (mini task YAML, its data file)
 }
 
 
-def _row(kind: str, q: dict, image: dict, i: int) -> dict:
-    if kind == "sqa":
-        return {
-            "image": image,
-            "question": q["raw"],
-            "choices": q["choices"],
-            "answer": q["answer_index"],
-            "hint": "",
-        }
-    if kind == "text":
-        return {
-            "image": image,
-            "question": q["raw"],
-            "question_id": i,
-            "answers": [q["answer"]] * 10,
-            "answer": q["answer"],
-            "ocr_tokens": [q["answer"].upper()],
-        }
-    if kind == "pope":
-        return {
-            "image": image,
-            "question": q["raw"],
-            "answer": q["answer"],
-            "question_id": str(i),
-            "category": "random",
-        }
-    if kind == "mme":
-        return {
-            "image": image,
-            "question": q["raw"],
-            "answer": q["answer"],
-            "question_id": q["pair"],
-            "category": q["category"],
-        }
-    if kind == "open":
-        return {
-            "image": image,
-            "question": q["raw"],
-            "answer": q["answer"],
-            "question_id": f"mw_{i}",
-            "capability": "rec",
-        }
-    return {"image": image, "question": q["raw"], "answer": q["answer"], "id": str(i), "imageId": q["image"]}
+PREFIX = {"test": "mw", "val": "mwval"}  # split → task-name prefix
+VARIANTS = ("", "shuffled", "blank")
 
 
-def write_tasks(data: Path, out: Path, shuffled: bool = False, seed: int = 0) -> dict[str, int]:
-    """Parquet + YAML per kind from data/test_questions.json; returns task → rows."""
+def task_name(kind: str, split: str = "test", variant: str = "") -> str:
+    """lmms-eval task of a question kind, e.g. mw_sqa, mwval_pope, mw_gqa_shuffled; kind "all": the group."""
+    return f"{PREFIX[split]}_{kind}" + (f"_{variant}" if variant else "")
+
+
+def write_tasks(
+    data: Path, out: Path, split: str = "test", variant: str = "", seed: int = 0
+) -> dict[str, int]:
+    """Parquet + YAML per kind from data/<split>_questions.json; returns task → rows. `variant`: "" (each
+    question with its own image), "shuffled" (with another image of the split, seeded) or "blank" (with
+    the world's blank image)."""
     import datasets
 
-    questions = json.loads((data / "test_questions.json").read_text())
+    from .world import BLANK
+
+    if split not in PREFIX or variant not in VARIANTS:
+        raise ValueError(f"split must be one of {sorted(PREFIX)} and variant one of {VARIANTS}")
+    questions = json.loads((data / f"{split}_questions.json").read_text())
     images = sorted({q["image"] for q in questions})
     swap = dict(zip(images, images, strict=True))
-    if shuffled:
+    if variant == "shuffled":
         perm = images[:]
         random.Random(seed).shuffle(perm)
         swap = dict(zip(images, perm, strict=True))
+    elif variant == "blank":
+        swap = dict.fromkeys(images, BLANK)
     out.mkdir(parents=True, exist_ok=True)
     counts, names = {}, []
-    suffix = "_shuffled" if shuffled else ""
     for kind, (mini_task, mini_file) in KIND_TO_MINI.items():
         rows = []
         for i, q in enumerate(x for x in questions if x["kind"] == kind):
             image = {"bytes": (data / "images" / swap[q["image"]]).read_bytes(), "path": None}
-            rows.append(_row(kind, q, image, i))
+            rows.append(lmms_row(kind, q, i, image))
         if not rows:
             continue
-        task = f"mw_{kind}{suffix}"
+        task = task_name(kind, split, variant)
         columns = {k: [r[k] for r in rows] for k in rows[0]}
         ds = datasets.Dataset.from_dict(columns).cast_column("image", datasets.Image())
         tmp = out / f"{task}.parquet.tmp"
@@ -104,7 +82,7 @@ def write_tasks(data: Path, out: Path, shuffled: bool = False, seed: int = 0) ->
         (out / f"{task}.yaml").write_text(f"# generated by eval.mini.tasks from {data}\n" + yaml)
         counts[task] = len(rows)
         names.append(task)
-    group = f"mw_all{suffix}"
+    group = task_name("all", split, variant)
     (out / f"_{group}.yaml").write_text(f"group: {group}\ntask:\n" + "".join(f"  - {n}\n" for n in names))
     return counts
 
@@ -114,10 +92,18 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="folder written by python -m eval.mini.world")
     ap.add_argument("--out", required=True)
     ap.add_argument("--shuffled", action="store_true", help="also write the shuffled-image control tasks")
+    ap.add_argument("--blank", action="store_true", help="also write the blind floor's blank-image tasks")
     args = ap.parse_args(argv)
-    counts = write_tasks(Path(args.data), Path(args.out))
+    data, out = Path(args.data), Path(args.out)
+    if not (data / "val_questions.json").exists():
+        ap.error(f"{data}: no val_questions.json; regenerate the world with `python -m eval.mini.world`")
+    counts = {}
+    for split in ("val", "test"):
+        counts |= write_tasks(data, out, split)
+        if args.blank:
+            counts |= write_tasks(data, out, split, "blank")
     if args.shuffled:
-        counts |= write_tasks(Path(args.data), Path(args.out), shuffled=True)
+        counts |= write_tasks(data, out, "test", "shuffled")
     print(json.dumps(counts))
     return 0
 

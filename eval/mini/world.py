@@ -13,11 +13,14 @@ alone and checked against the scene description by the tests:
 - `open`   open answers (MM-Vet style): "What shapes are in the image?" → "circle<AND>square";
 - `gqa`    compositional (GQA style): "What colour is the shape left of the square?" → "red".
 
-    python -m eval.mini.world --out data/mini --train 4000 --test 500
-writes per split: images/<split>/ (PNG; label-only caption images in images/<split>_words/), <split>_pretrain.json (captions, LLaVA plain format),
+    python -m eval.mini.world --out data/mini --train 4000 --val 500 --test 500
+Splits: train, val (every choice of the miniature is made on it) and test (scored once, at the end); val and
+test scenes share neither a signature nor a caption with train or with each other (`content_keys`).
+Writes per split: images/<split>/ (PNG; label-only caption images in images/<split>_words/), <split>_pretrain.json (captions, LLaVA plain format),
 <split>_finetune.json (the questions as vicuna_v1 dialogues, see `dialogues`), <split>_reading.json (with
 --finetune-words: the label-only images asked their word, also in <split>_finetune.json), <split>_questions.json (with kind and answer),
-<split>_scenes.jsonl, shards/test-NNNN.tar (png + caption) and shards/clip-NNNN.tar (the CLIP teacher's pairs: the train
+<split>_scenes.jsonl, blank.png with train_pretrain_blank.json / train_finetune_blank.json (the train
+split with every image replaced by that one blank image: the blind floor's data), shards/test-NNNN.tar (png + caption) and shards/clip-NNNN.tar (the CLIP teacher's pairs: the train
 scenes plus as many one-object scenes, see `clip_scenes`); zeroshot/ (24 classes "<colour> <shape>" in
 CLIP_benchmark's layout), zeroshot_words/ (label-only scenes, the 12 words as classes) and classes.json.
 """
@@ -33,6 +36,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
+    "BLANK",
     "COLOURS",
     "KINDS",
     "SHAPES",
@@ -41,6 +45,7 @@ __all__ = [
     "answer_style",
     "caption",
     "clip_scenes",
+    "content_keys",
     "dialogue_turns",
     "dialogues",
     "label_size",
@@ -48,8 +53,11 @@ __all__ = [
     "questions",
     "reading_question",
     "render",
+    "scenes_for",
     "with_reading",
     "word_scenes",
+    "write_blank_image",
+    "write_blind",
     "write_split",
     "zeroshot_scenes",
     "zeroshot_word_scenes",
@@ -99,7 +107,7 @@ class Scene:
     label_scale: float = 1.0  # the label's size against LABEL
 
     def signature(self) -> str:
-        """Identity of the scene's content (used to keep train and test disjoint)."""
+        """Identity of the scene's content (with its caption, keeps the splits disjoint: `content_keys`)."""
         objs = sorted((o.shape, o.colour, o.size, o.x, o.y) for o in self.objects)
         return json.dumps([objs, self.word, self.word_xy, self.label_scale])
 
@@ -436,23 +444,76 @@ def dialogue_turns(dialogue: list[dict], context: str = "<image>") -> list[dict]
     return turns
 
 
+def content_keys(scenes: list[Scene]) -> set[str]:
+    """The scenes' signatures and captions: a held-out scene may share neither with another split (two scenes
+    with one caption ask nearly the same questions, whatever the positions)."""
+    return {key for s in scenes for key in (s.signature(), caption(s))}
+
+
 def _extra_scenes(base: int, n: int, exclude: set[str], **kind) -> list[Scene]:
-    """The first n scenes `make_scene(base + k, **kind)`, k = 0, 1, …, whose signature is not excluded."""
+    """The first n scenes `make_scene(base + k, **kind)`, k = 0, 1, …, whose signature and caption are
+    not in `exclude` (see `content_keys`)."""
     out, k = [], 0
     while len(out) < n:
         s = make_scene(base + k, **kind)
         k += 1
-        if s.signature() not in exclude:
+        if s.signature() not in exclude and caption(s) not in exclude:
             out.append(s)
     return out
+
+
+SPLIT_SEEDS = {"train": 0, "test": 10_000_000, "val": 70_000_000}  # disjoint seed ranges per split
 
 
 def scenes_for(
     split: str, n: int, seed: int = 0, exclude: set[str] | None = None, label_scale: float = 1.0
 ) -> list[Scene]:
-    """n scenes of a split; `test` seeds are drawn from a disjoint range and never repeat a train scene."""
-    base = {"train": 0, "test": 10_000_000}[split] + seed * 100_000_000
+    """n scenes of a split from its own seed range, skipping any whose signature or caption is in `exclude`
+    (`content_keys` of the other splits)."""
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, not {split!r}")
+    base = SPLIT_SEEDS[split] + seed * 100_000_000
     return _extra_scenes(base, n, exclude or set(), label_scale=label_scale)
+
+
+BLANK = "blank.png"  # the one image of the blind floor's data (`write_blind`)
+
+
+def write_blank_image(out: Path) -> Path:
+    """images/BLANK under `out`: the world's background alone."""
+    path = out / "images" / BLANK
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.png")
+        render(Scene(seed=-1, objects=[])).save(tmp)
+        tmp.replace(path)
+    return path
+
+
+def write_blind(out: Path, split: str = "train") -> dict:
+    """The blind floor's data: <split>_pretrain_blank.json and <split>_finetune_blank.json (and
+    <split>_reading_blank.json, when the split has reading questions) are the split's captions and dialogues
+    with every image replaced by one blank image (BLANK: the world's background, no object, no label), so
+    that a LLaVA trained on them by the same pipeline learns everything but vision; blank.json lists the
+    image alone (for `gsv fit-shards`)."""
+    write_blank_image(out)
+    counts = {}
+    for stem in (f"{split}_pretrain", f"{split}_finetune", f"{split}_reading"):
+        if stem.endswith("_reading") and not (out / f"{stem}.json").exists():
+            continue
+        records = json.loads((out / f"{stem}.json").read_text())
+        blind = [{**r, "image": BLANK} for r in records if "image" in r]
+        _write_json(out / f"{stem}_blank.json", blind)
+        counts[stem] = len(blind)
+    blank = [{"id": "blank", "image": BLANK, "conversations": [{"from": "human", "value": "<image>\n"}]}]
+    _write_json(out / "blank.json", blank)
+    return counts
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
 
 
 def write_split(
@@ -517,9 +578,7 @@ def write_split(
     if reading_only:  # the label-only reading questions alone too, for a reading warm-up before finetuning
         files.append((f"{split}_reading.json", reading_only))
     for fname, data in files:
-        tmp = out / (fname + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(out / fname)
+        _write_json(out / fname, data)
     with open(out / f"{split}_scenes.jsonl.tmp", "w") as f:
         for s in scenes:
             f.write(
@@ -658,6 +717,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--train", type=int, default=4000)
+    ap.add_argument("--val", type=int, default=500, help="validation scenes (every choice is made on them)")
     ap.add_argument("--test", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--zeroshot-per-class", type=int, default=10, help="single-object test scenes per class")
@@ -700,18 +760,24 @@ def main(argv=None) -> int:
     out = Path(args.out)
     scale = args.label_scale
     train = scenes_for("train", args.train, args.seed, label_scale=scale)
-    seen = {s.signature() for s in train}
+    seen = content_keys(train)
     test = scenes_for("test", args.test, args.seed, exclude=seen, label_scale=scale)
-    held_out = {s.signature() for s in test}
+    val = scenes_for("val", args.val, args.seed, exclude=seen | content_keys(test), label_scale=scale)
+    held_out = content_keys(test) | content_keys(val)
     zeroshot = zeroshot_scenes(args.zeroshot_per_class, args.seed, exclude=seen)
-    held_out |= {s.signature() for s in zeroshot}
+    held_out |= content_keys(zeroshot)
     single = args.train if args.clip_single is None else args.clip_single
     clip = clip_scenes(train, single, args.seed, exclude=held_out, words=args.clip_words, label_scale=scale)
     words = word_scenes(args.pretrain_words, args.seed, scale, "pretrain")
     train_counts = write_split(
         out, "train", train, words, reading=args.reading, read_words=args.finetune_words
     )
-    stats = {"train": train_counts, "test": write_split(out, "test", test)}
+    stats = {
+        "train": train_counts,
+        "val": write_split(out, "val", val),
+        "test": write_split(out, "test", test),
+    }
+    stats["blind"] = write_blind(out)
     stats["shards"] = [p.name for p in write_shards(out, "clip", clip) + write_shards(out, "test", test)]
     stats["clip_pairs"] = len(clip)
     write_zeroshot(out / "zeroshot", zeroshot)

@@ -9,34 +9,53 @@ from pathlib import Path
 
 import pytest
 
-from eval.mini.score import chance, correct, question_only_prior, template
+from eval.mini.score import _logged_score, chance, question_only_prior, score, template
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_correct_per_kind():
-    assert correct("sqa", "B", "B") and correct("sqa", "B", "B.") and not correct("sqa", "B", "A")
-    assert correct("pope", "yes", "Yes") and not correct("pope", "yes", "No, there is not.")
-    assert correct("mme", "No", "no") and not correct("mme", "No", "")
-    assert correct("open", "circle<AND>square", "A square and a circle.")
-    assert not correct("open", "circle<AND>square", "A circle.")
+def _q(kind: str, answer: str, **extra) -> dict:
+    return {"kind": kind, "raw": "q", "question": "q", "answer": answer, "image": "x.png", **extra}
+
+
+def test_each_kind_is_scored_by_the_lmms_eval_scorer_of_its_benchmark():
+    sqa = _q("sqa", "B", choices=["circle", "square", "triangle"], answer_index=1)
+    assert score("sqa", sqa, "B") == 1 and score("sqa", sqa, "B. square") == 1
     assert (
-        correct("text", "owl", "OWL") and correct("gqa", "red", "Red.") and not correct("gqa", "red", "blue")
+        score("sqa", sqa, "A") == 0 and score("sqa", sqa, "The answer is B") == 0
+    )  # the letter, as LLaVA parses
+    assert (
+        score("pope", _q("pope", "yes"), "Yes") == 1
+        and score("pope", _q("pope", "yes"), "Yes, there is.") == 0
     )
+    mme = _q("mme", "No", pair="p0", category="color")
+    assert (
+        score("mme", mme, "no") == 1
+        and score("mme", mme, "No, it is not.") == 1
+        and score("mme", mme, "") == 0
+    )
+    # TextVQA: the EvalAI normalisation, then exact; GQA: exact match with case and punctuation ignored
+    assert (
+        score("text", _q("text", "owl"), "OWL") == 1 and score("text", _q("text", "owl"), "an owl sign") == 0
+    )
+    assert score("gqa", _q("gqa", "red"), "Red.") == 1 and score("gqa", _q("gqa", "red"), "red circle") == 0
+    # MM-Vet's judge: every part of an <AND> answer, and a listed item that is none of them counts against
+    shapes = _q("open", "circle<AND>square")
+    assert score("open", shapes, "A square and a circle.") == 1 and score("open", shapes, "A circle.") == 0.5
+    assert score("open", shapes, "circle, square, triangle and diamond") == 0.5  # naming every shape
+    with pytest.raises(ValueError, match="unknown question kind"):
+        score("vqa", shapes, "x")
 
 
 def test_prior_uses_the_question_template_only():
     assert template("Is there a red circle in the image?") == template("Is there a blue square in the image?")
     assert template("Which shape is red?\nA. circle\nB. square") == "which shape is _?"
     train = [
-        {"kind": "pope", "question": f"Is there a {c} circle in the image?", "answer": a}
+        _q("pope", a, question=f"Is there a {c} circle in the image?")
         for c, a in (("red", "yes"), ("blue", "yes"), ("green", "no"))
     ]
-    test = [
-        {"kind": "pope", "question": "Is there a purple square in the image?", "answer": a}
-        for a in ("yes", "no")
-    ]
-    assert question_only_prior(train, test) == {"pope": [True, False]}
+    test = [_q("pope", a, question="Is there a purple square in the image?") for a in ("yes", "no")]
+    assert question_only_prior(train, test) == {"pope": [1.0, 0.0]}
     assert chance(train, test) == {"pope": 0.5}
 
 
@@ -123,6 +142,34 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
     models = {"RGB-LLaVA", "GS-LLaVA n16-k16", "GS-LLaVA n36-k16", "GS-LLaVA n36-k8", "GS-LLaVA n36-k16-wide"}
     assert models <= set(report["accuracy"]) and "question-only prior" in report["accuracy"]
     assert {f"{m}, shuffled images" for m in models} <= set(report["accuracy"])
+    # the blind floor: the default GS-LLaVA's pipeline on one blank image, asked with that image
+    blind = "blind GS-LLaVA n36-k16 (one blank image)"
+    assert blind in report["accuracy"] and f"{blind}, shuffled images" not in report["accuracy"]
+    assert f"RGB-LLaVA − {blind}" in {t["comparison"] for t in report["targets"]}
+    # validation beside test, and the demo chosen there
+    assert set(report["validation"]["accuracy"]) == {m for m in report["accuracy"] if "shuffled" not in m}
+    assert report["demo_choice"]["label"] in models
+    # every per-question score is the one lmms-eval logged, and score() gives the same for the same answer
+    questions = json.loads((data / "test_questions.json").read_text())
+    checked = 0
+    for f in (tmp_path / "repro" / "vqa" / "rgb").rglob("*_samples_mw_*.jsonl"):
+        kind = re.search(r"_samples_mw_([a-z]+)\.jsonl$", f.name)
+        if not kind:
+            continue
+        kind = kind.group(1)
+        of_kind = [q for q in questions if q["kind"] == kind]
+        for line in f.read_text().splitlines():
+            sample = json.loads(line)
+            response = sample["filtered_resps"]
+            while isinstance(response, list):
+                response = response[0]
+            i = sample["doc_id"]
+            assert score(kind, of_kind[i], response, i) == _logged_score(kind, sample, f.name), (
+                kind,
+                response,
+            )
+            checked += 1
+    assert checked == len(questions)
     assert set(report["budgets"]) == {"16", "36"} and len(report["zeroshot"]) == 4
     assert report["zeroshot_words"].keys() == report["zeroshot"].keys()  # reading, for every GS encoder
     for name in report["zeroshot_words"]:
@@ -138,7 +185,8 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
     # the best GS-LLaVA, shipped the way eval/mini/demo_llava is, answers its scenes' questions
     shipped = tmp_path / "repro" / "report" / "demo_llava"
     build = json.loads((shipped / "build.json").read_text())
-    assert build["model"].startswith("gs-n") and (shipped / "model" / "model.safetensors").is_file()
+    assert build["model"] == report["demo_choice"]["model"] and build["chosen_on"].startswith("validation")
+    assert (shipped / "model" / "model.safetensors").is_file()
     assert len(build["scenes"]) == 2 and all((shipped / "scenes" / s).is_file() for s in build["scenes"])
     train_log = json.loads((shipped / "train_log.json").read_text())
     assert all(any("loss" in e for e in train_log[stage]) for stage in ("pretrain", "finetune"))

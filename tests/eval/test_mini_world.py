@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from eval.mini.world import (
     COLOURS,
@@ -18,6 +19,7 @@ from eval.mini.world import (
     questions,
     render,
     scenes_for,
+    word_scenes,
     write_split,
 )
 
@@ -104,13 +106,43 @@ def test_objects_are_drawn_where_the_scene_says():
         assert max(abs(a - b) for a, b in zip(im.getpixel((o.x, o.y)), COLOURS[o.colour], strict=True)) < 40
 
 
-def test_splits_are_disjoint_and_written_in_llava_format(tmp_path, tiny_tokenizer):
+def test_validation_and_test_scenes_share_no_signature_or_caption_with_train_or_each_other():
+    from eval.mini.world import caption, content_keys
+
+    train = scenes_for("train", 300)
+    test = scenes_for("test", 60, exclude=content_keys(train))
+    val = scenes_for("val", 60, exclude=content_keys(train) | content_keys(test))
+    splits = {"train": train, "test": test, "val": val}
+    for a, b in (("train", "test"), ("train", "val"), ("test", "val")):
+        assert not {s.signature() for s in splits[a]} & {s.signature() for s in splits[b]}, (a, b)
+        assert not {caption(s) for s in splits[a]} & {caption(s) for s in splits[b]}, (a, b)
+        assert not {s.seed for s in splits[a]} & {s.seed for s in splits[b]}, (a, b)
+    # the rule bites: without the caption rule, test scenes repeat training captions (one-object ones mostly)
+    unfiltered = scenes_for("test", 60, exclude={s.signature() for s in train})
+    assert {caption(s) for s in unfiltered} & {caption(s) for s in train}
+    with pytest.raises(ValueError, match="split must be one of"):
+        scenes_for("dev", 1)
+
+
+def test_blind_data_replaces_every_image_by_the_one_blank_image(tmp_path):
+    from eval.mini.world import BLANK, write_blind
+
+    write_split(tmp_path, "train", scenes_for("train", 12), word_scenes(3, purpose="pretrain"), read_words=2)
+    counts = write_blind(tmp_path)
+    blank = Image.open(tmp_path / "images" / BLANK)
+    assert len(blank.getcolors()) == 1  # one colour: no object, no label
+    for stem in ("train_pretrain", "train_finetune", "train_reading"):
+        real = json.loads((tmp_path / f"{stem}.json").read_text())
+        blind = json.loads((tmp_path / f"{stem}_blank.json").read_text())
+        assert counts[stem] == len(real) == len(blind) and {r["image"] for r in blind} == {BLANK}
+        assert [r["conversations"] for r in blind] == [r["conversations"] for r in real]
+    assert json.loads((tmp_path / "blank.json").read_text())[0]["image"] == BLANK
+
+
+def test_splits_are_written_in_llava_format(tmp_path, tiny_tokenizer):
     from llava_gs.conversation import tokenize_conversation
 
     train = scenes_for("train", 40)
-    test = scenes_for("test", 20, exclude={s.signature() for s in train})
-    assert not {s.signature() for s in train} & {s.signature() for s in test}
-    assert not {s.seed for s in train} & {s.seed for s in test}
     stats = write_split(tmp_path, "train", train)
     assert stats["scenes"] == 40 and len(list((tmp_path / "images" / "train").glob("*.png"))) == 40
     finetune = json.loads((tmp_path / "train_finetune.json").read_text())
@@ -168,14 +200,26 @@ def test_lmms_tasks_rebuild_the_training_prompts_and_score_true_answers(tmp_path
     from lmms_eval.tasks.textvqa import utils as textvqa
 
     from eval.mini.tasks import write_tasks
+    from eval.mini.world import write_blank_image
 
     data = tmp_path / "world"
     write_split(data, "test", scenes_for("test", 30))
+    write_split(data, "val", scenes_for("val", 10))
+    blank_png = write_blank_image(data).read_bytes()
     counts = write_tasks(data, tmp_path / "tasks")
-    shuffled = write_tasks(data, tmp_path / "tasks", shuffled=True)
+    shuffled = write_tasks(data, tmp_path / "tasks", variant="shuffled")
+    blank = write_tasks(data, tmp_path / "tasks", variant="blank")
+    val = write_tasks(data, tmp_path / "tasks", "val")
     assert set(counts) == {f"mw_{k}" for k in ("sqa", "text", "pope", "mme", "open", "gqa")}
     assert {k + "_shuffled": v for k, v in counts.items()} == shuffled
+    assert {k + "_blank": v for k, v in counts.items()} == blank
+    assert set(val) == {k.replace("mw_", "mwval_") for k in counts}
+    assert "mwval_pope" in (tmp_path / "tasks" / "_mwval_all.yaml").read_text()
     import datasets
+
+    rows = datasets.load_dataset("parquet", data_files=str(tmp_path / "tasks" / "mw_pope_blank.parquet"))
+    stored = rows["train"].cast_column("image", datasets.Image(decode=False))
+    assert {r["image"]["bytes"] for r in stored} == {blank_png}
 
     to_text = {
         "sqa": sqa.sqa_doc_to_text,
@@ -363,20 +407,24 @@ def test_world_command_rejects_bad_reading_options(tmp_path, capsys, bad, messag
     assert not (tmp_path / "w").exists()  # rejected before anything is written
 
 
+def _one_scene_each(n: int) -> dict[str, list[str]]:
+    return {"pope": [f"scene{i}" for i in range(n)]}
+
+
 def test_relative_targets_need_a_reference_that_uses_the_image():
     """GS within 3 points of RGB is only evidence when RGB's answers depend on the image."""
     from eval.mini.report import _targets
 
     n = 400
-    seeing = {"pope": [True] * n}  # answers every question right
-    blind = {"pope": [i % 4 < 2 for i in range(n)]}  # right half the time, whatever the image
+    seeing = {"pope": [1.0] * n}  # answers every question right
+    blind = {"pope": [float(i % 4 < 2) for i in range(n)]}  # right half the time, whatever the image
     runs = {"question-only prior": blind, "RGB-LLaVA": blind, "GS-LLaVA n144-k64": blind}
     runs["RGB-LLaVA, shuffled images"] = blind
-    _, _, rows = _targets([runs], {"pope": 0.5})
+    _, _, rows = _targets([runs], _one_scene_each(n), {"pope": 0.5})
     gs_vs_rgb = next(r for r in rows if r["comparison"] == "GS-LLaVA n144-k64 − RGB-LLaVA")
     assert gs_vs_rgb["points"] == 0 and gs_vs_rgb["met"].startswith("not testable")
     runs["RGB-LLaVA"] = seeing  # now RGB reads the image: +50 points over its control
-    _, _, rows = _targets([runs], {"pope": 0.5})
+    _, _, rows = _targets([runs], _one_scene_each(n), {"pope": 0.5})
     gs_vs_rgb = next(r for r in rows if r["comparison"] == "GS-LLaVA n144-k64 − RGB-LLaVA")
     assert gs_vs_rgb["points"] == -50 and gs_vs_rgb["met"] == "no" and gs_vs_rgb["target"] == "≥ −3"
 
@@ -385,55 +433,104 @@ def test_head_ablation_is_compared_with_the_default_head_and_kept_out_of_the_tok
     from eval.mini.report import _targets
 
     n = 200
-    right = {"pope": [True] * n}
-    half = {"pope": [i % 2 == 0 for i in range(n)]}
+    right = {"pope": [1.0] * n}
+    half = {"pope": [float(i % 2 == 0) for i in range(n)]}
     runs = {
         "question-only prior": half,
         "GS-LLaVA n144-k64": right,
         "GS-LLaVA n144-k32": right,
         "GS-LLaVA n144-k64-wide": half,
     }
-    _, _, rows = _targets([runs], {})
+    _, _, rows = _targets([runs], _one_scene_each(n), {})
     by_name = {r["comparison"]: r for r in rows}
     head = by_name["GS-LLaVA n144-k64 (narrow head) − GS-LLaVA n144-k64-wide"]
     assert head["points"] == 50 and head["met"] == "yes"
-    assert by_name["N = 144: K = 32 − K = 64 tokens"]["points"] == 0
+    tokens = by_name["N = 144: K = 32 − K = 64 tokens"]
+    assert tokens["points"] == 0 and tokens["target"] == "within ±3" and tokens["met"] == "yes"
     assert not any("-wide" in r["comparison"] and "K = " in r["comparison"] for r in rows)
 
 
-def _answers(right: int, n: int = 400) -> dict[str, list[bool]]:
-    return {"pope": [i < right for i in range(n)]}
+def _answers(right: int, n: int = 400) -> dict[str, list[float]]:
+    return {"pope": [float(i < right) for i in range(n)]}
 
 
-def test_targets_over_seeds_take_the_mean_and_need_it_beyond_the_combined_error():
-    """Three seeds: the mean difference, the between-seed s.d., the test-set s.e.; met only when the mean
-    beats the threshold by more than sqrt(s.e.² + s.d.² / seeds)."""
-    from eval.mini.report import _targets
+BLIND = "blind GS-LLaVA n144-k64 (one blank image)"
 
-    prior = _answers(160)  # 40%
+
+def test_targets_over_seeds_take_the_mean_and_need_it_to_clear_the_threshold_at_one_sided_90():
+    """Three seeds: the mean difference, the between-seed s.d., the scene-bootstrap s.e. of the seed-averaged
+    difference; met only when the mean clears the threshold by more than 1.28 × sqrt(s.e.² + s.d.² / seeds)."""
+    from eval.mini.report import Z90, _targets
+    from eval.mini.score import paired_difference
+
+    n = 400
+    clusters = _one_scene_each(n)
     seeds = [
         {
-            "question-only prior": prior,
+            "question-only prior": _answers(160),
             "RGB-LLaVA": _answers(right),
             "GS-LLaVA n144-k64": _answers(right - 10),
+            "GS-LLaVA n144-k32": _answers(right + 14),  # 3.5 points above K = 64: outside ±3
+            BLIND: _answers(160),
         }
-        for right in (248, 256, 264)  # 62, 64, 66%: +22, +24, +26 over the prior
+        for right in (248, 256, 264)  # 62, 64, 66%: +22, +24, +26 over the blind floor
     ]
-    _, _, rows = _targets(seeds, {"pope": 0.5})
+    _, _, rows = _targets(seeds, clusters, {"pope": 0.5})
     by_name = {r["comparison"]: r for r in rows}
-    rgb = by_name["RGB-LLaVA − question-only prior"]
+    rgb = by_name[f"RGB-LLaVA − {BLIND}"]
     assert rgb["seeds"] == 3 and abs(rgb["points"] - 24) < 1e-9 and abs(rgb["sd"] - 2) < 1e-9
-    # paired s.e. of one seed: the answers differ on (right − 160) of 400 questions, all in a's favour
-    se = [100 * math.sqrt((d / 400) * (1 - d / 400) / 400 * 400 / 399) for d in (88, 96, 104)]
-    assert abs(rgb["se"] - math.sqrt(sum(x * x for x in se) / 3)) < 1e-9
+    averaged = {"pope": [sum(s["RGB-LLaVA"]["pope"][i] for s in seeds) / 3 for i in range(n)]}
+    _, se = paired_difference(averaged, _answers(160), clusters)
+    assert abs(rgb["se"] - 100 * se) < 1e-9 and 1.5 < rgb["se"] < 3  # ≈ sqrt(p(1−p)/n) for these answers
     assert abs(rgb["error"] - math.sqrt(rgb["se"] ** 2 + 4 / 3)) < 1e-9
-    assert rgb["met"] == ("yes" if 24 - 20 > rgb["error"] else "no") == "yes"
-    # GS 2.5 points below RGB in every seed: within 3, but not by more than the error (0.8)
+    assert rgb["met"] == ("yes" if 24 - 15 > Z90 * rgb["error"] else "no") == "yes"
+    # GS 2.5 points below RGB in every seed: within 3, but not by 1.28 × the error
     gs = by_name["GS-LLaVA n144-k64 − RGB-LLaVA"]
     assert abs(gs["points"] + 2.5) < 1e-9 and gs["sd"] == 0 and gs["met"] == "no"
-    # the stretch target is the plain accuracy over all questions
-    assert abs(by_name["RGB-LLaVA, accuracy over all questions (stretch)"]["points"] - 64) < 1e-9
-    assert by_name["RGB-LLaVA, accuracy over all questions (stretch)"]["met"] == "no"
+    tokens = by_name["N = 144: K = 32 − K = 64 tokens"]
+    assert abs(tokens["points"] - 6) < 1e-9 and tokens["met"] == "no"  # above the upper bound
+    # the stretch target is the plain score over all questions
+    assert abs(by_name["RGB-LLaVA, score over all questions (stretch)"]["points"] - 64) < 1e-9
+    assert by_name["RGB-LLaVA, score over all questions (stretch)"]["met"] == "no"
+    assert not any(r["comparison"].startswith(BLIND) for r in rows)  # the floor is not a model under test
+
+
+def test_clustered_errors_grow_with_questions_that_share_a_scene():
+    """The questions of a scene are not independent: with every question of a scene right or wrong
+    together, the scene bootstrap's s.e. is that of the 100 scenes, not of the 500 questions."""
+    from eval.mini.score import clustered_se, paired_difference
+
+    scenes = [f"s{i}" for i in range(100) for _ in range(5)]
+    together = {"pope": [float(int(s[1:]) % 2) for s in scenes]}
+    se = clustered_se(together, {"pope": scenes})
+    assert se == pytest.approx(math.sqrt(0.25 / 100), rel=0.15)
+    assert se > 2 * math.sqrt(0.25 / 500)
+    independent = {"pope": [float(i % 2) for i in range(500)]}
+    assert clustered_se(independent, {"pope": scenes}) < 0.5 * se  # mixed within each scene
+    assert clustered_se(together, {"pope": scenes}) == se  # seeded: the same draws every time
+    d, d_se = paired_difference(together, together, {"pope": scenes})
+    assert d == 0 and d_se == 0
+    with pytest.raises(ValueError, match="not the same questions"):
+        paired_difference(together, {"pope": [1.0]}, {"pope": scenes})
+
+
+def test_the_demo_model_is_chosen_on_validation_among_the_gs_llavas():
+    from eval.mini.report import demo_choice
+
+    val = {
+        "accuracy": {
+            "RGB-LLaVA": {"all": 0.9},  # not a GS model
+            "GS-LLaVA n144-k64": {"all": 0.65},
+            "GS-LLaVA n144-k32": {"all": 0.675},
+            BLIND: {"all": 0.99},  # the floor never ships
+        },
+        "accuracy_per_seed": {"GS-LLaVA n144-k32": [{"all": 0.66}, {"all": 0.70}, {"all": 0.665}]},
+    }
+    choice = demo_choice(val)
+    assert choice["model"] == "gs-n144-k32" and choice["seed"] == 1
+    assert choice["validation_score"] == 0.675 and choice["seed_validation_score"] == 0.70
+    with pytest.raises(ValueError, match="no GS-LLaVA validation score"):
+        demo_choice({"accuracy": {"RGB-LLaVA": {"all": 1.0}}, "accuracy_per_seed": {}})
 
 
 def test_run_time_targets_give_the_one_seed_time_of_a_several_seed_run():
@@ -491,24 +588,6 @@ def test_report_refuses_a_seed_that_did_not_finish(tmp_path):
         seed_runs(tmp_path, 2)
     (tmp_path / "seed1" / "vqa").mkdir(parents=True)
     assert seed_runs(tmp_path, 2) == [tmp_path, tmp_path / "seed1"]
-
-
-def test_the_shipped_demo_model_is_the_best_gs_llava_over_all_questions():
-    from eval.mini.ship_demo import best_gs_model
-
-    report = {
-        "counts": {"pope": 300, "text": 100},
-        "accuracy": {
-            "RGB-LLaVA": {"pope": 1.0, "text": 1.0},  # not a GS model
-            "GS-LLaVA n144-k64": {"pope": 0.8, "text": 0.2},  # 0.65 over all questions
-            "GS-LLaVA n144-k32": {"pope": 0.6, "text": 0.9},  # 0.675: better overall, worse on pope
-            "GS-LLaVA n144-k32, shuffled images": {"pope": 1.0, "text": 1.0},  # a control
-        },
-    }
-    name, acc = best_gs_model(report)
-    assert name == "gs-n144-k32" and acc == pytest.approx(0.675)
-    with pytest.raises(ValueError, match="no GS-LLaVA"):
-        best_gs_model({"counts": {"pope": 1}, "accuracy": {"RGB-LLaVA": {"pope": 1.0}}})
 
 
 def test_the_shipped_demo_carries_both_training_logs(tmp_path):

@@ -1,5 +1,5 @@
 # Shared by pretrain.sh / finetune.sh / finetune_lora.sh (sourced). Every setting is an environment
-# variable with LLaVA-1.5's value for Vicuna-7B on 8 GPUs as the default; see the README's "Training" part.
+# variable with LLaVA-1.5's value for Vicuna-7B on 8 GPUs as the default; see docs/llava.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -z "${VIRTUAL_ENV:-}" && -x "$ROOT/.venv/bin/python" ]]; then

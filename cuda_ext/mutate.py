@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import build
+from .files import atomic_path, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tests that run the kernels on the emulation (each also has a "cuda" twin, skipped without a GPU).
@@ -332,12 +333,8 @@ def write_report(rows: list[dict], out: Path, meta: dict) -> None:
             f"| `{r['mutation']}` | {r['file']} | {r['what']} | {result} | "
             f"{len(names)} of {r['tests_run']}{': ' + shown if names else ''} | {r['seconds']} |"
         )
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out.with_suffix(".md"))
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
-    tmp.replace(out.with_suffix(".json"))
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    atomic_write_text(out.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     plot(rows, out.with_suffix(".png"))
 
 
@@ -361,10 +358,9 @@ def plot(rows: list[dict], path: Path) -> None:
     killed = sum(r["status"].startswith("killed") for r in muts)
     ax.set_title(f"Kernel mutations: {killed} of {len(muts)} killed")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

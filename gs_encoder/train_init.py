@@ -28,7 +28,7 @@ Checkpoints (`--save-every`) go to `<out-dir>/checkpoints/step-<k>/` (checkpoint
 optimizer.safetensors, state.json), written as a hidden temporary folder and renamed in one step, then the
 older ones removed, so a crash at any moment leaves one whole checkpoint; a rerun with the same folder
 resumes from the newest (the data of step k depend only on the seed and k, so a resumed run sees the same
-images). Folders of the earlier layout (the three files directly in `<out-dir>`) resume too.
+images).
 The final weights are `<out-dir>/learned_init.safetensors` with `train_log.json`; `--export PATH` also
 copies them (and the log, as PATH with `_log.json`) to PATH, e.g. the shipped weights file. With
 `--if-missing` nothing runs when PATH exists (the shipped weights are used like a downloaded checkpoint).
@@ -49,6 +49,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from cuda_ext.files import atomic_path, atomic_write_text
 
 from .fitting.learned_init import file_sha256
 
@@ -364,9 +366,7 @@ def _lr_at(step: int, cfg: TrainInitConfig) -> float:
 
 
 def _atomic_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _save_optimizer(path: Path, opt: torch.optim.Optimizer) -> None:
@@ -376,9 +376,8 @@ def _save_optimizer(path: Path, opt: torch.optim.Optimizer) -> None:
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
             tensors[f"{i}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def _load_optimizer(path: Path, opt: torch.optim.Optimizer) -> None:
@@ -482,14 +481,13 @@ def _save_checkpoint(out: Path, step: int, net, opt, state: dict) -> Path:
     from .fitting.learned_init import save_learned_init
 
     root = out / "checkpoints"
-    tmp, target = root / f".step-{step}.tmp", root / f"step-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_learned_init(tmp / "checkpoint.safetensors", net)
-    _save_optimizer(tmp / "optimizer.safetensors", opt)
-    _atomic_json(tmp / "state.json", state)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.replace(target)
+    target = root / f"step-{step}"
+    for stale in root.glob(".step-*"):  # the partial folder of a run killed while saving
+        shutil.rmtree(stale)
+    with atomic_path(target, folder=True) as tmp:
+        save_learned_init(tmp / "checkpoint.safetensors", net)
+        _save_optimizer(tmp / "optimizer.safetensors", opt)
+        _atomic_json(tmp / "state.json", state)
     for old in root.glob("step-*"):
         if old != target:
             shutil.rmtree(old)
@@ -499,15 +497,19 @@ def _save_checkpoint(out: Path, step: int, net, opt, state: dict) -> Path:
 def _resume(out: Path, net, opt) -> tuple[int, list]:
     """(step, log) of the run in `out`, with the network and optimiser restored; (0, []) for a new run.
 
-    Reads the newest checkpoints/step-<k>/ (unfinished hidden .tmp folders are ignored), else the three files
-    of the earlier layout directly in `out`."""
+    Reads the newest checkpoints/step-<k>/ (unfinished hidden .tmp folders are ignored)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from .train import latest_checkpoint
 
-    src = latest_checkpoint(out) or out
-    if not (src / "state.json").is_file():
+    src = latest_checkpoint(out)
+    if src is None:
+        if (out / "state.json").is_file():
+            raise ValueError(
+                f"{out}: a checkpoint in an older layout (state.json directly in the folder); move its three "
+                "files into checkpoints/step-<k>/ to resume, or pick another --out-dir to start afresh"
+            )
         return 0, []
     try:
         state = json.loads((src / "state.json").read_text())
@@ -623,11 +625,9 @@ def _finish(cfg: TrainInitConfig, out: Path, net, log: list) -> Path:
     _atomic_json(out / "train_log.json", train_log)
     if cfg.export:
         dest = Path(cfg.export)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.copyfile(final, tmp)
-        tmp.chmod(0o644)
-        tmp.replace(dest)
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(final, tmp)
+            tmp.chmod(0o644)
         _atomic_json(log_path(dest), {**train_log, "exported_to": str(dest)})
         print(f"exported {dest}")
     print(f"wrote {final} and {out / 'train_log.json'}")

@@ -164,16 +164,12 @@ def build_from_parts(
 def save_folder(out: str | os.PathLike, *parts) -> Path:
     """`save_pretrained` every part (model, tokenizer, processor) into `out`, built under a temporary name
     and swapped in at the end, so an interrupted save never leaves a half-written folder."""
-    import shutil
+    from cuda_ext.files import atomic_path
 
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for part in parts:
-        part.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_path(out, folder=True) as tmp:
+        for part in parts:
+            part.save_pretrained(tmp)
     return out
 
 
@@ -181,7 +177,7 @@ def save_projector(model: LlavaGSForConditionalGeneration, path: str | os.PathLi
     """Write the projector's weights (gathered under ZeRO-3) to `path` as safetensors, atomically."""
     from safetensors.torch import save
 
-    from gs_encoder.splat_io import atomic_write_bytes
+    from cuda_ext.files import atomic_write_bytes
 
     proj = _unwrap(model).model.multi_modal_projector
     params = dict(proj.named_parameters())
@@ -227,8 +223,8 @@ def load_pretrained_model(
     """A GS-LLaVA folder (or a LoRA adapter folder trained on one) → (model in eval mode, processor).
 
     dtype defaults to float32 on CPU (half precision matmuls are slow or missing there) and bfloat16 on
-    CUDA. `image_kwargs` override the processor's on-the-fly fitting settings (num_gaussians, fit_iters, fit_init,
-    fit_init_weights).
+    CUDA. `image_kwargs` override the processor's on-the-fly fitting settings (the options of
+    processing_llava_gs.FIT_OPTIONS: num_gaussians, fit_iters, fit_init, fit_init_weights; None keeps one).
     """
     from transformers import AutoProcessor
 
@@ -271,5 +267,10 @@ def load_pretrained_model(
         raise ValueError(
             f"{proc_dir}: the processor does not load ({e}); rewrite its processor_config.json"
         ) from e
-    processor.image_processor.update(**image_kwargs)
+    from .processing_llava_gs import FIT_OPTIONS
+
+    unknown = sorted(set(image_kwargs) - set(FIT_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown fitting option(s) {', '.join(unknown)}; valid: {', '.join(FIT_OPTIONS)}")
+    processor.image_processor.update(**{FIT_OPTIONS[k]: v for k, v in image_kwargs.items()})
     return model, processor

@@ -15,7 +15,7 @@ random, the structure-tensor grid and the density grid of gs_encoder/fitting/ini
 gs_encoder/fitting/learned_init.py, and the learned init with coarse-to-fine: K iterations on the canvas
 shrunk 2× first) and N ∈ {400, 1600, 3136}, one fit per budget K ∈ {50, 100, 300, 1000, 3000}, each a
 complete K-iteration fit (random stops at 1000), timed from the raw image to the fitted splats; K = 0 is the
-init itself; also the structured init with the optimiser before 2026-12-05 and the cost of the learned
+init itself; also the structured init with the benchmarks' baseline optimiser and the cost of the learned
 network and the density init against 20 fit iterations. Writes eval/results/fit_convergence_tuning.*.
 """
 
@@ -30,15 +30,14 @@ import numpy as np
 import torch
 
 from gs_encoder import FitConfig, fit_images, psnr, render, structured_init
-from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER as PREV_ADAM
 from gs_encoder.fitting.fit import WARMUP_INITS
 from gs_encoder.fitting.init import DENSITY_MIX, adaptive_init, density_init, random_init
 from gs_encoder.fitting.learned_init import COLOUR_ITERS, learned_init, load_learned_init, weights_id
 from gs_encoder.report import machine_info
 
-from .common import PHOTOS, RESULTS, photos, timed, write_results
+from .common import BASELINE_OPTIMISER, PHOTOS, RESULTS, photos, timed, write_results
 
-PREV = "structured-prev"  # the structured init fitted with the optimiser of the default before 2026-12-05
+PREV = "structured-prev"  # the structured init fitted with BASELINE_OPTIMISER, FitConfig's earlier default
 INITS = ("structured", "random", "adaptive", "density", "learned", "learned+c2f", PREV)
 CANDIDATES = ("density", "learned")  # the fast inits the issue's targets are checked for
 SHORT = {"random": 1000}  # largest budget run for these inits
@@ -49,7 +48,7 @@ def fit_config(init: str, n: int, k: int) -> FitConfig:
     """The FitConfig of budget K for `init` (a FitConfig init, one with the C2F suffix, or PREV)."""
     if init == PREV:
         return FitConfig(
-            num_gaussians=n, iters=k, init="structured", check_every=max(k // 60, 1), **PREV_ADAM
+            num_gaussians=n, iters=k, init="structured", check_every=max(k // 60, 1), **BASELINE_OPTIMISER
         )
     base = init.removesuffix(C2F)
     coarse = k if init.endswith(C2F) else 0
@@ -258,12 +257,6 @@ def load_run(path) -> dict:
         for key in ("psnr", "seconds", "per_image"):
             entry[key] = _int_keys(entry[key])
     run["network_cost"] = _int_keys(run["network_cost"])
-    keys = [k.split("/") for k in run["fits"]]
-    run.setdefault("ns", sorted({int(n) for _, n in keys}))
-    run.setdefault("inits", list(dict.fromkeys(init for init, _ in keys)))
-    run.setdefault("measured", run["machine"]["date"])
-    # runs from before the optimiser was recorded used the default of their day, PREV's
-    run.setdefault("optimiser", optimiser_settings(FitConfig(init="structured", **PREV_ADAM)))
     for derived in ("targets", "preset", "benchmark"):
         run.pop(derived, None)  # recomputed by report / write_results
     return run
@@ -322,8 +315,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
     """Tables, targets and plot of a measured run {fits, network_cost, size, photos, budgets, ns, threads}."""
     data, cost, names, size = run["fits"], run["network_cost"], run["photos"], run["size"]
     ns, budgets, inits = run["ns"], run["budgets"], run["inits"]
-    li = run.get("learned_init", {})  # runs before 2026-12-05 10:00 did not record it: two passes then
-    refine = li.get("passes", 2) - 1
+    refine = run["learned_init"]["passes"] - 1
     ks = [0, *budgets]
     curve_rows = [[n, init, *[data[f"{init}/{n}"]["psnr"].get(k) for k in ks]] for n in ns for init in inits]
     time_rows = [
@@ -334,8 +326,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
     near = {k: min(budgets, key=lambda b, k=k: abs(b - k)) for k in (100, 300)}
     # the issue's baseline ("today's default"): the structured init with the previous Adam settings, when run
     base = PREV if PREV in inits else "structured"
-    # runs before 2026-12-05 had no density init or its cost
-    candidates = [c for c in CANDIDATES if c in inits and all(f"{c}_init_s" in cost[n] for n in ns)]
+    candidates = [c for c in CANDIDATES if c in inits]
     speed = {ref: [] for ref in dict.fromkeys((base, "structured"))}
     targets, c2f_rows = {}, []
     for n in ns:
@@ -446,8 +437,8 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         "test results (the sealed set's are in fit_convergence.md). "
         f"Photos: scikit-image {', '.join(names)}, centre-cropped to {size}² (never in the "
         f"learned init's training data). One fit per budget K with the default FitConfig optimiser ({_adam(opt)}), "
-        f"as `gsv fit --iters K` runs it; {PREV}: the structured init fitted with the optimiser of the default "
-        f"before 2026-12-05 ({_adam(PREV_ADAM)}), the baseline of the targets. PSNR of "
+        f"as `gsv fit --iters K` runs it; {PREV}: the structured init fitted with FitConfig's earlier default "
+        f"optimiser ({_adam(BASELINE_OPTIMISER)}), the baseline of the targets. PSNR of "
         "the fp32 result, mean over the photos; K = 0 is "
         "the init itself (random stops at K = 1000). Wall time: the whole batch of photos from raw image to "
         f"fitted splats (init and network included), {run['threads']} torch thread(s), compiled CPU renderer "
@@ -455,7 +446,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         "in time, so the speed-ups are also given in fit-iteration equivalents (iterations to the target, "
         "interpolated in log K between budgets, plus the init's measured cost in fit iterations), which the "
         "sharing does not distort. Learned init: the shipped weights"
-        + (f" ({li['weights_id']})" if li.get("weights_id") else "")
+        + f" ({run['learned_init']['weights_id']})"
         + f", network + {refine} residual refinement pass{'es' if refine > 1 else ''} "
         f"+ {COLOUR_ITERS} conjugate-gradient steps of least-squares colours. Adaptive: structured grid shaped "
         "by the structure tensor + the same colour solve. Density: the grid warped so that its cells shrink "

@@ -10,30 +10,13 @@ The shipped eval/mini/lm is built in two runs (what scripts/mini_repro.sh does w
 
 LLaVA-1.5 starts from Vicuna, a model that already reads a question, finds what it asks about in its
 context and answers in the expected style; only the projector (stage 1) and then the projector + LM
-(stage 2) are trained on images. A randomly initialised LM has to learn all of that from a few hundred
-instruction-tuning steps, and measured on this world it does not: existence and lettered multiple-choice
-questions stay at chance even with the caption given as text. This script gives the miniature what the real
-recipe has, a pretrained LM, built once (from a deterministic stream of scenes of their own seed range, disjoint
-from the train and test splits) and shipped with the repository like a downloaded checkpoint.
-
-Measured while building the shipped LM (3 layers × 128, batch 64, lr 2e-3, cosine over 3000 steps; accuracy
-with the caption as text on the questions of 80 scenes of the test seed range, pretrain_log.json — the shipped
-LM predates the validation split, and a rebuild now evaluates on validation scenes; docs/mini.md): counting and listing come first (open answers
-97% at step 500), existence and relations after a plateau (POPE-like 50% until step 750, 94% at 1500), 88% of
-all questions at 1750 and 94% at 3000. Transfer to images was measured with the RGB tower's features of
-3000 train scenes (250 finetuning steps of 16 dialogues, projector from scratch, 400 test questions, question-only
-prior ≈ 40%): the LM of step 1750 reached 57.2% (two seeds) vs 45.8–50.8% for the fully annealed one of step
-3000 (the pipeline with a random LM stayed at the prior: 39.2% vs 38.8%, mini_repro of 2026-11-30), so the
-shipped LM stops at step 1750 of the 3000-step schedule (a less settled LM adapts faster to image tokens).
-
-Captions: LLaVA's stage 1 trains the projector to make the frozen LM write the image's caption (the `plain`
-template). An LM that never saw a caption starts that stage at 12.9 nats per caption token (no image) and
-its projector learns the captions' form rather than the image's content. Mixing plain captions into the
-text pretraining (`--caption-fraction`) gives an LM that already writes the world's captions (0.85 nats
-without the image: what is left is the content only the image tells). From scratch with a fifth of the
-samples captions, the question answering learnt much more slowly (62% of the test questions with the
-caption as text at step 1750, against 88%); continuing the dialogue-only LM for 500 steps with captions
-mixed in keeps it (90%) and learns the captions as well (0.85 nats) — so the shipped LM is built that way.
+(stage 2) are trained on images. A randomly initialised LM cannot learn all of that from a few hundred
+instruction-tuning steps, so this script gives the miniature what the real recipe has: a pretrained LM,
+built once from a deterministic stream of scenes of their own seed range (disjoint from every split) and
+shipped with the repository like a downloaded checkpoint. Its second run mixes plain captions in
+(`--caption-fraction`), so that LLaVA's stage 1 starts from an LM that already writes the world's captions
+and its projector has to carry only what the image adds. Why it stops where it does, with what was
+measured while building it: docs/mini.md.
 """
 
 from __future__ import annotations
@@ -142,16 +125,12 @@ def caption_loss(model, tok, scenes) -> float:
 
 def _save(out: Path, model, tok, log: list[dict]) -> None:
     """Write the LM folder under a temporary name, then put it in place of `out`."""
-    import shutil
-
+    from cuda_ext.files import atomic_path
     from llava_gs.builder import save_folder
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_folder(tmp, model, tok)
-    (tmp / "pretrain_log.json").write_text(json.dumps(log, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_path(out, folder=True) as tmp:
+        save_folder(tmp, model, tok)
+        (tmp / "pretrain_log.json").write_text(json.dumps(log, indent=1))
 
 
 def _load_init(folder: Path):

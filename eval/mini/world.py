@@ -35,6 +35,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from cuda_ext.files import atomic_path, atomic_write_text
+
 __all__ = [
     "BLANK",
     "COLOURS",
@@ -400,9 +402,7 @@ def dialogues(scene: Scene, qs: list[dict], per_scene: int = 2) -> list[list[dic
     The Yes/No pairs (POPE, MME) are split across dialogues, so no dialogue holds both halves of a pair
     (the second answer would follow from the first, a shortcut the evaluation, asking each question
     alone, does not offer); and shuffling puts every kind in the first turn, where the evaluation asks
-    it. Measured with the first mini_repro models: a fixed turn order left the LM answering the first
-    question with the usual first-turn answers; with the same tower, one epoch of one-question samples
-    (4.1 min) reached 42.8% on 600 test questions, two epochs of these dialogues (2.8 min) 45.7%."""
+    it (with a fixed order the LM learnt to answer the first question with the usual first-turn answers)."""
     rng = random.Random(scene.seed * 104729 + 3)
     out: list[list[dict]] = [[] for _ in range(per_scene)]
     order = sorted(qs, key=lambda q: KINDS.index(q["kind"]) if q["kind"] not in ("pope", "mme") else -1)
@@ -414,12 +414,10 @@ def dialogues(scene: Scene, qs: list[dict], per_scene: int = 2) -> list[list[dic
 
 
 def with_reading(scene: Scene, asked: list[list[dict]], times: int) -> list[list[dict]]:
-    """The dialogues `asked` (from `dialogues`) with the scene's reading question asked `times` times: added at a seeded position to each
-    dialogue that lacks it, then as questions of their own. times = 1 (or a scene without a word) leaves
-    them as they are.
-
-    Measured on seed 0 (RGB-LLaVA, a teacher that reads, label-only captions in stage 1): reading once per
-    scene 22% of the test words, three times 80% (chance 8%); GQA-like 75% → 67%, the rest within error."""
+    """The dialogues `asked` (from `dialogues`) with the scene's reading question asked `times` times: added
+    at a seeded position to each dialogue that lacks it, then as questions of their own. times = 1 (or a
+    scene without a word) leaves them as they are: a word is one question among many, and asked once it was
+    learnt slowly (docs/mini.md, Reading)."""
     reading = [q for d in asked for q in d if q["kind"] == "text"]
     if times <= 1 or not reading:
         return asked
@@ -483,10 +481,8 @@ def write_blank_image(out: Path) -> Path:
     """images/BLANK under `out`: the world's background alone."""
     path = out / "images" / BLANK
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.png")
-        render(Scene(seed=-1, objects=[])).save(tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            render(Scene(seed=-1, objects=[])).save(tmp)
     return path
 
 
@@ -511,9 +507,7 @@ def write_blind(out: Path, split: str = "train") -> dict:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def write_split(
@@ -529,8 +523,8 @@ def write_split(
     `caption_only` scenes (the label-only ones of `word_scenes`) go into the split's captions
     (<split>_pretrain.json) but ask no questions; their images sit apart, in images/<split>_words/, so that
     their splats (splats/<split>_words/ of `gsv fit-shards`) serve LLaVA's stage 1 but not the GS encoders,
-    which distil on splats/<split>/ (measured, seed 0, N = 64: with the label-only splats in the encoder's
-    data, stage-1 loss 5.5e-3 and zero-shot 5% after stage 1; without, 2.2e-3 and 22%).
+    which distil on splats/<split>/ unless asked to (label-only images among the scenes distilled worse:
+    docs/mini.md, Reading).
     `reading`: how often the finetuning dialogues ask a scene's reading question (`with_reading`); the
     test questions ask it once. `read_words`: the first that many `caption_only` scenes are also asked
     their reading question in finetuning (LLaVA-1.5's OCR-VQA in miniature), and those questions are also
@@ -545,9 +539,8 @@ def write_split(
         name = f"{folder}/{s.seed}.png"
         path = out / "images" / name
         if not path.exists():
-            tmp = path.with_suffix(".tmp.png")
-            render(s).save(tmp)
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                render(s).save(tmp)
         path.with_suffix(".txt").write_text(caption(s) + "\n")  # `gsv fit-shards` carries it to the splats
         pretrain.append(
             {
@@ -579,21 +572,17 @@ def write_split(
         files.append((f"{split}_reading.json", reading_only))
     for fname, data in files:
         _write_json(out / fname, data)
-    with open(out / f"{split}_scenes.jsonl.tmp", "w") as f:
-        for s in scenes:
-            f.write(
-                json.dumps(
-                    {
-                        "seed": s.seed,
-                        "objects": [asdict(o) for o in s.objects],
-                        "word": s.word,
-                        "word_xy": s.word_xy,
-                        "caption": caption(s),
-                    }
-                )
-                + "\n"
-            )
-    (out / f"{split}_scenes.jsonl.tmp").replace(out / f"{split}_scenes.jsonl")
+    rows = (
+        {
+            "seed": s.seed,
+            "objects": [asdict(o) for o in s.objects],
+            "word": s.word,
+            "word_xy": s.word_xy,
+            "caption": caption(s),
+        }
+        for s in scenes
+    )
+    atomic_write_text(out / f"{split}_scenes.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return {
         "scenes": len(scenes),
         "questions": len(test),
@@ -614,13 +603,11 @@ def write_shards(out: Path, split: str, scenes: list[Scene], shard_size: int = 1
     paths = []
     for i in range(0, len(scenes), shard_size):
         path = folder / f"{split}-{i // shard_size:04d}.tar"
-        tmp = path.with_suffix(".tar.tmp")
-        with tarfile.open(tmp, "w") as tf:
+        with atomic_path(path) as tmp, tarfile.open(tmp, "w") as tf:
             for s in scenes[i : i + shard_size]:
                 key = f"{s.seed:09d}"
                 tar_add(tf, f"{key}.png", png_bytes(render(s)))
                 tar_add(tf, f"{key}.txt", caption(s).encode())
-        tmp.replace(path)
         paths.append(path)
     return paths
 
@@ -630,8 +617,7 @@ def word_scenes(n: int, seed: int = 0, label_scale: float = 1.0, purpose: str = 
     their own per `purpose` ("clip": the teacher's pairs, "pretrain": LLaVA's stage-1 captions).
 
     A caption that names shapes and colours is matched by them, so neither the contrastive teacher nor
-    the projector pretraining needs the word (measured on seed 0: teacher word zero-shot 8% = chance,
-    RGB-LLaVA reading 8–11%); captions that differ only in the word make both learn it."""
+    the projector pretraining needs the word; captions that differ only in the word make both learn it."""
     base = {"clip": 40_000_000, "pretrain": 50_000_000}[purpose] + seed * 100_000_000
     return _extra_scenes(base, n, set(), text_prob=1.0, num_objects=0, label_scale=label_scale)
 
@@ -648,8 +634,8 @@ def clip_scenes(
     label-only scenes (`word_scenes`), shuffled.
 
     With captions alone a contrastive batch is told apart by colours, sizes and words, so a small CLIP
-    learns colour at once and shape only after many epochs (measured: 38% shape zero-shot after 60k
-    samples, chance 25%). One-object scenes put captions that differ only in shape into every batch.
+    learns colour at once and shape only after many epochs. One-object scenes put captions that differ only
+    in shape into every batch.
     `exclude`: signatures never to use (the test and zero-shot scenes)."""
     exclude = exclude or set()
     base = 30_000_000 + seed * 100_000_000

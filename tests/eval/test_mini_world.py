@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -770,21 +771,22 @@ def test_object_probe_scores_pooled_tokens_of_each_encoder_and_the_rgb_tower(tmp
 
 
 def test_report_times_a_run_by_its_own_start_and_commit(tmp_path):
+    from datetime import datetime
+
     from eval.mini.report import _timings
 
+    older, run, later = (
+        datetime(2026, 12, d, h, tzinfo=UTC).isoformat() for d, h in ((1, 10), (4, 20), (4, 21))
+    )
     (tmp_path / "timings.tsv").write_text(
-        "100\t# run 2026-12-01T10:00:00+00:00\n100\tworld\n160\tteacher\n400\treport\n"  # an older run
-        "1000\t# run 2026-12-04T20:00:00+00:00 commit abc1234\n1000\tworld\n1030\t# skipped data\n"
+        f"100\t# run {older} commit 0000000\n100\tworld\n160\tteacher\n400\treport\n"  # an older run
+        f"1000\t# run {run} commit abc1234\n1000\tworld\n1030\t# skipped data\n"
         "1030\tteacher\n1330\treport\n"
     )
     headers, rows, data = _timings(tmp_path)
-    assert data["started"] == "2026-12-04T20:00:00+00:00" and data["commit"] == "abc1234"
+    assert data["started"] == run and data["commit"] == "abc1234"
     assert data["stages"] == {"world": 30, "teacher": 300} and data["skipped"] == 1 and data["total_s"] == 330
     # a later invocation stopped before its report (killed): the report is still the finished one's
     with (tmp_path / "timings.tsv").open("a") as f:
-        f.write(
-            "2000\t# run 2026-12-04T21:00:00+00:00 commit def5678\n2000\t# skipped world\n2000\tencoders\n"
-        )
+        f.write(f"2000\t# run {later} commit def5678\n2000\t# skipped world\n2000\tencoders\n")
     assert _timings(tmp_path)[2]["commit"] == "abc1234"
-    (tmp_path / "timings.tsv").write_text("100\t# run 2026-12-01T10:00:00+00:00\n100\tworld\n160\treport\n")
-    assert _timings(tmp_path)[2]["commit"] is None  # runs before the commit was recorded

@@ -45,13 +45,7 @@ def _unique_names(paths: list[Path]) -> list[str]:
 
 
 def cmd_fit(args) -> int:
-    import torch
     from tqdm.auto import tqdm
-
-    from .fitting.fit import fit_images, fit_sidecar
-    from .image_io import ImageLoadError, load_image
-    from .report import text_table
-    from .splat_io import RAW_RGB_BYTES, payload_bytes, save_splats
 
     try:
         cfg = _fit_config(args)
@@ -64,59 +58,67 @@ def cmd_fit(args) -> int:
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in args.images]
-    names = _unique_names(paths)
-    failures: list[tuple[str, str]] = []
-    rows = []
     todo: list[tuple[Path, str]] = []
-    for p, name in zip(paths, names, strict=True):
+    for p, name in zip(paths, _unique_names(paths), strict=True):
         if not args.overwrite and (out_dir / f"{name}.gs.npy").exists():
             print(f"skip {p}: {out_dir / name}.gs.npy exists (use --overwrite to refit)")
             continue
         todo.append((p, name))
     batches = [todo[i : i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
     progress = not args.quiet and sys.stderr.isatty()
+    failures: list[tuple[str, str]] = []
+    rows = []
     for batch in tqdm(batches, desc="batches", unit="batch", disable=not progress or len(batches) < 2):
-        loaded, kept = [], []
-        for p, name in batch:
-            try:
-                loaded.append(load_image(p, args.size, args.resize, args.background, args.max_pixels))
-                kept.append((p, name))
-            except ImageLoadError as e:
-                _error(str(e))
-                failures.append((str(p), str(e)))
-        if not loaded:
-            continue
-        images = torch.stack(loaded).to(device)
-        results = fit_images(images, cfg, progress=progress)
-        for (p, name), r, target in zip(kept, results, images, strict=True):
-            meta = fit_sidecar(r, target, cfg, args.resize, str(p))
-            out = save_splats(out_dir / f"{name}.gs.npy", r.splats, meta)
-            nbytes = payload_bytes(r.num_gaussians)
-            raw = args.size * args.size * 3
-            rows.append(
-                [
-                    name,
-                    r.num_initial,
-                    r.num_gaussians,
-                    meta["psnr"],
-                    nbytes,
-                    f"{raw / nbytes:.2f}×",
-                    r.seconds,
-                ]
-            )
-            logger.info("wrote %s", out)
-    if rows:
-        headers = ["image", "N init", "N", "PSNR dB", "bytes", f"vs raw {args.size}²", "seconds"]
-        print(text_table(headers, rows))
-        if args.size != 224:
-            print(
-                f"(raw 224² RGB is {RAW_RGB_BYTES:,} bytes; the ratio above is against the {args.size}² canvas)"
-            )
-        print(f"wrote {len(rows)} splat file(s) to {out_dir}")
+        rows += _fit_batch(args, cfg, device, batch, out_dir, failures, progress)
+    _print_fit_summary(args, rows, out_dir)
     if failures:
         print(f"{len(failures)} image(s) failed; see the errors above", file=sys.stderr)
         return 1
     return 0
+
+
+def _fit_batch(args, cfg, device, batch, out_dir: Path, failures: list, progress: bool) -> list[list]:
+    """Load, fit and write one batch of (path, name); an image that does not load is recorded in `failures`
+    and the others go on. Returns the summary rows of the written files."""
+    import torch
+
+    from .fitting.fit import fit_images, fit_sidecar
+    from .image_io import ImageLoadError, load_image
+    from .splat_io import payload_bytes, save_splats
+
+    loaded, kept = [], []
+    for p, name in batch:
+        try:
+            loaded.append(load_image(p, args.size, args.resize, args.background, args.max_pixels))
+            kept.append((p, name))
+        except ImageLoadError as e:
+            _error(str(e))
+            failures.append((str(p), str(e)))
+    if not loaded:
+        return []
+    images = torch.stack(loaded).to(device)
+    rows = []
+    for (p, name), r, target in zip(kept, fit_images(images, cfg, progress=progress), images, strict=True):
+        meta = fit_sidecar(r, target, cfg, args.resize, str(p))
+        out = save_splats(out_dir / f"{name}.gs.npy", r.splats, meta)
+        nbytes = payload_bytes(r.num_gaussians)
+        ratio = f"{args.size * args.size * 3 / nbytes:.2f}×"
+        rows.append([name, r.num_initial, r.num_gaussians, meta["psnr"], nbytes, ratio, r.seconds])
+        logger.info("wrote %s", out)
+    return rows
+
+
+def _print_fit_summary(args, rows: list[list], out_dir: Path) -> None:
+    from .report import text_table
+    from .splat_io import RAW_RGB_BYTES
+
+    if not rows:
+        return
+    headers = ["image", "N init", "N", "PSNR dB", "bytes", f"vs raw {args.size}²", "seconds"]
+    print(text_table(headers, rows))
+    if args.size != 224:
+        print(f"(raw 224² RGB is {RAW_RGB_BYTES:,} bytes; the ratio above is against the {args.size}² canvas)")
+    print(f"wrote {len(rows)} splat file(s) to {out_dir}")
 
 
 def _load_any(path: str):

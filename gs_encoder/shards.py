@@ -388,6 +388,16 @@ def summarize(out_dir: Path, units: list[Unit]) -> dict:
     }
 
 
+def _teacher(cfg: ShardJobConfig, device: torch.device):
+    """The open_clip teacher of cfg.teacher ("ARCH[:TAG_OR_PATH]") whose embeddings go beside the splats."""
+    from .teacher import ClipTeacher, build_clip, register_model_config
+
+    if cfg.teacher_config:
+        register_model_config(cfg.teacher_config)
+    arch, _, weights = cfg.teacher.partition(":")
+    return ClipTeacher(build_clip(arch, weights or None)).to(device)
+
+
 def run_shard_job(
     inputs: list[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -431,14 +441,7 @@ def run_shard_job(
         len(mine),
         len(mine) - len(todo),
     )
-    teacher = None
-    if cfg.teacher and todo:
-        from .teacher import ClipTeacher, build_clip, register_model_config
-
-        if cfg.teacher_config:
-            register_model_config(cfg.teacher_config)
-        arch, _, weights = cfg.teacher.partition(":")
-        teacher = ClipTeacher(build_clip(arch, weights or None)).to(device)
+    teacher = _teacher(cfg, device) if cfg.teacher and todo else None
     total = sum(count_samples(u) for u in todo) if progress else None
     with tqdm(
         total=total, desc=f"fit-shards[{rank}]", unit="img", disable=not progress, dynamic_ncols=True

@@ -239,7 +239,6 @@ def _check_flags(margs: ModelArguments, dargs: DataArguments, targs) -> None:
 def train(argv: list[str] | None = None) -> None:
     from transformers import HfArgumentParser
 
-    from .builder import PROJECTOR_FILE, save_projector
     from .data import LlavaGSDataset, collate_llava
     from .modeling_llava_gs import count_parameters
     from .trainer import LlavaGSTrainer, NoFinalCheckpoint
@@ -288,6 +287,15 @@ def train(argv: list[str] | None = None) -> None:
         callbacks=[NoFinalCheckpoint()],
     )
     trainer.train(resume_from_checkpoint=_last_checkpoint(targs.output_dir))
+    out = _save(trainer, model, margs, targs, tokenizer, processor)
+    _log_resources(out)
+
+
+def _save(trainer, model, margs: ModelArguments, targs, tokenizer, processor) -> pathlib.Path:
+    """Write what the stage trained into --output_dir: the projector alone (stage 1) or the whole model
+    (stage 2), with the tokenizer and processor; returns the folder."""
+    from .builder import PROJECTOR_FILE, save_projector
+
     engine = getattr(trainer, "deepspeed", None)
     if engine is not None and _rank0():
         logger.info(
@@ -308,7 +316,7 @@ def train(argv: list[str] | None = None) -> None:
     if _rank0():
         tokenizer.save_pretrained(out)
         processor.save_pretrained(out)
-    _log_resources(out)
+    return out
 
 
 def _log_resources(out: pathlib.Path) -> None:

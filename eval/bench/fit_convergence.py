@@ -311,29 +311,17 @@ def _adam(opt: dict) -> str:
     )
 
 
-def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
-    """Tables, targets and plot of a measured run {fits, network_cost, size, photos, budgets, ns, threads}."""
-    data, cost, names, size = run["fits"], run["network_cost"], run["photos"], run["size"]
-    ns, budgets, inits = run["ns"], run["budgets"], run["inits"]
-    refine = run["learned_init"]["passes"] - 1
-    ks = [0, *budgets]
-    curve_rows = [[n, init, *[data[f"{init}/{n}"]["psnr"].get(k) for k in ks]] for n in ns for init in inits]
-    time_rows = [
-        [n, init, *[data[f"{init}/{n}"]["seconds"].get(k) for k in ks]] for n in ns for init in inits
-    ]
-    ref_k = 1000 if 1000 in budgets else budgets[-1]
-    top_k = budgets[-1]
-    near = {k: min(budgets, key=lambda b, k=k: abs(b - k)) for k in (100, 300)}
-    # the issue's baseline ("today's default"): the structured init with the previous Adam settings, when run
-    base = PREV if PREV in inits else "structured"
-    candidates = [c for c in CANDIDATES if c in inits]
+def _speed(run: dict, base: str, ref_k: int) -> tuple[dict, dict, list]:
+    """Per reference (the baseline, structured): rows of how fast each init reaches its ref_k-iteration PSNR
+    (measured and interpolated wall time, iteration equivalents); the equivalents by (reference, init); and
+    the coarse-to-fine rows (its speed-up with and without)."""
+    data, cost, names, inits = run["fits"], run["network_cost"], run["photos"], run["inits"]
     speed = {ref: [] for ref in dict.fromkeys((base, "structured"))}
-    targets, c2f_rows = {}, []
-    for n in ns:
+    equiv, c2f_rows = {}, []
+    for n in run["ns"]:
         per_it = cost[n]["fit20_s"] / 20  # one image, one iteration
         # each init's own cost in fit iterations (a coarse-to-fine entry has its base init's: the same network)
         init_its = {init: (data[f"{init}/{n}"]["seconds"][0] / len(names)) / per_it for init in inits}
-        equiv = {}
         for ref, rows in speed.items():
             r = data[f"{ref}/{n}"]
             ref_p, ref_t = r["psnr"][ref_k], r["seconds"][ref_k]
@@ -343,7 +331,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
                 k_interp = iters_to(e, ref_p)
                 own = init_its[base_init(init) if init.endswith(C2F) else init]
                 eq = None if k_interp is None else ref_k / (k_interp * iteration_cost(init, cost[n]) + own)
-                equiv[ref, init] = eq
+                equiv[n, ref, init] = eq
                 rows.append(
                     [
                         n,
@@ -359,15 +347,21 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         for init in inits:
             if init.endswith(C2F):
                 plain = init.removesuffix(C2F)
-                c2f_rows.append(
-                    [
-                        n,
-                        plain,
-                        iteration_cost(init, cost[n]),
-                        equiv["structured", init],
-                        equiv["structured", plain],
-                    ]
-                )
+                cost_it = iteration_cost(init, cost[n])
+                c2f_rows.append([n, plain, cost_it, equiv[n, "structured", init], equiv[n, "structured", plain]])
+    for row in c2f_rows:  # the coarse-to-fine decision: default only where it reaches the target sooner
+        with_c2f, without = row[3], row[4]
+        row.append("yes" if with_c2f is not None and (without is None or with_c2f > without) else "no")
+    return speed, equiv, c2f_rows
+
+
+def _targets(run: dict, base: str, candidates: list[str], equiv: dict, ref_k: int) -> dict:
+    """N → {target: met} for each candidate init against the baseline and the structured grid."""
+    data, cost, budgets = run["fits"], run["network_cost"], run["budgets"]
+    top_k = budgets[-1]
+    near = {k: min(budgets, key=lambda b, k=k: abs(b - k)) for k in (100, 300)}
+    targets = {}
+    for n in run["ns"]:
         s, b = data[f"structured/{n}"], data[f"{base}/{n}"]
         targets[n] = {}
         for cand in candidates:
@@ -379,15 +373,15 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
                     f"{cand}@0 ≥ structured@0 + 3 dB": c["psnr"][0] >= s["psnr"][0] + 3.0,
                     f"{cand}@{top_k} ≥ structured@{top_k} − 0.1 dB": c["psnr"][top_k]
                     >= s["psnr"][top_k] - 0.1,
-                    f"{cand}: time to {base}@{ref_k} ≥ 5× shorter": (equiv[base, cand] or 0.0) >= 5.0,
+                    f"{cand}: time to {base}@{ref_k} ≥ 5× shorter": (equiv[n, base, cand] or 0.0) >= 5.0,
                     f"{cand} init costs ≤ 20 fit iterations": cost[n][f"{cand}_init_s"] <= cost[n]["fit20_s"],
                 }
             )
-    target_rows = [[n, t, "met" if ok else "missed"] for n in ns for t, ok in targets[n].items()]
-    for row in c2f_rows:  # the coarse-to-fine decision: default only where it reaches the target sooner
-        with_c2f, without = row[3], row[4]
-        row.append("yes" if with_c2f is not None and (without is None or with_c2f > without) else "no")
-    cost_rows = [
+    return targets
+
+
+def _cost_rows(cost: dict) -> list[list]:
+    return [
         [
             n,
             1000 * c["network_s"],
@@ -399,6 +393,12 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         ]
         for n, c in cost.items()
     ]
+
+
+def _preset(run: dict, base: str, candidates: list[str]) -> tuple[int, dict, list]:
+    """The `gsv fit` default preset (N = 3136, the top budget) at the baseline's PSNR: (N, record, rows)."""
+    data, cost, names, ns = run["fits"], run["network_cost"], run["photos"], run["ns"]
+    top_k = run["budgets"][-1]
     preset_n = 3136 if 3136 in ns else ns[-1]
     b = data[f"{base}/{preset_n}"]
     per_it = cost[preset_n]["fit20_s"] / 20
@@ -408,7 +408,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         "baseline_psnr": b["psnr"][top_k],
         "inits": {},
     }
-    preset_rows = []
+    rows = []
     for cand in candidates or ["learned"]:
         c = data[f"{cand}/{preset_n}"]
         k_eq = iters_to(c, b["psnr"][top_k])
@@ -420,7 +420,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
             "speedup_iteration_equivalent": speedup,
             "images_per_s_at_equal_psnr": rate,
         }
-        preset_rows.append(
+        rows.append(
             [
                 cand,
                 60 * preset["baseline_images_per_s_measured"],
@@ -430,13 +430,18 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
                 None if rate is None else 60 * rate,
             ]
         )
-    opt = run["optimiser"]
-    notes = (
+    return preset_n, preset, rows
+
+
+def _notes(run: dict, name: str, candidates: list[str]) -> str:
+    size, inits, refine = run["size"], run["inits"], run["learned_init"]["passes"] - 1
+    return (
         "Regenerate: `python -m eval.bench.fit_convergence --tuning`. The exploration the fitting defaults "
         "were chosen with: these photos are the tuning set of eval/splits.py, so the figures here are not "
         "test results (the sealed set's are in fit_convergence.md). "
-        f"Photos: scikit-image {', '.join(names)}, centre-cropped to {size}² (never in the "
-        f"learned init's training data). One fit per budget K with the default FitConfig optimiser ({_adam(opt)}), "
+        f"Photos: scikit-image {', '.join(run['photos'])}, centre-cropped to {size}² (never in the "
+        f"learned init's training data). One fit per budget K with the default FitConfig optimiser "
+        f"({_adam(run['optimiser'])}), "
         f"as `gsv fit --iters K` runs it; {PREV}: the structured init fitted with FitConfig's earlier default "
         f"optimiser ({_adam(BASELINE_OPTIMISER)}), the baseline of the targets. PSNR of "
         "the fp32 result, mean over the photos; K = 0 is "
@@ -460,6 +465,25 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         f"The fits of one N ran in one process (`--ns` runs, one per core, each timed on its own), finished "
         f"{run['measured']}."
     )
+
+
+def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
+    """Tables, targets and plot of a measured run {fits, network_cost, size, photos, budgets, ns, threads}."""
+    data, size, ns, budgets, inits = run["fits"], run["size"], run["ns"], run["budgets"], run["inits"]
+    ks = [0, *budgets]
+    curve_rows = [[n, init, *[data[f"{init}/{n}"]["psnr"].get(k) for k in ks]] for n in ns for init in inits]
+    time_rows = [
+        [n, init, *[data[f"{init}/{n}"]["seconds"].get(k) for k in ks]] for n in ns for init in inits
+    ]
+    ref_k = 1000 if 1000 in budgets else budgets[-1]
+    top_k = budgets[-1]
+    # the issue's baseline ("today's default"): the structured init with the previous Adam settings, when run
+    base = PREV if PREV in inits else "structured"
+    candidates = [c for c in CANDIDATES if c in inits]
+    speed, equiv, c2f_rows = _speed(run, base, ref_k)
+    targets = _targets(run, base, candidates, equiv, ref_k)
+    target_rows = [[n, t, "met" if ok else "missed"] for n in ns for t, ok in targets[n].items()]
+    preset_n, preset, preset_rows = _preset(run, base, candidates)
     speed_cols = [
         "N",
         "init",
@@ -485,7 +509,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
                 "learned / 20 iterations",
                 f"20 coarse iterations ({size // 2}²)",
             ],
-            cost_rows,
+            _cost_rows(run["network_cost"]),
         ),
         (
             f"Coarse-to-fine: K iterations on the 2×-shrunk canvas before the K of the budget (speed-up to structured@{ref_k} in iteration equivalents)",
@@ -502,17 +526,14 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         ("Targets", ["N", "target", "result"], target_rows),
         (
             f"`gsv fit` default preset (N = {preset_n}, {top_k} iterations) at equal PSNR",
-            [
-                "init",
-                f"{base} images/min",
-                f"{base} PSNR",
-                "iterations needed",
-                "speed-up",
-                "images/min",
-            ],
+            ["init", f"{base} images/min", f"{base} PSNR", "iterations needed", "speed-up", "images/min"],
             preset_rows,
         ),
     ]
+    c2f = {
+        f"{init}/{n}": {"iteration_cost": c, "speedup": w, "speedup_without": wo, "faster": f == "yes"}
+        for n, init, c, w, wo, f in c2f_rows
+    }
     md = write_results(
         name,
         "Fit convergence: structured vs random vs adaptive vs density vs learned initialisation "
@@ -522,17 +543,9 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
             **{k: v for k, v in run.items() if k != "machine"},
             "targets": {str(n): t for n, t in targets.items()},
             "preset": preset,
-            "coarse_to_fine": {
-                f"{init}/{n}": {
-                    "iteration_cost": c,
-                    "speedup": w,
-                    "speedup_without": wo,
-                    "faster": f == "yes",
-                }
-                for n, init, c, w, wo, f in c2f_rows
-            },
+            "coarse_to_fine": c2f,
         },
-        notes,
+        _notes(run, name, candidates),
         out_dir=out_dir,
         machine=run.get("machine"),  # set when the tables are rebuilt from a measured run's JSON
     )

@@ -234,11 +234,20 @@ def _letters(options: list[str]) -> str:
 
 
 def questions(scene: Scene) -> list[dict]:
-    """Questions about the scene, a few of each applicable kind: {kind, question, answer, ...}."""
+    """Questions about the scene, a few of each applicable kind: {kind, question, answer, ...}. One seeded
+    generator serves the kinds in a fixed order, so a scene always asks the same questions."""
     rng = random.Random(scene.seed * 7919 + 17)
+    out = _sqa(scene, rng)
+    if scene.word:
+        out.append(reading_question(scene))
+    for ask in (_pope, _mme, _open, _gqa):
+        out += ask(scene, rng)
+    return out
+
+
+def _sqa(scene: Scene, rng: random.Random) -> list[dict]:
+    """Which shape has a colour / which colour has a shape, 3 lettered options (asked when unambiguous)."""
     objs = scene.objects
-    out: list[dict] = []
-    # sqa: which shape has a colour / which colour has a shape, 3 lettered options (asked when unambiguous)
     o = rng.choice(objs)
     if rng.random() < 0.5:
         q, truth = f"Which shape is {o.colour}?", o.shape
@@ -250,38 +259,47 @@ def questions(scene: Scene) -> list[dict]:
         wrong = [x for x in COLOURS if x != o.colour]
     options = rng.sample(wrong, 2) + [truth]
     rng.shuffle(options)
-    if unique:
-        out.append(
-            {
-                "kind": "sqa",
-                "raw": q,
-                "question": f"{q}\n{_letters(options)}{LETTER}",
-                "answer": "ABCD"[options.index(truth)],
-                "choices": options,
-                "answer_index": options.index(truth),
-                "stem": q,
-            }
-        )
-    if scene.word:
-        out.append(reading_question(scene))
-    # pope: one present object, one absent (colour, shape) pair
+    if not unique:
+        return []
+    return [
+        {
+            "kind": "sqa",
+            "raw": q,
+            "question": f"{q}\n{_letters(options)}{LETTER}",
+            "answer": "ABCD"[options.index(truth)],
+            "choices": options,
+            "answer_index": options.index(truth),
+            "stem": q,
+        }
+    ]
+
+
+def _pope(scene: Scene, rng: random.Random) -> list[dict]:
+    """Existence: one present object and one absent (colour, shape) pair, in a seeded order."""
+    objs = scene.objects
     present = {(p.colour, p.shape) for p in objs}
     absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
     c, s = rng.choice(absent)
     p = rng.choice(objs)
     pope = [(p.colour, p.shape, "yes"), (c, s, "no")]
     rng.shuffle(pope)
+    out = []
     for colour, shape, ans in pope:
         raw = f"Is there a {colour} {shape} in the image?"
         out.append({"kind": "pope", "raw": raw, "question": raw + SHORT, "answer": ans})
-    # mme: a Yes/No pair on one attribute
+    return out
+
+
+def _mme(scene: Scene, rng: random.Random) -> list[dict]:
+    """A Yes/No pair on one attribute (colour, count or position), as MME asks them."""
+    objs = scene.objects
     topic = rng.choice(["color", "count"] + (["position"] if len(objs) >= 2 else []))
     if topic == "color":
         o = rng.choice(objs)
         other = rng.choice([c for c in COLOURS if c != o.colour])
         pair = (f"Is the {o.shape} {o.colour}?", f"Is the {o.shape} {other}?")
         if sum(q.shape == o.shape for q in objs) > 1:
-            pair = None
+            return []
     elif topic == "count":
         n = len(objs)
         wrong = rng.choice([k for k in range(1, 5) if k != n])
@@ -298,81 +316,42 @@ def questions(scene: Scene) -> list[dict]:
             f"Is the {left.name} left of the {right.name}?",
             f"Is the {right.name} left of the {left.name}?",
         )
-    if pair is not None:
-        group = f"{scene.seed}/{topic}"
-        yn = " Please answer yes or no."
-        out.append(
-            {
-                "kind": "mme",
-                "raw": pair[0] + yn,
-                "question": pair[0] + SHORT,
-                "answer": "Yes",
-                "category": topic,
-                "pair": group,
-            }
-        )
-        out.append(
-            {
-                "kind": "mme",
-                "raw": pair[1] + yn,
-                "question": pair[1] + SHORT,
-                "answer": "No",
-                "category": topic,
-                "pair": group,
-            }
-        )
-    # open: list shapes, or count
+    group, yn = f"{scene.seed}/{topic}", " Please answer yes or no."
+    return [
+        {"kind": "mme", "raw": q + yn, "question": q + SHORT, "answer": a, "category": topic, "pair": group}
+        for q, a in zip(pair, ("Yes", "No"), strict=True)
+    ]
+
+
+def _open(scene: Scene, rng: random.Random) -> list[dict]:
+    """An open answer, as MM-Vet asks: list the shapes (every one, <AND>), or count them."""
+    objs = scene.objects
     if rng.random() < 0.5:
         shapes = sorted({o.shape for o in objs})
-        out.append(
-            {
-                "kind": "open",
-                "raw": "What shapes are in the image?",
-                "question": "What shapes are in the image?",
-                "answer": "<AND>".join(shapes),
-                "reference": _list(shapes),
-            }
-        )
+        raw, answer, reference = "What shapes are in the image?", "<AND>".join(shapes), _list(shapes)
     else:
-        out.append(
-            {
-                "kind": "open",
-                "raw": "How many shapes are in the image?",
-                "question": "How many shapes are in the image?",
-                "answer": NUMBERS[len(objs)],
-                "reference": NUMBERS[len(objs)],
-            }
-        )
-    # gqa: relational colour / shape questions
-    if len(objs) >= 2:
-        a, b = rng.sample(objs, 2)
-        left, right = (a, b) if a.x < b.x else (b, a)
-        unique = (
-            sum(q.shape == right.shape for q in objs) == 1 and sum(q.shape == left.shape for q in objs) == 1
-        )
-        if unique and sum(q.x < right.x for q in objs) == 1:  # exactly one shape left of `right`
-            out.append(
-                {
-                    "kind": "gqa",
-                    "raw": f"What colour is the shape left of the {right.shape}?",
-                    "question": f"What colour is the shape left of the {right.shape}?{SHORT}",
-                    "answer": left.colour,
-                }
-            )
-        elif unique:
-            out.append(
-                {
-                    "kind": "gqa",
-                    "raw": f"Which is further left, the {a.shape} or the {b.shape}?",
-                    "question": f"Which is further left, the {a.shape} or the {b.shape}?{SHORT}",
-                    "answer": left.shape,
-                }
-            )
+        raw, answer = "How many shapes are in the image?", NUMBERS[len(objs)]
+        reference = answer
+    return [{"kind": "open", "raw": raw, "question": raw, "answer": answer, "reference": reference}]
+
+
+def _gqa(scene: Scene, rng: random.Random) -> list[dict]:
+    """A relational question (the colour of the shape left of another, or which is further left), or the
+    colour of the only shape."""
+    objs = scene.objects
+    if len(objs) < 2:
+        raw, answer = f"What colour is the {objs[0].shape}?", objs[0].colour
+        return [{"kind": "gqa", "raw": raw, "question": raw + SHORT, "answer": answer}]
+    a, b = rng.sample(objs, 2)
+    left, right = (a, b) if a.x < b.x else (b, a)
+    unique = sum(q.shape == right.shape for q in objs) == 1 and sum(q.shape == left.shape for q in objs) == 1
+    if not unique:
+        return []
+    if sum(q.x < right.x for q in objs) == 1:  # exactly one shape left of `right`
+        raw, answer = f"What colour is the shape left of the {right.shape}?", left.colour
     else:
-        o = objs[0]
-        raw = f"What colour is the {o.shape}?"
-        out.append({"kind": "gqa", "raw": raw, "question": raw + SHORT, "answer": o.colour})
-    return out
+        raw, answer = f"Which is further left, the {a.shape} or the {b.shape}?", left.shape
+    return [{"kind": "gqa", "raw": raw, "question": raw + SHORT, "answer": answer}]
 
 
 def reading_question(scene: Scene) -> dict:

@@ -117,7 +117,9 @@ def _print_fit_summary(args, rows: list[list], out_dir: Path) -> None:
     headers = ["image", "N init", "N", "PSNR dB", "bytes", f"vs raw {args.size}²", "seconds"]
     print(text_table(headers, rows))
     if args.size != 224:
-        print(f"(raw 224² RGB is {RAW_RGB_BYTES:,} bytes; the ratio above is against the {args.size}² canvas)")
+        print(
+            f"(raw 224² RGB is {RAW_RGB_BYTES:,} bytes; the ratio above is against the {args.size}² canvas)"
+        )
     print(f"wrote {len(rows)} splat file(s) to {out_dir}")
 
 

@@ -163,7 +163,9 @@ def _language_model_into(lm, config: LlavaGSConfig, dtype, attn_implementation: 
         k for k in info["missing_keys"] if not k.startswith(("model.vision_tower.", "model.multi_modal"))
     ]
     if missing_lm:
-        raise ValueError(f"{lm}: language-model weights missing from the checkpoint: {sorted(missing_lm)[:5]}")
+        raise ValueError(
+            f"{lm}: language-model weights missing from the checkpoint: {sorted(missing_lm)[:5]}"
+        )
     return model
 
 

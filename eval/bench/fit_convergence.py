@@ -348,7 +348,9 @@ def _speed(run: dict, base: str, ref_k: int) -> tuple[dict, dict, list]:
             if init.endswith(C2F):
                 plain = init.removesuffix(C2F)
                 cost_it = iteration_cost(init, cost[n])
-                c2f_rows.append([n, plain, cost_it, equiv[n, "structured", init], equiv[n, "structured", plain]])
+                c2f_rows.append(
+                    [n, plain, cost_it, equiv[n, "structured", init], equiv[n, "structured", plain]]
+                )
     for row in c2f_rows:  # the coarse-to-fine decision: default only where it reaches the target sooner
         with_c2f, without = row[3], row[4]
         row.append("yes" if with_c2f is not None and (without is None or with_c2f > without) else "no")

@@ -146,7 +146,7 @@ def _load_init(folder: Path):
     return AutoTokenizer.from_pretrained(folder), LlamaForCausalLM.from_pretrained(folder), log
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=1750, help="steps to train (the shipped LM: 1750)")
@@ -181,6 +181,37 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+class _Stream:
+    """Training samples from a deterministic stream of scenes of the LM's own seed range: each scene's
+    caption-in-place dialogues and, with `caption_fraction`, that share of plain captions; shuffled in a pool."""
+
+    def __init__(self, tok, caption_fraction: float, continued: bool, seed: int):
+        self.tok, self.caption_fraction = tok, caption_fraction
+        self.rng, self.pool = random.Random(seed), []
+        # the tokenizer's scenes are not trained on; a continued run takes scenes the first one did not see
+        self.next_seed = LM_SEED_BASE + (2_000_000 if continued else 1_000_000)
+
+    def batch(self, size: int) -> list[dict]:
+        while len(self.pool) < 8 * size:
+            dialogues = caption_dialogues(self.next_seed)
+            for turns in dialogues:
+                ids, labels = tokenize_conversation(turns, self.tok, "vicuna_v1", 0, 0)
+                self.pool.append({"input_ids": ids, "labels": labels})
+            if self.caption_fraction > 0:  # plain captions, that share of all samples on average
+                expected = len(dialogues) * self.caption_fraction / (1 - self.caption_fraction)
+                for _ in range(int(expected) + (self.rng.random() < expected % 1)):
+                    self.pool.append(plain_caption(self.next_seed, self.tok))
+            self.next_seed += 1
+        self.rng.shuffle(self.pool)
+        batch, self.pool = self.pool[:size], self.pool[size:]
+        return batch
+
+
+def main(argv=None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     for name in ("steps", "schedule_steps", "batch_size", "eval_every", "eval_scenes", "warmup"):
         if getattr(args, name) < 1:
@@ -212,27 +243,12 @@ def main(argv=None) -> int:
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     eval_scenes = world.scenes_for("val", args.eval_scenes)  # choices are made on validation (docs/mini.md)
-    rng = random.Random(args.seed)
-    pool: list[dict] = []
-    # the tokenizer's scenes are not trained on; a continued run takes scenes the first one did not see
-    next_seed = LM_SEED_BASE + (2_000_000 if args.init else 1_000_000)
+    stream = _Stream(tok, args.caption_fraction, bool(args.init), args.seed)
     t0 = time.time()
     bar = tqdm(range(1, args.steps + 1), desc="LM pretraining", unit="step")
     losses = []
     for step in bar:
-        while len(pool) < 8 * args.batch_size:
-            dialogues = caption_dialogues(next_seed)
-            for turns in dialogues:
-                ids, labels = tokenize_conversation(turns, tok, "vicuna_v1", 0, 0)
-                pool.append({"input_ids": ids, "labels": labels})
-            if args.caption_fraction > 0:  # plain captions, that share of all samples on average
-                expected = len(dialogues) * args.caption_fraction / (1 - args.caption_fraction)
-                for _ in range(int(expected) + (rng.random() < expected % 1)):
-                    pool.append(plain_caption(next_seed, tok))
-            next_seed += 1
-        rng.shuffle(pool)
-        batch, pool = pool[: args.batch_size], pool[args.batch_size :]
-        loss = model(**pad_text(batch, tok.pad_token_id)).loss
+        loss = model(**pad_text(stream.batch(args.batch_size), tok.pad_token_id)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -241,13 +257,12 @@ def main(argv=None) -> int:
         losses.append(float(loss))
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
         if step % args.eval_every == 0 or step == args.steps:
-            acc = evaluate(model, tok, eval_scenes)
             entry = {
                 "step": first_step + step,
                 "minutes": round((time.time() - t0) / 60, 2),
                 "loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
                 "caption_loss": round(caption_loss(model, tok, eval_scenes), 4),
-                **{k: round(v, 1) for k, v in acc.items()},
+                **{k: round(v, 1) for k, v in evaluate(model, tok, eval_scenes).items()},
             }
             if args.init:
                 entry |= {"continued_from": str(args.init), "caption_fraction": args.caption_fraction}

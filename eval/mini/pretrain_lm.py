@@ -29,7 +29,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from eval.mini import world
+from eval.mini import questions, world
 from eval.mini.make_lm import new_llama, template_text
 from llava_gs.conversation import tokenize_conversation
 
@@ -40,7 +40,7 @@ def caption_dialogues(seed: int) -> list[list[dict]]:
     """The finetuning dialogues of scene `seed`, with its caption in place of `<image>`."""
     scene = world.make_scene(seed)
     cap = world.caption(scene)
-    return [world.dialogue_turns(d, cap) for d in world.dialogues(scene, world.questions(scene))]
+    return [questions.dialogue_turns(d, cap) for d in questions.dialogues(scene, questions.questions(scene))]
 
 
 def plain_caption(seed: int, tok) -> dict:
@@ -59,9 +59,9 @@ def texts(n_scenes: int = 3000):
     for i in range(n_scenes):
         scene = world.make_scene(LM_SEED_BASE + i)
         yield world.caption(scene)
-        for q in world.questions(scene):
+        for q in questions.questions(scene):
             yield q["question"]
-            yield world.answer_style(q)
+            yield questions.answer_style(q)
 
 
 def evaluate(model, tok, scenes, template="vicuna_v1") -> dict[str, float]:
@@ -72,7 +72,7 @@ def evaluate(model, tok, scenes, template="vicuna_v1") -> dict[str, float]:
     from llava_gs.conversation import tokenize_conversation
     from llava_gs.data import left_pad_prompts
 
-    qs = [(world.caption(s), q) for s in scenes for q in world.questions(s)]
+    qs = [(world.caption(s), q) for s in scenes for q in questions.questions(s)]
     res: dict[str, list[float]] = defaultdict(list)
     model.eval()
     with torch.no_grad():

@@ -8,7 +8,7 @@ Tasks: mw_sqa, mw_text, mw_pope, mw_mme, mw_open (MM-Vet style, needs the judge)
 mw_*_shuffled: every test question paired with another test image (seeded), the control that shows how much of
 a model's score the image really explains. `--blank` also writes mw_*_blank and mwval_*_blank: every image
 replaced by the world's blank image, the inputs of the blind floor (a LLaVA trained on that image alone).
-The prompts lmms-eval builds from these rows are exactly the training prompts (eval.mini.world), which the
+The prompts lmms-eval builds from these rows are exactly the training prompts (eval.mini.questions), which the
 tests check.
 """
 
@@ -51,7 +51,7 @@ def write_tasks(
     the world's blank image)."""
     import datasets
 
-    from .world import BLANK
+    from .data import BLANK
 
     if split not in PREFIX or variant not in VARIANTS:
         raise ValueError(f"split must be one of {sorted(PREFIX)} and variant one of {VARIANTS}")
@@ -90,14 +90,14 @@ def write_tasks(
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="folder written by python -m eval.mini.world")
+    ap.add_argument("--data", required=True, help="folder written by python -m eval.mini.data")
     ap.add_argument("--out", required=True)
     ap.add_argument("--shuffled", action="store_true", help="also write the shuffled-image control tasks")
     ap.add_argument("--blank", action="store_true", help="also write the blind floor's blank-image tasks")
     args = ap.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
     if not (data / "val_questions.json").exists():
-        ap.error(f"{data}: no val_questions.json; regenerate the world with `python -m eval.mini.world`")
+        ap.error(f"{data}: no val_questions.json; regenerate the world with `python -m eval.mini.data`")
     counts = {}
     for split in ("val", "test"):
         counts |= write_tasks(data, out, split)

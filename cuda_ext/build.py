@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from ._backend import BUILD_DIR, CPU_NAME, CUDA_BUILD_DIR, CUDA_NAME, CUDA_STATUS, EMU_BUILD_DIR, EMU_NAME
+from .files import atomic_path
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 CUDA_SOURCES = ("cuda_ops.cpp", "splat_cuda.cu")
@@ -117,20 +118,19 @@ def emu_library(source: Path, out: Path, verbose: bool = False, csrc: Path = CSR
     stamp = out.with_name(out.name + ".stamp")
     if out.exists() and stamp.exists() and stamp.read_text() == key.hexdigest():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    steps = [
-        [cxx, *common, *instrument, "-c", str(source), "-o", str(out) + ".kernels.o"],
-        [cxx, *common, "-c", str(runtime), "-o", str(out) + ".runtime.o"],
-        [cxx, "-shared", "-fopenmp", f"-Wl,-soname,{out.name}", str(out) + ".kernels.o", str(out) + ".runtime.o",
-         "-o", str(out) + ".tmp"],
-    ]  # fmt: skip
-    for cmd in steps:
-        if verbose:
-            print(" ".join(cmd), flush=True)
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"compiling the emulation failed: {' '.join(cmd)}\n{done.stderr[-4000:]}")
-    os.replace(str(out) + ".tmp", out)
+    with atomic_path(out) as tmp:
+        steps = [
+            [cxx, *common, *instrument, "-c", str(source), "-o", str(out) + ".kernels.o"],
+            [cxx, *common, "-c", str(runtime), "-o", str(out) + ".runtime.o"],
+            [cxx, "-shared", "-fopenmp", f"-Wl,-soname,{out.name}", str(out) + ".kernels.o",
+             str(out) + ".runtime.o", "-o", str(tmp)],
+        ]  # fmt: skip
+        for cmd in steps:
+            if verbose:
+                print(" ".join(cmd), flush=True)
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"compiling the emulation failed: {' '.join(cmd)}\n{done.stderr[-4000:]}")
     stamp.write_text(key.hexdigest())
     return out
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import build
+from .files import atomic_path, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tests that run the kernels on the emulation (each also has a "cuda" twin, skipped without a GPU).
@@ -243,7 +244,16 @@ def run_one(
         row.update(status="did not build", detail=str(e).splitlines()[-1][:300], killed_by=[], tests_run=0)
         row["seconds"] = round(time.perf_counter() - start, 1)
         return row
-    report = work / name / "junit.xml"
+    row.update(_run_tests(lib, work / name / "junit.xml", m is not None, seed, timeout, tests))
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def _run_tests(
+    lib: Path, report: Path, mutated: bool, seed: int, timeout: float, tests: tuple[str, ...]
+) -> dict:
+    """The emulated kernel tests run on the kernels library `lib` (checking mode): status, the tests that
+    failed, how many ran, the exit code (and the last line of output when it crashed or timed out)."""
     env = {
         **os.environ,
         "LD_LIBRARY_PATH": f"{lib.parent}{os.pathsep}{os.environ.get('LD_LIBRARY_PATH', '')}",
@@ -273,15 +283,14 @@ def run_one(
     if code is None:
         status = "killed (timeout)"
     elif code == 0:
-        status = "survived" if m else "passed"
+        status = "survived" if mutated else "passed"
     elif code == 1 and failed:
-        status = "killed" if m else "FAILED"
+        status = "killed" if mutated else "FAILED"
     else:  # a crash of the test process, or pytest's own error
-        status = "killed (crash)" if m else "FAILED"
-    row.update(status=status, killed_by=failed, tests_run=run, exit_code=code)
+        status = "killed (crash)" if mutated else "FAILED"
+    row = {"status": status, "killed_by": failed, "tests_run": run, "exit_code": code}
     if status in ("FAILED", "killed (crash)", "killed (timeout)"):
         row["detail"] = tail.strip().splitlines()[-1][:300] if tail.strip() else ""
-    row["seconds"] = round(time.perf_counter() - start, 1)
     return row
 
 
@@ -332,12 +341,8 @@ def write_report(rows: list[dict], out: Path, meta: dict) -> None:
             f"| `{r['mutation']}` | {r['file']} | {r['what']} | {result} | "
             f"{len(names)} of {r['tests_run']}{': ' + shown if names else ''} | {r['seconds']} |"
         )
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out.with_suffix(".md"))
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
-    tmp.replace(out.with_suffix(".json"))
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    atomic_write_text(out.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     plot(rows, out.with_suffix(".png"))
 
 
@@ -361,10 +366,53 @@ def plot(rows: list[dict], path: Path) -> None:
     killed = sum(r["status"].startswith("killed") for r in muts)
     ax.set_title(f"Kernel mutations: {killed} of {len(muts)} killed")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
+
+
+def _chosen(only: list[str] | None) -> list | None:
+    """The mutations to run (all, or those named); None after printing the unknown names."""
+    if not only:
+        return list(CATALOGUE)
+    known = {m.name: m for m in CATALOGUE}
+    unknown = [n for n in only if n not in known]
+    if unknown:
+        print(f"cuda_ext.mutate: unknown mutation(s) {unknown}; --list shows the catalogue", file=sys.stderr)
+        return None
+    return [known[n] for n in only]
+
+
+def _catalogue_applies(chosen: list, tmp: Path) -> bool:
+    """Whether every mutation still finds its line in the sources (checked before an hour of runs)."""
+    for m in chosen:
+        probe = tmp / "probe"
+        shutil.copytree(build.CSRC, probe, dirs_exist_ok=True)
+        try:
+            apply(probe, m)
+        except ValueError as e:
+            print(f"cuda_ext.mutate: {e}; update cuda_ext/mutate.py's catalogue", file=sys.stderr)
+            return False
+        shutil.rmtree(probe)
+    return True
+
+
+def _run_all(chosen: list, tmp: Path, args) -> list[dict]:
+    """The unmutated sources' run, then each mutation's; stops when the unmutated sources already fail."""
+    from tqdm import tqdm
+
+    rows = []
+    bar = tqdm([None, *chosen], desc="mutations", unit="run")
+    for m in bar:
+        bar.set_postfix_str(m.name if m else "unmutated")
+        rows.append(run_one(m, tmp, args.seed, args.timeout, tuple(args.tests)))
+        if m is None and rows[0]["status"] != "passed":
+            print(
+                f"cuda_ext.mutate: the unmutated sources fail their tests: {rows[0].get('detail')}",
+                file=sys.stderr,
+            )
+            break
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,39 +441,13 @@ def main(argv: list[str] | None = None) -> int:
         for m in CATALOGUE:
             print(f"{m.name:34s} {m.file:18s} {m.what}")
         return 0
-    chosen = list(CATALOGUE)
-    if args.only:
-        known = {m.name: m for m in CATALOGUE}
-        unknown = [n for n in args.only if n not in known]
-        if unknown:
-            print(
-                f"cuda_ext.mutate: unknown mutation(s) {unknown}; --list shows the catalogue", file=sys.stderr
-            )
-            return 2
-        chosen = [known[n] for n in args.only]
+    chosen = _chosen(args.only)
+    if chosen is None:
+        return 2
     with tempfile.TemporaryDirectory(prefix="gsv_mutate_") as tmp:
-        for m in chosen:  # every line must still be there before an hour of runs
-            probe = Path(tmp) / "probe"
-            shutil.copytree(build.CSRC, probe, dirs_exist_ok=True)
-            try:
-                apply(probe, m)
-            except ValueError as e:
-                print(f"cuda_ext.mutate: {e}; update cuda_ext/mutate.py's catalogue", file=sys.stderr)
-                return 2
-            shutil.rmtree(probe)
-        from tqdm import tqdm
-
-        rows = []
-        bar = tqdm([None, *chosen], desc="mutations", unit="run")
-        for m in bar:
-            bar.set_postfix_str(m.name if m else "unmutated")
-            rows.append(run_one(m, Path(tmp), args.seed, args.timeout, tuple(args.tests)))
-            if m is None and rows[0]["status"] != "passed":
-                print(
-                    f"cuda_ext.mutate: the unmutated sources fail their tests: {rows[0].get('detail')}",
-                    file=sys.stderr,
-                )
-                break
+        if not _catalogue_applies(chosen, Path(tmp)):
+            return 2
+        rows = _run_all(chosen, Path(tmp), args)
     meta = {
         "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),

@@ -194,37 +194,9 @@ def render_cuda(
     return _RenderCUDA.apply(params.contiguous(), mask.contiguous(), size, tile_cap, emulate)
 
 
-def fit_steps(
-    params: torch.Tensor,  # [B, N, 8] float32, pixel units; updated in place
-    exp_avg: torch.Tensor,  # [B, N, 8] Adam first moment; in place
-    exp_avg_sq: torch.Tensor,  # [B, N, 8] Adam second moment; in place
-    alive: torch.Tensor,  # [B, N] bool
-    active: torch.Tensor,  # [B] bool: False freezes an image (early stop)
-    target: torch.Tensor,  # [B, S, S, 3] float32
-    *,
-    it0: int,
-    num_steps: int,
-    iters_total: int,
-    lr: Sequence[float],
-    lr_final: float,
-    lambda_l1: float,
-    min_scale: float,
-    lr_decay: float = 1.0,
-    lr_warmup: int = 0,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    tile_cap: int = DEFAULT_TILE_CAP,
-    emulate: bool = False,
-) -> None:
-    """Run iterations it0 … it0 + num_steps − 1 of the batched fit on the GPU, in place, no host sync
-    beyond the check that the alive parameters are finite (`emulate`: on the CPU, module docstring).
-
-    Each iteration: render, dL/dpixel of Σ_b mean((image_b − target_b)²), the Gaussian-parallel
-    backward plus λ·Σ|c|/(3·n_b), Adam (t = it + 1, step sizes lr × the schedule over iters_total: a linear
-    ramp over the first lr_warmup iterations, constant, then a cosine down to lr_final over its last
-    lr_decay) and the Cholesky constraint. The pure-torch twin that defines it is
-    gs_encoder.fitting.fit_ops.fit_steps_torch.
-    """
+def _check_fit_steps(params, exp_avg, exp_avg_sq, alive, active, target, emulate, it0, num_steps, iters_total,
+                     lr, lr_decay, lr_warmup, tile_cap) -> None:  # fmt: skip
+    """fit_steps' arguments, checked before they reach a kernel: ValueError naming the bad one."""
     op = "fit_steps"
     _check_int("it0", it0, 0, op)
     _check_int("num_steps", num_steps, 0, op)
@@ -257,6 +229,41 @@ def fit_steps(
         raise ValueError(f"{op}: params, exp_avg and exp_avg_sq are updated in place and must be contiguous")
     check_finite(op, "params", params, alive)
     check_finite(op, "target", target.flatten(1, 2))
+
+
+def fit_steps(
+    params: torch.Tensor,  # [B, N, 8] float32, pixel units; updated in place
+    exp_avg: torch.Tensor,  # [B, N, 8] Adam first moment; in place
+    exp_avg_sq: torch.Tensor,  # [B, N, 8] Adam second moment; in place
+    alive: torch.Tensor,  # [B, N] bool
+    active: torch.Tensor,  # [B] bool: False freezes an image (early stop)
+    target: torch.Tensor,  # [B, S, S, 3] float32
+    *,
+    it0: int,
+    num_steps: int,
+    iters_total: int,
+    lr: Sequence[float],
+    lr_final: float,
+    lambda_l1: float,
+    min_scale: float,
+    lr_decay: float = 1.0,
+    lr_warmup: int = 0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    tile_cap: int = DEFAULT_TILE_CAP,
+    emulate: bool = False,
+) -> None:
+    """Run iterations it0 … it0 + num_steps − 1 of the batched fit on the GPU, in place, no host sync
+    beyond the check that the alive parameters are finite (`emulate`: on the CPU, module docstring).
+
+    Each iteration: render, dL/dpixel of Σ_b mean((image_b − target_b)²), the Gaussian-parallel
+    backward plus λ·Σ|c|/(3·n_b), Adam (t = it + 1, step sizes lr × the schedule over iters_total: a linear
+    ramp over the first lr_warmup iterations, constant, then a cosine down to lr_final over its last
+    lr_decay) and the Cholesky constraint. The pure-torch twin that defines it is
+    gs_encoder.fitting.fit_ops.fit_steps_torch.
+    """
+    _check_fit_steps(params, exp_avg, exp_avg_sq, alive, active, target, emulate, it0, num_steps, iters_total,
+                     lr, lr_decay, lr_warmup, tile_cap)  # fmt: skip
     _module(emulate).fit_steps(
         params,
         exp_avg,

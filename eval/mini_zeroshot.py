@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cuda_ext.files import atomic_path
 from gs_encoder.shards import tar_add
 
 CLASSES = {  # class name → scikit-image photograph
@@ -48,12 +49,10 @@ def write_classification(root: str | Path, samples, classnames: list[str], templ
     """CLIP_benchmark's local layout from (key, png bytes, label) samples; written to a temp tar, renamed."""
     root = Path(root)
     (root / "test").mkdir(parents=True, exist_ok=True)
-    tmp = root / "test" / "0.tar.tmp"
-    with tarfile.open(tmp, "w") as tf:
+    with atomic_path(root / "test" / "0.tar") as tmp, tarfile.open(tmp, "w") as tf:
         for key, data, label in samples:
             tar_add(tf, f"{key}.png", data)
             tar_add(tf, f"{key}.cls", str(label).encode())
-    tmp.replace(root / "test" / "0.tar")
     (root / "test" / "nshards.txt").write_text("1\n")
     (root / "classnames.txt").write_text("\n".join(classnames) + "\n")
     (root / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")

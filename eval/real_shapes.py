@@ -374,18 +374,22 @@ def transient_bound_bytes(row: dict, vocab: int) -> float:
 
 def write_report(record: dict, dest: Path) -> int:
     """eval/results/real_shapes.{json,md} from a run's record (collect, or the JSON of an earlier run)."""
-    from gs_encoder.report import markdown_table
-
-    info, counts, mem = record["machine"], record["real_parameters"], record["memory_per_gpu"]
-    shapes, tokens = record["cpu_run"]["shapes"], record["cpu_run"]["tokens"]
-    measured, resources = record["cpu_run"]["training"], record["cpu_run"]["resources"]
-    timings = record["cpu_run"]["stage_seconds"]
-    seq = {"pretrain": round(tokens["pretrain"]["mean"]), "finetune": LLAVA15["context"]}
     predicted = cpu_run_prediction(record)
     record = {**record, "llava15": LLAVA15, "cpu_run_predicted": predicted}
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    md = [
+    md = _parts_section(record) + _cpu_run_section(record, predicted) + _projection_section(record)
+    dest.with_suffix(".md").write_text("\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+def _parts_section(record: dict) -> list[str]:
+    """The header (what was measured, what is projected) and the parameters of each part."""
+    from gs_encoder.report import markdown_table
+
+    info, counts, shapes = record["machine"], record["real_parameters"], record["cpu_run"]["shapes"]
+    return [
         "# Real shapes without the weights",
         "",
         "Regenerate: `bash scripts/real_shapes_check.sh` (the run and this report); `python -m eval.real_shapes "
@@ -426,6 +430,18 @@ def write_report(record: dict, dest: Path) -> int:
         )
         + ".",
         "",
+    ]
+
+
+def _cpu_run_section(record: dict, predicted: list[dict]) -> list[str]:
+    """What the CPU run measured (steps, losses, peak RSS, tokens, stage times) and the memory model's
+    prediction for that run beside its measured peak."""
+    from gs_encoder.report import markdown_table
+
+    shapes, tokens = record["cpu_run"]["shapes"], record["cpu_run"]["tokens"]
+    measured, resources = record["cpu_run"]["training"], record["cpu_run"]["resources"]
+    timings = record["cpu_run"]["stage_seconds"]
+    md = [
         "## The CPU run",
         "",
         markdown_table(
@@ -455,7 +471,7 @@ def write_report(record: dict, dest: Path) -> int:
         md += ["Stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ".", ""]
     peak = {stage: max((r["peak_rss_mib"] / 1024 for r in resources if r["stage"] == stage), default=None)
             for stage in ("pretrain", "finetune")}  # fmt: skip
-    md += [
+    return md + [
         "### The memory model against this run",
         "",
         "The model of the projection below, applied to this run's own configuration (its parameters, 2 ZeRO-3 ranks, "
@@ -483,6 +499,17 @@ def write_report(record: dict, dest: Path) -> int:
             ],
         ),  # fmt: skip
         "",
+    ]
+
+
+def _projection_section(record: dict) -> list[str]:
+    """The projected memory per GPU of the real run, with the transients bounded and LLaVA-1.5's published
+    times beside."""
+    from gs_encoder.report import markdown_table
+
+    counts, mem, tokens = record["real_parameters"], record["memory_per_gpu"], record["cpu_run"]["tokens"]
+    seq = {"pretrain": round(tokens["pretrain"]["mean"]), "finetune": LLAVA15["context"]}
+    return [
         f"## Projected memory per GPU of the real run (Vicuna-7B + ViT-B/16, {LLAVA15['gpus']} GPUs, context "
         f"{LLAVA15['context']}): a projection, not a measurement",
         "",
@@ -531,9 +558,6 @@ def write_report(record: dict, dest: Path) -> int:
         ),
         "",
     ]
-    dest.with_suffix(".md").write_text("\n".join(md))
-    print("\n".join(md))
-    return 0
 
 
 def main(argv=None) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cuda_ext.files import atomic_write_text
 from gs_encoder.image_io import fingerprint, to_canvas
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,14 +113,13 @@ def write_sealed_fingerprints(originals: list[np.ndarray] = ()) -> Path:
     originals they were made from (eval/images/make.py passes them)."""
     lines = [f"{fingerprint(p.load())} {p.name}" for p in SEALED]
     lines += [f"{fingerprint(a)} original of a sealed picture" for a in originals]
-    tmp = FINGERPRINTS.with_suffix(".tmp")
-    tmp.write_text(
+    atomic_write_text(
+        FINGERPRINTS,
         "# Fingerprints (gs_encoder.image_io.fingerprint) of the sealed test pictures of eval/splits.py and of\n"
         "# the originals they were made from; train_init leaves matching images out. Written by eval/images/make.py.\n"
         + "\n".join(lines)
-        + "\n"
+        + "\n",
     )
-    tmp.replace(FINGERPRINTS)
     return FINGERPRINTS
 
 

@@ -45,13 +45,7 @@ def _unique_names(paths: list[Path]) -> list[str]:
 
 
 def cmd_fit(args) -> int:
-    import torch
     from tqdm.auto import tqdm
-
-    from .fitting.fit import fit_images, fit_sidecar
-    from .image_io import ImageLoadError, load_image
-    from .report import text_table
-    from .splat_io import RAW_RGB_BYTES, payload_bytes, save_splats
 
     try:
         cfg = _fit_config(args)
@@ -64,59 +58,69 @@ def cmd_fit(args) -> int:
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in args.images]
-    names = _unique_names(paths)
-    failures: list[tuple[str, str]] = []
-    rows = []
     todo: list[tuple[Path, str]] = []
-    for p, name in zip(paths, names, strict=True):
+    for p, name in zip(paths, _unique_names(paths), strict=True):
         if not args.overwrite and (out_dir / f"{name}.gs.npy").exists():
             print(f"skip {p}: {out_dir / name}.gs.npy exists (use --overwrite to refit)")
             continue
         todo.append((p, name))
     batches = [todo[i : i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
     progress = not args.quiet and sys.stderr.isatty()
+    failures: list[tuple[str, str]] = []
+    rows = []
     for batch in tqdm(batches, desc="batches", unit="batch", disable=not progress or len(batches) < 2):
-        loaded, kept = [], []
-        for p, name in batch:
-            try:
-                loaded.append(load_image(p, args.size, args.resize, args.background, args.max_pixels))
-                kept.append((p, name))
-            except ImageLoadError as e:
-                _error(str(e))
-                failures.append((str(p), str(e)))
-        if not loaded:
-            continue
-        images = torch.stack(loaded).to(device)
-        results = fit_images(images, cfg, progress=progress)
-        for (p, name), r, target in zip(kept, results, images, strict=True):
-            meta = fit_sidecar(r, target, cfg, args.resize, str(p))
-            out = save_splats(out_dir / f"{name}.gs.npy", r.splats, meta)
-            nbytes = payload_bytes(r.num_gaussians)
-            raw = args.size * args.size * 3
-            rows.append(
-                [
-                    name,
-                    r.num_initial,
-                    r.num_gaussians,
-                    meta["psnr"],
-                    nbytes,
-                    f"{raw / nbytes:.2f}×",
-                    r.seconds,
-                ]
-            )
-            logger.info("wrote %s", out)
-    if rows:
-        headers = ["image", "N init", "N", "PSNR dB", "bytes", f"vs raw {args.size}²", "seconds"]
-        print(text_table(headers, rows))
-        if args.size != 224:
-            print(
-                f"(raw 224² RGB is {RAW_RGB_BYTES:,} bytes; the ratio above is against the {args.size}² canvas)"
-            )
-        print(f"wrote {len(rows)} splat file(s) to {out_dir}")
+        rows += _fit_batch(args, cfg, device, batch, out_dir, failures, progress)
+    _print_fit_summary(args, rows, out_dir)
     if failures:
         print(f"{len(failures)} image(s) failed; see the errors above", file=sys.stderr)
         return 1
     return 0
+
+
+def _fit_batch(args, cfg, device, batch, out_dir: Path, failures: list, progress: bool) -> list[list]:
+    """Load, fit and write one batch of (path, name); an image that does not load is recorded in `failures`
+    and the others go on. Returns the summary rows of the written files."""
+    import torch
+
+    from .fitting.fit import fit_images, fit_sidecar
+    from .image_io import ImageLoadError, load_image
+    from .splat_io import payload_bytes, save_splats
+
+    loaded, kept = [], []
+    for p, name in batch:
+        try:
+            loaded.append(load_image(p, args.size, args.resize, args.background, args.max_pixels))
+            kept.append((p, name))
+        except ImageLoadError as e:
+            _error(str(e))
+            failures.append((str(p), str(e)))
+    if not loaded:
+        return []
+    images = torch.stack(loaded).to(device)
+    rows = []
+    for (p, name), r, target in zip(kept, fit_images(images, cfg, progress=progress), images, strict=True):
+        meta = fit_sidecar(r, target, cfg, args.resize, str(p))
+        out = save_splats(out_dir / f"{name}.gs.npy", r.splats, meta)
+        nbytes = payload_bytes(r.num_gaussians)
+        ratio = f"{args.size * args.size * 3 / nbytes:.2f}×"
+        rows.append([name, r.num_initial, r.num_gaussians, meta["psnr"], nbytes, ratio, r.seconds])
+        logger.info("wrote %s", out)
+    return rows
+
+
+def _print_fit_summary(args, rows: list[list], out_dir: Path) -> None:
+    from .report import text_table
+    from .splat_io import RAW_RGB_BYTES
+
+    if not rows:
+        return
+    headers = ["image", "N init", "N", "PSNR dB", "bytes", f"vs raw {args.size}²", "seconds"]
+    print(text_table(headers, rows))
+    if args.size != 224:
+        print(
+            f"(raw 224² RGB is {RAW_RGB_BYTES:,} bytes; the ratio above is against the {args.size}² canvas)"
+        )
+    print(f"wrote {len(rows)} splat file(s) to {out_dir}")
 
 
 def _load_any(path: str):
@@ -251,92 +255,21 @@ def cmd_info(args) -> int:
 
 
 def _add_fit_args(p: argparse.ArgumentParser, batch_size: int) -> None:
-    from .fitting.fit import INITS, LEARNED_WARMUP, WARMUP_INITS, FitConfig
+    """The fit flags (FitConfig's, made from its fields) and those of loading images and running the job."""
+    from .fitting.fit import FitConfig
     from .image_io import DEFAULT_MAX_PIXELS, RESIZE_MODES
 
-    fit_defaults = FitConfig.defaults()
-
-    p.add_argument("--num-gaussians", type=int, default=3136, help="N per image (default 3136 = 56²)")
-    p.add_argument("--iters", type=int, default=3000, help="Adam iterations (default 3000)")
+    FitConfig.add_arguments(p)
     p.add_argument("--size", type=int, default=224, help="canvas side S in pixels (default 224)")
     p.add_argument(
         "--resize", choices=RESIZE_MODES, default="pad", help="how the image meets the square canvas"
     )
-    p.add_argument(
-        "--init",
-        choices=INITS,
-        default=None,
-        help=f"initialisation (default {fit_defaults['init']}); density: the grid warped towards the image's "
-        "detail; learned: the network of gs_encoder/fitting/learned_init.py (docs/format.md)",
-    )
-    p.add_argument(
-        "--init-weights", default=None, help="safetensors weights of --init learned (default: shipped)"
-    )
-    p.add_argument(
-        "--lambda-l1", type=float, default=0.0, help="L1 weight on colours (sparsifies for pruning)"
-    )
-    p.add_argument(
-        "--lr-final",
-        type=float,
-        default=None,
-        help=f"fraction of Adam's step sizes left at the last iteration (default {fit_defaults['lr_final']:g})",
-    )
-    p.add_argument(
-        "--lr-decay",
-        type=float,
-        default=None,
-        help="the step sizes decay (cosine) over this last fraction of the iterations, constant before "
-        f"(1: the whole fit; default {fit_defaults['lr_decay']:g})",
-    )
-    p.add_argument(
-        "--lr",
-        type=float,
-        nargs=3,
-        default=None,
-        metavar=("XY", "CHOL", "RGB"),
-        help="Adam's step sizes of centres and Cholesky factors (pixels) and colours (default {:g} {:g} {:g})".format(
-            fit_defaults["lr_xy"], fit_defaults["lr_chol"], fit_defaults["lr_rgb"]
-        ),
-    )
-    p.add_argument(
-        "--lr-warmup",
-        type=int,
-        default=None,
-        help="ramp the step sizes up linearly over these first iterations (default: "
-        f"{LEARNED_WARMUP} after --init {' / '.join(WARMUP_INITS)}, whose close start Adam's first full-size "
-        "steps would throw away; 0 after the others)",
-    )
-    p.add_argument(
-        "--betas",
-        type=float,
-        nargs=2,
-        default=None,
-        metavar=("B1", "B2"),
-        help="Adam's moment decay rates (default {:g} {:g})".format(*fit_defaults["betas"]),
-    )
-    p.add_argument("--tau", type=float, default=None, help="prune Gaussians with luminosity below this")
-    p.add_argument(
-        "--prune-at",
-        type=int,
-        default=None,
-        help="prune at this main-fit iteration, not after the fit (needs --tau)",
-    )
-    p.add_argument("--finetune-iters", type=int, default=0, help="iterations after pruning")
-    p.add_argument(
-        "--coarse-iters",
-        type=int,
-        default=0,
-        help="coarse-to-fine: iterations on the canvas shrunk --coarse-factor× before the main fit (default 0)",
-    )
-    p.add_argument("--coarse-factor", type=int, default=2, help="canvas shrink of --coarse-iters (default 2)")
-    p.add_argument("--target-psnr", type=float, default=None, help="stop an image early at this PSNR (dB)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch-size", type=int, default=batch_size, help="images fitted together")
     p.add_argument(
         "--background", choices=("white", "mean"), default="white", help="under transparent pixels"
     )
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random init")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -344,24 +277,7 @@ def _fit_config(args):
     """FitConfig from the shared fit flags; raises ValueError naming the bad flag."""
     from .fitting.fit import FitConfig
 
-    given = {"init": args.init, "lr_final": args.lr_final, "lr_decay": args.lr_decay, "betas": args.betas}
-    if args.lr is not None:
-        given.update(zip(("lr_xy", "lr_chol", "lr_rgb"), args.lr, strict=True))
-    cfg = FitConfig(
-        lr_warmup=args.lr_warmup,
-        num_gaussians=args.num_gaussians,
-        iters=args.iters,
-        **{k: v for k, v in given.items() if v is not None},
-        init_weights=args.init_weights,
-        lambda_l1=args.lambda_l1,
-        tau=args.tau,
-        prune_at=args.prune_at,
-        finetune_iters=args.finetune_iters,
-        coarse_iters=args.coarse_iters,
-        coarse_factor=args.coarse_factor,
-        target_psnr=args.target_psnr,
-        seed=args.seed,
-    )
+    cfg = FitConfig.from_args(args)
     if cfg.num_gaussians > args.size * args.size:
         raise ValueError(
             f"--num-gaussians {cfg.num_gaussians} exceeds the {args.size}×{args.size} canvas's pixel count"

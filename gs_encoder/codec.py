@@ -123,8 +123,7 @@ def _check_bits(xy_bits: int, scale_bits: int, color_bits: int) -> list[int]:
 
 def default_bits(num_gaussians: int) -> tuple[int, int, int]:
     """(xy, scale, colour) bits when none are given: denser sets have smaller Gaussians and a higher PSNR,
-    so they need finer steps. Measured on 224² photos (eval/results/storage.md): (11, 7, 7) keeps the
-    loss ≤ 0.33 dB up to N = 900 but costs 1.2 dB at 3136, where (12, 8, 8) costs 0.13 dB."""
+    so they need finer steps; the split point keeps the loss small at every N (eval/results/storage.md)."""
     return (11, 7, 7) if num_gaussians <= 1024 else (12, 8, 8)
 
 

@@ -31,9 +31,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cuda_ext.files import atomic_path, atomic_write_bytes
+
 from .fitting.fit import FitConfig, fit_images, fit_sidecar
 from .image_io import DEFAULT_MAX_PIXELS, RESIZE_MODES, ImageLoadError, decode_image
-from .splat_io import atomic_write_bytes, npy_bytes, sidecar_path, splat_npy_bytes
+from .splat_io import npy_bytes, sidecar_path, splat_npy_bytes
 
 __all__ = ["IMAGE_EXTS", "ShardJobConfig", "Unit", "plan_units", "read_samples", "run_shard_job", "tar_add"]
 
@@ -241,8 +243,8 @@ class _TarSink:
     """Samples into a hidden temporary tar, renamed to the unit's name on commit."""
 
     def __init__(self, out_dir: Path, unit: Unit):
-        self.final = out_dir / unit.name
-        self.tmp = out_dir / f".{unit.name}.{os.getpid()}.tmp"
+        self._write = atomic_path(out_dir / unit.name)  # the unit is finished exactly when its tar appears
+        self.tmp = self._write.__enter__()
         self.tf = tarfile.open(self.tmp, "w")
 
     def has(self, key: str) -> bool:
@@ -259,7 +261,7 @@ class _TarSink:
         self.tf.close()
 
     def commit(self) -> None:
-        os.replace(self.tmp, self.final)  # the unit is finished exactly when its tar appears
+        self._write.__exit__(None, None, None)
 
 
 class _CacheSink:
@@ -386,6 +388,16 @@ def summarize(out_dir: Path, units: list[Unit]) -> dict:
     }
 
 
+def _teacher(cfg: ShardJobConfig, device: torch.device):
+    """The open_clip teacher of cfg.teacher ("ARCH[:TAG_OR_PATH]") whose embeddings go beside the splats."""
+    from .teacher import ClipTeacher, build_clip, register_model_config
+
+    if cfg.teacher_config:
+        register_model_config(cfg.teacher_config)
+    arch, _, weights = cfg.teacher.partition(":")
+    return ClipTeacher(build_clip(arch, weights or None)).to(device)
+
+
 def run_shard_job(
     inputs: list[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -417,7 +429,7 @@ def run_shard_job(
     out.mkdir(parents=True, exist_ok=True)
     units = plan_units(inputs, cfg.shard_size, image_folder)
     mine = units[rank::world]
-    for stale in out.glob(".*.tmp"):  # left by a killed run; its unit is redone below
+    for stale in out.glob(".*.tmp*"):  # left by a killed run (atomic_path's names); its unit is redone below
         if any(stale.name.startswith(f".{u.name}.") for u in mine):
             stale.unlink(missing_ok=True)
     todo = [u for u in mine if not _done_marker(out, u).exists()]
@@ -429,14 +441,7 @@ def run_shard_job(
         len(mine),
         len(mine) - len(todo),
     )
-    teacher = None
-    if cfg.teacher and todo:
-        from .teacher import ClipTeacher, build_clip, register_model_config
-
-        if cfg.teacher_config:
-            register_model_config(cfg.teacher_config)
-        arch, _, weights = cfg.teacher.partition(":")
-        teacher = ClipTeacher(build_clip(arch, weights or None)).to(device)
+    teacher = _teacher(cfg, device) if cfg.teacher and todo else None
     total = sum(count_samples(u) for u in todo) if progress else None
     with tqdm(
         total=total, desc=f"fit-shards[{rank}]", unit="img", disable=not progress, dynamic_ncols=True

@@ -10,12 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import tokenize
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from cuda_ext.files import atomic_write_bytes
 
 __all__ = [
     "COLUMNS",
@@ -83,19 +84,6 @@ def validate_splats(arr: np.ndarray | torch.Tensor, source: str = "splats") -> N
             raise SplatFileError(
                 f"{source}: {COLUMNS[col]} must be > 0 (Cholesky diagonal), row {row} has {a[row, col]}"
             )
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _to_fp16(a: np.ndarray) -> np.ndarray:

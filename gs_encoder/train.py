@@ -435,6 +435,8 @@ def _save_final(run: _Run, out: Path, stage: int, step: int, history: dict[str, 
 
 
 def _save_checkpoint(acc, out: Path, step: int) -> None:
+    # every rank writes into one folder, so its temporary name is one they all know (not atomic_path's,
+    # which is per process); the main process renames it when all have written
     target = out / "checkpoints" / f"step-{step}"
     tmp = out / "checkpoints" / f".step-{step}.tmp"
     if acc.is_main_process and tmp.exists():

@@ -109,7 +109,6 @@ def build_from_parts(
     """
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     enc_cfg = _read_encoder_config(encoder)
     vision = GSVisionTowerConfig.from_encoder_config(enc_cfg)
@@ -128,9 +127,25 @@ def build_from_parts(
         projector_type=projector_type,
         vision_feature_layer=vision_feature_layer,
     )
+    model = _language_model_into(lm, config, dtype, attn_implementation)
+    state = load_file(str(Path(encoder) / WEIGHTS_NAME))
+    _copy_state(model.model.vision_tower.encoder, state, f"GS encoder {encoder}")
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0] or pad_to_multiple_of > 1:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of)
+    model.generation_config.suppress_tokens = [image_id]  # the `<image>` row of lm_head is untrained
+    if tokenizer.pad_token_id is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _language_model_into(lm, config: LlavaGSConfig, dtype, attn_implementation: str | None):
+    """A GS-LLaVA of `config` with the language model's weights of checkpoint `lm` (the tower still random,
+    the projector new); an LM weight missing from the checkpoint is an error naming it."""
+    from transformers.utils import logging as hf_logging
+
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     # the tower and projector are reported missing from the LM checkpoint: expected, the tower is copied
-    # in below and the projector is new, so the load report is silenced
+    # in afterwards and the projector is new, so the load report is silenced
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
@@ -151,29 +166,18 @@ def build_from_parts(
         raise ValueError(
             f"{lm}: language-model weights missing from the checkpoint: {sorted(missing_lm)[:5]}"
         )
-    state = load_file(str(Path(encoder) / WEIGHTS_NAME))
-    _copy_state(model.model.vision_tower.encoder, state, f"GS encoder {encoder}")
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0] or pad_to_multiple_of > 1:
-        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of)
-    model.generation_config.suppress_tokens = [image_id]  # the `<image>` row of lm_head is untrained
-    if tokenizer.pad_token_id is not None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return model
 
 
 def save_folder(out: str | os.PathLike, *parts) -> Path:
     """`save_pretrained` every part (model, tokenizer, processor) into `out`, built under a temporary name
     and swapped in at the end, so an interrupted save never leaves a half-written folder."""
-    import shutil
+    from cuda_ext.files import atomic_path
 
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for part in parts:
-        part.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_path(out, folder=True) as tmp:
+        for part in parts:
+            part.save_pretrained(tmp)
     return out
 
 
@@ -181,7 +185,7 @@ def save_projector(model: LlavaGSForConditionalGeneration, path: str | os.PathLi
     """Write the projector's weights (gathered under ZeRO-3) to `path` as safetensors, atomically."""
     from safetensors.torch import save
 
-    from gs_encoder.splat_io import atomic_write_bytes
+    from cuda_ext.files import atomic_write_bytes
 
     proj = _unwrap(model).model.multi_modal_projector
     params = dict(proj.named_parameters())
@@ -217,6 +221,28 @@ def _unwrap(model):
     return base
 
 
+def _load_processor(path: Path, source: Path):
+    """The processor of a model folder (or of a LoRA adapter's base): it decides how photos become splats
+    (N, iterations), so it is never replaced by defaults; a missing or broken one is an error naming it."""
+    from transformers import AutoProcessor
+
+    proc_dir = path if (path / "processor_config.json").is_file() else source
+    if Path(proc_dir).is_dir() and not (Path(proc_dir) / "processor_config.json").is_file():
+        where = str(path) if proc_dir == path else f"{path} nor its base model {proc_dir}"
+        raise FileNotFoundError(
+            f"{where}: no processor_config.json (the processor decides N and the fitting of photos); "
+            "training and scripts/build_init_checkpoint.py write one: copy it from the folder the model "
+            "was trained from, or save `llava_gs.processor_for(config, tokenizer, fit={...})` there"
+        )
+    try:
+        processor = AutoProcessor.from_pretrained(proc_dir)
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(
+            f"{proc_dir}: the processor does not load ({e}); rewrite its processor_config.json"
+        ) from e
+    return processor
+
+
 def load_pretrained_model(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -227,11 +253,9 @@ def load_pretrained_model(
     """A GS-LLaVA folder (or a LoRA adapter folder trained on one) → (model in eval mode, processor).
 
     dtype defaults to float32 on CPU (half precision matmuls are slow or missing there) and bfloat16 on
-    CUDA. `image_kwargs` override the processor's on-the-fly fitting settings (num_gaussians, fit_iters, fit_init,
-    fit_init_weights).
+    CUDA. `image_kwargs` override the processor's on-the-fly fitting settings (the options of
+    processing_llava_gs.FIT_OPTIONS: num_gaussians, fit_iters, fit_init, fit_init_weights; None keeps one).
     """
-    from transformers import AutoProcessor
-
     path = Path(path)
     device = torch.device(device)
     if dtype is None:
@@ -256,20 +280,11 @@ def load_pretrained_model(
         model = LlavaGSForConditionalGeneration.from_pretrained(path, dtype=dtype)
         source = path
     model.to(device).eval()
-    # the processor decides how photos become splats (N, iterations): never replaced by defaults
-    proc_dir = path if (path / "processor_config.json").is_file() else source
-    if Path(proc_dir).is_dir() and not (Path(proc_dir) / "processor_config.json").is_file():
-        where = str(path) if proc_dir == path else f"{path} nor its base model {proc_dir}"
-        raise FileNotFoundError(
-            f"{where}: no processor_config.json (the processor decides N and the fitting of photos); "
-            "training and scripts/build_init_checkpoint.py write one: copy it from the folder the model "
-            "was trained from, or save `llava_gs.processor_for(config, tokenizer, num_gaussians=…)` there"
-        )
-    try:
-        processor = AutoProcessor.from_pretrained(proc_dir)
-    except (OSError, ValueError, TypeError) as e:
-        raise ValueError(
-            f"{proc_dir}: the processor does not load ({e}); rewrite its processor_config.json"
-        ) from e
-    processor.image_processor.update(**image_kwargs)
+    processor = _load_processor(path, source)
+    from .processing_llava_gs import FIT_OPTIONS
+
+    unknown = sorted(set(image_kwargs) - set(FIT_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown fitting option(s) {', '.join(unknown)}; valid: {', '.join(FIT_OPTIONS)}")
+    processor.image_processor.update(**{FIT_OPTIONS[k]: v for k, v in image_kwargs.items()})
     return model, processor

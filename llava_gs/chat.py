@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from gs_encoder.fitting.fit import INITS
+from gs_encoder.fitting.fit import FitConfig
 from gs_encoder.image_io import ImageLoadError
 from gs_encoder.splat_io import SplatFileError, load_splats
 
 from .conversation import IMAGE_TOKEN
+from .processing_llava_gs import FIT_OPTIONS
 
 __all__ = ["ChatSession", "main"]
 
@@ -170,17 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--image", help="a photo; fitted to splats on the fly (cached)")
     src.add_argument("--splats", help="a .gs.npy splat file")
     ap.add_argument("--prompt", action="append", help="ask this and exit (repeat for several turns)")
-    ap.add_argument("--num-gaussians", type=int, help="N for photos (default: the model's processor)")
-    ap.add_argument("--fit-iters", type=int, help="fitting iterations for photos (default: the processor's)")
-    ap.add_argument(
-        "--fit-init",
-        choices=INITS,
-        help="init of photo fits (default: FitConfig's)",
-    )
-    ap.add_argument(
-        "--fit-init-weights",
-        help="weights file of the learned init for photo fits (default: the processor's)",
-    )
+    for option, name in FIT_OPTIONS.items():  # how photos are fitted: the model's processor unless given
+        ap.add_argument(
+            "--" + option.replace("_", "-"), **FitConfig.argument(name, "the model's processor's")
+        )
     ap.add_argument("--temperature", type=float, default=0.2, help="0 = greedy")
     ap.add_argument("--top-p", type=float, default=None)
     ap.add_argument("--max-new-tokens", type=int, default=512)
@@ -203,10 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model,
             device=args.device,
             dtype=getattr(torch, args.dtype) if args.dtype else None,
-            num_gaussians=args.num_gaussians,
-            fit_iters=args.fit_iters,
-            fit_init=args.fit_init,
-            fit_init_weights=args.fit_init_weights,
+            **{option: getattr(args, option) for option in FIT_OPTIONS},
         )
     except (OSError, ValueError) as e:
         print(f"error: cannot load the model from {args.model}: {e}", file=sys.stderr)

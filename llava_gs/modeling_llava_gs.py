@@ -285,7 +285,9 @@ class LlavaGSForConditionalGeneration(LlavaGSPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        if "past_key_values" in kwargs:  # the pre-5.24 name
+        if (
+            "past_key_values" in kwargs
+        ):  # the deprecated name, still passed by peft (transformers accepts it to 5.40)
             cache = kwargs.pop("past_key_values")
         out = self.model(
             input_ids=input_ids,

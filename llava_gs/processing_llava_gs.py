@@ -24,16 +24,16 @@ import torch
 from transformers import BatchFeature, ProcessorMixin
 from transformers.image_processing_utils import BaseImageProcessor
 
+from cuda_ext.files import atomic_path
 from gs_encoder import FitConfig, fit_images, load_image, load_splats, pad_splat_sets
-from gs_encoder.fitting.fit import PREVIOUS_RECORD
 from gs_encoder.image_io import canvas_from_pil, to_canvas
 from gs_encoder.splat_io import validate_splats
 
 from .conversation import IMAGE_TOKEN, image_token_id, tokenize_conversation
 
 __all__ = [
-    "LEGACY_FIT_INIT",
-    "LEGACY_FIT_OPTIMISER",
+    "FIT_OPTIONS",
+    "PROCESSOR_FIT",
     "GaussianProcessor",
     "LlavaGSProcessor",
     "processor_for",
@@ -41,21 +41,33 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The fitting optimiser of processor configs saved before these settings were recorded (2026-12-05): the
-# FitConfig defaults of their day, filled in for each setting a config lacks. A model sees splats fitted the
-# way its training splats were.
-LEGACY_FIT_OPTIMISER = {f"fit_{k}": v for k, v in PREVIOUS_RECORD.items()}
-# The init of processor configs saved before it was recorded resolved (2026-12-05): FitConfig's default then.
-LEGACY_FIT_INIT = "learned"
-# A processor's own learned-init weights (fit_init_weights) travel with it: save_pretrained copies them beside
+# The FitConfig fields a processor's on-the-fly fitting records in its `fit` dict (the others keep
+# FitConfig's defaults): a model sees photos fitted the way its training splats were.
+PROCESSOR_FIT = (
+    "num_gaussians",
+    "iters",
+    "init",
+    "init_weights",
+    "lr_xy",
+    "lr_chol",
+    "lr_rgb",
+    "lr_final",
+    "lr_decay",
+    "betas",
+    "lr_warmup",
+)
+# The fitting options of the chat's flags, the lmms-eval model's arguments and load_pretrained_model → the
+# FitConfig field each sets (their help text is the field's)
+FIT_OPTIONS = {
+    "num_gaussians": "num_gaussians",
+    "fit_iters": "iters",
+    "fit_init": "init",
+    "fit_init_weights": "init_weights",
+}
+# A processor's own learned-init weights (fit["init_weights"]) travel with it: save_pretrained copies them beside
 # its config under this name and records the name; loading resolves a relative name against the folder.
 WEIGHTS_FILE = "learned_init.safetensors"
 _LOADING_FROM: contextvars.ContextVar[Path | None] = contextvars.ContextVar("loading_from", default=None)
-
-
-# what GaussianProcessor.update may set
-FITTING_SETTINGS = ("num_gaussians", "fit_iters", "fit_init", "fit_init_weights", "canvas", "resize")
-FITTING_SETTINGS += tuple(LEGACY_FIT_OPTIMISER)
 
 
 def _is_splat_file(x) -> bool:
@@ -63,43 +75,41 @@ def _is_splat_file(x) -> bool:
 
 
 class GaussianProcessor(BaseImageProcessor):
-    """Images or splat sets → `gaussians` + `gaussians_mask` (GS tower) or `pixel_values` (RGB tower)."""
+    """Images or splat sets → `gaussians` + `gaussians_mask` (GS tower) or `pixel_values` (RGB tower).
+
+    `fit`: how photos are fitted on the fly, as FitConfig fields (PROCESSOR_FIT; one missing takes FitConfig's
+    default). A saved processor records every one of them resolved, so it fits as it did whatever the
+    defaults become."""
 
     model_input_names = ["gaussians", "gaussians_mask"]
 
     def __init__(
         self,
-        num_gaussians: int = 3136,
-        fit_iters: int = 3000,
-        fit_init: str | None = None,
+        fit: dict | None = None,
         canvas: int = 224,
         resize: str = "pad",
         tower_input: str = "gs",
         image_size: int = 224,
-        fit_lr: list[float] | None = None,
-        fit_lr_final: float | None = None,
-        fit_lr_decay: float | None = None,
-        fit_betas: list[float] | None = None,
-        fit_lr_warmup: int | None = None,
-        fit_init_weights: str | None = None,
         fit_init_weights_id: str | None = None,
         **kwargs,
     ):
+        stale = sorted(k for k in kwargs if k.startswith("fit_") or k == "num_gaussians")
+        if stale:
+            raise ValueError(
+                f"fitting settings {', '.join(stale)} outside the `fit` dict: a processor config of an older "
+                "format; write them as one `fit` dict of FitConfig fields (num_gaussians, iters, init, ...)"
+            )
         super().__init__(**kwargs)
         if tower_input not in ("gs", "rgb"):
             raise ValueError(f"tower_input must be 'gs' or 'rgb', got {tower_input!r}")
-        self.num_gaussians, self.fit_iters, self.fit_init = num_gaussians, fit_iters, fit_init
-        # the optimiser of on-the-fly fitting, saved with the processor (None: FitConfig's current default)
+        fit = dict(fit or {})
+        unknown = sorted(set(fit) - set(PROCESSOR_FIT))
+        if unknown:
+            raise ValueError(
+                f"unknown fitting setting(s) {', '.join(unknown)}; a processor's fit holds {', '.join(PROCESSOR_FIT)}"
+            )
         defaults = FitConfig.defaults()
-        lr = [defaults["lr_xy"], defaults["lr_chol"], defaults["lr_rgb"]] if fit_lr is None else fit_lr
-        self.fit_lr = list(lr) if isinstance(lr, (list, tuple)) else lr  # Adam's step sizes; checked by _lr
-        self.fit_lr_final = defaults["lr_final"] if fit_lr_final is None else float(fit_lr_final)
-        self.fit_lr_decay = defaults["lr_decay"] if fit_lr_decay is None else float(fit_lr_decay)
-        self.fit_betas = [float(b) for b in (defaults["betas"] if fit_betas is None else fit_betas)]
-        self.fit_lr_warmup = fit_lr_warmup  # None: FitConfig's rule (warm-up after the learned init only)
-        # weights of the learned init (None: the shipped file); the identity of the ones the saved processor
-        # fitted with is written by to_dict and checked on loading
-        self.fit_init_weights = None if fit_init_weights is None else str(fit_init_weights)
+        self.fit = {k: fit.get(k, defaults[k]) for k in PROCESSOR_FIT}
         self.canvas, self.resize, self.tower_input, self.image_size = canvas, resize, tower_input, image_size
         self.fit_config()  # validates
         if tower_input == "rgb":
@@ -109,23 +119,18 @@ class GaussianProcessor(BaseImageProcessor):
             logger.warning(
                 "GaussianProcessor: it was saved fitting photos from learned-init weights %s, but %s now holds "
                 "%s (updated or replaced): photos fitted on the fly start from other weights than when it was "
-                "saved. Set fit_init_weights to the file with id %s (gs_encoder.fitting.learned_init.weights_id) "
+                "saved. Set fit.init_weights to the file with id %s (gs_encoder.fitting.learned_init.weights_id) "
                 "to fit as before.",
                 fit_init_weights_id,
-                self.fit_init_weights or "the shipped file",
+                self.fit["init_weights"] or "the shipped file",
                 now,
                 fit_init_weights_id,
             )
 
-    def _lr(self) -> list[float]:
-        try:
-            if isinstance(self.fit_lr, (list, tuple)) and len(self.fit_lr) == 3:
-                return [float(x) for x in self.fit_lr]
-        except (TypeError, ValueError):
-            pass
-        raise ValueError(
-            f"fit_lr must be 3 step sizes (centres, Cholesky factors, colours), got {self.fit_lr!r}"
-        )
+    @property
+    def num_gaussians(self) -> int:
+        """N of photos fitted on the fly."""
+        return self.fit["num_gaussians"]
 
     def init_weights_id(self) -> str | None:
         """Identity of the learned-init weights this processor fits from; None when it does not use them."""
@@ -133,80 +138,62 @@ class GaussianProcessor(BaseImageProcessor):
 
         if self.tower_input != "gs" or self.fit_config().init != "learned":
             return None
-        return weights_id(self.fit_init_weights)
+        return weights_id(self.fit["init_weights"])
 
     def to_dict(self) -> dict:
-        """As BaseImageProcessor.to_dict, with the init and warm-up resolved (so a reloaded processor fits as
-        this one did, whatever the defaults later) and the identity of the learned-init weights fitted from."""
+        """As BaseImageProcessor.to_dict, with the fitting resolved (the warm-up by the init, so a reloaded
+        processor fits as this one did, whatever the defaults later) and the identity of the learned-init
+        weights fitted from."""
         d = super().to_dict()
-        if self.tower_input == "gs":
-            cfg = self.fit_config()
-            d["fit_lr_warmup"], d["fit_init"] = cfg.warmup_iters, cfg.init
+        cfg = self.fit_config()
+        d["fit"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.fit.items()}
+        d["fit"]["lr_warmup"] = cfg.warmup_iters
         d.pop("fit_init_weights_id", None)
         weights = self.init_weights_id()
         if weights:
             d["fit_init_weights_id"] = weights
         saved_as = d.pop("_weights_saved_as", None)  # set by LlavaGSProcessor.save_pretrained
         if saved_as:
-            d["fit_init_weights"] = saved_as
+            d["fit"]["init_weights"] = saved_as
         return d
 
     @classmethod
     def from_dict(cls, image_processor_dict: dict, **kwargs):
-        """As BaseImageProcessor.from_dict; a config saved before a setting of the fitting optimiser was
-        recorded gets its value of LEGACY_FIT_OPTIMISER (what its model's splats were fitted with), one without a
-        fit_init gets LEGACY_FIT_INIT, and it says so."""
+        """As BaseImageProcessor.from_dict; a relative fit.init_weights names a file of the folder loaded from."""
         d = dict(image_processor_dict)
-        folder, own = _LOADING_FROM.get(), d.get("fit_init_weights")
+        fit = dict(d.get("fit") or {})
+        folder, own = _LOADING_FROM.get(), fit.get("init_weights")
         if folder is not None and own and not Path(own).is_absolute():
             if (folder / own).is_file():
-                d["fit_init_weights"] = str(folder / own)  # weights saved with the processor
+                fit["init_weights"] = str(folder / own)  # weights saved with the processor
             elif not Path(own).is_file():
                 raise ValueError(
                     f"{folder / own}: this processor fits photos from its own learned-init weights "
-                    f"(fit_init_weights = {own!r}), which are missing from {folder}; copy the file back (the "
-                    "model was trained on splats fitted from them), or set fit_init_weights in its "
+                    f"(fit.init_weights = {own!r}), which are missing from {folder}; copy the file back (the "
+                    "model was trained on splats fitted from them), or set fit.init_weights in its "
                     "processor_config.json to other weights"
                 )
-        missing = {k: v for k, v in LEGACY_FIT_OPTIMISER.items() if k not in d and k not in kwargs}
-        if d.get("fit_init") is None and kwargs.get("fit_init") is None:
-            missing["fit_init"] = LEGACY_FIT_INIT
-        if d.get("tower_input", "gs") == "gs" and missing:
-            d.update(missing)
-            logger.warning(
-                "GaussianProcessor: this processor config predates the recorded fitting settings; fitting "
-                "with the one of its day (%s). Set them in the config (or pass them) to change it.",
-                ", ".join(f"{k}={v}" for k, v in missing.items()),
-            )
+        if fit:
+            d["fit"] = fit
         return super().from_dict(d, **kwargs)
 
     def update(self, **settings) -> None:
-        """Set the given fitting settings (None leaves one as it is) and check they form a valid fit."""
+        """Set fitting settings (FitConfig fields of PROCESSOR_FIT, or canvas / resize; None leaves one as it
+        is) and check they form a valid fit."""
         for name, value in settings.items():
-            if name not in FITTING_SETTINGS:
+            if name not in (*PROCESSOR_FIT, "canvas", "resize"):
                 raise ValueError(f"unknown image-processor setting {name!r}")
-            if value is not None:
-                setattr(self, name, [float(b) for b in value] if name in ("fit_betas", "fit_lr") else value)
+            if value is None:
+                continue
+            if name in ("canvas", "resize"):
+                setattr(self, name, value)
+            else:
+                self.fit[name] = tuple(float(b) for b in value) if name == "betas" else value
         self.fit_config()
 
     def fit_config(self, **overrides) -> FitConfig:
-        """The FitConfig of on-the-fly fitting; fit_init None means FitConfig's default init."""
-        init = {} if self.fit_init is None else {"init": self.fit_init}
-        return FitConfig(
-            **{
-                "num_gaussians": self.num_gaussians,
-                "iters": self.fit_iters,
-                "target_psnr": None,
-                "init_weights": self.fit_init_weights,
-                **dict(zip(("lr_xy", "lr_chol", "lr_rgb"), self._lr(), strict=True)),
-                "lr_final": self.fit_lr_final,
-                "lr_decay": self.fit_lr_decay,
-                "betas": tuple(self.fit_betas),
-                "lr_warmup": self.fit_lr_warmup,
-                **init,
-                **overrides,
-            }
-        )
+        """The FitConfig of on-the-fly fitting."""
+        return FitConfig(**{**self.fit, "target_psnr": None, **overrides})
 
     def to_canvas(self, image) -> torch.Tensor:
         """A photo (path, PIL image, HWC uint8/float array or [3, H, W] tensor in [0, 1]) → [3, S, S]."""
@@ -227,7 +214,7 @@ class GaussianProcessor(BaseImageProcessor):
             "or a [3, H, W] tensor in [0, 1]"
         )
 
-    def fit(self, canvases: torch.Tensor, progress: bool = False, **overrides) -> list[torch.Tensor]:
+    def fit_canvases(self, canvases: torch.Tensor, progress: bool = False, **overrides) -> list[torch.Tensor]:
         """[B, 3, S, S] canvases → one fitted [N, 8] splat set each (batched)."""
         return [r.splats for r in fit_images(canvases, self.fit_config(**overrides), progress=progress)]
 
@@ -260,7 +247,7 @@ class GaussianProcessor(BaseImageProcessor):
                 sets.append(None)
                 photos.append(self.to_canvas(im))
         if photos:
-            fitted = iter(self.fit(torch.stack(photos), progress=progress))
+            fitted = iter(self.fit_canvases(torch.stack(photos), progress=progress))
             sets = [s if s is not None else next(fitted) for s in sets]
         for k, sp in enumerate(splats):
             if _is_splat_file(sp):
@@ -292,7 +279,7 @@ class LlavaGSProcessor(ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """As ProcessorMixin.from_pretrained; a relative fit_init_weights names a file of the folder (WEIGHTS_FILE,
+        """As ProcessorMixin.from_pretrained; a relative fit.init_weights names a file of the folder (WEIGHTS_FILE,
         written by save_pretrained)."""
         folder = Path(pretrained_model_name_or_path)
         token = _LOADING_FROM.set(folder if folder.is_dir() else None)
@@ -303,18 +290,16 @@ class LlavaGSProcessor(ProcessorMixin):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As ProcessorMixin.save_pretrained; learned-init weights of the image processor's own
-        (fit_init_weights) are copied beside the config as WEIGHTS_FILE and recorded by that name, so the
+        (fit.init_weights) are copied beside the config as WEIGHTS_FILE and recorded by that name, so the
         folder fits photos as this processor does wherever it goes."""
         ip = self.image_processor
-        own = getattr(ip, "fit_init_weights", None)
+        own = getattr(ip, "fit", {}).get("init_weights")
         if not own:
             return super().save_pretrained(save_directory, *args, **kwargs)
         dest = Path(save_directory) / WEIGHTS_FILE
-        dest.parent.mkdir(parents=True, exist_ok=True)
         if Path(own).resolve() != dest.resolve():
-            tmp = dest.with_name(dest.name + ".tmp")
-            shutil.copyfile(own, tmp)
-            tmp.replace(dest)
+            with atomic_path(dest) as tmp:
+                shutil.copyfile(own, tmp)
         ip._weights_saved_as = WEIGHTS_FILE
         try:
             return super().save_pretrained(save_directory, *args, **kwargs)

@@ -1,10 +1,9 @@
 """Photos → splat sets through a content-addressed cache, for the chat CLI and the lmms-eval plugin.
 
 The key is the SHA-256 of the image as placed on the fitting canvas (so the same photo given as a path, a
-PIL image or an array hits the same entry) together with the fitting settings (N, iterations, canvas,
-resize, the init when it is not the structured one, the identity of the learned init's weights, and the
-optimiser when it is not the one used before 2026-12-05, so structured-init entries written then keep their
-keys and entries fitted otherwise are never mixed up). Misses are fitted together in one batched
+PIL image or an array hits the same entry) together with every fitting setting (the processor's `fit`
+resolved, with the identity of the learned init's weights in place of their path, canvas and resize), so
+entries fitted otherwise are never mixed up. Misses are fitted together in one batched
 `fit_images` call with a progress bar and written as `<key>.gs.npy` under a temporary name then renamed,
 so an interrupted run never leaves a half-written entry. What is returned is always the stored fp16 form,
 so a first run and a cached run see identical splats.
@@ -13,6 +12,7 @@ so a first run and a cached run see identical splats.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import torch
 
 from gs_encoder.splat_io import SplatFileError, as_stored, load_splats, save_splats
 
-from .processing_llava_gs import LEGACY_FIT_OPTIMISER, GaussianProcessor
+from .processing_llava_gs import GaussianProcessor
 
 __all__ = ["SplatCache", "default_cache_dir"]
 
@@ -45,20 +45,10 @@ class SplatCache:
     def _settings(self) -> str:
         p = self.proc
         cfg = p.fit_config()
-        adam = ("fit_lr_final", "fit_lr_decay", "fit_betas")
-        steps = [cfg.lr_xy, cfg.lr_chol, cfg.lr_rgb]
-        # entries keep the key they had before the init, its weights and the optimiser were settings
-        return (
-            f"n{p.num_gaussians}-it{p.fit_iters}-s{p.canvas}-{p.resize}"
-            + ("" if cfg.init == "structured" else f"-{cfg.init}")
-            + (f"-w{p.init_weights_id()}" if cfg.init == "learned" else "")
-            + (f"-wu{cfg.warmup_iters}" if cfg.warmup_iters else "")
-            + (
-                ""
-                if all(getattr(p, k) == LEGACY_FIT_OPTIMISER[k] for k in adam)
-                else f"-lr{cfg.lr_final:g}-{cfg.lr_decay:g}-b{cfg.betas[0]:g}-{cfg.betas[1]:g}"
-            )
-            + ("" if steps == LEGACY_FIT_OPTIMISER["fit_lr"] else "-st{:g}-{:g}-{:g}".format(*steps))
+        fit = {k: getattr(cfg, k) for k in p.fit if k != "init_weights"}
+        fit["lr_warmup"] = cfg.warmup_iters
+        return json.dumps(
+            {**fit, "weights": p.init_weights_id(), "canvas": p.canvas, "resize": p.resize}, sort_keys=True
         )
 
     def key(self, canvas: torch.Tensor) -> str:
@@ -94,7 +84,7 @@ class SplatCache:
         self.hits += sum(s is not None for s in out)
         self.misses += len(todo)
         if todo:
-            fitted = self.proc.fit(torch.stack(list(todo.values())), progress=progress)
+            fitted = self.proc.fit_canvases(torch.stack(list(todo.values())), progress=progress)
             for k, splats in zip(todo, fitted, strict=True):
                 stored = as_stored(splats.detach().cpu())
                 self.memory[k] = stored

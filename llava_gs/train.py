@@ -43,7 +43,9 @@ class ModelArguments:
     tune_mm_mlp_adapter: bool = field(default=False, metadata={"help": "train the projector only (stage 1)"})
     freeze_backbone: bool = field(default=False, metadata={"help": "freeze the language model"})
     mm_use_im_start_end: bool = field(default=False, metadata={"help": "unsupported (LLaVA-1.5 uses False)"})
-    mm_use_im_patch_token: bool = field(default=False, metadata={"help": "accepted for compatibility"})
+    mm_use_im_patch_token: bool = field(
+        default=False, metadata={"help": "LLaVA's flag; False only (as LLaVA-1.5)"}
+    )
     num_visual_tokens: int | None = field(default=None, metadata={"help": "check: K tokens per image"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
 
@@ -54,8 +56,10 @@ class DataArguments:
     image_folder: str | None = field(default=None)
     splat_folder: str | None = field(default=None, metadata={"help": "splat cache from gsv fit-shards"})
     image_aspect_ratio: str = field(default="pad", metadata={"help": "pad | square | crop"})
-    lazy_preprocess: bool = field(default=True, metadata={"help": "accepted; samples are always lazy"})
-    is_multimodal: bool = field(default=True)
+    lazy_preprocess: bool = field(
+        default=True, metadata={"help": "LLaVA's flag; samples are always tokenised lazily (same result)"}
+    )
+    is_multimodal: bool = field(default=True, metadata={"help": "LLaVA's flag; True only"})
     num_gaussians: int | None = field(
         default=None,
         metadata={
@@ -216,8 +220,13 @@ def _check_flags(margs: ModelArguments, dargs: DataArguments, targs) -> None:
         raise SystemExit(f"--version {margs.version!r}: valid are {', '.join(VERSIONS)}")
     if dargs.image_aspect_ratio not in ASPECT:
         raise SystemExit(f"--image_aspect_ratio {dargs.image_aspect_ratio!r}: valid are {', '.join(ASPECT)}")
-    if margs.mm_use_im_start_end:
-        raise SystemExit("--mm_use_im_start_end True is not supported (LLaVA-1.5 trains with False)")
+    for flag, value, supported in (
+        ("mm_use_im_start_end", margs.mm_use_im_start_end, False),
+        ("mm_use_im_patch_token", margs.mm_use_im_patch_token, False),
+        ("is_multimodal", dargs.is_multimodal, True),
+    ):
+        if value != supported:  # LLaVA would change what the model sees: refused, not ignored
+            raise SystemExit(f"--{flag} {value} is not supported (LLaVA-1.5 trains with {supported})")
     if targs.bits != 16:
         raise SystemExit("--bits 4/8 (QLoRA) is not supported; use --bits 16 (full or LoRA finetuning)")
     if targs.lora_enable and not _is_llava_gs(margs.model_name_or_path):
@@ -230,7 +239,6 @@ def _check_flags(margs: ModelArguments, dargs: DataArguments, targs) -> None:
 def train(argv: list[str] | None = None) -> None:
     from transformers import HfArgumentParser
 
-    from .builder import PROJECTOR_FILE, save_projector
     from .data import LlavaGSDataset, collate_llava
     from .modeling_llava_gs import count_parameters
     from .trainer import LlavaGSTrainer, NoFinalCheckpoint
@@ -279,6 +287,15 @@ def train(argv: list[str] | None = None) -> None:
         callbacks=[NoFinalCheckpoint()],
     )
     trainer.train(resume_from_checkpoint=_last_checkpoint(targs.output_dir))
+    out = _save(trainer, model, margs, targs, tokenizer, processor)
+    _log_resources(out)
+
+
+def _save(trainer, model, margs: ModelArguments, targs, tokenizer, processor) -> pathlib.Path:
+    """Write what the stage trained into --output_dir: the projector alone (stage 1) or the whole model
+    (stage 2), with the tokenizer and processor; returns the folder."""
+    from .builder import PROJECTOR_FILE, save_projector
+
     engine = getattr(trainer, "deepspeed", None)
     if engine is not None and _rank0():
         logger.info(
@@ -299,7 +316,7 @@ def train(argv: list[str] | None = None) -> None:
     if _rank0():
         tokenizer.save_pretrained(out)
         processor.save_pretrained(out)
-    _log_resources(out)
+    return out
 
 
 def _log_resources(out: pathlib.Path) -> None:
@@ -328,7 +345,7 @@ def _processor(margs: ModelArguments, dargs: DataArguments, config, tokenizer):
         processor = processor_for(config, tokenizer)
     processor.tokenizer = tokenizer
     processor.image_processor.update(
-        resize=ASPECT[dargs.image_aspect_ratio], num_gaussians=dargs.num_gaussians, fit_iters=dargs.fit_iters
+        resize=ASPECT[dargs.image_aspect_ratio], num_gaussians=dargs.num_gaussians, iters=dargs.fit_iters
     )
     if dargs.splat_folder and processor.image_processor.tower_input == "gs":
         _fit_like_splat_folder(processor.image_processor, dargs)
@@ -339,18 +356,19 @@ def _fit_like_splat_folder(image_proc, dargs: DataArguments) -> None:
     """Make the processor fit (--fit_missing here; chat and lmms-eval with the saved model) as the splats of
     --splat_folder were fitted, read from their sidecars: the init, the optimiser and, unless --num_gaussians
     says otherwise, N. Says what it changed, and warns about what differs and stays."""
-    from gs_encoder.fitting.fit import PREVIOUS_RECORD, fitted_with
+    from gs_encoder.fitting.fit import fitted_with, record_fields
 
     seen, read = fitted_with(dargs.splat_folder)
     if not read:
         return
-    adopt = {f"fit_{k}": seen[k] for k in PREVIOUS_RECORD if k in seen}
-    if "init" in seen and image_proc.fit_config().init != seen["init"]:
-        adopt["fit_init"] = seen["init"]
+    adopt = record_fields(seen)
+    if "init" in seen:
+        adopt["init"] = seen["init"]
     if "num_gaussians_initial" in seen and dargs.num_gaussians is None:
         adopt["num_gaussians"] = seen["num_gaussians_initial"]
-    now = {k: getattr(image_proc, k) for k in adopt}
-    changed = {k: v for k, v in adopt.items() if now[k] != (list(v) if k in ("fit_betas", "fit_lr") else v)}
+    cfg = image_proc.fit_config()
+    now = {k: getattr(cfg, k) for k in adopt}
+    changed = {k: v for k, v in adopt.items() if now[k] != v}
     if changed:
         image_proc.update(**changed)
         logger.info(
@@ -387,19 +405,19 @@ def _fit_from_their_init_weights(image_proc, seen: dict, folder: str) -> None:
         return
     path = seen.get("init_weights")
     if path and pathlib.Path(path).is_file() and weights_id(path) == want:
-        image_proc.update(fit_init_weights=path)
+        image_proc.update(init_weights=path)
         logger.info(
             "processor: fits from the learned-init weights of %s's splats, %s (%s)", folder, path, want
         )
         return
     logger.warning(
         "%s: its splats were fitted from learned-init weights %s (%s), the processor fits from %s (%s): photos "
-        "fitted on the fly will differ from the training splats; set fit_init_weights in the saved "
+        "fitted on the fly will differ from the training splats; set fit.init_weights in the saved "
         "processor_config.json to a file with id %s",
         folder,
         path or "the shipped file of their day",
         want,
-        image_proc.fit_init_weights or "the shipped file",
+        image_proc.fit["init_weights"] or "the shipped file",
         now,
         want,
     )

@@ -28,10 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--projector", default="mlp2x_gelu", help="linear | identity | mlp<N>x_gelu")
     ap.add_argument("--select-layer", type=int, default=-2, help="tower hidden state fed to the projector")
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument(
-        "--num-gaussians", type=int, default=3136, help="processor: N for photos fitted on the fly"
-    )
-    ap.add_argument("--fit-iters", type=int, default=3000, help="processor: iterations of on-the-fly fitting")
+    from gs_encoder import FitConfig
+    from llava_gs.processing_llava_gs import FIT_OPTIONS
+
+    for option in ("num_gaussians", "fit_iters"):  # the processor's fitting of photos on the fly
+        ap.add_argument("--" + option.replace("_", "-"), **FitConfig.argument(FIT_OPTIONS[option]))
     ap.add_argument("--seed", type=int, default=0, help="seed of the fresh projector's initialisation")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
@@ -57,9 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    processor = processor_for(
-        model.config, tokenizer, num_gaussians=args.num_gaussians, fit_iters=args.fit_iters
-    )
+    processor = processor_for(model.config, tokenizer)
+    processor.image_processor.update(num_gaussians=args.num_gaussians, iters=args.fit_iters)
     save_folder(out, model, tokenizer, processor)
     n = sum(p.numel() for p in model.parameters())
     print(

@@ -72,7 +72,7 @@ else
   LABEL_SCALE="${LABEL_SCALE:-2}" CLIP_WORDS="${CLIP_WORDS:-1000}" PT_WORDS="${PT_WORDS:-1000}"
   FT_WORDS="${FT_WORDS:-1000}" ENC_WORDS_RATE="${ENC_WORDS_RATE:-0.3}"
 fi
-# reading (eval/mini/world.py: word_scenes, with_reading): word labels LABEL_SCALE × larger, CLIP_WORDS
+# reading (eval/mini/world.py: word_scenes; eval/mini/questions.py: with_reading): word labels LABEL_SCALE × larger, CLIP_WORDS
 # label-only pairs for the teacher, PT_WORDS label-only captions in LLaVA's stage 1 ("The word CAT."), FT_WORDS
 # of those asked their word in finetuning, each reading question asked READING times in finetuning, and
 # WARM_EPOCHS epochs of finetuning on the FT_WORDS reading questions alone before it (a warm-up run of
@@ -116,7 +116,7 @@ done_or() {  # done_or PATH: PATH exists, so its stage is skipped (and counted a
 
 stamp "world: $NTRAIN train / $NVAL validation / $NTEST test scenes"
 done_or "$OUT/data/test_questions.json" || \
-  python -m eval.mini.world --out "$OUT/data" --train "$NTRAIN" --val "$NVAL" --test "$NTEST" --zeroshot-per-class "$ZS" \
+  python -m eval.mini.data --out "$OUT/data" --train "$NTRAIN" --val "$NVAL" --test "$NTEST" --zeroshot-per-class "$ZS" \
     --label-scale "$LABEL_SCALE" --clip-words "$CLIP_WORDS" --pretrain-words "$PT_WORDS" \
     --finetune-words "$FT_WORDS" --reading "$READING"
 done_or "$OUT/tasks/_mw_all_blank.yaml" || \

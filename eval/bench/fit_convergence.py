@@ -15,7 +15,7 @@ random, the structure-tensor grid and the density grid of gs_encoder/fitting/ini
 gs_encoder/fitting/learned_init.py, and the learned init with coarse-to-fine: K iterations on the canvas
 shrunk 2× first) and N ∈ {400, 1600, 3136}, one fit per budget K ∈ {50, 100, 300, 1000, 3000}, each a
 complete K-iteration fit (random stops at 1000), timed from the raw image to the fitted splats; K = 0 is the
-init itself; also the structured init with the optimiser before 2026-12-05 and the cost of the learned
+init itself; also the structured init with the benchmarks' baseline optimiser and the cost of the learned
 network and the density init against 20 fit iterations. Writes eval/results/fit_convergence_tuning.*.
 """
 
@@ -30,15 +30,14 @@ import numpy as np
 import torch
 
 from gs_encoder import FitConfig, fit_images, psnr, render, structured_init
-from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER as PREV_ADAM
 from gs_encoder.fitting.fit import WARMUP_INITS
 from gs_encoder.fitting.init import DENSITY_MIX, adaptive_init, density_init, random_init
 from gs_encoder.fitting.learned_init import COLOUR_ITERS, learned_init, load_learned_init, weights_id
 from gs_encoder.report import machine_info
 
-from .common import PHOTOS, RESULTS, photos, timed, write_results
+from .common import BASELINE_OPTIMISER, PHOTOS, RESULTS, photos, timed, write_results
 
-PREV = "structured-prev"  # the structured init fitted with the optimiser of the default before 2026-12-05
+PREV = "structured-prev"  # the structured init fitted with BASELINE_OPTIMISER, FitConfig's earlier default
 INITS = ("structured", "random", "adaptive", "density", "learned", "learned+c2f", PREV)
 CANDIDATES = ("density", "learned")  # the fast inits the issue's targets are checked for
 SHORT = {"random": 1000}  # largest budget run for these inits
@@ -49,7 +48,7 @@ def fit_config(init: str, n: int, k: int) -> FitConfig:
     """The FitConfig of budget K for `init` (a FitConfig init, one with the C2F suffix, or PREV)."""
     if init == PREV:
         return FitConfig(
-            num_gaussians=n, iters=k, init="structured", check_every=max(k // 60, 1), **PREV_ADAM
+            num_gaussians=n, iters=k, init="structured", check_every=max(k // 60, 1), **BASELINE_OPTIMISER
         )
     base = init.removesuffix(C2F)
     coarse = k if init.endswith(C2F) else 0
@@ -258,12 +257,6 @@ def load_run(path) -> dict:
         for key in ("psnr", "seconds", "per_image"):
             entry[key] = _int_keys(entry[key])
     run["network_cost"] = _int_keys(run["network_cost"])
-    keys = [k.split("/") for k in run["fits"]]
-    run.setdefault("ns", sorted({int(n) for _, n in keys}))
-    run.setdefault("inits", list(dict.fromkeys(init for init, _ in keys)))
-    run.setdefault("measured", run["machine"]["date"])
-    # runs from before the optimiser was recorded used the default of their day, PREV's
-    run.setdefault("optimiser", optimiser_settings(FitConfig(init="structured", **PREV_ADAM)))
     for derived in ("targets", "preset", "benchmark"):
         run.pop(derived, None)  # recomputed by report / write_results
     return run
@@ -318,31 +311,17 @@ def _adam(opt: dict) -> str:
     )
 
 
-def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
-    """Tables, targets and plot of a measured run {fits, network_cost, size, photos, budgets, ns, threads}."""
-    data, cost, names, size = run["fits"], run["network_cost"], run["photos"], run["size"]
-    ns, budgets, inits = run["ns"], run["budgets"], run["inits"]
-    li = run.get("learned_init", {})  # runs before 2026-12-05 10:00 did not record it: two passes then
-    refine = li.get("passes", 2) - 1
-    ks = [0, *budgets]
-    curve_rows = [[n, init, *[data[f"{init}/{n}"]["psnr"].get(k) for k in ks]] for n in ns for init in inits]
-    time_rows = [
-        [n, init, *[data[f"{init}/{n}"]["seconds"].get(k) for k in ks]] for n in ns for init in inits
-    ]
-    ref_k = 1000 if 1000 in budgets else budgets[-1]
-    top_k = budgets[-1]
-    near = {k: min(budgets, key=lambda b, k=k: abs(b - k)) for k in (100, 300)}
-    # the issue's baseline ("today's default"): the structured init with the previous Adam settings, when run
-    base = PREV if PREV in inits else "structured"
-    # runs before 2026-12-05 had no density init or its cost
-    candidates = [c for c in CANDIDATES if c in inits and all(f"{c}_init_s" in cost[n] for n in ns)]
+def _speed(run: dict, base: str, ref_k: int) -> tuple[dict, dict, list]:
+    """Per reference (the baseline, structured): rows of how fast each init reaches its ref_k-iteration PSNR
+    (measured and interpolated wall time, iteration equivalents); the equivalents by (reference, init); and
+    the coarse-to-fine rows (its speed-up with and without)."""
+    data, cost, names, inits = run["fits"], run["network_cost"], run["photos"], run["inits"]
     speed = {ref: [] for ref in dict.fromkeys((base, "structured"))}
-    targets, c2f_rows = {}, []
-    for n in ns:
+    equiv, c2f_rows = {}, []
+    for n in run["ns"]:
         per_it = cost[n]["fit20_s"] / 20  # one image, one iteration
         # each init's own cost in fit iterations (a coarse-to-fine entry has its base init's: the same network)
         init_its = {init: (data[f"{init}/{n}"]["seconds"][0] / len(names)) / per_it for init in inits}
-        equiv = {}
         for ref, rows in speed.items():
             r = data[f"{ref}/{n}"]
             ref_p, ref_t = r["psnr"][ref_k], r["seconds"][ref_k]
@@ -352,7 +331,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
                 k_interp = iters_to(e, ref_p)
                 own = init_its[base_init(init) if init.endswith(C2F) else init]
                 eq = None if k_interp is None else ref_k / (k_interp * iteration_cost(init, cost[n]) + own)
-                equiv[ref, init] = eq
+                equiv[n, ref, init] = eq
                 rows.append(
                     [
                         n,
@@ -368,15 +347,23 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         for init in inits:
             if init.endswith(C2F):
                 plain = init.removesuffix(C2F)
+                cost_it = iteration_cost(init, cost[n])
                 c2f_rows.append(
-                    [
-                        n,
-                        plain,
-                        iteration_cost(init, cost[n]),
-                        equiv["structured", init],
-                        equiv["structured", plain],
-                    ]
+                    [n, plain, cost_it, equiv[n, "structured", init], equiv[n, "structured", plain]]
                 )
+    for row in c2f_rows:  # the coarse-to-fine decision: default only where it reaches the target sooner
+        with_c2f, without = row[3], row[4]
+        row.append("yes" if with_c2f is not None and (without is None or with_c2f > without) else "no")
+    return speed, equiv, c2f_rows
+
+
+def _targets(run: dict, base: str, candidates: list[str], equiv: dict, ref_k: int) -> dict:
+    """N → {target: met} for each candidate init against the baseline and the structured grid."""
+    data, cost, budgets = run["fits"], run["network_cost"], run["budgets"]
+    top_k = budgets[-1]
+    near = {k: min(budgets, key=lambda b, k=k: abs(b - k)) for k in (100, 300)}
+    targets = {}
+    for n in run["ns"]:
         s, b = data[f"structured/{n}"], data[f"{base}/{n}"]
         targets[n] = {}
         for cand in candidates:
@@ -388,15 +375,15 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
                     f"{cand}@0 ≥ structured@0 + 3 dB": c["psnr"][0] >= s["psnr"][0] + 3.0,
                     f"{cand}@{top_k} ≥ structured@{top_k} − 0.1 dB": c["psnr"][top_k]
                     >= s["psnr"][top_k] - 0.1,
-                    f"{cand}: time to {base}@{ref_k} ≥ 5× shorter": (equiv[base, cand] or 0.0) >= 5.0,
+                    f"{cand}: time to {base}@{ref_k} ≥ 5× shorter": (equiv[n, base, cand] or 0.0) >= 5.0,
                     f"{cand} init costs ≤ 20 fit iterations": cost[n][f"{cand}_init_s"] <= cost[n]["fit20_s"],
                 }
             )
-    target_rows = [[n, t, "met" if ok else "missed"] for n in ns for t, ok in targets[n].items()]
-    for row in c2f_rows:  # the coarse-to-fine decision: default only where it reaches the target sooner
-        with_c2f, without = row[3], row[4]
-        row.append("yes" if with_c2f is not None and (without is None or with_c2f > without) else "no")
-    cost_rows = [
+    return targets
+
+
+def _cost_rows(cost: dict) -> list[list]:
+    return [
         [
             n,
             1000 * c["network_s"],
@@ -408,6 +395,12 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         ]
         for n, c in cost.items()
     ]
+
+
+def _preset(run: dict, base: str, candidates: list[str]) -> tuple[int, dict, list]:
+    """The `gsv fit` default preset (N = 3136, the top budget) at the baseline's PSNR: (N, record, rows)."""
+    data, cost, names, ns = run["fits"], run["network_cost"], run["photos"], run["ns"]
+    top_k = run["budgets"][-1]
     preset_n = 3136 if 3136 in ns else ns[-1]
     b = data[f"{base}/{preset_n}"]
     per_it = cost[preset_n]["fit20_s"] / 20
@@ -417,7 +410,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         "baseline_psnr": b["psnr"][top_k],
         "inits": {},
     }
-    preset_rows = []
+    rows = []
     for cand in candidates or ["learned"]:
         c = data[f"{cand}/{preset_n}"]
         k_eq = iters_to(c, b["psnr"][top_k])
@@ -429,7 +422,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
             "speedup_iteration_equivalent": speedup,
             "images_per_s_at_equal_psnr": rate,
         }
-        preset_rows.append(
+        rows.append(
             [
                 cand,
                 60 * preset["baseline_images_per_s_measured"],
@@ -439,15 +432,20 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
                 None if rate is None else 60 * rate,
             ]
         )
-    opt = run["optimiser"]
-    notes = (
+    return preset_n, preset, rows
+
+
+def _notes(run: dict, name: str, candidates: list[str]) -> str:
+    size, inits, refine = run["size"], run["inits"], run["learned_init"]["passes"] - 1
+    return (
         "Regenerate: `python -m eval.bench.fit_convergence --tuning`. The exploration the fitting defaults "
         "were chosen with: these photos are the tuning set of eval/splits.py, so the figures here are not "
         "test results (the sealed set's are in fit_convergence.md). "
-        f"Photos: scikit-image {', '.join(names)}, centre-cropped to {size}² (never in the "
-        f"learned init's training data). One fit per budget K with the default FitConfig optimiser ({_adam(opt)}), "
-        f"as `gsv fit --iters K` runs it; {PREV}: the structured init fitted with the optimiser of the default "
-        f"before 2026-12-05 ({_adam(PREV_ADAM)}), the baseline of the targets. PSNR of "
+        f"Photos: scikit-image {', '.join(run['photos'])}, centre-cropped to {size}² (never in the "
+        f"learned init's training data). One fit per budget K with the default FitConfig optimiser "
+        f"({_adam(run['optimiser'])}), "
+        f"as `gsv fit --iters K` runs it; {PREV}: the structured init fitted with FitConfig's earlier default "
+        f"optimiser ({_adam(BASELINE_OPTIMISER)}), the baseline of the targets. PSNR of "
         "the fp32 result, mean over the photos; K = 0 is "
         "the init itself (random stops at K = 1000). Wall time: the whole batch of photos from raw image to "
         f"fitted splats (init and network included), {run['threads']} torch thread(s), compiled CPU renderer "
@@ -455,7 +453,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         "in time, so the speed-ups are also given in fit-iteration equivalents (iterations to the target, "
         "interpolated in log K between budgets, plus the init's measured cost in fit iterations), which the "
         "sharing does not distort. Learned init: the shipped weights"
-        + (f" ({li['weights_id']})" if li.get("weights_id") else "")
+        + f" ({run['learned_init']['weights_id']})"
         + f", network + {refine} residual refinement pass{'es' if refine > 1 else ''} "
         f"+ {COLOUR_ITERS} conjugate-gradient steps of least-squares colours. Adaptive: structured grid shaped "
         "by the structure tensor + the same colour solve. Density: the grid warped so that its cells shrink "
@@ -469,6 +467,25 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         f"The fits of one N ran in one process (`--ns` runs, one per core, each timed on its own), finished "
         f"{run['measured']}."
     )
+
+
+def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
+    """Tables, targets and plot of a measured run {fits, network_cost, size, photos, budgets, ns, threads}."""
+    data, size, ns, budgets, inits = run["fits"], run["size"], run["ns"], run["budgets"], run["inits"]
+    ks = [0, *budgets]
+    curve_rows = [[n, init, *[data[f"{init}/{n}"]["psnr"].get(k) for k in ks]] for n in ns for init in inits]
+    time_rows = [
+        [n, init, *[data[f"{init}/{n}"]["seconds"].get(k) for k in ks]] for n in ns for init in inits
+    ]
+    ref_k = 1000 if 1000 in budgets else budgets[-1]
+    top_k = budgets[-1]
+    # the issue's baseline ("today's default"): the structured init with the previous Adam settings, when run
+    base = PREV if PREV in inits else "structured"
+    candidates = [c for c in CANDIDATES if c in inits]
+    speed, equiv, c2f_rows = _speed(run, base, ref_k)
+    targets = _targets(run, base, candidates, equiv, ref_k)
+    target_rows = [[n, t, "met" if ok else "missed"] for n in ns for t, ok in targets[n].items()]
+    preset_n, preset, preset_rows = _preset(run, base, candidates)
     speed_cols = [
         "N",
         "init",
@@ -494,7 +511,7 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
                 "learned / 20 iterations",
                 f"20 coarse iterations ({size // 2}²)",
             ],
-            cost_rows,
+            _cost_rows(run["network_cost"]),
         ),
         (
             f"Coarse-to-fine: K iterations on the 2×-shrunk canvas before the K of the budget (speed-up to structured@{ref_k} in iteration equivalents)",
@@ -511,17 +528,14 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
         ("Targets", ["N", "target", "result"], target_rows),
         (
             f"`gsv fit` default preset (N = {preset_n}, {top_k} iterations) at equal PSNR",
-            [
-                "init",
-                f"{base} images/min",
-                f"{base} PSNR",
-                "iterations needed",
-                "speed-up",
-                "images/min",
-            ],
+            ["init", f"{base} images/min", f"{base} PSNR", "iterations needed", "speed-up", "images/min"],
             preset_rows,
         ),
     ]
+    c2f = {
+        f"{init}/{n}": {"iteration_cost": c, "speedup": w, "speedup_without": wo, "faster": f == "yes"}
+        for n, init, c, w, wo, f in c2f_rows
+    }
     md = write_results(
         name,
         "Fit convergence: structured vs random vs adaptive vs density vs learned initialisation "
@@ -531,17 +545,9 @@ def report(run: dict, name: str, out_dir: Path = RESULTS) -> Path:
             **{k: v for k, v in run.items() if k != "machine"},
             "targets": {str(n): t for n, t in targets.items()},
             "preset": preset,
-            "coarse_to_fine": {
-                f"{init}/{n}": {
-                    "iteration_cost": c,
-                    "speedup": w,
-                    "speedup_without": wo,
-                    "faster": f == "yes",
-                }
-                for n, init, c, w, wo, f in c2f_rows
-            },
+            "coarse_to_fine": c2f,
         },
-        notes,
+        _notes(run, name, candidates),
         out_dir=out_dir,
         machine=run.get("machine"),  # set when the tables are rebuilt from a measured run's JSON
     )

@@ -3,7 +3,7 @@
 Each initialisation (the structured grid, the density grid, the learned network) is fitted with the same
 optimiser (the default FitConfig's Adam and schedule), each with its own best linear warm-up, chosen on
 the tuning set (eval/splits.py) before any sealed picture is fitted. The previous default (the
-structured grid with PREVIOUS_OPTIMISER) is a secondary row. Every fit is a complete K-iteration
+structured grid with BASELINE_OPTIMISER) is a secondary row. Every fit is a complete K-iteration
 fit of all sealed pictures in one batch (what `gsv fit --iters K` runs), timed from the raw image to the
 fitted splats; K = 0 is the init itself. Reported per picture, with the mean, the median and a bootstrap
 interval over pictures (the unit the data clusters in); speed-ups as measured wall time at measured
@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from eval import splits
 from gs_encoder import FitConfig, fit_images
-from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER
 
+from .common import BASELINE_OPTIMISER
 from .fit_convergence import PREV, base_init, init_psnr
 
 INITS = ("structured", "density", "learned")
@@ -33,7 +33,7 @@ TUNE_N, TUNE_K = 1600, 100
 def config(init: str, n: int, k: int, warmup: int) -> FitConfig:
     if init == PREV:
         return FitConfig(
-            num_gaussians=n, iters=k, init="structured", check_every=max(k // 20, 1), **PREVIOUS_OPTIMISER
+            num_gaussians=n, iters=k, init="structured", check_every=max(k // 20, 1), **BASELINE_OPTIMISER
         )
     return FitConfig(num_gaussians=n, iters=k, init=init, lr_warmup=warmup, check_every=max(k // 20, 1))
 
@@ -157,8 +157,8 @@ def report(run: dict, name: str = "fit_convergence", machine: dict | None = None
         "eval/images/README.md), used for no choice: the warm-ups below were chosen on the tuning set "
         f"({', '.join(tune['tuning_pictures'])}; N = {tune['n']}, K = {tune['k']}) before any sealed picture "
         "was fitted, and nothing was changed after. Every init runs the default FitConfig optimiser; "
-        f"{PREV} (the structured grid with the previous default optimiser: Adam β2 = {PREVIOUS_OPTIMISER['betas'][1]}, "
-        f"step sizes {PREVIOUS_OPTIMISER['lr_xy']} / {PREVIOUS_OPTIMISER['lr_chol']} / {PREVIOUS_OPTIMISER['lr_rgb']}, "
+        f"{PREV} (the structured grid with the previous default optimiser: Adam β2 = {BASELINE_OPTIMISER['betas'][1]}, "
+        f"step sizes {BASELINE_OPTIMISER['lr_xy']} / {BASELINE_OPTIMISER['lr_chol']} / {BASELINE_OPTIMISER['lr_rgb']}, "
         "a cosine over the whole fit) is a secondary row. "
         "PSNR of the fp32 result; cells are mean (median) over the pictures. Wall time: the whole batch of "
         "pictures from raw image to fitted splats, init included, on a CPU that may be shared: measured "

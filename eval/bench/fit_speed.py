@@ -80,6 +80,27 @@ def pair_ms_single(image, splats, repeat=5) -> float:
     return 1000 * timed(step, repeat=repeat)
 
 
+def _cpp_rows(images, budgets: list[int], fitted: dict, data: dict) -> list[list]:
+    """The compiled C++ CPU op side by side with the pure-torch path (one image, init and fitted states);
+    recorded in data["cpp"] (its load error when it is not built)."""
+    import cuda_ext
+
+    if not cuda_ext.available():
+        data["cpp"] = {"error": cuda_ext.load_error()}
+        return []
+    data["cpp"], rows = {}, []
+    for n in budgets:
+        row = [n]
+        for state, sets in (("init", list(structured_init(images[:1], n))), ("fitted", fitted[n][:1])):
+            t_ms = data["iterations"][f"{n}/1/{state}"]
+            c_ms = ms_per_iteration(images[:1], sets, backend="cpp")
+            data["cpp"][f"{n}/{state}"] = c_ms
+            row += [t_ms, c_ms, f"{t_ms / c_ms:.1f}×"]
+        rows.append(row)
+        print("cpp vs torch", row, flush=True)
+    return rows
+
+
 def cpu_part(args):
     size, budgets, batches, dense_budgets = 224, [400, 1600, 3136, 4900], [1, 4], [400, 3136]
     if args.quick:
@@ -130,23 +151,7 @@ def cpu_part(args):
         data["margin"][str(margin)] = ms
         margin_rows.append([str(margin), ms])
 
-    cpp_rows = []
-    import cuda_ext
-
-    if cuda_ext.available():  # the compiled C++ CPU op, side by side with the pure-torch path
-        data["cpp"] = {}
-        for n in budgets:
-            row = [n]
-            for state, sets in (("init", list(structured_init(images[:1], n))), ("fitted", fitted[n][:1])):
-                t_ms = data["iterations"][f"{n}/1/{state}"]
-                c_ms = ms_per_iteration(images[:1], sets, backend="cpp")
-                data["cpp"][f"{n}/{state}"] = c_ms
-                row += [t_ms, c_ms, f"{t_ms / c_ms:.1f}×"]
-            cpp_rows.append(row)
-            print("cpp vs torch", row, flush=True)
-    else:
-        data["cpp"] = {"error": cuda_ext.load_error()}
-
+    cpp_rows = _cpp_rows(images, budgets, fitted, data)
     key = f"{n_m}/1/fitted"
     notes = (
         f"Canvas {size}², scikit-image photos (astronaut, chelsea, coffee, rocket), {args.threads} threads, pure-torch CPU path. "

@@ -16,12 +16,12 @@ import json
 import sys
 from pathlib import Path
 
+from .questions import answer_style
 from .score import score
-from .world import answer_style
 
 
 def scene_questions(data: Path, scenes: int) -> list[dict]:
-    """The questions of the first `scenes` test scenes of a mini-world data folder (eval.mini.world), each
+    """The questions of the first `scenes` test scenes of a mini-world data folder (eval.mini.data), each
     as the world wrote it (kind, question, true answer, ...) with its image path and the answer in the style
     the models are taught (`shown`)."""
     questions = json.loads((data / "test_questions.json").read_text())
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True, help="a GS-LLaVA folder trained on the mini world")
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--scenes", help="a folder with questions.json and its images (eval.mini.ship_demo)")
-    where.add_argument("--data", help="a mini-world data folder (eval.mini.world); its first test scenes")
+    where.add_argument("--data", help="a mini-world data folder (eval.mini.data); its first test scenes")
     ap.add_argument("-n", "--num-scenes", type=int, default=2, help="test scenes to ask about (with --data)")
     args = ap.parse_args(argv)
     try:

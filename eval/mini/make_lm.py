@@ -53,7 +53,7 @@ def new_llama(tok, hidden: int = 128, layers: int = 3, heads: int = 4, seed: int
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="folder written by python -m eval.mini.world")
+    ap.add_argument("--data", required=True, help="folder written by python -m eval.mini.data")
     ap.add_argument("--out", required=True)
     ap.add_argument("--vocab", type=int, default=1000)
     ap.add_argument("--hidden", type=int, default=128)

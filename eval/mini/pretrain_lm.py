@@ -10,30 +10,13 @@ The shipped eval/mini/lm is built in two runs (what scripts/mini_repro.sh does w
 
 LLaVA-1.5 starts from Vicuna, a model that already reads a question, finds what it asks about in its
 context and answers in the expected style; only the projector (stage 1) and then the projector + LM
-(stage 2) are trained on images. A randomly initialised LM has to learn all of that from a few hundred
-instruction-tuning steps, and measured on this world it does not: existence and lettered multiple-choice
-questions stay at chance even with the caption given as text. This script gives the miniature what the real
-recipe has, a pretrained LM, built once (from a deterministic stream of scenes of their own seed range, disjoint
-from the train and test splits) and shipped with the repository like a downloaded checkpoint.
-
-Measured while building the shipped LM (3 layers × 128, batch 64, lr 2e-3, cosine over 3000 steps; accuracy
-with the caption as text on the questions of 80 scenes of the test seed range, pretrain_log.json — the shipped
-LM predates the validation split, and a rebuild now evaluates on validation scenes; docs/mini.md): counting and listing come first (open answers
-97% at step 500), existence and relations after a plateau (POPE-like 50% until step 750, 94% at 1500), 88% of
-all questions at 1750 and 94% at 3000. Transfer to images was measured with the RGB tower's features of
-3000 train scenes (250 finetuning steps of 16 dialogues, projector from scratch, 400 test questions, question-only
-prior ≈ 40%): the LM of step 1750 reached 57.2% (two seeds) vs 45.8–50.8% for the fully annealed one of step
-3000 (the pipeline with a random LM stayed at the prior: 39.2% vs 38.8%, mini_repro of 2026-11-30), so the
-shipped LM stops at step 1750 of the 3000-step schedule (a less settled LM adapts faster to image tokens).
-
-Captions: LLaVA's stage 1 trains the projector to make the frozen LM write the image's caption (the `plain`
-template). An LM that never saw a caption starts that stage at 12.9 nats per caption token (no image) and
-its projector learns the captions' form rather than the image's content. Mixing plain captions into the
-text pretraining (`--caption-fraction`) gives an LM that already writes the world's captions (0.85 nats
-without the image: what is left is the content only the image tells). From scratch with a fifth of the
-samples captions, the question answering learnt much more slowly (62% of the test questions with the
-caption as text at step 1750, against 88%); continuing the dialogue-only LM for 500 steps with captions
-mixed in keeps it (90%) and learns the captions as well (0.85 nats) — so the shipped LM is built that way.
+(stage 2) are trained on images. A randomly initialised LM cannot learn all of that from a few hundred
+instruction-tuning steps, so this script gives the miniature what the real recipe has: a pretrained LM,
+built once from a deterministic stream of scenes of their own seed range (disjoint from every split) and
+shipped with the repository like a downloaded checkpoint. Its second run mixes plain captions in
+(`--caption-fraction`), so that LLaVA's stage 1 starts from an LM that already writes the world's captions
+and its projector has to carry only what the image adds. Why it stops where it does, with what was
+measured while building it: docs/mini.md.
 """
 
 from __future__ import annotations
@@ -46,7 +29,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from eval.mini import world
+from eval.mini import questions, world
 from eval.mini.make_lm import new_llama, template_text
 from llava_gs.conversation import tokenize_conversation
 
@@ -57,7 +40,7 @@ def caption_dialogues(seed: int) -> list[list[dict]]:
     """The finetuning dialogues of scene `seed`, with its caption in place of `<image>`."""
     scene = world.make_scene(seed)
     cap = world.caption(scene)
-    return [world.dialogue_turns(d, cap) for d in world.dialogues(scene, world.questions(scene))]
+    return [questions.dialogue_turns(d, cap) for d in questions.dialogues(scene, questions.questions(scene))]
 
 
 def plain_caption(seed: int, tok) -> dict:
@@ -76,9 +59,9 @@ def texts(n_scenes: int = 3000):
     for i in range(n_scenes):
         scene = world.make_scene(LM_SEED_BASE + i)
         yield world.caption(scene)
-        for q in world.questions(scene):
+        for q in questions.questions(scene):
             yield q["question"]
-            yield world.answer_style(q)
+            yield questions.answer_style(q)
 
 
 def evaluate(model, tok, scenes, template="vicuna_v1") -> dict[str, float]:
@@ -89,7 +72,7 @@ def evaluate(model, tok, scenes, template="vicuna_v1") -> dict[str, float]:
     from llava_gs.conversation import tokenize_conversation
     from llava_gs.data import left_pad_prompts
 
-    qs = [(world.caption(s), q) for s in scenes for q in world.questions(s)]
+    qs = [(world.caption(s), q) for s in scenes for q in questions.questions(s)]
     res: dict[str, list[float]] = defaultdict(list)
     model.eval()
     with torch.no_grad():
@@ -142,16 +125,12 @@ def caption_loss(model, tok, scenes) -> float:
 
 def _save(out: Path, model, tok, log: list[dict]) -> None:
     """Write the LM folder under a temporary name, then put it in place of `out`."""
-    import shutil
-
+    from cuda_ext.files import atomic_path
     from llava_gs.builder import save_folder
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_folder(tmp, model, tok)
-    (tmp / "pretrain_log.json").write_text(json.dumps(log, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_path(out, folder=True) as tmp:
+        save_folder(tmp, model, tok)
+        (tmp / "pretrain_log.json").write_text(json.dumps(log, indent=1))
 
 
 def _load_init(folder: Path):
@@ -167,7 +146,7 @@ def _load_init(folder: Path):
     return AutoTokenizer.from_pretrained(folder), LlamaForCausalLM.from_pretrained(folder), log
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=1750, help="steps to train (the shipped LM: 1750)")
@@ -202,6 +181,37 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+class _Stream:
+    """Training samples from a deterministic stream of scenes of the LM's own seed range: each scene's
+    caption-in-place dialogues and, with `caption_fraction`, that share of plain captions; shuffled in a pool."""
+
+    def __init__(self, tok, caption_fraction: float, continued: bool, seed: int):
+        self.tok, self.caption_fraction = tok, caption_fraction
+        self.rng, self.pool = random.Random(seed), []
+        # the tokenizer's scenes are not trained on; a continued run takes scenes the first one did not see
+        self.next_seed = LM_SEED_BASE + (2_000_000 if continued else 1_000_000)
+
+    def batch(self, size: int) -> list[dict]:
+        while len(self.pool) < 8 * size:
+            dialogues = caption_dialogues(self.next_seed)
+            for turns in dialogues:
+                ids, labels = tokenize_conversation(turns, self.tok, "vicuna_v1", 0, 0)
+                self.pool.append({"input_ids": ids, "labels": labels})
+            if self.caption_fraction > 0:  # plain captions, that share of all samples on average
+                expected = len(dialogues) * self.caption_fraction / (1 - self.caption_fraction)
+                for _ in range(int(expected) + (self.rng.random() < expected % 1)):
+                    self.pool.append(plain_caption(self.next_seed, self.tok))
+            self.next_seed += 1
+        self.rng.shuffle(self.pool)
+        batch, self.pool = self.pool[:size], self.pool[size:]
+        return batch
+
+
+def main(argv=None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     for name in ("steps", "schedule_steps", "batch_size", "eval_every", "eval_scenes", "warmup"):
         if getattr(args, name) < 1:
@@ -233,27 +243,12 @@ def main(argv=None) -> int:
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     eval_scenes = world.scenes_for("val", args.eval_scenes)  # choices are made on validation (docs/mini.md)
-    rng = random.Random(args.seed)
-    pool: list[dict] = []
-    # the tokenizer's scenes are not trained on; a continued run takes scenes the first one did not see
-    next_seed = LM_SEED_BASE + (2_000_000 if args.init else 1_000_000)
+    stream = _Stream(tok, args.caption_fraction, bool(args.init), args.seed)
     t0 = time.time()
     bar = tqdm(range(1, args.steps + 1), desc="LM pretraining", unit="step")
     losses = []
     for step in bar:
-        while len(pool) < 8 * args.batch_size:
-            dialogues = caption_dialogues(next_seed)
-            for turns in dialogues:
-                ids, labels = tokenize_conversation(turns, tok, "vicuna_v1", 0, 0)
-                pool.append({"input_ids": ids, "labels": labels})
-            if args.caption_fraction > 0:  # plain captions, that share of all samples on average
-                expected = len(dialogues) * args.caption_fraction / (1 - args.caption_fraction)
-                for _ in range(int(expected) + (rng.random() < expected % 1)):
-                    pool.append(plain_caption(next_seed, tok))
-            next_seed += 1
-        rng.shuffle(pool)
-        batch, pool = pool[: args.batch_size], pool[args.batch_size :]
-        loss = model(**pad_text(batch, tok.pad_token_id)).loss
+        loss = model(**pad_text(stream.batch(args.batch_size), tok.pad_token_id)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -262,13 +257,12 @@ def main(argv=None) -> int:
         losses.append(float(loss))
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
         if step % args.eval_every == 0 or step == args.steps:
-            acc = evaluate(model, tok, eval_scenes)
             entry = {
                 "step": first_step + step,
                 "minutes": round((time.time() - t0) / 60, 2),
                 "loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
                 "caption_loss": round(caption_loss(model, tok, eval_scenes), 4),
-                **{k: round(v, 1) for k, v in acc.items()},
+                **{k: round(v, 1) for k, v in evaluate(model, tok, eval_scenes).items()},
             }
             if args.init:
                 entry |= {"continued_from": str(args.init), "caption_fraction": args.caption_fraction}

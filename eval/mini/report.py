@@ -208,7 +208,7 @@ def _timings(out: Path) -> tuple[list[str], list[list], dict]:
         stages.append((label, t_next - t))
     total = sum(d for _, d in stages)
     rows = [[label, f"{d / 60:.1f}"] for label, d in stages] + [["**total**", f"**{total / 60:.1f}**"]]
-    started, _, commit = run[0][1][len("# run ") :].partition(" commit ")  # runs before 2026-12-04: no commit
+    started, _, commit = run[0][1][len("# run ") :].partition(" commit ")
     data = {
         "started": started,
         "commit": commit or None,

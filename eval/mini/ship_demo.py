@@ -24,6 +24,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from cuda_ext.files import atomic_path
+
 from .ask import scene_questions
 
 # what a GS-LLaVA folder needs to load (weights, configs, tokenizer, processor); optimiser state, trainer
@@ -78,13 +80,20 @@ def ship(out: Path, report_path: Path, dest: Path, command: str, scenes: int = 2
             f"{report_path}: no demo_choice (no GS-LLaVA validation score); rerun eval.mini.report"
         )
     name, seed = choice["model"], choice["seed"]
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     llava = out / ("" if seed == 0 else f"seed{seed}") / "llava" / name
-    size = _copy_model(llava / "final", tmp / "model")
-    qs = _copy_scenes(out / "data", tmp / "scenes", scenes)
-    (tmp / "train_log.json").write_text(json.dumps(_train_log(llava), separators=(",", ":")) + "\n")
-    build = {
+    with atomic_path(dest, folder=True) as tmp:
+        size = _copy_model(llava / "final", tmp / "model")
+        qs = _copy_scenes(out / "data", tmp / "scenes", scenes)
+        (tmp / "train_log.json").write_text(json.dumps(_train_log(llava), separators=(",", ":")) + "\n")
+        build = _build(report, choice, command, size, qs)
+        (tmp / "build.json").write_text(json.dumps(build, indent=1) + "\n")
+    return build
+
+
+def _build(report: dict, choice: dict, command: str, size: int, qs: list[dict]) -> dict:
+    """build.json: which model was shipped, why, how it scored and how to rebuild it."""
+    name, seed = choice["model"], choice["seed"]
+    return {
         "model": name,
         "chosen_on": "validation: best mean score over all validation questions, then its best seed",
         "validation_score": round(choice["validation_score"], 4),
@@ -97,10 +106,6 @@ def ship(out: Path, report_path: Path, dest: Path, command: str, scenes: int = 2
         "run": {"date": report["machine"]["date"], "commit": report["machine"]["git"], "command": command},
         "rebuild": f"{command}  (then this folder is rewritten from the run's best GS-LLaVA)",
     }
-    (tmp / "build.json").write_text(json.dumps(build, indent=1) + "\n")
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
-    return build
 
 
 def main(argv=None) -> int:

@@ -93,10 +93,10 @@ def probe_auc(
 
 
 def _scenes(out: Path, split: str, count: int | None = None) -> list[dict]:
-    """The first `count` (default all) scenes eval.mini.world wrote for `split`."""
+    """The first `count` (default all) scenes eval.mini.data wrote for `split`."""
     path = out / "data" / f"{split}_scenes.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the probe reads the scenes eval.mini.world wrote there")
+        raise FileNotFoundError(f"{path} is missing: the probe reads the scenes eval.mini.data wrote there")
     return [json.loads(line) for line in path.read_text().splitlines()[:count]]
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from cuda_ext.files import atomic_path
+
 OUT = Path(__file__).resolve().parent / "mini"
 MAX_SIDE = 192
 
@@ -204,10 +206,8 @@ def build(out: Path = OUT) -> dict[str, int]:
     counts = {}
     for name, fn in BUILDERS.items():
         ds = datasets.Dataset.from_dict(fn()).cast_column("image", datasets.Image())
-        path = out / f"{name}.parquet"
-        tmp = path.with_suffix(".parquet.tmp")
-        ds.to_parquet(str(tmp))
-        tmp.replace(path)
+        with atomic_path(out / f"{name}.parquet") as tmp:
+            ds.to_parquet(str(tmp))
         counts[name] = len(ds)
     return counts
 

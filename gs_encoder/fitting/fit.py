@@ -36,16 +36,15 @@ from .render import render
 __all__ = [
     "INITS",
     "LEARNED_WARMUP",
-    "PREVIOUS_OPTIMISER",
     "WARMUP_INITS",
     "FitConfig",
     "FitResult",
     "fit_images",
     "fit_sets",
-    "PREVIOUS_RECORD",
     "fit_sidecar",
     "fitted_with",
     "optimiser_record",
+    "record_fields",
     "luminance",
     "prune",
     "psnr",
@@ -53,71 +52,143 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_STEP_SIZES = ("lr_xy", "lr_chol", "lr_rgb")
 INITS = ("structured", "random", "adaptive", "density", "learned")
-# FitConfig's optimiser before 2026-12-05: smaller step sizes, a cosine over the whole fit down to 5% of them,
-# β2 = 0.999, no warm-up
-PREVIOUS_OPTIMISER = {
-    "lr_xy": 0.1,
-    "lr_chol": 0.04,
-    "lr_rgb": 0.02,
-    "lr_final": 0.05,
-    "lr_decay": 1.0,
-    "betas": (0.9, 0.999),
-    "lr_warmup": 0,
-}
-# Warm-up iterations of FitConfig.lr_warmup = None after the learned and density inits
-# (eval/results/fit_convergence_tuning.md): Adam's first steps are full-size whatever the gradient (t = 1:
-# m̂ / √v̂ = ±1), which throws a close start away (learned: 31.6 → 27.7 dB after one step at N = 3136, back
-# only after ~10); ramping the step sizes over the first 10 keeps it (+0.57 dB at 100 iterations; density
-# +0.8). The other inits start without one (measured with the step sizes before 2026-12-05, a warm-up cost
-# structured 0.2–0.5 dB at 100 iterations).
+# Warm-up iterations of FitConfig.lr_warmup = None after the close starts (learned, density): Adam's first
+# steps are full-size whatever the gradient (m̂ / √v̂ = ±1) and would throw the start away (docs/fitting.md).
 LEARNED_WARMUP = 10
 WARMUP_INITS = ("learned", "density")  # the inits that FitConfig.lr_warmup = None warms up after
 
 
+def _opt(help: str, flag: str | None = None, **argparse_kwargs) -> dict:
+    """A FitConfig field's metadata: its help text and, unless flag is "", its `gsv` flag (--<name>)."""
+    return {"help": help, "flag": flag, "argparse": argparse_kwargs}
+
+
 @dataclass
 class FitConfig:
-    """Settings of one fitting job (defaults: the paper's 3136 Gaussians, 3000 iterations)."""
+    """Settings of one fitting job: the one place each setting, its default and its help text are written
+    (`gsv`'s fit flags are made from these fields by `add_arguments`; docs/fitting.md says why each default)."""
 
-    num_gaussians: int = 3136  # N per image before pruning
-    iters: int = 3000  # Adam steps of the main fit
-    # learned (learned_init.py; the default: fastest to every quality in eval/results/fit_convergence_tuning.md),
-    # structured (grid), adaptive (structure-tensor grid, init.py), density (grid warped towards detail,
-    # init.py) or random (GaussianImage)
-    init: str = "learned"
-    init_weights: str | None = None  # weights of the learned init (None: the shipped file)
-    lambda_l1: float = 0.0  # weight of mean |colour| in the loss; drives dim Gaussians towards 0 for pruning
-    tau: float | None = None  # luminosity pruning threshold; None: no pruning
-    prune_at: int | None = None  # main-fit iteration at which to prune (needs tau); None: after the fit
-    finetune_iters: int = 0  # Adam steps after the main fit when pruning (fresh Adam state, own schedule)
-    # coarse-to-fine: Adam steps on the canvas shrunk coarse_factor× (area average) before the main fit (own
-    # schedule and Adam state); 0: none (measured in eval/results/fit_convergence_tuning.md)
-    coarse_iters: int = 0
-    coarse_factor: int = 2
-    # Adam step sizes (eval/results/fit_convergence_tuning.md): the ones before 2026-12-05 (0.1, 0.04, 0.02) were
-    # too small for the geometry; 4× on centres and shapes and 0.7× on colours reach every budget higher
-    # (+0.5–1.0 dB at 100 iterations, +0.2–0.3 at 1000, N = 1600–3136), and flat images settle higher too.
-    lr_xy: float = 0.4  # Adam step size of centres, pixels
-    lr_chol: float = 0.16  # Adam step size of the Cholesky factor, pixels
-    lr_rgb: float = 0.014  # Adam step size of colours
-    # Step-size schedule and Adam's moment decay rates (eval/results/fit_convergence_tuning.md): constant step sizes
-    # with a cosine to lr_final over the last lr_decay of the iterations, and a shorter second-moment memory
-    # (β2 = 0.98), reach every quality in fewer iterations than PREVIOUS_OPTIMISER. The final decay matters
-    # where a fit converges (flat images): with constant step sizes Adam's normalised steps keep every
-    # Gaussian jittering. β2 = 0.9 is faster still (+0.5 dB at 100 iterations) but makes a fit chaotic: float
-    # rounding (batch composition, backend) then moves the result by up to 0.08 dB, against 0.01 with 0.98.
-    lr_final: float = 0.05  # fraction of the step sizes left at the last iteration
-    lr_decay: float = 0.3  # constant before the decay (1: a cosine over the whole fit)
-    betas: tuple[float, float] = (0.9, 0.98)  # Adam's decay rates of its first and second moments
-    # linear step-size ramp over the first lr_warmup iterations of each schedule (fresh Adam state); None:
-    # LEARNED_WARMUP after the inits of WARMUP_INITS, 0 after the others (`warmup_iters` resolves it)
-    lr_warmup: int | None = None
-    target_psnr: float | None = None  # stop an image early once its PSNR reaches this (dB)
-    check_every: int = 50  # iterations between PSNR checks (early stop, progress bar)
-    min_scale_px: float = 0.3  # lower bound on l11 and l22, pixels: narrower Gaussians fall between pixels
-    plan_margin: float = 0.0  # extra window radius (px) so the render plan survives more steps
-    seed: int = 0  # seed of the random initialisation
-    backend: str = "auto"  # auto (CUDA kernels / compiled CPU op when built, else torch) | torch | cpp | cuda
+    num_gaussians: int = field(default=3136, metadata=_opt("N per image before pruning"))
+    iters: int = field(default=3000, metadata=_opt("Adam iterations of the main fit"))
+    init: str = field(
+        default="learned",
+        metadata=_opt(
+            "initialisation: the learned network on the density grid, the density grid alone (warped towards "
+            "detail), the uniform grid, structure-tensor shapes on it, or random",
+            choices=INITS,
+        ),
+    )
+    init_weights: str | None = field(
+        default=None, metadata=_opt("safetensors weights of --init learned (default: the shipped file)")
+    )
+    lambda_l1: float = field(
+        default=0.0, metadata=_opt("L1 weight on colours (drives dim Gaussians to 0 for pruning)")
+    )
+    tau: float | None = field(default=None, metadata=_opt("prune Gaussians with luminosity below this"))
+    prune_at: int | None = field(
+        default=None, metadata=_opt("prune at this main-fit iteration instead of after the fit (needs --tau)")
+    )
+    finetune_iters: int = field(default=0, metadata=_opt("Adam iterations after pruning (own schedule)"))
+    coarse_iters: int = field(
+        default=0, metadata=_opt("coarse-to-fine: iterations on the canvas shrunk --coarse-factor× first")
+    )
+    coarse_factor: int = field(default=2, metadata=_opt("canvas shrink of --coarse-iters"))
+    # the step sizes share one flag, --lr XY CHOL RGB (add_arguments)
+    lr_xy: float = field(default=0.4, metadata=_opt("Adam step size of centres, pixels", flag=""))
+    lr_chol: float = field(
+        default=0.16, metadata=_opt("Adam step size of the Cholesky factors, pixels", flag="")
+    )
+    lr_rgb: float = field(default=0.014, metadata=_opt("Adam step size of colours", flag=""))
+    lr_final: float = field(
+        default=0.05, metadata=_opt("fraction of the step sizes left at the last iteration")
+    )
+    lr_decay: float = field(
+        default=0.3,
+        metadata=_opt(
+            "the step sizes decay (cosine) over this last fraction of the iterations (1: the whole fit)"
+        ),
+    )
+    betas: tuple[float, float] = field(
+        default=(0.9, 0.98), metadata=_opt("Adam's moment decay rates", nargs=2, metavar=("B1", "B2"))
+    )
+    lr_warmup: int | None = field(
+        default=None,
+        metadata=_opt(
+            f"ramp the step sizes up over these first iterations (default: {LEARNED_WARMUP} after --init "
+            f"{' / '.join(WARMUP_INITS)}, 0 after the others)"
+        ),
+    )
+    target_psnr: float | None = field(default=None, metadata=_opt("stop an image early at this PSNR (dB)"))
+    check_every: int = field(
+        default=50, metadata=_opt("iterations between PSNR checks (early stop, progress)", flag="")
+    )
+    min_scale_px: float = field(
+        default=0.3,
+        metadata=_opt("lower bound on l11 and l22, pixels (narrower falls between pixels)", flag=""),
+    )
+    plan_margin: float = field(default=0.0, metadata=_opt("extra render-window radius, pixels", flag=""))
+    seed: int = field(default=0, metadata=_opt("seed of the random init"))
+    backend: str = field(
+        default="auto",
+        metadata=_opt(
+            "auto (CUDA kernels / compiled CPU op when built, else torch) | torch | cpp | cuda", flag=""
+        ),
+    )
+
+    @classmethod
+    def argument(cls, name: str, default_note: str | None = None) -> dict:
+        """argparse keywords of field `name`'s flag: its type (or choices), nargs and help with its default
+        (or `default_note`, e.g. "the model's processor's", when the flag falls back to something else).
+        The flag's own default is None: not given."""
+        f = next(f for f in fields(cls) if f.name == name)
+        kwargs = dict(f.metadata["argparse"])
+        kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type))
+        if "nargs" in kwargs:
+            kind = float
+        if kind is not None and "choices" not in kwargs:
+            kwargs["type"] = kind
+        value = f.default
+        shown = " ".join(f"{x:g}" for x in value) if isinstance(value, tuple) else value
+        shown = f"{shown:g}" if isinstance(shown, float) else shown
+        note = default_note or (None if value is None or name == "lr_warmup" else shown)
+        return {
+            **kwargs,
+            "default": None,
+            "help": f.metadata["help"] + (f" (default {note})" if note else ""),
+        }
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        """Add a command-line flag for every field that has one (--num-gaussians, ...; --lr XY CHOL RGB for
+        the step sizes). Each defaults to None (not given): `from_args` then keeps the field's default."""
+        for f in fields(cls):
+            if f.metadata["flag"] != "":
+                parser.add_argument(
+                    f.metadata["flag"] or "--" + f.name.replace("_", "-"), dest=f.name, **cls.argument(f.name)
+                )
+        steps = "{:g} {:g} {:g}".format(*(f.default for f in fields(cls) if f.name in _STEP_SIZES))
+        parser.add_argument(
+            "--lr",
+            type=float,
+            nargs=3,
+            default=None,
+            metavar=("XY", "CHOL", "RGB"),
+            help=f"Adam's step sizes of centres and Cholesky factors (pixels) and colours (default {steps})",
+        )
+
+    @classmethod
+    def from_args(cls, args, **overrides) -> FitConfig:
+        """The FitConfig of parsed `add_arguments` flags: each flag given replaces its field's default."""
+        given = {
+            f.name: getattr(args, f.name)
+            for f in fields(cls)
+            if f.metadata["flag"] != "" and hasattr(args, f.name)
+        }
+        if getattr(args, "lr", None) is not None:
+            given.update(zip(_STEP_SIZES, args.lr, strict=True))
+        return cls(**{k: v for k, v in given.items() if v is not None}, **overrides)
 
     def load_init(self) -> None:
         """Read the learned init's weights now, so that a job fails on an unusable file before any work."""
@@ -506,20 +577,26 @@ def optimiser_record(cfg: FitConfig) -> dict:
     }
 
 
-# PREVIOUS_OPTIMISER as recorded: what a sidecar or processor config written before a setting existed implies
-PREVIOUS_RECORD = optimiser_record(FitConfig(init="structured", **PREVIOUS_OPTIMISER))
+def record_fields(record: dict) -> dict:
+    """The FitConfig fields of an optimiser_record (what of it is present): its inverse."""
+    out = {k: record[k] for k in ("lr_final", "lr_decay", "lr_warmup") if k in record}
+    if "betas" in record:
+        out["betas"] = tuple(float(b) for b in record["betas"])
+    if "lr" in record:
+        out.update(zip(_STEP_SIZES, (float(x) for x in record["lr"]), strict=True))
+    return out
 
-# settings of fitting that fitted_with reads back, with the value a sidecar written before the setting was
-# recorded implies (None: unknown)
-_RECORDED = {
-    "num_gaussians_initial": None,
-    "canvas": None,
-    "resize": None,
-    "init": None,
-    "init_weights_id": None,
-    "init_weights": None,
-    **PREVIOUS_RECORD,
-}
+
+# settings of fitting that fitted_with reads back from sidecars
+_RECORDED = (
+    "num_gaussians_initial",
+    "canvas",
+    "resize",
+    "init",
+    "init_weights_id",
+    "init_weights",
+    *optimiser_record(FitConfig(init="structured")),
+)
 
 
 def fitted_with(folder: str | os.PathLike, limit: int = 32) -> tuple[dict, int]:
@@ -528,9 +605,8 @@ def fitted_with(folder: str | os.PathLike, limit: int = 32) -> tuple[dict, int]:
     Reads up to `limit` sidecars (`<name>.json` beside `<name>.gs.npy`, docs/format.md). Returns (settings,
     files read): each of num_gaussians_initial, canvas, resize, init, init_weights_id (with init_weights,
     the file as it was given; absent when the shipped weights were used) and the optimiser_record settings
-    that all of them agree on (a sidecar older than a setting counts as the value of its day, from
-    PREVIOUS_RECORD; an unknown init or size is left out), so a consumer that fits more images can fit them
-    like these."""
+    that all of them agree on (a setting some sidecar lacks is left out), so a consumer that fits more images
+    can fit them like these."""
     seen: dict[str, set] = {k: set() for k in _RECORDED}
     read = 0
     for root, dirs, files in os.walk(folder):
@@ -545,8 +621,8 @@ def fitted_with(folder: str | os.PathLike, limit: int = 32) -> tuple[dict, int]:
             if not isinstance(meta, dict):
                 continue
             read += 1
-            for k, old in _RECORDED.items():
-                v = meta.get(k, old)
+            for k in _RECORDED:
+                v = meta.get(k)
                 seen[k].add(tuple(v) if isinstance(v, list) else v)
         if read >= limit:
             break

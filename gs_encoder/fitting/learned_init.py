@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cuda_ext.files import atomic_path
+
 from .init import (
     COLOUR_ITERS,
     MAX_GAUSSIANS,
@@ -69,11 +71,9 @@ __all__ = [
     "weights_id",
 ]
 
-# name stored in the weights' metadata; a file of another architecture is refused. v2 (2026-12-05) records its
-# grid ("base"); v1 files, all on the structured grid, are read as such.
+# format version stored in the weights' metadata, with the grid the network works on ("base"); a file of
+# another version is refused, naming the version it has
 ARCH = "gsv-cellnet-v2"
-# arch → the base it implies (None: read from the metadata)
-READABLE = {"gsv-cellnet-v1": "structured", ARCH: None}
 MIN_N, MAX_N = 1, MAX_GAUSSIANS  # Gaussian counts taken (as the structured init; trained on cells of 3–12 px)
 BASES = ("structured", "density")  # the grid the network's nine numbers are decoded around
 MIN_SCALE_PX = 0.3  # lower bound on l11, l22 in pixels (FitConfig.min_scale_px's default)
@@ -306,12 +306,10 @@ def save_learned_init(path: str | Path, net: SplatInitNet, extra: dict[str, str]
         "base": net.base,
         **(extra or {}),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta
-    )
-    tmp.chmod(0o644)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        save_file(state, str(tmp), metadata=meta)
+        tmp.chmod(0o644)
     return path
 
 
@@ -338,10 +336,9 @@ def _read_weights(path: Path, fix: str | None = None) -> SplatInitNet:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise LearnedInitError(f"{path}: not a readable safetensors file ({e}); {fix}") from e
-    if meta.get("arch") not in READABLE:
+    if meta.get("arch") != ARCH:
         raise LearnedInitError(
-            f"{path}: weights of architecture {meta.get('arch')!r}, this code reads "
-            f"{' or '.join(map(repr, READABLE))}; {fix}"
+            f"{path}: weights of format {meta.get('arch')!r}, this code reads {ARCH!r}; {fix}"
         )
     try:
         net = SplatInitNet(
@@ -350,7 +347,7 @@ def _read_weights(path: Path, fix: str | None = None) -> SplatInitNet:
             int(meta["blocks"]),
             float(meta["reach"]),
             int(meta["passes"]),
-            READABLE[meta["arch"]] or meta["base"],
+            meta["base"],
         )
     except (KeyError, ValueError) as e:
         raise LearnedInitError(f"{path}: metadata lacks or garbles {e} of {ARCH}; {fix}") from e

@@ -41,6 +41,20 @@ __all__ = ["MANIFEST", "LlavaGSLmms"]
 MANIFEST = ModelManifest(model_id="llava_gs", simple_class_path="llava_gs.eval.lmms_plugin.LlavaGSLmms")
 
 
+def _fit_options(**given) -> dict:
+    """lmms-eval's model_args text of the fitting options (processing_llava_gs.FIT_OPTIONS) → typed values,
+    each typed as its FitConfig field's flag; empty or absent: the model's processor's."""
+    from gs_encoder import FitConfig
+
+    from ..processing_llava_gs import FIT_OPTIONS
+
+    out = {}
+    for option, text in given.items():
+        kind = FitConfig.argument(FIT_OPTIONS[option]).get("type", str)
+        out[option] = None if text in (None, "") else kind(text)
+    return out
+
+
 def _bool(v) -> bool:
     return v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
 
@@ -76,10 +90,12 @@ class LlavaGSLmms(lmms):
             pretrained,
             device=self.device,
             dtype=getattr(torch, dtype) if dtype else None,
-            num_gaussians=int(num_gaussians) if num_gaussians not in (None, "") else None,
-            fit_iters=int(fit_iters) if fit_iters not in (None, "") else None,
-            fit_init=fit_init or None,
-            fit_init_weights=fit_init_weights or None,
+            **_fit_options(
+                num_gaussians=num_gaussians,
+                fit_iters=fit_iters,
+                fit_init=fit_init,
+                fit_init_weights=fit_init_weights,
+            ),
         )
         self.tokenizer = self.processor.tokenizer
         self.batch_size_per_gpu = int(batch_size)

@@ -15,15 +15,12 @@ from gs_encoder import FitConfig, fit_images, prune, render, structured_init
 from gs_encoder.fitting import backend as backend_mod
 from gs_encoder.fitting import fit as fit_mod
 from gs_encoder.fitting.backend import resolve_backend
-from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER, fit_sets
+from gs_encoder.fitting.fit import fit_sets
 from gs_encoder.fitting.fit_ops import fit_steps_torch, prune_mask_torch, torch_ops
+from tests.tiny import SMALL_STEPS
 
 CUDA = torch.device("cuda")  # a device object only: nothing here allocates on it
 CPU_RENDER = "cpp" if cuda_ext.available() else "torch"
-# Whole fits compared across batch layouts or backends run with the step sizes before 2026-12-05: the
-# default ones (4x on the geometry) make a fit amplify float rounding, so that one image alone and in a
-# batch end up to ~0.02 dB apart at 96² (measured); at these the comparison checks the plumbing to 1e-3 dB.
-SMALL_STEPS = {k: PREVIOUS_OPTIMISER[k] for k in ("lr_xy", "lr_chol", "lr_rgb")}
 
 
 @pytest.fixture

@@ -10,13 +10,8 @@ import torch
 
 import cuda_ext
 from gs_encoder import FitConfig, fit_images, prune, structured_init
-from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER
 from gs_encoder.fitting.fit_ops import fit_steps_torch
-
-# Whole fits compared across batch layouts or backends run with the step sizes before 2026-12-05: the
-# default ones (4x on the geometry) make a fit amplify float rounding, so that one image alone and in a
-# batch end up to ~0.02 dB apart at 96² (measured); at these the comparison checks the plumbing to 1e-3 dB.
-SMALL_STEPS = {k: PREVIOUS_OPTIMISER[k] for k in ("lr_xy", "lr_chol", "lr_rgb")}
+from tests.tiny import SMALL_STEPS
 
 CPU_RENDER = "cpp" if cuda_ext.available() else "torch"
 LR = (0.1, 0.04, 0.02)  # step sizes of the step-by-step comparisons: xy, Cholesky factor, colour

@@ -2,6 +2,7 @@
 between budgets, the init's cost, and a coarse-to-fine iteration counted at its measured cost."""
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
@@ -23,7 +24,7 @@ def _run(c2f_psnr_at_10: float) -> dict:
         "inits": ["structured", "learned", "learned+c2f"],
         "threads": 1,
         "optimiser": fc.optimiser_settings(fc.FitConfig(init="structured")),
-        "measured": "2026-12-03T00:00:00+00:00",
+        "measured": datetime(2026, 12, 3, tzinfo=UTC).isoformat(),
         "fits": {
             "structured/16": _entry({0: 20.0, 10: 24.0, 30: 26.0}, {0: 0.0, 10: 1.0, 30: 3.0}),
             "learned/16": _entry({0: 23.0, 10: 26.5, 30: 27.0}, secs),
@@ -84,14 +85,12 @@ def test_tables_rebuilt_from_json_name_the_measured_run(tmp_path):
     # --from-json: the header keeps the machine, date and commit of the run that measured, not the rebuild's
     fc.report(_run(27.0), "conv", out_dir=tmp_path)
     saved = json.loads((tmp_path / "conv.json").read_text())
-    saved["machine"].update(date="2026-01-02T03:04:05+00:00", git="abc1234", cpu="Measuring CPU")
+    measured = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).isoformat()
+    saved["machine"].update(date=measured, git="abc1234", cpu="Measuring CPU")
     (tmp_path / "conv.json").write_text(json.dumps(saved))
     fc.report(fc.load_run(tmp_path / "conv.json"), "again", out_dir=tmp_path)
     header = (tmp_path / "again.md").read_text().splitlines()[2]
-    assert (
-        header.startswith("Measured 2026-01-02T03:04:05+00:00 on Measuring CPU")
-        and "commit abc1234" in header
-    )
+    assert header.startswith(f"Measured {measured} on Measuring CPU") and "commit abc1234" in header
     assert json.loads((tmp_path / "again.json").read_text())["machine"]["git"] == "abc1234"
 
 

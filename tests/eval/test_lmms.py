@@ -320,8 +320,9 @@ def test_mini_world_tasks_score_true_answers(judge, tmp_path, monkeypatch):
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
+    from eval.mini.data import write_split
     from eval.mini.tasks import write_tasks
-    from eval.mini.world import scenes_for, write_split
+    from eval.mini.world import scenes_for
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     write_split(tmp_path / "world", "test", scenes_for("test", 20))

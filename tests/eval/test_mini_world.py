@@ -3,24 +3,24 @@
 import json
 import math
 import re
+from datetime import UTC
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from eval.mini.data import write_split
+from eval.mini.questions import answer_style, questions
 from eval.mini.world import (
     COLOURS,
     NUMBERS,
     SHAPES,
     SIZES,
-    answer_style,
     caption,
     make_scene,
-    questions,
     render,
     scenes_for,
     word_scenes,
-    write_split,
 )
 
 
@@ -125,7 +125,7 @@ def test_validation_and_test_scenes_share_no_signature_or_caption_with_train_or_
 
 
 def test_blind_data_replaces_every_image_by_the_one_blank_image(tmp_path):
-    from eval.mini.world import BLANK, write_blind
+    from eval.mini.data import BLANK, write_blind
 
     write_split(tmp_path, "train", scenes_for("train", 12), word_scenes(3, purpose="pretrain"), read_words=2)
     counts = write_blind(tmp_path)
@@ -199,8 +199,8 @@ def test_lmms_tasks_rebuild_the_training_prompts_and_score_true_answers(tmp_path
     from lmms_eval.tasks.scienceqa import utils as sqa
     from lmms_eval.tasks.textvqa import utils as textvqa
 
+    from eval.mini.data import write_blank_image
     from eval.mini.tasks import write_tasks
-    from eval.mini.world import write_blank_image
 
     data = tmp_path / "world"
     write_split(data, "test", scenes_for("test", 30))
@@ -317,7 +317,8 @@ def test_word_scenes_hold_a_label_alone_and_reach_the_teacher_and_stage_one(tmp_
 def test_the_reading_zero_shot_set_holds_each_word_on_its_own_labels(tmp_path):
     import tarfile
 
-    from eval.mini.world import WORDS, clip_scenes, word_scenes, write_zeroshot, zeroshot_word_scenes
+    from eval.mini.data import write_zeroshot
+    from eval.mini.world import WORDS, clip_scenes, word_scenes, zeroshot_word_scenes
 
     scenes = zeroshot_word_scenes(per_class=2, label_scale=2.0)
     assert scenes == zeroshot_word_scenes(per_class=2, label_scale=2.0)  # deterministic
@@ -337,7 +338,7 @@ def test_the_reading_zero_shot_set_holds_each_word_on_its_own_labels(tmp_path):
 
 
 def test_reading_is_asked_as_often_as_asked_for_and_nothing_else_changes(tmp_path):
-    from eval.mini.world import dialogues, with_reading
+    from eval.mini.questions import dialogues, with_reading
 
     scene = next(s for s in scenes_for("train", 40) if s.word)
     base = dialogues(scene, questions(scene))
@@ -399,7 +400,7 @@ def test_finetune_words_ask_the_first_label_only_images_their_word_and_nothing_e
     ],
 )
 def test_world_command_rejects_bad_reading_options(tmp_path, capsys, bad, message):
-    from eval.mini.world import main
+    from eval.mini.data import main
 
     with pytest.raises(SystemExit) as e:
         main(["--out", str(tmp_path / "w"), "--train", "4", "--test", "2", *bad])
@@ -770,21 +771,22 @@ def test_object_probe_scores_pooled_tokens_of_each_encoder_and_the_rgb_tower(tmp
 
 
 def test_report_times_a_run_by_its_own_start_and_commit(tmp_path):
+    from datetime import datetime
+
     from eval.mini.report import _timings
 
+    older, run, later = (
+        datetime(2026, 12, d, h, tzinfo=UTC).isoformat() for d, h in ((1, 10), (4, 20), (4, 21))
+    )
     (tmp_path / "timings.tsv").write_text(
-        "100\t# run 2026-12-01T10:00:00+00:00\n100\tworld\n160\tteacher\n400\treport\n"  # an older run
-        "1000\t# run 2026-12-04T20:00:00+00:00 commit abc1234\n1000\tworld\n1030\t# skipped data\n"
+        f"100\t# run {older} commit 0000000\n100\tworld\n160\tteacher\n400\treport\n"  # an older run
+        f"1000\t# run {run} commit abc1234\n1000\tworld\n1030\t# skipped data\n"
         "1030\tteacher\n1330\treport\n"
     )
     headers, rows, data = _timings(tmp_path)
-    assert data["started"] == "2026-12-04T20:00:00+00:00" and data["commit"] == "abc1234"
+    assert data["started"] == run and data["commit"] == "abc1234"
     assert data["stages"] == {"world": 30, "teacher": 300} and data["skipped"] == 1 and data["total_s"] == 330
     # a later invocation stopped before its report (killed): the report is still the finished one's
     with (tmp_path / "timings.tsv").open("a") as f:
-        f.write(
-            "2000\t# run 2026-12-04T21:00:00+00:00 commit def5678\n2000\t# skipped world\n2000\tencoders\n"
-        )
+        f.write(f"2000\t# run {later} commit def5678\n2000\t# skipped world\n2000\tencoders\n")
     assert _timings(tmp_path)[2]["commit"] == "abc1234"
-    (tmp_path / "timings.tsv").write_text("100\t# run 2026-12-01T10:00:00+00:00\n100\tworld\n160\treport\n")
-    assert _timings(tmp_path)[2]["commit"] is None  # runs before the commit was recorded

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.mini import world
+from eval.mini import data, questions, world
 from eval.mini.pretrain_lm import LM_SEED_BASE, caption_dialogues, evaluate, main, plain_caption
 
 SHIPPED = Path(__file__).resolve().parents[2] / "eval" / "mini" / "lm"
@@ -16,8 +16,8 @@ def test_caption_takes_the_place_of_the_image_and_answers_are_the_training_ones(
     scene = world.make_scene(seed)
     dialogues = caption_dialogues(seed)
     expected = [
-        [(q["question"], world.answer_style(q)) for q in d]
-        for d in world.dialogues(scene, world.questions(scene))
+        [(q["question"], questions.answer_style(q)) for q in d]
+        for d in questions.dialogues(scene, questions.questions(scene))
     ]
     assert len(dialogues) == len(expected) >= 1
     for turns, qa in zip(dialogues, expected, strict=True):
@@ -122,7 +122,7 @@ def test_init_continues_a_previous_lm_its_tokenizer_and_its_log(tmp_path, capsys
     assert (out / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
     after = AutoModelForCausalLM.from_pretrained(out).state_dict()
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
-    assert not (tmp_path / "cont.tmp").exists()
+    assert not list(tmp_path.glob(".cont.*"))  # no temporary folder left
     with pytest.raises(SystemExit, match="no model.safetensors"):
         main(["--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "x"), "--steps", "1"])
 
@@ -152,7 +152,7 @@ def test_random_lm_ablation_builds_from_a_world_folder(tmp_path):
 
     from eval.mini import make_lm
 
-    world.write_split(tmp_path / "data", "train", world.scenes_for("train", 6))
+    data.write_split(tmp_path / "data", "train", world.scenes_for("train", 6))
     args = [
         "--data",
         str(tmp_path / "data"),

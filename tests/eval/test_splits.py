@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from eval import splits
-from gs_encoder import train_init
+from gs_encoder import init_images
 from gs_encoder.image_io import fingerprint, same_picture
 
 
@@ -18,8 +18,8 @@ def _train_fingerprints() -> dict[str, str]:
     import skimage.data
 
     out = {}
-    for n in train_init.TRAIN_PHOTOS:
-        rgb = train_init._to_rgb_tensor(getattr(skimage.data, n)()).permute(1, 2, 0).numpy()
+    for n in init_images.TRAIN_PHOTOS:
+        rgb = init_images._to_rgb_tensor(getattr(skimage.data, n)()).permute(1, 2, 0).numpy()
         out[f"skimage.{n}"] = fingerprint(np.round(rgb * 255).astype(np.uint8))
     return out
 
@@ -66,7 +66,7 @@ def test_sealed_set_is_mixed_real_content_with_sources():
 
 
 def test_sealed_fingerprint_file_is_current():
-    written = train_init.sealed_fingerprints()
+    written = init_images.sealed_fingerprints()
     for p in splits.SEALED:
         assert fingerprint(p.load()) in written, p.name
 
@@ -80,7 +80,7 @@ def test_train_init_leaves_sealed_pictures_out(tmp_path, capsys):
     Image.fromarray(sealed).save(folder / "a_copy.png")
     Image.fromarray(sealed).resize((448, 448)).save(folder / "b_bigger.jpg", quality=90)
     Image.fromarray(np.asarray(skimage.data.coffee())).save(folder / "c_coffee.png")
-    photos = train_init.load_photos([str(folder)])
+    photos = init_images.load_photos([str(folder)])
     assert len(photos) == 1
     err = capsys.readouterr().err
     assert (
@@ -88,4 +88,4 @@ def test_train_init_leaves_sealed_pictures_out(tmp_path, capsys):
     )
     (folder / "c_coffee.png").unlink()
     with pytest.raises(FileNotFoundError, match="once the sealed test pictures are left out"):
-        train_init.load_photos([str(folder)])
+        init_images.load_photos([str(folder)])

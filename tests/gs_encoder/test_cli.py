@@ -265,3 +265,34 @@ def test_encoder_from_clip_writes_a_loadable_folder(tmp_path, kind, capsys):
         assert torch.equal(enc.visual.state_dict()[name], p), name
     assert main(["encoder-from-clip", "--clip-model", "no-such-model", "-o", str(tmp_path / "x")]) == 2
     assert "unknown open_clip model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["fit", "fit-shards"])
+def test_fit_flags_are_made_from_fitconfig_fields(command):
+    """One source per setting: every FitConfig field with a flag is a flag of `gsv fit` and `gsv fit-shards`,
+    and with no flag given the parsed config equals FitConfig() field by field; a flag given sets its field;
+    the help shows FitConfig's default."""
+    from dataclasses import fields
+
+    from gs_encoder.cli import _fit_config, build_parser
+    from gs_encoder.fitting.fit import FitConfig
+
+    parser = build_parser()
+    args = parser.parse_args([command, "x", "-o", "out"])
+    parsed, default = _fit_config(args), FitConfig()
+    for f in fields(FitConfig):
+        assert getattr(parsed, f.name) == getattr(default, f.name), f.name
+    flagged = [f for f in fields(FitConfig) if f.metadata["flag"] != ""]
+    assert {"num_gaussians", "iters", "init", "lr_final", "betas", "lr_warmup", "tau"} <= {
+        f.name for f in flagged
+    }
+    given = parser.parse_args(
+        [command, "x", "-o", "out", "--iters", "7", "--betas", "0.8", "0.9", "--lr", "1", "2", "3"]
+    )
+    cfg = _fit_config(given)
+    assert (cfg.iters, cfg.betas, cfg.lr_xy, cfg.lr_chol, cfg.lr_rgb) == (7, (0.8, 0.9), 1.0, 2.0, 3.0)
+    import argparse
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = sub.choices[command].format_help()
+    assert f"(default {default.iters})" in text and f"(default {default.lr_decay:g})" in text

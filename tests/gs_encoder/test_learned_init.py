@@ -147,6 +147,11 @@ def test_weights_of_another_architecture(tmp_path, images):
     with pytest.raises(LearnedInitError) as e:
         learned_init(images, 64, weights=other)
     assert "resnet18" in _one_line(e, other)
+    older = tmp_path / "older.safetensors"  # an earlier format of ours is refused the same way, by name
+    save_file({"w": torch.zeros(3)}, str(older), metadata={"arch": "gsv-cellnet-v1"})
+    with pytest.raises(LearnedInitError) as e:
+        learned_init(images, 64, weights=older)
+    assert f"format 'gsv-cellnet-v1', this code reads '{ARCH}'" in _one_line(e, older)
     broken = tmp_path / "broken.safetensors"
     save_learned_init(broken, SplatInitNet(width=8, cell_width=8, blocks=1))
     from safetensors.torch import load_file
@@ -202,7 +207,7 @@ def test_train_three_steps_then_resume(tmp_path):
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-3"]  # step 2's folder was dropped
     state = json.loads((out / "checkpoints" / "step-3" / "state.json").read_text())
     assert state["step"] == 3 and [e["step"] for e in state["log"]] == [1, 2, 3]
-    assert not list(out.rglob("*.tmp"))
+    assert not list(out.rglob("*.tmp*"))
     net = load_learned_init(final)
     assert net.passes == 2 and load_learned_init(tmp_path / "w.safetensors").width == 8
     assert (tmp_path / "w_log.json").is_file()
@@ -264,8 +269,9 @@ def test_train_from_weights_fine_tunes_them(tmp_path):
         train_init(corrupt, progress=False)
 
 
-def test_train_resumes_the_earlier_layout(tmp_path):
-    """A folder written before checkpoints/step-<k>/ (the three files directly in it) resumes, not restarts."""
+def test_train_refuses_a_checkpoint_of_an_older_layout(tmp_path):
+    """A folder holding a checkpoint outside checkpoints/step-<k>/ is neither resumed nor overwritten: the
+    error names the folder and the fix."""
     from gs_encoder.train_init import TrainInitConfig, train_init
 
     out = tmp_path / "run"
@@ -274,9 +280,10 @@ def test_train_resumes_the_earlier_layout(tmp_path):
     for f in (out / "checkpoints" / "step-2").iterdir():
         f.rename(out / f.name)
     shutil.rmtree(out / "checkpoints")
-    train_init(TrainInitConfig(out_dir=str(out), steps=3, save_every=2, **small), progress=False)
-    state = json.loads((out / "checkpoints" / "step-3" / "state.json").read_text())
-    assert [e["step"] for e in state["log"]] == [1, 2, 3]  # steps 1-2 came from the old files
+    kept = (out / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(ValueError, match=f"{out}: a checkpoint in an older layout.*checkpoints/step-<k>/"):
+        train_init(TrainInitConfig(out_dir=str(out), steps=3, save_every=2, **small), progress=False)
+    assert (out / "checkpoint.safetensors").read_bytes() == kept
 
 
 def test_train_resume_from_a_bad_checkpoint_is_a_one_line_error(tmp_path, capsys):
@@ -345,28 +352,23 @@ def test_fit_config_adaptive_runs():
 
 def test_processor_fits_with_the_learned_init():
     pytest.importorskip("transformers")
-    from llava_gs.processing_llava_gs import LEGACY_FIT_OPTIMISER as LEGACY
     from llava_gs.processing_llava_gs import GaussianProcessor
     from llava_gs.splat_cache import SplatCache
 
-    proc = GaussianProcessor(num_gaussians=64, fit_iters=3, canvas=32, fit_init="learned")
+    fit = {"num_gaussians": 64, "iters": 3}
+    proc = GaussianProcessor(fit={**fit, "init": "learned"}, canvas=32)
     assert proc.fit_config().init == "learned"
     out = proc(images=[_photo("coffee", 40)])
     assert out["gaussians"].shape == (1, 64, 8)
-    structured = GaussianProcessor(num_gaussians=64, fit_iters=3, canvas=32, fit_init="structured")
-    assert SplatCache(proc)._settings() != SplatCache(structured)._settings()
-    # the optimiser is part of the key, except the one of entries written before it was a setting
-    legacy = GaussianProcessor(num_gaussians=64, fit_iters=3, canvas=32, fit_init="structured", **LEGACY)
-    assert SplatCache(legacy)._settings() == "n64-it3-s32-pad"
-    other = GaussianProcessor(
-        num_gaussians=64, fit_iters=3, canvas=32, fit_init="structured", fit_betas=[0.9, 0.9]
-    )
-    assert len({SplatCache(p)._settings() for p in (legacy, structured, other)}) == 3
+    structured = GaussianProcessor(fit={**fit, "init": "structured"}, canvas=32)
+    other = GaussianProcessor(fit={**fit, "init": "structured", "betas": [0.9, 0.9]}, canvas=32)
+    steps = GaussianProcessor(fit={**fit, "init": "structured", "lr_xy": 0.2}, canvas=32)
+    # every setting is part of the cache key
+    assert len({SplatCache(p)._settings() for p in (proc, structured, other, steps)}) == 4
     with pytest.raises(ValueError, match="unknown init 'learnt'"):
-        GaussianProcessor(fit_init="learnt")
-    for bad in (0.3, [0.1, 0.2], ["a", 1, 2]):
-        with pytest.raises(ValueError, match="fit_lr must be 3 step sizes"):
-            GaussianProcessor(fit_lr=bad)
+        GaussianProcessor(fit={"init": "learnt"})
+    with pytest.raises(ValueError, match="betas must be two numbers"):
+        GaussianProcessor(fit={"betas": [0.9]})
 
 
 def test_weights_identity_follows_the_splats(tmp_path, caplog):
@@ -394,9 +396,11 @@ def test_weights_identity_follows_the_splats(tmp_path, caplog):
     assert main([*args, "-o", str(tmp_path / "b"), "--init", "structured"]) == 0
     assert "init_weights_id" not in json.loads((tmp_path / "b" / "coffee.json").read_text())
 
-    proc = GaussianProcessor(num_gaussians=64, fit_iters=2, canvas=32, fit_init_weights=str(mine))
+    proc = GaussianProcessor(fit={"num_gaussians": 64, "iters": 2, "init_weights": str(mine)}, canvas=32)
     key = SplatCache(proc)._settings()
-    assert f"-learned-w{weights_id()}-" in key and proc.to_dict()["fit_init_weights_id"] == weights_id()
+    assert (
+        json.loads(key)["weights"] == weights_id() and proc.to_dict()["fit_init_weights_id"] == weights_id()
+    )
     saved = proc.to_dict()
     from gs_encoder.fitting.learned_init import save_learned_init
 
@@ -408,9 +412,11 @@ def test_weights_identity_follows_the_splats(tmp_path, caplog):
     assert SplatCache(again)._settings() != key  # its old cache entries are not served as new ones
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="llava_gs.processing_llava_gs"):
-        GaussianProcessor.from_dict({**saved, "fit_init_weights": None})  # the shipped file: unchanged
+        GaussianProcessor.from_dict(
+            {**saved, "fit": {**saved["fit"], "init_weights": None}}
+        )  # the shipped file
     assert "now holds" not in caplog.text
-    assert "fit_init_weights_id" not in GaussianProcessor(fit_init="structured").to_dict()
+    assert "fit_init_weights_id" not in GaussianProcessor(fit={"init": "structured"}).to_dict()
 
 
 def test_training_logs_chain_the_weights_by_hash(tmp_path):

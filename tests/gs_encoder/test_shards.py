@@ -180,7 +180,7 @@ def test_killed_job_resumes_with_every_sample_once(tmp_path):
     for t in sorted(out.glob("*.tar")):
         seen += list(read_tar(t))
     assert sorted(seen) == sorted(keys)  # none lost, none twice
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob(".*.tmp*"))
     assert json.loads((out / "summary.json").read_text())["images"] == 18
 
 

@@ -27,7 +27,7 @@ def test_round_trip_within_fp16(tmp_path):
     assert np.load(path).dtype == np.float16
     assert path.stat().st_size == payload_bytes(50) + 128  # .npy header is 128 bytes
     assert json.loads((tmp_path / "a.json").read_text())["psnr"] == 30.0
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".*.tmp*"))
 
 
 def test_save_refuses_bad_splats(tmp_path):

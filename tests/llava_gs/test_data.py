@@ -116,7 +116,7 @@ def test_training_processor_fits_like_the_splat_folder(llava_data, tmp_path, cap
     the same way: init, optimiser and N (unless --num_gaussians is given); what stays different is a warning."""
     import logging
 
-    from gs_encoder.fitting.fit import PREVIOUS_OPTIMISER, fitted_with
+    from gs_encoder.fitting.fit import fitted_with
     from llava_gs.processing_llava_gs import GaussianProcessor
     from llava_gs.train import DataArguments, _fit_like_splat_folder
 
@@ -125,24 +125,33 @@ def test_training_processor_fits_like_the_splat_folder(llava_data, tmp_path, cap
     assert read == 2 and seen["init"] == "learned" and seen["num_gaussians_initial"] == 16
     old = tmp_path / "old"
     args = ["fit-shards", str(data), "--image-folder", str(images), "-o", str(old), "--size", "16", "-q"]
-    assert (
-        gsv([*args, "--num-gaussians", "16", "--iters", "5", "--init", "structured", "--lr-decay", "1"]) == 0
-    )
-    for side in old.rglob("*.json"):  # sidecars written before the optimiser was recorded
-        meta = json.loads(side.read_text())
-        side.write_text(json.dumps({k: v for k, v in meta.items() if k not in ("lr_decay", "betas")}))
+    other = [
+        "--init",
+        "structured",
+        "--lr-decay",
+        "1",
+        "--betas",
+        "0.9",
+        "0.999",
+        "--lr",
+        "0.1",
+        "0.04",
+        "0.02",
+    ]
+    assert gsv([*args, "--num-gaussians", "16", "--iters", "5", *other]) == 0
     seen, _ = fitted_with(old)
-    assert (seen["lr_decay"], seen["betas"]) == (PREVIOUS_OPTIMISER["lr_decay"], PREVIOUS_OPTIMISER["betas"])
+    assert (seen["lr_decay"], seen["betas"], seen["lr"]) == (1.0, (0.9, 0.999), (0.1, 0.04, 0.02))
 
     proc = GaussianProcessor(canvas=224)
     with caplog.at_level(logging.INFO, logger="llava_gs.train"):
         _fit_like_splat_folder(proc, DataArguments(data_path=str(data), splat_folder=str(old)))
     cfg = proc.fit_config()
     assert (cfg.init, cfg.num_gaussians, cfg.lr_decay, cfg.betas) == ("structured", 16, 1.0, (0.9, 0.999))
+    assert (cfg.lr_xy, cfg.lr_chol, cfg.lr_rgb, cfg.warmup_iters) == (0.1, 0.04, 0.02, 0)
     assert "lr_decay 0.3 -> 1.0" in caplog.text and "canvas = 16" in caplog.text  # 224 stays: a warning
 
     caplog.clear()
-    proc = GaussianProcessor(canvas=16, num_gaussians=32)
+    proc = GaussianProcessor(canvas=16, fit={"num_gaussians": 32})
     with caplog.at_level(logging.INFO, logger="llava_gs.train"):
         _fit_like_splat_folder(
             proc, DataArguments(data_path=str(data), splat_folder=str(cache), num_gaussians=32)
@@ -157,6 +166,11 @@ def test_training_processor_fits_like_the_splat_folder(llava_data, tmp_path, cap
             (mixed / str(i) / f.name).write_bytes(f.read_bytes())
     seen, read = fitted_with(mixed)
     assert read == 2 and "init" not in seen and "betas" not in seen and seen["num_gaussians_initial"] == 16
+    for side in old.rglob("*.json"):  # sidecars that do not record a setting settle nothing either
+        meta = json.loads(side.read_text())
+        side.write_text(json.dumps({k: v for k, v in meta.items() if k not in ("lr_decay", "betas")}))
+    seen, _ = fitted_with(old)
+    assert "lr_decay" not in seen and "betas" not in seen and seen["lr"] == (0.1, 0.04, 0.02)
 
 
 def test_training_processor_fits_from_the_splats_init_weights(llava_data, tmp_path, caplog):
@@ -179,11 +193,11 @@ def test_training_processor_fits_from_the_splats_init_weights(llava_data, tmp_pa
     proc = GaussianProcessor(canvas=16)
     with caplog.at_level(logging.INFO, logger="llava_gs.train"):
         _fit_like_splat_folder(proc, dargs)
-    assert proc.fit_init_weights == str(mine) and proc.init_weights_id() == weights_id(mine)
+    assert proc.fit["init_weights"] == str(mine) and proc.init_weights_id() == weights_id(mine)
     assert "fits from the learned-init weights" in caplog.text
     shutil.copyfile(DEFAULT_WEIGHTS, mine)  # the file now holds other weights: nothing to adopt, a warning
     caplog.clear()
     proc = GaussianProcessor(canvas=16)
     with caplog.at_level(logging.INFO, logger="llava_gs.train"):
         _fit_like_splat_folder(proc, dargs)
-    assert proc.fit_init_weights is None and "photos fitted on the fly will differ" in caplog.text
+    assert proc.fit["init_weights"] is None and "photos fitted on the fly will differ" in caplog.text

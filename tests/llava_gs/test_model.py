@@ -235,7 +235,7 @@ def test_processor_round_trip_and_prompt(tiny_tokenizer, tmp_path, photo_path):
     from llava_gs.conversation import tokenize_conversation
 
     cfg = tiny_llava_config()
-    proc = processor_for(cfg, tiny_tokenizer, num_gaussians=25, fit_iters=5)
+    proc = processor_for(cfg, tiny_tokenizer, fit={"num_gaussians": 25, "iters": 5})
     proc.save_pretrained(tmp_path)
     cfg.save_pretrained(tmp_path)
     loaded = AutoProcessor.from_pretrained(tmp_path)
@@ -253,57 +253,48 @@ def test_processor_round_trip_and_prompt(tiny_tokenizer, tmp_path, photo_path):
         loaded("no image tag", splats=[batch["gaussians"][0]])
 
 
-def test_processor_records_its_fitting_optimiser(tiny_tokenizer, tmp_path, caplog):
-    # a new processor saves FitConfig's current optimiser and fits with what it loads; a config saved before
-    # the optimiser was recorded fits with the one of its day (what its model's splats were fitted with), and
-    # says so; explicit settings win
+def test_processor_records_its_fitting_as_one_fit_dict(tiny_tokenizer, tmp_path):
+    # a processor saves every setting of its on-the-fly fitting resolved, in one `fit` dict of FitConfig fields,
+    # and fits with what it loads; an edited value is what it then fits with; fitting settings outside the
+    # dict (an older format) or unknown ones are errors naming them
     import json
-    import logging
 
     from transformers import AutoProcessor
 
     from gs_encoder import FitConfig
     from llava_gs import processor_for
-    from llava_gs.processing_llava_gs import LEGACY_FIT_INIT, LEGACY_FIT_OPTIMISER
+    from llava_gs.processing_llava_gs import PROCESSOR_FIT
 
     cfg = tiny_llava_config()
-    proc = processor_for(cfg, tiny_tokenizer, num_gaussians=25, fit_iters=5)
+    proc = processor_for(cfg, tiny_tokenizer, fit={"num_gaussians": 25, "iters": 5})
     proc.save_pretrained(tmp_path)
     cfg.save_pretrained(tmp_path)
-    default = FitConfig(init="structured")
-    fit = AutoProcessor.from_pretrained(tmp_path).image_processor.fit_config()
-    assert (fit.lr_final, fit.lr_decay, fit.betas) == (default.lr_final, default.lr_decay, default.betas)
     config_file = tmp_path / "processor_config.json"
     saved = json.loads(config_file.read_text())
-    assert saved["image_processor"]["fit_betas"] == list(default.betas)
-    # the init and warm-up are saved resolved (the default init warms up)
-    assert saved["image_processor"]["fit_init"] == FitConfig().init
-    assert saved["image_processor"]["fit_lr_warmup"] == FitConfig().warmup_iters > 0
-    full = json.loads(json.dumps(saved))
-    for key in [*LEGACY_FIT_OPTIMISER, "fit_init"]:
-        del saved["image_processor"][key]
-    config_file.write_text(json.dumps(saved))
-    with caplog.at_level(logging.WARNING, logger="llava_gs.processing_llava_gs"):
-        old = AutoProcessor.from_pretrained(tmp_path).image_processor.fit_config()
-    assert (old.lr_final, old.lr_decay, old.betas) == (0.05, 1.0, (0.9, 0.999))
-    assert old.init == LEGACY_FIT_INIT
-    assert "predates the recorded fitting settings" in caplog.text
-    saved["image_processor"]["fit_betas"] = [0.8, 0.99]
+    fit = saved["image_processor"]["fit"]
+    stale = [k for k in saved["image_processor"] if k.startswith("fit_") and k != "fit_init_weights_id"]
+    assert set(fit) == set(PROCESSOR_FIT) and not stale
+    default = FitConfig()
+    assert fit["betas"] == list(default.betas) and fit["init"] == default.init
+    assert fit["lr_warmup"] == default.warmup_iters > 0  # resolved: the default init warms up
+    loaded = AutoProcessor.from_pretrained(tmp_path).image_processor.fit_config()
+    assert loaded == FitConfig(num_gaussians=25, iters=5, lr_warmup=default.warmup_iters, target_psnr=None)
+    fit["betas"], fit["lr_decay"] = [0.8, 0.99], 1.0
     config_file.write_text(json.dumps(saved))
     mine = AutoProcessor.from_pretrained(tmp_path).image_processor.fit_config()
-    assert mine.betas == (0.8, 0.99) and mine.lr_decay == 1.0  # the set one wins, the absent ones are legacy
-    # a setting recorded later (the warm-up) is filled in alone for a config that lacks only it
-    del full["image_processor"]["fit_lr_warmup"]
-    config_file.write_text(json.dumps(full))
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="llava_gs.processing_llava_gs"):
-        mine = AutoProcessor.from_pretrained(tmp_path).image_processor.fit_config()
-    assert (mine.lr_warmup, mine.lr_decay) == (0, default.lr_decay) and "(fit_lr_warmup=0)" in caplog.text
-    proc.save_pretrained(tmp_path)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="llava_gs.processing_llava_gs"):
-        again = AutoProcessor.from_pretrained(tmp_path).image_processor.fit_config()
-    assert again.warmup_iters == FitConfig(init="learned").warmup_iters and "predates" not in caplog.text
+    assert (mine.betas, mine.lr_decay, mine.num_gaussians) == ((0.8, 0.99), 1.0, 25)
+    old = json.loads(json.dumps(saved))
+    old["image_processor"].pop("fit")
+    old["image_processor"].update(num_gaussians=25, fit_iters=5, fit_betas=[0.9, 0.999])
+    config_file.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="fit_betas, fit_iters, num_gaussians outside the `fit` dict"):
+        AutoProcessor.from_pretrained(tmp_path)
+    fit["lr"] = [0.1, 0.1, 0.1]
+    config_file.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="unknown fitting setting"):
+        AutoProcessor.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="unknown image-processor setting 'fit_iters'"):
+        proc.image_processor.update(fit_iters=3)
 
 
 def test_processor_carries_its_learned_init_weights(tiny_tokenizer, tmp_path, monkeypatch):
@@ -318,14 +309,14 @@ def test_processor_carries_its_learned_init_weights(tiny_tokenizer, tmp_path, mo
 
     mine = save_learned_init(tmp_path / "mine" / "w.safetensors", SplatInitNet(8, 8, 1, base="density"))
     cfg = tiny_llava_config()
-    proc = processor_for(cfg, tiny_tokenizer, num_gaussians=25, fit_iters=5)
-    proc.image_processor.update(fit_init="learned", fit_init_weights=str(mine))
+    proc = processor_for(cfg, tiny_tokenizer, fit={"num_gaussians": 25, "iters": 5})
+    proc.image_processor.update(init="learned", init_weights=str(mine))
     proc.save_pretrained(tmp_path / "a")
     cfg.save_pretrained(tmp_path / "a")
     saved = json.loads((tmp_path / "a" / "processor_config.json").read_text())["image_processor"]
-    assert saved["fit_init_weights"] == WEIGHTS_FILE and saved["fit_init_weights_id"] == weights_id(mine)
+    assert saved["fit"]["init_weights"] == WEIGHTS_FILE and saved["fit_init_weights_id"] == weights_id(mine)
     assert (tmp_path / "a" / WEIGHTS_FILE).read_bytes() == mine.read_bytes()
-    assert proc.image_processor.fit_init_weights == str(mine)  # the live processor is unchanged
+    assert proc.image_processor.fit["init_weights"] == str(mine)  # the live processor is unchanged
     monkeypatch.chdir(tmp_path / "mine")  # the relative name is the folder's, not the working directory's
     loaded = AutoProcessor.from_pretrained(tmp_path / "a").image_processor
     assert loaded.fit_config().init_weights == str(tmp_path / "a" / WEIGHTS_FILE)
@@ -335,6 +326,6 @@ def test_processor_carries_its_learned_init_weights(tiny_tokenizer, tmp_path, mo
     with pytest.raises(ValueError, match=str(tmp_path / "a" / WEIGHTS_FILE)):
         AutoProcessor.from_pretrained(tmp_path / "a")
     # without weights of its own, nothing is copied and the shipped ones are used
-    plain = processor_for(cfg, tiny_tokenizer, num_gaussians=25, fit_iters=5)
+    plain = processor_for(cfg, tiny_tokenizer, fit={"num_gaussians": 25, "iters": 5})
     plain.save_pretrained(tmp_path / "b")
     assert not (tmp_path / "b" / WEIGHTS_FILE).exists()

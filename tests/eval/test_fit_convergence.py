@@ -24,6 +24,7 @@ def _run(c2f_psnr_at_10: float) -> dict:
         "inits": ["structured", "learned", "learned+c2f"],
         "threads": 1,
         "optimiser": fc.optimiser_settings(fc.FitConfig(init="structured")),
+        "learned_init": {"weights_id": "0123456789ab", "passes": 3},
         "measured": datetime(2026, 12, 3, tzinfo=UTC).isoformat(),
         "fits": {
             "structured/16": _entry({0: 20.0, 10: 24.0, 30: 26.0}, {0: 0.0, 10: 1.0, 30: 3.0}),

@@ -152,8 +152,10 @@ def test_weights_files_name_their_grid(tmp_path):
         "reach": "0.5",
         "passes": "1",
     }
-    save_file(tensors, str(tmp_path / "v1.safetensors"), metadata=v1)  # written before grids were named
-    assert _read_weights(tmp_path / "v1.safetensors").base == "structured"
+    save_file(tensors, str(tmp_path / "v1.safetensors"), metadata=v1)  # an older format: refused, by name
+    with pytest.raises(LearnedInitError, match="format 'gsv-cellnet-v1'"):
+        _read_weights(tmp_path / "v1.safetensors")
+    assert _read_weights(path).base == "structured"  # the current format names its grid
     save_file(tensors, str(tmp_path / "v2.safetensors"), metadata={**v1, "arch": "gsv-cellnet-v2"})
     with pytest.raises(LearnedInitError, match="base"):
         _read_weights(tmp_path / "v2.safetensors")

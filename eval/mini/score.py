@@ -50,54 +50,19 @@ _MASK = re.compile(r"\b(" + "|".join([*COLOURS, *SHAPES, *NUMBERS, *(w.lower() f
 
 def lmms_row(kind: str, q: dict, i: int = 0, image=None) -> dict:
     """The lmms-eval row (doc) of question `q`, the `i`-th of its kind in its split, as eval.mini.tasks writes it."""
+    row = {"image": image, "question": q["raw"]}
     if kind == "sqa":
-        return {
-            "image": image,
-            "question": q["raw"],
-            "choices": q["choices"],
-            "answer": q["answer_index"],
-            "hint": "",
-        }
+        return {**row, "choices": q["choices"], "answer": q["answer_index"], "hint": ""}
+    row["answer"] = q["answer"]
     if kind == "text":
-        return {
-            "image": image,
-            "question": q["raw"],
-            "question_id": i,
-            "answers": [q["answer"]] * 10,
-            "answer": q["answer"],
-            "ocr_tokens": [q["answer"].upper()],
-        }
+        return {**row, "question_id": i, "answers": [q["answer"]] * 10, "ocr_tokens": [q["answer"].upper()]}
     if kind == "pope":
-        return {
-            "image": image,
-            "question": q["raw"],
-            "answer": q["answer"],
-            "question_id": str(i),
-            "category": "random",
-        }
+        return {**row, "question_id": str(i), "category": "random"}
     if kind == "mme":
-        return {
-            "image": image,
-            "question": q["raw"],
-            "answer": q["answer"],
-            "question_id": q["pair"],
-            "category": q["category"],
-        }
+        return {**row, "question_id": q["pair"], "category": q["category"]}
     if kind == "open":
-        return {
-            "image": image,
-            "question": q["raw"],
-            "answer": q["answer"],
-            "question_id": f"mw_{i}",
-            "capability": "rec",
-        }
-    return {
-        "image": image,
-        "question": q["raw"],
-        "answer": q["answer"],
-        "id": str(i),
-        "imageId": q.get("image", ""),
-    }
+        return {**row, "question_id": f"mw_{i}", "capability": "rec"}
+    return {**row, "id": str(i), "imageId": q.get("image", "")}
 
 
 def score(kind: str, q: dict, response: str, i: int = 0) -> float:

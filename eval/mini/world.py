@@ -207,6 +207,8 @@ def _extra_scenes(base: int, n: int, exclude: set[str], **kind) -> list[Scene]:
     not in `exclude` (see `content_keys`)."""
     out, k = [], 0
     while len(out) < n:
+        if k >= 1000 * (n + 100):  # every candidate excluded: the excluded set covers what this kind can draw
+            raise ValueError(f"only {len(out)} of {n} scenes found outside the excluded ones in {k} draws")
         s = make_scene(base + k, **kind)
         k += 1
         if s.signature() not in exclude and caption(s) not in exclude:

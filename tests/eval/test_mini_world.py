@@ -790,3 +790,24 @@ def test_report_times_a_run_by_its_own_start_and_commit(tmp_path):
     with (tmp_path / "timings.tsv").open("a") as f:
         f.write(f"2000\t# run {later} commit def5678\n2000\t# skipped world\n2000\tencoders\n")
     assert _timings(tmp_path)[2]["commit"] == "abc1234"
+
+
+def test_the_teachers_one_object_pairs_keep_every_class_beside_the_zero_shot_scenes(tmp_path):
+    """The zero-shot scenes hold all 48 one-object captions: held-out scenes are kept from the teacher's
+    one-object pairs by signature, so those pairs still cover the classes (not one caption left over); a
+    stream whose every candidate is excluded is an error, not an endless loop; split sizes must be ≥ 1."""
+    import tarfile
+
+    from eval.mini.data import main
+    from eval.mini.world import _extra_scenes, zeroshot_scenes
+
+    assert main(["--out", str(tmp_path / "w"), "--train", "60", "--val", "2", "--test", "2"]) == 0
+    with tarfile.open(tmp_path / "w" / "shards" / "clip-0000.tar") as tf:
+        captions = [tf.extractfile(m).read().decode() for m in tf.getmembers() if m.name.endswith(".txt")]
+    singles = {c for c in captions if "," not in c and " and " not in c and "word" not in c}
+    assert len(singles) > 20  # the train split alone holds about ten
+    every = {caption(s) for s in zeroshot_scenes(10)}
+    with pytest.raises(ValueError, match="scenes found outside the excluded ones"):
+        _extra_scenes(30_000_000, 5, every, text_prob=0.0, num_objects=1)
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "x"), "--train", "10", "--val", "0", "--test", "2"])

@@ -183,7 +183,7 @@ def _heads(out: Path, zs: dict) -> tuple[list[str], list[list], dict]:
 def _timings(out: Path) -> tuple[list[str], list[list], dict]:
     """Stage durations of the last invocation of mini_repro.sh that reached its report (from OUT/timings.tsv;
     the last one when none did), up to the report, and how many of its stages were skipped as already done
-    (a resumed run's total is not a full run's time)."""
+    (a resumed run's total is not a full run's time), and which stages skipped some part."""
     path = out / "timings.tsv"
     if not path.exists():
         return [], [], {}
@@ -200,6 +200,12 @@ def _timings(out: Path) -> tuple[list[str], list[list], dict]:
     first, last = reached[-1] if reached else (starts[-1], len(lines))
     run = [(int(t), label) for t, label in lines[first:last]]
     skipped = sum(label.startswith("# skipped") for _, label in run)
+    partly_skipped, stage = set(), None
+    for _, label in run[1:]:
+        if label.startswith("# skipped"):
+            partly_skipped.add(stage)
+        else:
+            stage = label
     run = [(t, label) for t, label in run if not label.startswith("# skipped")]
     stages = []
     for (t, label), (t_next, _) in zip(run[1:], run[2:], strict=False):
@@ -215,6 +221,7 @@ def _timings(out: Path) -> tuple[list[str], list[list], dict]:
         "stages": dict(stages),
         "total_s": total,
         "skipped": skipped,
+        "skipped_stages": [label for label, _ in stages if label in partly_skipped],
     }
     return ["stage (this invocation; finished stages are skipped on a rerun)", "minutes"], rows, data
 

@@ -8,7 +8,7 @@
 #   (where every choice is made) and the test questions (+ shuffled-image control)
 #   → eval/results/mini_repro.{md,json,png} via eval.mini.report, and the demo model chosen on validation
 #   (eval.mini.ship_demo).
-#   bash scripts/mini_repro.sh            the full run (sized for ≤ 45 min per seed on 2 cores; NTRAIN, BUDGETS, ... override)
+#   bash scripts/mini_repro.sh            the full run (time per stage: eval/results/mini_repro.md; NTRAIN, BUDGETS, ... override)
 #   bash scripts/mini_repro.sh --smoke    every stage at toy size (a few minutes; CI runs it)
 #   bash scripts/mini_repro.sh --demo     one small GS-LLaVA only (N = 64, K = 64; no RGB-LLaVA, zero-shot or
 #                                         evaluation) for scripts/demo.sh, in a few minutes

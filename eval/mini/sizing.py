@@ -27,7 +27,9 @@ SEED_STAGES = ("GS encoder", "zero-shot", "LLaVA", "lmms-eval")  # stages run on
 def validation(out: Path) -> dict:
     """One OUT's seed-0 validation scores: label → kind → per-question scores, with clusters and chance."""
     if not any(p.is_dir() for p in (out / "vqa").glob("*")):
-        raise FileNotFoundError(f"{out}: no lmms-eval results under vqa/; run scripts/mini_repro.sh to its end")
+        raise FileNotFoundError(
+            f"{out}: no lmms-eval results under vqa/; run scripts/mini_repro.sh to its end"
+        )
     train = json.loads((out / "data" / "train_questions.json").read_text())
     return _split(out, [out], "val", train)
 
@@ -83,7 +85,9 @@ def verdict(
         c = cand.get(t["comparison"])
         if t["met"] and (c is None or not c["met"]):
             got = "absent" if c is None else f"{c['points']:+.1f}"
-            reasons.append(f"{t['comparison']}: met at the larger sizes ({t['points']:+.1f}), not at the candidate ({got})")
+            reasons.append(
+                f"{t['comparison']}: met at the larger sizes ({t['points']:+.1f}), not at the candidate ({got})"
+            )
     return not reasons, reasons
 
 
@@ -129,7 +133,9 @@ def build(larger: Path, candidate: Path) -> tuple[list[str], dict]:
     va, vb = validation(larger), validation(candidate)
     qa = (larger / "data" / "val_questions.json").read_bytes()
     if qa != (candidate / "data" / "val_questions.json").read_bytes():
-        raise ValueError(f"{larger} and {candidate} hold different validation questions; both need the same world")
+        raise ValueError(
+            f"{larger} and {candidate} hold different validation questions; both need the same world"
+        )
     res_a, res_b = va["per_seed"][0], vb["per_seed"][0]
     models = compare_models(res_a, res_b, va["clusters"])
     ta, tb = target_points(res_a, va["chance"]), target_points(res_b, vb["chance"])
@@ -137,14 +143,25 @@ def build(larger: Path, candidate: Path) -> tuple[list[str], dict]:
     from gs_encoder.report import markdown_table
 
     m_rows = [
-        [m["model"], f"{m['larger']:.1f}", f"{m['candidate']:.1f}", f"{m['points']:+.1f} ± {m['se']:.1f}",
-         "yes" if m["kept"] else "no"]
+        [
+            m["model"],
+            f"{m['larger']:.1f}",
+            f"{m['candidate']:.1f}",
+            f"{m['points']:+.1f} ± {m['se']:.1f}",
+            "yes" if m["kept"] else "no",
+        ]
         for m in models
     ]
     cand = {t["comparison"]: t for t in tb}
     t_rows = [
-        [t["comparison"], t["target"], f"{t['points']:+.1f}", "yes" if t["met"] else "no",
-         f"{cand[t['comparison']]['points']:+.1f}", "yes" if cand[t["comparison"]]["met"] else "no"]
+        [
+            t["comparison"],
+            t["target"],
+            f"{t['points']:+.1f}",
+            "yes" if t["met"] else "no",
+            f"{cand[t['comparison']]['points']:+.1f}",
+            "yes" if cand[t["comparison"]]["met"] else "no",
+        ]
         for t in ta
     ]
     time_rows, times = _time_rows(larger, candidate)
@@ -209,7 +226,7 @@ def main(argv=None) -> int:
     head = [
         "# The miniature's sizing check (validation only)",
         "",
-        "The rule, fixed before either run: docs/mini.md, \"The sizing check\". Larger sizes: "
+        'The rule, fixed before either run: docs/mini.md, "The sizing check". Larger sizes: '
         f"`{args.larger_command or args.larger}`; candidate: `{args.candidate_command or args.candidate}`. "
         f"Reported {info['date']} on {info['cpu']}, commit {info['git']}.",
         "",

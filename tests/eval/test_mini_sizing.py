@@ -53,8 +53,10 @@ def test_a_target_met_at_the_larger_sizes_and_lost_at_the_candidate_rejects_it()
     candidate = _scores(rgb=280, n144=280, n64=272, k32=267)
     adopted, reasons = _decide(larger, candidate)
     assert not adopted
-    assert len(reasons) == 2  # the K = 32 model lost 2.25 points, and its target
+    # the K = 32 model lost 2.25 points, and two targets: K = 32 vs 64, and GS vs RGB (−3.25)
+    assert reasons[0].startswith("GS-LLaVA n144-k32: -2.2") and len(reasons) == 3
     assert any(r.startswith("N = 144: K = 32 − K = 64 tokens: met at the larger sizes") for r in reasons)
+    assert any(r.startswith("GS-LLaVA n144-k32 − RGB-LLaVA: met at the larger sizes (-1.0)") for r in reasons)
 
 
 def test_a_target_the_larger_sizes_miss_does_not_hold_the_candidate_back():
@@ -79,7 +81,16 @@ def test_the_command_names_a_folder_without_results(tmp_path, capsys):
     (tmp_path / "a" / "data").mkdir(parents=True)
     (tmp_path / "a" / "data" / "train_questions.json").write_text("[]")
     (tmp_path / "a" / "data" / "val_questions.json").write_text("[]")
-    code = main(["--larger", str(tmp_path / "a"), "--candidate", str(tmp_path / "b"), "--results", str(tmp_path / "r")])
+    code = main(
+        [
+            "--larger",
+            str(tmp_path / "a"),
+            "--candidate",
+            str(tmp_path / "b"),
+            "--results",
+            str(tmp_path / "r"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "sizing:" in err and str(tmp_path / "a") in err
     assert not (tmp_path / "r.md").exists()

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["compare_panel", "draw_ellipses", "to_pil"]
+__all__ = ["compare_panel", "draw_ellipses", "error_map", "fit_to", "to_pil"]
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -43,19 +43,28 @@ def _heatmap(err: np.ndarray, vmax: float) -> Image.Image:
     return Image.fromarray((rgba[..., :3] * 255).astype(np.uint8), "RGB")
 
 
+def error_map(original: torch.Tensor, rendered: torch.Tensor) -> tuple[Image.Image, float]:
+    """The absolute error of a render (mean over channels) as an inferno heat map scaled to its 99th
+    percentile, and that scale. original and rendered: [3, S, S] in [0, 1]."""
+    err = (rendered.clamp(0, 1) - original).abs().mean(0).cpu().numpy()
+    vmax = float(np.quantile(err, 0.99)) if err.size else 1.0
+    return _heatmap(err, vmax), vmax
+
+
+def fit_to(im: Image.Image, size: int) -> Image.Image:
+    """`im` at size × size: small pictures pixel for pixel (nearest), larger ones bicubic."""
+    how = Image.Resampling.NEAREST if im.size[0] < size else Image.Resampling.BICUBIC
+    return im.resize((size, size), how)
+
+
 def compare_panel(original: torch.Tensor, rendered: torch.Tensor, panel: int, caption: str) -> Image.Image:
     """One PNG: original | render | absolute-error heat map, each `panel` px wide, caption below.
 
     Args: original and rendered [3, S, S] in [0, 1]; the heat map shows the mean absolute error over
     channels, scaled to its 99th percentile (stated in the caption).
     """
-    err = (rendered.clamp(0, 1) - original).abs().mean(0).cpu().numpy()
-    vmax = float(np.quantile(err, 0.99)) if err.size else 1.0
-    tiles = [to_pil(original), to_pil(rendered), _heatmap(err, vmax)]
-    tiles = [
-        t.resize((panel, panel), Image.Resampling.NEAREST if t.size[0] < panel else Image.Resampling.BICUBIC)
-        for t in tiles
-    ]
+    heat, vmax = error_map(original, rendered)
+    tiles = [fit_to(t, panel) for t in (to_pil(original), to_pil(rendered), heat)]
     font = ImageFont.load_default(size=max(12, panel // 28))
     band = max(24, panel // 10)
     out = Image.new("RGB", (3 * panel, panel + band), (255, 255, 255))

@@ -126,6 +126,11 @@ print("\n".join(f"{a} {b}" for a, b in sorted(edges)))
 """
 
 
+# imported inside `try: ... except ImportError` by a package the check needs, so picked up from whatever
+# else the environment holds (gradio brings defusedxml, which Pillow then reads XMP with)
+WHEN_PRESENT = ("defusedxml",)
+
+
 def derive_essential() -> dict[str, str]:
     """{pip name: import name} of the distributions the GPU check needs beyond torch's closure and the
     standard library: those imported by the project's code (and the check's script), and what they import
@@ -149,7 +154,8 @@ def derive_essential() -> dict[str, str]:
         imports.setdefault(importer, set()).add(imported)
     owners = md.packages_distributions()
     ours = {p.name for p in ROOT.iterdir() if p.is_dir()} | {"__main__"}
-    skip = torch_closure() | {_norm(n) for n in ("pip", "setuptools")}
+    # WHEN_PRESENT: packages a needed one imports only if installed (the check runs without them)
+    skip = torch_closure() | {_norm(n) for n in ("pip", "setuptools", *WHEN_PRESENT)}
 
     def needed(module: str) -> bool:
         dists = owners.get(module, [])

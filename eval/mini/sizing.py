@@ -97,7 +97,7 @@ def stage_minutes(out: Path) -> tuple[dict[str, float], int]:
     _, _, t = _timings(out)
     if not t:
         return {}, 0
-    skipped = set(t.get("skipped_stages", ()))
+    skipped = set(t["skipped_stages"])
     return {label: s / 60 for label, s in t["stages"].items() if label not in skipped}, t["skipped"]
 
 

@@ -121,7 +121,7 @@ def build_app(
         except PageError as e:
             yield _history(turns), turns, gr.update(), f"⚠ {e}"
 
-    def clear(turns):
+    def clear():
         return [], [], "dialogue cleared; the picture stays"
 
     with gr.Blocks(title="GS-LLaVA") as app:
@@ -184,7 +184,7 @@ def build_app(
             concurrency_id="chat",
             api_name="ask",
         )
-        reset.click(clear, [turns], [chat, turns, status], api_name="clear")
+        reset.click(clear, None, [chat, turns, status], api_name="clear")
     return app
 
 

@@ -289,6 +289,15 @@ def train(argv: list[str] | None = None) -> None:
     trainer.train(resume_from_checkpoint=_last_checkpoint(targs.output_dir))
     out = _save(trainer, model, margs, targs, tokenizer, processor)
     _log_resources(out)
+    _close_distributed()
+
+
+def _close_distributed() -> None:
+    """Every rank waits for the others, then the process group is torn down before the interpreter exits:
+    a rank leaving while gloo's threads still talk to it aborts the others ("terminate called ...")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def _save(trainer, model, margs: ModelArguments, targs, tokenizer, processor) -> pathlib.Path:

@@ -136,24 +136,25 @@ def _load_any(path: str):
 
 def cmd_convert(args) -> int:
     from .codec import save_gsq
+    from .image_io import ImageLoadError, load_image
     from .splat_io import SplatFileError, save_splats
 
     try:
         splats, meta = _load_any(args.source)
         if args.output.endswith(".gsq"):
-            out = save_gsq(
-                args.output,
-                splats,
-                xy_bits=args.xy_bits,
-                scale_bits=args.scale_bits,
-                color_bits=args.color_bits,
-            )
+            image = None
+            if args.image:
+                meta = meta or {}
+                image = load_image(
+                    args.image, int(meta.get("canvas", args.canvas)), meta.get("resize", args.resize)
+                )
+            out = save_gsq(args.output, splats, level=args.level, image=image, max_loss_db=args.max_loss)
         elif args.output.endswith(".gs.npy"):
             out = save_splats(args.output, splats, meta)
         else:
             _error(f"{args.output}: output must end in .gsq or .gs.npy")
             return 2
-    except SplatFileError as e:
+    except (SplatFileError, ImageLoadError) as e:
         _error(str(e))
         return 1
     except ValueError as e:
@@ -248,6 +249,12 @@ def cmd_info(args) -> int:
         print(f"  colour range   [{s[:, 5:].min():.4f}, {s[:, 5:].max():.4f}]")
         print(f"  luminosity     mean {luminance(s[:, 5:]).mean():.4f}")
         print(f"  payload        {payload_bytes(n):,} bytes (fp16), file {Path(path).stat().st_size:,} bytes")
+        if str(path).endswith(".gsq"):
+            from .codec import gsq_info
+
+            g = gsq_info(Path(path).read_bytes(), str(path))
+            steps = ", ".join(f"{k} {v:.3g}" for k, v in g["steps"].items())
+            print(f"  .gsq           level {g['level']} (steps: {steps})")
         if meta:
             keys = ("canvas", "resize", "num_gaussians_initial", "psnr", "fit_iters", "source")
             print("  sidecar        " + ", ".join(f"{k}={meta[k]}" for k in keys if k in meta))
@@ -277,11 +284,19 @@ def _fit_config(args):
     """FitConfig from the shared fit flags; raises ValueError naming the bad flag."""
     from .fitting.fit import FitConfig
 
-    cfg = FitConfig.from_args(args)
-    if cfg.num_gaussians > args.size * args.size:
+    if getattr(args, "max_gaussians", None) is not None and getattr(args, "num_gaussians", None) is not None:
         raise ValueError(
-            f"--num-gaussians {cfg.num_gaussians} exceeds the {args.size}×{args.size} canvas's pixel count"
+            "--num-gaussians and --max-gaussians: give one (with --max-gaussians, rate control picks each "
+            "image's N up to it)"
         )
+    cfg = FitConfig.from_args(args)
+    flag, n = (
+        ("--max-gaussians", cfg.max_gaussians)
+        if cfg.max_gaussians
+        else ("--num-gaussians", cfg.num_gaussians)
+    )
+    if n > args.size * args.size:
+        raise ValueError(f"{flag} {n} exceeds the {args.size}×{args.size} canvas's pixel count")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be ≥ 1, got {args.batch_size}")
     cfg.load_init()
@@ -444,6 +459,7 @@ def _add_fit_commands(sub) -> None:
 
 def _add_file_commands(sub) -> None:
     """render, convert, info."""
+    from .codec import DEFAULT_LEVEL, MAX_LOSS_DB
     from .image_io import RESIZE_MODES
 
     ren = sub.add_parser("render", help="render a splat file to PNG")
@@ -464,13 +480,32 @@ def _add_file_commands(sub) -> None:
     conv.add_argument("source", help="a .gs.npy or .gsq file")
     conv.add_argument("-o", "--output", required=True, help="target path ending in .gsq or .gs.npy")
     conv.add_argument(
-        "--xy-bits", type=int, default=None, help=".gsq bits per centre coordinate (default: by N)"
+        "--image",
+        default=None,
+        help="the picture the splats were fitted to: the .gsq encoder then solves the colours on the quantised "
+        "geometry and, without --level, picks the coarsest level within --max-loss dB (docs/codec.md)",
     )
     conv.add_argument(
-        "--scale-bits", type=int, default=None, help=".gsq bits per covariance quantity (default: by N)"
+        "--level",
+        type=int,
+        default=None,
+        help=".gsq step level in quarter octaves (higher: smaller, coarser; default: chosen with --image, "
+        f"else {DEFAULT_LEVEL})",
     )
     conv.add_argument(
-        "--color-bits", type=int, default=None, help=".gsq bits per colour channel (default: by N)"
+        "--max-loss",
+        type=float,
+        default=MAX_LOSS_DB,
+        help=f"with --image and no --level: PSNR the .gsq may lose against the splats (default {MAX_LOSS_DB} dB)",
+    )
+    conv.add_argument(
+        "--canvas", type=int, default=224, help="--image's canvas when the splats have no sidecar"
+    )
+    conv.add_argument(
+        "--resize",
+        choices=RESIZE_MODES,
+        default="pad",
+        help="--image's resize when the splats have no sidecar",
     )
     conv.set_defaults(func=cmd_convert)
 

@@ -55,6 +55,9 @@ PROCESSOR_FIT = (
     "lr_decay",
     "betas",
     "lr_warmup",
+    "max_gaussians",
+    "target_psnr",
+    "target_bytes",
 )
 # The fitting options of the chat's flags, the lmms-eval model's arguments and load_pretrained_model → the
 # FitConfig field each sets (their help text is the field's)
@@ -63,6 +66,9 @@ FIT_OPTIONS = {
     "fit_iters": "iters",
     "fit_init": "init",
     "fit_init_weights": "init_weights",
+    "fit_max_gaussians": "max_gaussians",
+    "fit_target_psnr": "target_psnr",
+    "fit_target_bytes": "target_bytes",
 }
 # A processor's own learned-init weights (fit["init_weights"]) travel with it: save_pretrained copies them beside
 # its config under this name and records the name; loading resolves a relative name against the folder.
@@ -192,8 +198,15 @@ class GaussianProcessor(BaseImageProcessor):
         self.fit_config()
 
     def fit_config(self, **overrides) -> FitConfig:
-        """The FitConfig of on-the-fly fitting."""
-        return FitConfig(**{**self.fit, "target_psnr": None, **overrides})
+        """The FitConfig of on-the-fly fitting. A target (PSNR or bytes) is rate control's: it needs
+        max_gaussians (a processor never stops a fixed-N fit early: the model would see other splats)."""
+        fit = {**self.fit, **overrides}
+        if fit.get("max_gaussians") is None and fit.get("target_psnr") is not None:
+            raise ValueError(
+                f"fit target_psnr {fit['target_psnr']} needs max_gaussians (rate control: N chosen per photo "
+                "up to it); set both, or neither"
+            )
+        return FitConfig(**fit)
 
     def to_canvas(self, image) -> torch.Tensor:
         """A photo (path, PIL image, HWC uint8/float array or [3, H, W] tensor in [0, 1]) → [3, S, S]."""

@@ -53,6 +53,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _STEP_SIZES = ("lr_xy", "lr_chol", "lr_rgb")
+# fp16 rounding of a splat file's values alone keeps its render below about this PSNR (docs/fitting.md)
+FP16_PSNR_LIMIT = 60.0
 INITS = ("structured", "random", "adaptive", "density", "learned")
 # Warm-up iterations of FitConfig.lr_warmup = None after the close starts (learned, density): Adam's first
 # steps are full-size whatever the gradient (m̂ / √v̂ = ±1) and would throw the start away (docs/fitting.md).
@@ -120,7 +122,24 @@ class FitConfig:
             f"{' / '.join(WARMUP_INITS)}, 0 after the others)"
         ),
     )
-    target_psnr: float | None = field(default=None, metadata=_opt("stop an image early at this PSNR (dB)"))
+    target_psnr: float | None = field(
+        default=None,
+        metadata=_opt(
+            "PSNR (dB) to reach: with --max-gaussians, the fewest Gaussians that reach it (rate control); "
+            "alone, stop an image's fit early once it does"
+        ),
+    )
+    max_gaussians: int | None = field(
+        default=None,
+        metadata=_opt(
+            "rate control: choose N per image, at most this many, for --target-psnr or --target-bytes "
+            "(--num-gaussians is then not used; docs/fitting.md, Rate control)"
+        ),
+    )
+    target_bytes: int | None = field(
+        default=None,
+        metadata=_opt("rate control: the most Gaussians whose .gsq file holds in this many bytes"),
+    )
     check_every: int = field(
         default=50, metadata=_opt("iterations between PSNR checks (early stop, progress)", flag="")
     )
@@ -257,6 +276,30 @@ class FitConfig:
             raise ValueError(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
         if self.check_every < 1:
             raise ValueError(f"check_every must be ≥ 1, got {self.check_every}")
+        self._check_rate_control()
+
+    def _check_rate_control(self) -> None:
+        if self.target_psnr is not None and not 0 < self.target_psnr <= FP16_PSNR_LIMIT:
+            raise ValueError(
+                f"target_psnr must be in (0, {FP16_PSNR_LIMIT:g}] dB, got {self.target_psnr}: splat files keep "
+                f"values in fp16, whose rounding alone keeps a render below about {FP16_PSNR_LIMIT:g} dB"
+            )
+        for name in ("max_gaussians", "target_bytes"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an int ≥ 1 or None, got {value!r}")
+        if self.max_gaussians is None:
+            if self.target_bytes is not None:
+                raise ValueError("target_bytes needs max_gaussians (rate control chooses N up to it)")
+            return
+        if (self.target_psnr is None) == (self.target_bytes is None):
+            raise ValueError("max_gaussians (rate control) needs one target: target_psnr or target_bytes")
+        if self.tau is not None or self.coarse_iters:
+            raise ValueError("rate control (max_gaussians) does not combine with tau pruning or coarse_iters")
+        if self.init == "learned":
+            from .learned_init import check_request
+
+            check_request(self.max_gaussians, None)
 
 
 @dataclass
@@ -270,6 +313,7 @@ class FitResult:
     iters: int  # main-fit iterations actually run (early stop may cut them)
     seconds: float  # wall time of the batch this image was in, divided by the batch size
     history: list[tuple[int, float]] = field(default_factory=list)  # (iteration, PSNR) at each check
+    target_reached: bool | None = None  # rate control: whether the image reached its target (None: no target)
 
     @property
     def num_gaussians(self) -> int:
@@ -355,6 +399,10 @@ def fit_images(
     """
     cfg = cfg or FitConfig()
     _check_images(images)
+    if cfg.max_gaussians is not None and initial is None:
+        from .rate_control import fit_to_target
+
+        return fit_to_target(images, cfg, progress)
     backend = resolve_backend(cfg.backend, images.device)
     start = time.perf_counter()
     images = images.float()
@@ -556,6 +604,16 @@ def fit_sidecar(result: FitResult, target: torch.Tensor, cfg: FitConfig, resize:
             else {}
         ),
         **optimiser_record(cfg),
+        **(
+            {
+                "max_gaussians": cfg.max_gaussians,
+                "target_psnr": cfg.target_psnr,
+                "target_bytes": cfg.target_bytes,
+                "target_reached": result.target_reached,
+            }
+            if cfg.max_gaussians is not None
+            else {}
+        ),
         "lambda_l1": cfg.lambda_l1,
         "tau": cfg.tau,
         "prune_at": cfg.prune_at if cfg.tau is not None else None,

@@ -71,6 +71,9 @@ class LlavaGSLmms(lmms):
         fit_iters: int | str | None = None,
         fit_init: str | None = None,
         fit_init_weights: str | None = None,
+        fit_max_gaussians: int | str | None = None,
+        fit_target_psnr: float | str | None = None,
+        fit_target_bytes: int | str | None = None,
         splat_cache: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
@@ -95,6 +98,9 @@ class LlavaGSLmms(lmms):
                 fit_iters=fit_iters,
                 fit_init=fit_init,
                 fit_init_weights=fit_init_weights,
+                fit_max_gaussians=fit_max_gaussians,
+                fit_target_psnr=fit_target_psnr,
+                fit_target_bytes=fit_target_bytes,
             ),
         )
         self.tokenizer = self.processor.tokenizer

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -335,3 +336,31 @@ def test_mini_world_tasks_score_true_answers(judge, tmp_path, monkeypatch):
     questions = json.loads((tmp_path / "world" / "test_questions.json").read_text())
     categories = {q["category"] for q in questions if q["kind"] == "mme"}
     assert res["mw_mme"]["mme_perception_score,none"] == pytest.approx(200.0 * len(categories))  # acc + acc+
+
+
+def test_rate_controlled_photos_batch_through_the_lmms_model_and_chat(tiny_init, tmp_path):
+    """lmms-eval's model args and the chat's flags turn rate control on; photos of different content get
+    different N, and a batch of them answers as each photo alone does."""
+    from PIL import Image
+
+    from llava_gs.chat import main as chat
+    from llava_gs.eval.lmms_plugin import LlavaGSLmms
+
+    args = {"fit_max_gaussians": "300", "fit_target_psnr": "24", "fit_iters": "20"}
+    lm = LlavaGSLmms(pretrained=str(tiny_init), splat_cache="none", progress=False, batch_size=2, **args)
+    flat = Image.new("RGB", (40, 30), (200, 80, 20))
+    rng = np.random.default_rng(0)
+    busy = Image.fromarray((rng.random((40, 30, 3)) * 255).astype(np.uint8))
+    vision = lm._vision([busy, flat])
+    counts = vision["gaussians_mask"].sum(1).tolist()
+    assert counts[0] > counts[1]
+    prompt = lm._ids([{"from": "human", "value": lm._turn("Colour?", 1)}], 1, generation=True)
+    with torch.no_grad():
+        both = lm.model(input_ids=torch.tensor([prompt] * 2), **vision).logits
+        for b, picture in enumerate((busy, flat)):
+            one = lm.model(input_ids=torch.tensor([prompt]), **lm._vision([picture])).logits[0]
+            torch.testing.assert_close(both[b], one, rtol=1e-4, atol=1e-4)
+    busy.save(tmp_path / "busy.png")
+    flags = ["--fit-max-gaussians", "300", "--fit-target-psnr", "24", "--fit-iters", "20"]
+    assert chat(["--model", str(tiny_init), "--image", str(tmp_path / "busy.png"), "--prompt", "Hi?",
+                 "--no-cache", "--max-new-tokens", "2", "--temperature", "0", *flags]) == 0  # fmt: skip

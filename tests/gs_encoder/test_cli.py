@@ -146,7 +146,27 @@ def test_convert_to_gsq_and_back(tmp_path, photo_path, capsys):
     gsq = tmp_path / "coffee.gsq"
     assert main(["convert", str(out / "coffee.gs.npy"), "-o", str(gsq)]) == 0
     assert gsq.stat().st_size * 1.5 < (out / "coffee.gs.npy").stat().st_size
-    assert main(["info", str(gsq)]) == 0 and "Gaussians      64" in capsys.readouterr().out
+    capsys.readouterr()
+    assert main(["info", str(gsq)]) == 0
+    info = capsys.readouterr().out
+    assert "Gaussians      64" in info and "level 0 (steps:" in info
+    # with the picture: colours solved on the quantised geometry, the level chosen within --max-loss
+    fine, coarse = tmp_path / "fine.gsq", tmp_path / "coarse.gsq"
+    photo = str(photo_path("coffee.png"))
+    assert (
+        main(["convert", str(out / "coffee.gs.npy"), "-o", str(fine), "--image", photo, "--max-loss", "0.05"])
+        == 0
+    )
+    assert (
+        main(["convert", str(out / "coffee.gs.npy"), "-o", str(coarse), "--image", photo, "--max-loss", "2"])
+        == 0
+    )
+    assert coarse.stat().st_size < fine.stat().st_size
+    assert (
+        main(["convert", str(out / "coffee.gs.npy"), "-o", str(fine), "--image", str(tmp_path / "no.png")])
+        == 1
+    )
+    assert "no.png" in capsys.readouterr().err
     assert main(["render", str(gsq), "-o", str(tmp_path / "q.png"), "--size", "32"]) == 0
     back = tmp_path / "back.gs.npy"
     assert main(["convert", str(gsq), "-o", str(back)]) == 0

@@ -329,3 +329,32 @@ def test_processor_carries_its_learned_init_weights(tiny_tokenizer, tmp_path, mo
     plain = processor_for(cfg, tiny_tokenizer, fit={"num_gaussians": 25, "iters": 5})
     plain.save_pretrained(tmp_path / "b")
     assert not (tmp_path / "b" / WEIGHTS_FILE).exists()
+
+
+def test_rate_controlled_photos_make_a_mixed_batch(model, tiny_tokenizer, photo_path):
+    """Rate control gives each photo its own N; the padded batch answers as each photo alone does."""
+    from llava_gs import processor_for
+
+    cfg = tiny_llava_config()
+    fit = {"num_gaussians": 25, "iters": 30, "max_gaussians": 200, "target_psnr": 26.0}
+    proc = processor_for(cfg, tiny_tokenizer, fit=fit)
+    flat = torch.full((32, 32, 3), 0.4)
+    photos = [photo_path("chelsea.png"), flat.numpy()]
+    batch = proc.image_processor(photos)
+    counts = batch["gaussians_mask"].sum(1).tolist()
+    assert counts[0] > counts[1] >= 1  # the photo needs more Gaussians than a flat picture
+    ids = prompt_ids(2)
+    with torch.no_grad():
+        both = model(
+            input_ids=ids, gaussians=batch["gaussians"], gaussians_mask=batch["gaussians_mask"]
+        ).logits
+        for b in range(2):
+            alone = proc.image_processor([photos[b]])
+            one = model(
+                input_ids=ids[:1], gaussians=alone["gaussians"], gaussians_mask=alone["gaussians_mask"]
+            )
+            torch.testing.assert_close(both[b], one.logits[0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="needs max_gaussians"):
+        processor_for(cfg, tiny_tokenizer, fit={"num_gaussians": 25, "target_psnr": 30.0})
+    with pytest.raises(ValueError, match="max_gaussians must be an int ≥ 1"):
+        proc.image_processor.update(max_gaussians=0)

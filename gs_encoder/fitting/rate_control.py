@@ -50,10 +50,11 @@ def predicted_n(probe_psnr: float, target: float, max_n: int) -> int:
 
 
 def _psnr(splats: torch.Tensor, image: torch.Tensor, backend: str) -> float:
+    """PSNR of the clamped render, as FitResult.psnr is."""
     from .fit import psnr
     from .render import render
 
-    return float(psnr(render(splats, size=image.shape[-1], backend=backend), image))
+    return float(psnr(render(splats, size=image.shape[-1], backend=backend, clamp=True), image))
 
 
 def _initial(images: torch.Tensor, cfg, ns: list[int]) -> list[torch.Tensor]:

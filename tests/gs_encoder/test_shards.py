@@ -323,3 +323,18 @@ def test_count_samples_for_progress(tmp_path):
 
     make_shards(tmp_path / "in", 2, 3)
     assert [count_samples(u) for u in plan_units([tmp_path / "in"])] == [3, 3]
+
+
+def test_rate_control_in_a_shard_job(tmp_path):
+    """fit-shards with a PSNR target: each sample's own N, its target and whether it reached it in the sidecar."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    for name in PHOTOS[:3]:
+        (src / f"{name}.jpg").write_bytes(jpeg_bytes(name))
+    fit = FitConfig(max_gaussians=300, target_psnr=24.0, iters=15)
+    run_shard_job([src], tmp_path / "out", ShardJobConfig(fit=fit, size=24), progress=False)
+    metas = [json.loads(s["json"]) for s in read_tar(tmp_path / "out" / "photos-000000.tar").values()]
+    assert len(metas) == 3 and all(m["target_psnr"] == 24.0 and m["max_gaussians"] == 300 for m in metas)
+    assert all(m["target_reached"] == (m["psnr_fp32"] >= 24.0) for m in metas)
+    assert all(m["num_gaussians"] <= m["num_gaussians_initial"] <= 300 for m in metas)
+    assert len({m["num_gaussians"] for m in metas}) > 1  # N follows the content

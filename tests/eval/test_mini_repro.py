@@ -170,7 +170,7 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
             )
             checked += 1
     assert checked == len(questions)
-    assert set(report["budgets"]) == {"16", "36"} and len(report["zeroshot"]) == 4
+    assert set(report["budgets"]) == {"16", "36"} and len(report["zeroshot"]) == 3  # the three GS encoders
     assert report["zeroshot_words"].keys() == report["zeroshot"].keys()  # reading, for every GS encoder
     for name in report["zeroshot_words"]:
         run = json.loads((tmp_path / "repro" / "zeroshot_words" / name / "zeroshot.json").read_text())
@@ -231,7 +231,7 @@ def test_mini_repro_smoke_runs_every_stage(tmp_path):
         assert abs(two["accuracy"][m]["all"] - sum(seeds) / 2) < 1e-9
     assert all(t["seeds"] == 2 for t in two["targets"] if "seeds" in t)
     # the head-size ablation: the default narrow head (64, ×1) beside the full-width one (128, ×4)
-    assert len(two["accuracy_per_seed"]["GS-LLaVA n36-k16-wide"]) == 2
+    assert len(two["accuracy_per_seed"]["GS-LLaVA n36-k16-wide"]) == 2 and len(two["zeroshot"]) == 4
     heads = two["gs_heads"]
     assert (heads["gs-n36-k16"]["gs_width"], heads["gs-n36-k16-wide"]["gs_width"]) == (64, 128)
     assert heads["gs-n36-k16-wide"]["head_params"] > 2 * heads["gs-n36-k16"]["head_params"]

@@ -84,11 +84,13 @@ def _ranked(splats: torch.Tensor) -> torch.Tensor:
     return splats[torch.argsort(share, descending=True, stable=True)]
 
 
-def _smallest(n: int, ok, guess: int) -> tuple[int, int]:
+def _smallest(n: int, ok, guess: int, settled=lambda hi: True) -> tuple[int, int]:
     """(lo, hi): hi the smallest count c in [1, n] with ok(c) up to a bracket, lo < hi the largest count found
     with ok False (0 when none), for ok False below some count and True from it on, and ok(n) True: from the guess, steps outwards (STEP×, then each the square of the last) until the answer is
     bracketed, then bisection in
-    log count down to a bracket of BRACKET×. Each ok() is a colour solve and a render, so few are made."""
+    log count down to a bracket of BRACKET× where `settled(hi)` holds (a PSNR close enough to the target:
+    where the PSNR falls steeply with the count, a few percent of the count is a dB), or to one count. Each
+    ok() is a colour solve and a render, so few are made."""
     if n <= 1:
         return 0, n
     lo, hi = 0, n  # ok(lo) False (0: no Gaussian), ok(hi) True
@@ -111,7 +113,7 @@ def _smallest(n: int, ok, guess: int) -> tuple[int, int]:
                 hi = c
                 break
             lo, step = c, step * step
-    while hi - lo > 1 and hi > BRACKET * max(lo, 1):
+    while hi - lo > 1 and not (hi <= BRACKET * max(lo, 1) and settled(hi)):
         c = min(hi - 1, max(lo + 1, round(math.sqrt(max(lo, 1) * hi))))
         if ok(c):
             hi = c
@@ -162,7 +164,14 @@ class _Target:
         if self.cfg.target_bytes is None:
             if not self.ok(splats):
                 return splats
-            return subset(_smallest(n, lambda c: self.ok(subset(c)), self.guess(splats))[1])
+            scores = {n: self.psnr(splats)}
+
+            def reaches(c: int) -> bool:
+                scores[c] = self.psnr(subset(c))
+                return scores[c] >= self.cfg.target_psnr
+
+            settled = lambda c: scores[c] <= self.cfg.target_psnr + TOLERANCE_DB / 2  # noqa: E731
+            return subset(_smallest(n, reaches, self.guess(splats), settled)[1])
         if self.ok(splats):
             return splats
         # the most within the budget: the largest count seen within it, below the fewest that break it

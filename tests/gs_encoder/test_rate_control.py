@@ -79,6 +79,10 @@ def test_the_cut_search_finds_the_smallest_count_in_few_probes():
         lo, hi = _smallest(n, ok, int(t * rng.uniform(0.8, 1.25)))
         assert t <= hi <= max(math.ceil(t * 1.03), t + 1) and lo < t  # hi within 3% above; lo verified short
         assert len(probes) <= 8
+    # where the value climbs steeply with the count, the search goes on until the value is close enough
+    value = lambda c: 30.0 + 40.0 * c / 1000  # noqa: E731 (0.04 dB a Gaussian)
+    lo, hi = _smallest(1000, lambda c: value(c) >= 54.0, 640, settled=lambda c: value(c) <= 54.15)
+    assert 600 <= hi <= 603  # 54 dB at 600 Gaussians, 54.15 at 603.75; 3% alone would allow 618
 
 
 def test_gsv_fit_records_the_target(tmp_path, photo_path, capsys):

@@ -186,12 +186,12 @@ def fit_to_target(images: torch.Tensor, cfg, progress: bool = False) -> list:
 
     start = time.perf_counter()
     images = images.float()
-    max_n, b = cfg.max_gaussians, images.shape[0]
+    max_n, b = min(cfg.max_gaussians, images.shape[-1] ** 2), images.shape[0]  # at most a Gaussian a pixel
     targets = [_Target(images[i], cfg) for i in range(b)]
     if cfg.target_bytes is not None:
         ns = [max(1, min(max_n, round(cfg.target_bytes / BYTES_PER_GAUSSIAN * MARGIN)))] * b
     else:
-        probes = _initial(images, cfg, [min(PROBE_N, max_n)] * b)
+        probes = _initial(images, cfg, [min(PROBE_N, max_n, images.shape[-1] ** 2)] * b)
         ns = [predicted_n(t.psnr(s), cfg.target_psnr, max_n) for t, s in zip(targets, probes, strict=True)]
     results = _fit(images, cfg, ns, progress)
 

@@ -104,7 +104,7 @@ def main(argv=None):
         f"{repeat} loads of each of the {len(PHOTOS)} photos (page cache warm). JPEG: the scikit-image photographs at their "
         f"own sizes ({', '.join(f'{w}×{h}' for w, h in sizes.values())}), quality 90, CLIP's torchvision preprocessing "
         "(PIL decode, bicubic resize of the short side to 224, centre crop, ToTensor). `.gs.npy`: `load_splats` (read, validate, fp16 → fp32). "
-        "`.gsq`: `load_gsq` (read, LZMA, dequantise). Paper: JPEG vs splats speed-up for its own loader."
+        "`.gsq`: `load_gsq` (read, range-decode in plain Python, check, dequantise). Paper: JPEG vs splats speed-up for its own loader."
     )
     sections = [
         (

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_LOSS_DB",
     "Codes",
     "choose_level",
+    "code_columns",
     "decode_gsq",
     "dequantise",
     "encode_gsq",
@@ -140,12 +141,16 @@ def _quantise_columns(f: np.ndarray, exponents, columns) -> np.ndarray:
     return np.rint(f[:, columns] / step).astype(np.int64)
 
 
+def _span(qxy: np.ndarray) -> int:
+    """How many steps the centres' codes [N, 2] span on the wider axis (Morton keys need < _XY_CODES)."""
+    return int((qxy.max(0) - qxy.min(0)).max())
+
+
 def _morton_order(q: np.ndarray, level: int) -> np.ndarray:
-    span = q[:, :2].max(0) - q[:, :2].min(0)
-    if (span >= _XY_CODES).any():
+    span = _span(q[:, :2])
+    if span >= _XY_CODES:
         raise ValueError(
-            f"the centres span {int(span.max())} steps at level {level}, more than {_XY_CODES - 1}: "
-            "choose a coarser level"
+            f"the centres span {span} steps at level {level}, more than {_XY_CODES - 1}: choose a coarser level"
         )
     rel = q[:, :2] - q[:, :2].min(0)
     return np.argsort(_morton(rel[:, 0], rel[:, 1]), kind="stable")
@@ -236,27 +241,32 @@ def _crc(codes: Codes) -> int:
 def pack(codes: Codes) -> bytes:
     """Codes → .gsq bytes (lossless)."""
     q = codes.q
-    n = q.shape[0]
+    if _span(q[:, :2]) >= _XY_CODES:
+        raise ValueError(f"the centres span more than {_XY_CODES - 1} steps")
     origin = q[:, :2].min(0)
     rel = q[:, :2] - origin
-    if (rel >= _XY_CODES).any():
-        raise ValueError(f"the centres span more than {_XY_CODES - 1} steps")
     keys = _morton(rel[:, 0], rel[:, 1]).astype(np.int64)
     if (np.diff(keys) < 0).any():
         raise ValueError("codes are not in Morton order (make them with quantise)")
-    rest = np.concatenate([q[:, 2:5], _ycocg(q[:, 5:8])], 1)
-    centres = np.median(rest, 0).round().astype(np.int64)
-    head = MAGIC + _leb(n) + struct.pack("<3b", *codes.exponents)
-    head += b"".join(_leb(_zigzag(int(v))) for v in (*origin, *centres)) + _CRC.pack(_crc(codes))
     enc = Encoder()
     model = Model()
     for gap in np.diff(keys, prepend=0).tolist():
         enc.uint(model, gap)
-    for c in range(rest.shape[1]):
-        model = Model()
-        for v in (rest[:, c] - centres[c]).tolist():
-            enc.sint(model, v)
+    centres = code_columns(enc, np.concatenate([q[:, 2:5], _ycocg(q[:, 5:8])], 1))
+    head = MAGIC + _leb(q.shape[0]) + struct.pack("<3b", *codes.exponents)
+    head += b"".join(_leb(_zigzag(int(v))) for v in (*origin, *centres)) + _CRC.pack(_crc(codes))
     return head + enc.finish()
+
+
+def code_columns(enc: Encoder, columns: np.ndarray) -> np.ndarray:
+    """Range-code integer columns [N, C] with `enc`, each with its own adaptive model as differences from
+    its median; returns the medians (int64 [C]), which the decoder needs."""
+    centres = np.median(columns, 0).round().astype(np.int64)
+    for col, centre in zip(columns.T, centres, strict=True):
+        model = Model()
+        for v in (col - centre).tolist():
+            enc.sint(model, v)
+    return centres
 
 
 def unpack(data: bytes, source: str = "gsq") -> Codes:
@@ -315,14 +325,6 @@ def gsq_info(data: bytes, source: str = "gsq") -> dict:
     }
 
 
-def _psnr(splats: torch.Tensor, image: torch.Tensor) -> float:
-    from .fitting.render import render
-
-    out = render(splats[None], size=image.shape[-1], clamp=True)[0]
-    mse = float(((out - image.float().cpu()) ** 2).mean())
-    return float("inf") if mse == 0 else -10.0 * np.log10(mse)
-
-
 def choose_level(
     splats,
     image: torch.Tensor,
@@ -333,12 +335,19 @@ def choose_level(
     """The coarsest level (of LEVELS, in half-octave steps) whose file renders within `max_loss_db` dB of the
     unquantised set's PSNR against `image`, and its codes; the finest usable level when none is within.
     `solve`: colours solved on the quantised geometry (False: quantised as fitted)."""
+    from .fitting.fit import render_psnr
+
     if not max_loss_db > 0:
         raise ValueError(f"max_loss_db must be > 0, got {max_loss_db}")
     a = _as_numpy(splats)
     image = image.detach().float().cpu()
-    goal = _psnr(torch.from_numpy(a), image) - max_loss_db
-    grid = [lv for lv in list(LEVELS)[::2] if _fits(a, lv, base)]
+    goal = render_psnr(torch.from_numpy(a), image) - max_loss_db
+    f = _features(a)
+    grid = [
+        lv
+        for lv in list(LEVELS)[::2]
+        if _span(_quantise_columns(f, _level_exponents(lv, base), slice(0, 2))) < _XY_CODES
+    ]
     if not grid:
         raise ValueError(
             "the centres spread over too many canvas widths for any level (x, y should lie near [0, 1])"
@@ -348,17 +357,11 @@ def choose_level(
     while lo <= hi:
         mid = (lo + hi) // 2
         codes = quantise(a, grid[mid], image if solve else None, base)
-        if _psnr(dequantise(codes), image) >= goal:
+        if render_psnr(dequantise(codes), image) >= goal:
             best, lo = (grid[mid], codes), mid + 1
         else:
             hi = mid - 1
     return best or (grid[0], quantise(a, grid[0], image if solve else None, base))
-
-
-def _fits(a: np.ndarray, level: int, base=BASE_EXPONENTS) -> bool:
-    """Whether the centres span fewer than 2^16 steps at this level."""
-    q = _quantise_columns(_features(a), _level_exponents(level, base), slice(0, 2))
-    return bool(((q.max(0) - q.min(0)) < _XY_CODES).all())
 
 
 def encode_gsq(

@@ -236,10 +236,11 @@ def fixed_reference(images: torch.Tensor, sweep: list[dict], iters: int, target:
 def predictor_fit(images: torch.Tensor, sweep: list[dict]) -> dict:
     """Least squares of (fitted PSNR − the initialiser's PSNR at PROBE_N) = GAIN + SLOPE · log2(N / PROBE_N)
     over the tuning pictures' N sweep: rate control's first-N model (gs_encoder/fitting/rate_control.py)."""
-    from gs_encoder.fitting.rate_control import PROBE_N, _initial, _psnr
+    from gs_encoder.fitting.fit import render_psnr
+    from gs_encoder.fitting.rate_control import PROBE_N, _initial
 
     probes = _initial(images, FitConfig(), [PROBE_N] * len(images))
-    probe = [_psnr(s, images[i], "auto") for i, s in enumerate(probes)]
+    probe = [render_psnr(s, images[i]) for i, s in enumerate(probes)]
     rows = [
         (np.log2(p["n"] / PROBE_N), p["psnr_fp32"] - probe[i])
         for i, c in enumerate(sweep)
@@ -283,21 +284,20 @@ def _lzma_planes(codes) -> int:
 
 
 def _coded_columns(columns: np.ndarray) -> int:
-    """Range-coded bytes of integer columns (each its own adaptive model, about its median)."""
-    from gs_encoder.entropy import Encoder, Model
+    """Range-coded bytes of integer columns, as .gsq codes them (gs_encoder.codec.code_columns)."""
+    from gs_encoder.codec import code_columns
+    from gs_encoder.entropy import Encoder
 
     enc = Encoder()
-    for col in columns.T:
-        model, centre = Model(), int(np.median(col).round())
-        for v in (col - centre).tolist():
-            enc.sint(model, v)
+    code_columns(enc, columns)
     return len(enc.finish())
 
 
 def codec_choices(images: torch.Tensor, fits: dict, max_loss_db: float) -> dict:
     """For the default and each of CHOICES: per picture, the .gsq curve over N; and, on the default's own
     codes, the bytes of the entropy-coding alternatives (LZMA over byte planes; colours without YCoCg-R)."""
-    from gs_encoder.codec import _psnr, _ycocg, dequantise
+    from gs_encoder.codec import _ycocg, dequantise
+    from gs_encoder.fitting.fit import render_psnr
 
     variants = {"default": {}, **dict(CHOICES)}
     curves = {v: [{"points": []} for _ in range(len(images))] for v in variants}
@@ -309,7 +309,7 @@ def codec_choices(images: torch.Tensor, fits: dict, max_loss_db: float) -> dict:
             _, codes = choose_level(splats, images[i], **kw)
             data = pack(codes)
             curves[label][i]["points"].append(
-                {"n": n, "bytes": len(data), "psnr": _psnr(dequantise(codes), images[i])}
+                {"n": n, "bytes": len(data), "psnr": render_psnr(dequantise(codes), images[i])}
             )
             if label == "default":
                 coding["range coder"] += len(data)

@@ -48,6 +48,7 @@ __all__ = [
     "luminance",
     "prune",
     "psnr",
+    "render_psnr",
 ]
 
 logger = logging.getLogger(__name__)
@@ -325,6 +326,11 @@ def psnr(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     dims = tuple(range(1, image.dim())) if image.dim() == 4 else tuple(range(image.dim()))
     mse = (image.clamp(0, 1) - target).pow(2).mean(dims)
     return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-12))
+
+
+def render_psnr(splats: torch.Tensor, image: torch.Tensor, backend: str = "auto") -> float:
+    """PSNR in dB of one set's render [N, 8] against its image [3, S, S] (clamped, as FitResult.psnr)."""
+    return float(psnr(render(splats, size=image.shape[-1], backend=backend), image))
 
 
 def prune(splats: torch.Tensor, tau: float) -> torch.Tensor:

@@ -50,14 +50,6 @@ def predicted_n(probe_psnr: float, target: float, max_n: int) -> int:
     return int(min(max_n, max(MIN_N, round(n))))
 
 
-def _psnr(splats: torch.Tensor, image: torch.Tensor, backend: str) -> float:
-    """PSNR of the clamped render, as FitResult.psnr is."""
-    from .fit import psnr
-    from .render import render
-
-    return float(psnr(render(splats, size=image.shape[-1], backend=backend, clamp=True), image))
-
-
 def _initial(images: torch.Tensor, cfg, ns: list[int]) -> list[torch.Tensor]:
     """cfg.init's starting set of every image at its own N (images of equal N in one call)."""
     from .fit import _initial_sets
@@ -85,9 +77,9 @@ def _ranked(splats: torch.Tensor) -> torch.Tensor:
 
 
 def _smallest(n: int, ok, guess: int, settled=lambda hi: True) -> tuple[int, int]:
-    """(lo, hi): hi the smallest count c in [1, n] with ok(c) up to a bracket, lo < hi the largest count found
-    with ok False (0 when none), for ok False below some count and True from it on, and ok(n) True: from the guess, steps outwards (STEP×, then each the square of the last) until the answer is
-    bracketed, then bisection in
+    """(lo, hi) for `ok` False below some count and True from it on, with ok(n) True: hi the smallest count
+    in [1, n] found with ok, lo < hi the largest found without (0 when none). From the guess it steps
+    outwards (STEP×, then each step the square of the last) until the answer is bracketed, then bisects in
     log count down to a bracket of BRACKET× where `settled(hi)` holds (a PSNR close enough to the target:
     where the PSNR falls steeply with the count, a few percent of the count is a dB), or to one count. Each
     ok() is a colour solve and a render, so few are made."""
@@ -142,12 +134,15 @@ class _Target:
         self.image, self.cfg, self.backend = image, cfg, cfg.backend
 
     def psnr(self, splats: torch.Tensor) -> float:
-        return _psnr(splats, self.image, self.backend)
+        from .fit import render_psnr
 
-    def ok(self, splats: torch.Tensor) -> bool:
+        return render_psnr(splats, self.image, self.backend)
+
+    def ok(self, splats: torch.Tensor, score: float | None = None) -> bool:
+        """Whether the set meets the target (`score`: its PSNR when already known)."""
         if self.cfg.target_bytes is not None:
             return gsq_bytes(splats, self.image) <= self.cfg.target_bytes
-        return self.psnr(splats) >= self.cfg.target_psnr
+        return (self.psnr(splats) if score is None else score) >= self.cfg.target_psnr
 
     def guess(self, splats: torch.Tensor) -> int:
         n = splats.shape[0]
@@ -162,9 +157,9 @@ class _Target:
         n = ranked.shape[0]
         subset = lambda c: _solved(ranked[:c], self.image, self.backend)  # noqa: E731
         if self.cfg.target_bytes is None:
-            if not self.ok(splats):
-                return splats
             scores = {n: self.psnr(splats)}
+            if not self.ok(splats, scores[n]):
+                return splats
 
             def reaches(c: int) -> bool:
                 scores[c] = self.psnr(subset(c))
@@ -191,7 +186,7 @@ def fit_to_target(images: torch.Tensor, cfg, progress: bool = False) -> list:
     if cfg.target_bytes is not None:
         ns = [max(1, min(max_n, round(cfg.target_bytes / BYTES_PER_GAUSSIAN * MARGIN)))] * b
     else:
-        probes = _initial(images, cfg, [min(PROBE_N, max_n, images.shape[-1] ** 2)] * b)
+        probes = _initial(images, cfg, [min(PROBE_N, max_n)] * b)
         ns = [predicted_n(t.psnr(s), cfg.target_psnr, max_n) for t, s in zip(targets, probes, strict=True)]
     results = _fit(images, cfg, ns, progress)
 
@@ -225,22 +220,24 @@ def fit_to_target(images: torch.Tensor, cfg, progress: bool = False) -> list:
         disable=not progress,
     ):
         kept = t.cut(r.splats)
+        score = t.psnr(kept)
         if kept.shape[0] < r.splats.shape[0]:
-            tuned = _fit(t.image[None], tune, None, progress, initial=[kept])[0].splats
-            if t.ok(tuned) and (cfg.target_bytes is not None or t.psnr(tuned) >= t.psnr(kept)):
-                kept = tuned
-            if cfg.target_bytes is None and t.psnr(kept) > cfg.target_psnr + TOLERANCE_DB:
+            tuned = _fit(t.image[None], tune, None, progress, initial=[kept])[0]
+            if t.ok(tuned.splats, tuned.psnr) and (cfg.target_bytes is not None or tuned.psnr >= score):
+                kept, score = tuned.splats, tuned.psnr
+            if cfg.target_bytes is None and score > cfg.target_psnr + TOLERANCE_DB:
                 kept = t.cut(kept)
+                score = t.psnr(kept)
         out.append(
             FitResult(
                 splats=kept.detach().cpu().float(),
-                psnr=t.psnr(kept),
+                psnr=score,
                 psnr_unpruned=r.psnr,
                 num_initial=n,
                 iters=r.iters,
                 seconds=0.0,
                 history=r.history,
-                target_reached=t.ok(kept),
+                target_reached=t.ok(kept, score),
             )
         )
     for r in out:

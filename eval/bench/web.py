@@ -6,7 +6,7 @@ Starts `python -m llava_gs.serve.web` with the shipped demo model on 127.0.0.1 (
    scene, waits for the render, asks a question, reads the answer and checks it equals what
    `python -m llava_gs.chat --prompt` answers for the same image and settings, then tries two bad inputs
    (a text file as the picture, an empty question) and reads their messages in the page; a screenshot of
-   the answered page is saved;
+   the answered page is saved; last, the picture again with rate control (the page's default target PSNR);
 2. load: CLIENTS gradio_client clients at once, each with its own picture and QUESTIONS questions in one
    dialogue; every answer must equal the one that client gets alone (no crosstalk) and none may be lost.
    Latency per question, alone and under load, with median and 90th percentile.
@@ -31,6 +31,8 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from llava_gs.serve.web import DEFAULT_TARGET, TARGET
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "eval" / "mini" / "demo_llava"
@@ -266,12 +268,18 @@ def browser_session(url: str, image: Path, question: str, bad_upload: Path, scre
         upload(bad_upload)
         status_has("not an image")
         bad_picture = driver.find_element(By.ID, "status").text
+        # rate control: the same picture, N chosen by the page's default target PSNR (the N slider is the cap)
+        driver.find_element(By.XPATH, f"//*[@id='mode']//label[contains(., '{TARGET}')]").click()
+        upload(image)
+        status_has("ready")
+        targeted = " ".join(driver.find_element(By.ID, "stats").text.split())
         return {
             "stats": stats,
             "render_shown": bool(rendered),
             "answer": answer,
             "empty_question": empty_question,
             "bad_picture": bad_picture,
+            "target_stats": targeted,
         }
     finally:
         driver.quit()
@@ -319,6 +327,7 @@ def report(browser: dict, cli_answer: str, load: dict, image: Path, question: st
                 ["answers equal", "yes" if browser["answer"] == cli_answer else "no"],
                 ["an empty question", browser["empty_question"]],
                 ["a text file as the picture", browser["bad_picture"]],
+                [f"the picture again, N: {TARGET} ({DEFAULT_TARGET:g} dB)", browser["target_stats"]],
             ],
         ),
         "",

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from gs_encoder import fit_images
 from gs_encoder.codec import encode_gsq, load_gsq
 from gs_encoder.image_io import ImageLoadError
 from gs_encoder.splat_io import SplatFileError, as_stored, load_splats, splat_npy_bytes
@@ -104,16 +105,30 @@ class DemoBackend:
 
     @property
     def default_gaussians(self) -> int:
-        return int(self.image_processor.fit_config().num_gaussians)
+        cfg = self.image_processor.fit_config()
+        return int(cfg.max_gaussians or cfg.num_gaussians)
+
+    @property
+    def default_target_psnr(self) -> float | None:
+        """The processor's own PSNR target (its N is then the cap, `default_gaussians`), or None."""
+        cfg = self.image_processor.fit_config()
+        return cfg.target_psnr if cfg.max_gaussians is not None else None
 
     @property
     def default_iters(self) -> int:
         return int(self.image_processor.fit_config().iters)
 
-    def open(self, path: str | Path, num_gaussians: int | None = None, iters: int | None = None) -> Picture:
+    def open(
+        self,
+        path: str | Path,
+        num_gaussians: int | None = None,
+        iters: int | None = None,
+        target_psnr: float | None = None,
+    ) -> Picture:
         """An upload → a Picture: a splat file (.gs.npy, .gsq) is read as it is; any other file is decoded
         as an image and fitted with the model's processor settings, `num_gaussians` and `iters` replacing
-        its own when given (tqdm shows the fit)."""
+        its own when given (tqdm shows the fit). With `target_psnr`, rate control chooses N: the fewest
+        Gaussians, up to `num_gaussians`, whose render reaches it."""
         path = Path(path)
         name = path.name
         if name.endswith(SPLAT_SUFFIXES):
@@ -128,14 +143,38 @@ class DemoBackend:
             raise PageError(f"the number of Gaussians must be between 1 and {MAX_GAUSSIANS}, got {n}")
         if not 0 <= it <= MAX_ITERS:
             raise PageError(f"the iterations must be between 0 and {MAX_ITERS}, got {it}")
+        overrides: dict = {}
+        if (num_gaussians, iters, target_psnr) != (
+            None,
+            None,
+            None,
+        ):  # else the processor's settings as they are
+            target = (
+                {"max_gaussians": n, "target_psnr": float(target_psnr)} if target_psnr is not None else {}
+            )
+            overrides = {"num_gaussians": n, "iters": it, "max_gaussians": None, "target_psnr": None}
+            overrides.update(target_bytes=None, **target)
+        try:
+            cfg = self.image_processor.fit_config(**overrides)
+        except ValueError as e:  # a target beyond fp16's precision, say
+            raise PageError(str(e)) from e
         try:
             canvas = self.image_processor.to_canvas(path)
         except ImageLoadError as e:
             raise PageError(_short(e, path) + " (upload a photo, a .gs.npy or a .gsq file)") from e
         start = time.perf_counter()
-        splats = self.image_processor.fit_canvases(canvas[None], progress=True, num_gaussians=n, iters=it)[0]
+        result = fit_images(canvas[None], cfg, progress=True)[0]
         seconds = time.perf_counter() - start
-        return Picture(as_stored(splats), name, canvas, seconds, f"fitted, {it} iterations")
+        how = f"fitted, {cfg.iters} iterations"
+        if cfg.max_gaussians is not None:
+            target = (
+                f"{cfg.target_psnr:g} dB" if cfg.target_psnr is not None else f"{cfg.target_bytes:,} bytes"
+            )
+            reached = (
+                "reached" if result.target_reached else f"not reached within {cfg.max_gaussians} Gaussians"
+            )
+            how = f"rate control: target {target} {reached}, {cfg.iters} iterations"
+        return Picture(as_stored(result.splats), name, canvas, seconds, how)
 
     def views(self, picture: Picture) -> Views:
         """The pictures and numbers of a splat set (the render and ellipses at VIEW_SIZE; the error map

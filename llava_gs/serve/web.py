@@ -3,9 +3,10 @@
     python -m llava_gs.serve.web                        the shipped demo model on http://127.0.0.1:7860
     python -m llava_gs.serve.web --model checkpoints/llava-gs-vicuna-7b-v1.5 --device cuda --port 8000
 
-Upload a photo (fitted to splats with the model's settings, or the N and iterations chosen in the page),
-a `.gs.npy` or a `.gsq` file, or pick an example; the page shows original | splat render | ellipses |
-error, with PSNR, bytes (fp16 and .gsq) and fit time; then chat with the model about it, streaming and
+Upload a photo (fitted to splats with the model's settings, or the N and iterations chosen in the page, or
+the fewest Gaussians up to N reaching a target PSNR: rate control), a `.gs.npy` or a `.gsq` file, or pick
+an example; the page shows original | splat render | ellipses | error, with PSNR, bytes (fp16 and .gsq)
+and fit time; then chat with the model about it, streaming and
 multi-turn, in the model's own conversation template (a new picture starts a new dialogue, as LLaVA-1.5
 has one image per dialogue). The model is loaded once; fits run side by side (`--fit-workers`), answers
 one at a time. Bad uploads and questions are answered in the page, and the server goes on serving.
@@ -22,6 +23,13 @@ from pathlib import Path
 import torch
 
 from .session import MAX_GAUSSIANS, MAX_ITERS, DemoBackend, PageError, Picture, default_model
+
+FIXED, TARGET = "fixed N", "fewest Gaussians reaching a target PSNR"
+TARGET_RANGE = (
+    20.0,
+    50.0,
+)  # dB the page's slider spans; `gsv fit --target-psnr` takes any up to fp16's limit
+DEFAULT_TARGET = 30.0
 
 __all__ = ["build_app", "examples", "main"]
 
@@ -84,12 +92,12 @@ def build_app(
     """The page (a gradio.Blocks) around one loaded model; its API: /open (a picture), /ask, /clear."""
     import gradio as gr
 
-    def open_picture(upload, n, iters, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
+    def open_picture(upload, n, iters, mode, target, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
         keep = [gr.update()] * 6
         if upload is None:
             return *keep, gr.update(), gr.update(), gr.update(), "⚠ upload a picture or pick an example first"
         try:
-            picture = backend.open(upload, int(n), int(iters))
+            picture = backend.open(upload, int(n), int(iters), float(target) if mode == TARGET else None)
             views = backend.views(picture)
         except PageError as e:
             return *keep, gr.update(), gr.update(), gr.update(), f"⚠ {e}"
@@ -135,9 +143,26 @@ def build_app(
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="a photo, a .gs.npy or a .gsq file", type="filepath", elem_id="upload")
-                n = gr.Slider(
-                    1, MAX_GAUSSIANS, value=backend.default_gaussians, step=1, label="Gaussians (N)"
+                target = backend.default_target_psnr
+                mode = gr.Radio(
+                    [FIXED, TARGET], value=FIXED if target is None else TARGET, label="N", elem_id="mode"
                 )
+                n = gr.Slider(
+                    1,
+                    MAX_GAUSSIANS,
+                    value=backend.default_gaussians,
+                    step=1,
+                    label="Gaussians (N, or the cap)",
+                )
+                psnr = gr.Slider(
+                    *TARGET_RANGE,
+                    value=target or DEFAULT_TARGET,
+                    step=0.5,
+                    label="target PSNR (dB)",
+                    elem_id="target",
+                    visible=target is not None,
+                )
+                mode.change(lambda m: gr.update(visible=m == TARGET), mode, psnr, api_name=False)
                 iters = gr.Slider(0, MAX_ITERS, value=backend.default_iters, step=1, label="fit iterations")
                 go = gr.Button("Fit / load", variant="primary", elem_id="fit")
                 found = examples()
@@ -169,7 +194,7 @@ def build_app(
 
         go.click(
             open_picture,
-            [upload, n, iters],
+            [upload, n, iters, mode, psnr],
             [*views, stats, question, picture, turns, chat, status],
             concurrency_limit=fit_workers,
             concurrency_id="fit",

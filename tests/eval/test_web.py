@@ -36,6 +36,9 @@ def test_the_page_in_chromium_answers_as_the_terminal_chat_and_shows_bad_inputs(
     assert seen["answer"] and seen["answer"] == web.chat_cli_answer(image, question)
     assert "type a question first" in seen["empty_question"]
     assert "notes.txt" in seen["bad_picture"] and "not an image" in seen["bad_picture"]
+    fixed = int(seen["stats"].split(": ")[1].split()[0])
+    chosen = int(seen["target_stats"].split(": ")[1].split()[0])
+    assert f"rate control: target {web.DEFAULT_TARGET:g} dB" in seen["target_stats"] and 1 <= chosen <= fixed
     from PIL import Image
 
     assert Image.open(shot).size[0] >= 1000

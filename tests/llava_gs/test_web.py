@@ -44,6 +44,17 @@ def test_a_photo_becomes_splats_pictures_and_numbers(backend, scene):
     assert fewer.splats.shape == (16, 8) and backend.views(fewer).stats["psnr_db"] < s["psnr_db"]
 
 
+def test_a_target_psnr_chooses_the_fewest_gaussians_up_to_the_cap(backend, scene):
+    fixed = backend.views(backend.open(scene[0])).stats
+    target = fixed["psnr_db"] - 3  # the model's own fit clears it with room to spare: fewer Gaussians do
+    picture = backend.open(scene[0], num_gaussians=fixed["gaussians"], target_psnr=target)
+    s = backend.views(picture).stats
+    assert s["gaussians"] < fixed["gaussians"] and s["psnr_db"] > target - 0.3
+    assert picture.how.startswith(f"rate control: target {target:g} dB reached")
+    short = backend.open(scene[0], num_gaussians=8, iters=10, target_psnr=50)
+    assert short.splats.shape[0] <= 8 and "not reached within 8 Gaussians" in short.how
+
+
 def test_splat_files_are_read_as_they_are(backend, scene, tmp_path):
     from gs_encoder.codec import save_gsq
     from gs_encoder.splat_io import save_splats
@@ -131,14 +142,20 @@ def test_bad_uploads_are_messages_for_the_page_naming_the_file(backend, scene, t
 
 
 @pytest.mark.parametrize(
-    ("n", "iters", "message"),
-    [(0, 10, "number of Gaussians"), (10**6, 10, "number of Gaussians"), (16, -1, "iterations")],
+    ("n", "iters", "target", "message"),
+    [
+        (0, 10, None, "number of Gaussians"),
+        (10**6, 10, None, "number of Gaussians"),
+        (16, -1, None, "iterations"),
+        (16, 10, 70.0, "beyond|fp16"),  # past what fp16 splat values can render
+        (16, 10, 0.0, "target_psnr"),
+    ],
 )
-def test_fit_settings_out_of_range_are_refused(backend, scene, n, iters, message):
+def test_fit_settings_out_of_range_are_refused(backend, scene, n, iters, target, message):
     from llava_gs.serve.session import PageError
 
     with pytest.raises(PageError, match=message):
-        backend.open(scene[0], num_gaussians=n, iters=iters)
+        backend.open(scene[0], num_gaussians=n, iters=iters, target_psnr=target)
 
 
 def test_an_empty_question_or_no_picture_is_a_message_and_the_model_keeps_answering(backend, scene):

@@ -35,11 +35,15 @@ GAIN_DB = 5.64
 SLOPE_DB = 3.25
 MARGIN = 1.25  # the first N is the predicted one × MARGIN
 MIN_N = 16
-FINETUNE_DIV = 5
+FINETUNE_DIV = (
+    10  # the fine-tune after a cut: K // 10 iterations (K // 5 kept no fewer Gaussians on the tuning set)
+)
 TOLERANCE_DB = 0.3
 BYTES_PER_GAUSSIAN = 6.0  # a first guess of .gsq's size per Gaussian, corrected by the measured size
 STEP, BRACKET = 1.25, 1.03  # the cut's search: outward steps from its guess, and the bracket it stops at
-SOLVE_ITERS = 10  # conjugate-gradient steps of each probe's colour solve
+SOLVE_ITERS = (
+    6  # conjugate-gradient steps of each probe's colour solve (from the fitted colours; 10 kept as many)
+)
 GROW_ROUNDS = 2  # refits of an image still short of its target (the last at max_gaussians)
 
 

@@ -3,7 +3,7 @@
 Encoding of one [N, 8] set (docs/format.md, `.gsq`; the measurements behind each choice: docs/codec.md):
 1. the 8 quantities x, y, log l11, l21/l22, log l22, r, g, b are quantised with three step sizes, one for
    the centres, one for the shape quantities, one for the colours, each a power 2^(e/4) of two; a
-   *level* moves all three together by quarter octaves (level 0: 1/4096 of the canvas, 0.037, 0.0045);
+   *level* moves all three together by quarter octaves (level 0: 1/4096 of the canvas, 0.019, 0.0045);
 2. with the image at hand the encoder first quantises the geometry, then solves the colours that best
    reproduce the image through the quantised geometry (least squares: the render is linear in colours),
    and only then quantises them; `encode_gsq(..., image=...)` also picks the coarsest level whose PSNR stays
@@ -53,7 +53,7 @@ __all__ = [
 
 MAGIC = b"GSQ2"
 # level 0's step exponents (quarter octaves) of centres (canvas units), shape quantities and colours
-BASE_EXPONENTS = (-48, -19, -31)
+BASE_EXPONENTS = (-48, -23, -31)
 DEFAULT_LEVEL = 0  # without the image (docs/codec.md: chosen on the tuning set)
 LEVELS = range(-12, 25)  # what choose_level searches
 MAX_LOSS_DB = 1.0  # choose_level: the PSNR a file may lose against the unquantised set (docs/codec.md)

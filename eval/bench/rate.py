@@ -266,6 +266,7 @@ CHOICES = (
     ("max loss 0.1 dB", {"max_loss_db": 0.1}),
     ("max loss 0.5 dB", {"max_loss_db": 0.5}),
     ("max loss 1 dB", {"max_loss_db": 1.0}),
+    ("max loss 2 dB", {"max_loss_db": 2.0}),
     ("no colour solve", {"solve": False}),
 )
 

@@ -80,12 +80,9 @@ def ask(model: Path, tasks: Path, out: Path, cache: Path, judge: str, fit_args: 
         sys.executable,
         "-m",
         "lmms_eval",
-        "--model",
-        "llava_gs",
+        *"--model llava_gs --tasks mw_all".split(),
         "--model_args",
         args,
-        "--tasks",
-        "mw_all",
     ]
     cmd += ["--include_path", str(tasks), "--batch_size", str(BATCH), "--output_path", str(out)]
     env = {"OPENAI_API_URL": judge, "OPENAI_API_KEY": "local", "HF_DATASETS_OFFLINE": "1"}

@@ -35,15 +35,13 @@ GAIN_DB = 5.64
 SLOPE_DB = 3.25
 MARGIN = 1.25  # the first N is the predicted one × MARGIN
 MIN_N = 16
-FINETUNE_DIV = (
-    10  # the fine-tune after a cut: K // 10 iterations (K // 5 kept no fewer Gaussians on the tuning set)
-)
+# the fine-tune after a cut: K // 10 iterations (K // 5 kept no fewer Gaussians on the tuning set)
+FINETUNE_DIV = 10
 TOLERANCE_DB = 0.3
 BYTES_PER_GAUSSIAN = 6.0  # a first guess of .gsq's size per Gaussian, corrected by the measured size
 STEP, BRACKET = 1.25, 1.03  # the cut's search: outward steps from its guess, and the bracket it stops at
-SOLVE_ITERS = (
-    6  # conjugate-gradient steps of each probe's colour solve (from the fitted colours; 10 kept as many)
-)
+# conjugate-gradient steps of each probe's colour solve (from the fitted colours; 10 kept as many)
+SOLVE_ITERS = 6
 GROW_ROUNDS = 2  # refits of an image still short of its target (the last at max_gaussians)
 
 
@@ -148,34 +146,45 @@ class _Target:
             return gsq_bytes(splats, self.image) <= self.cfg.target_bytes
         return (self.psnr(splats) if score is None else score) >= self.cfg.target_psnr
 
-    def guess(self, splats: torch.Tensor) -> int:
+    def guess(self, splats: torch.Tensor, score: float | None = None) -> int:
+        """The count to try first when cutting the set (`score`: its PSNR when already known)."""
         n = splats.shape[0]
         if self.cfg.target_bytes is not None:
             return int(n * self.cfg.target_bytes / max(gsq_bytes(splats, self.image), 1))
-        return int(n * 2.0 ** ((self.cfg.target_psnr - self.psnr(splats)) / SLOPE_DB))
+        score = self.psnr(splats) if score is None else score
+        return int(n * 2.0 ** ((self.cfg.target_psnr - score) / SLOPE_DB))
 
-    def cut(self, splats: torch.Tensor) -> torch.Tensor:
+    def cut(self, splats: torch.Tensor) -> tuple[torch.Tensor, float]:
         """PSNR target: the fewest Gaussians that reach it (colour-solved); the set itself when it misses.
-        Bytes target: the most Gaussians within it."""
+        Bytes target: the most Gaussians within it. Returns the set and its PSNR."""
         ranked = _ranked(splats)
         n = ranked.shape[0]
-        subset = lambda c: _solved(ranked[:c], self.image, self.backend)  # noqa: E731
+        solved: dict[int, torch.Tensor] = {}  # count → its colour-solved subset: the search's answer is one
+
+        def subset(c: int) -> torch.Tensor:
+            if c not in solved:
+                solved[c] = _solved(ranked[:c], self.image, self.backend)
+            return solved[c]
+
         if self.cfg.target_bytes is None:
             scores = {n: self.psnr(splats)}
             if not self.ok(splats, scores[n]):
-                return splats
+                return splats, scores[n]
 
             def reaches(c: int) -> bool:
                 scores[c] = self.psnr(subset(c))
                 return scores[c] >= self.cfg.target_psnr
 
             settled = lambda c: scores[c] <= self.cfg.target_psnr + TOLERANCE_DB / 2  # noqa: E731
-            return subset(_smallest(n, reaches, self.guess(splats), settled)[1])
+            _, hi = _smallest(n, reaches, self.guess(splats, scores[n]), settled)
+            kept = subset(hi)  # scores[n] is the set as fitted, not colour-solved
+            return kept, scores[hi] if hi < n else self.psnr(kept)
         if self.ok(splats):
-            return splats
+            return splats, self.psnr(splats)
         # the most within the budget: the largest count seen within it, below the fewest that break it
         within, _ = _smallest(n, lambda c: not self.ok(subset(c)), self.guess(splats) + 1)
-        return subset(max(1, within))
+        kept = subset(max(1, within))
+        return kept, self.psnr(kept)
 
 
 def fit_to_target(images: torch.Tensor, cfg, progress: bool = False) -> list:
@@ -223,15 +232,13 @@ def fit_to_target(images: torch.Tensor, cfg, progress: bool = False) -> list:
         unit="image",
         disable=not progress,
     ):
-        kept = t.cut(r.splats)
-        score = t.psnr(kept)
+        kept, score = t.cut(r.splats)
         if kept.shape[0] < r.splats.shape[0]:
             tuned = _fit(t.image[None], tune, None, progress, initial=[kept])[0]
             if t.ok(tuned.splats, tuned.psnr) and (cfg.target_bytes is not None or tuned.psnr >= score):
                 kept, score = tuned.splats, tuned.psnr
             if cfg.target_bytes is None and score > cfg.target_psnr + TOLERANCE_DB:
-                kept = t.cut(kept)
-                score = t.psnr(kept)
+                kept, score = t.cut(kept)
         out.append(
             FitResult(
                 splats=kept.detach().cpu().float(),

@@ -126,9 +126,9 @@ class DemoBackend:
         target_psnr: float | None = None,
     ) -> Picture:
         """An upload → a Picture: a splat file (.gs.npy, .gsq) is read as it is; any other file is decoded
-        as an image and fitted with the model's processor settings, `num_gaussians` and `iters` replacing
-        its own when given (tqdm shows the fit). With `target_psnr`, rate control chooses N: the fewest
-        Gaussians, up to `num_gaussians`, whose render reaches it."""
+        as an image and fitted with the model's processor settings, or, when any of `num_gaussians`, `iters`
+        and `target_psnr` is given, with those (the rest the processor's): a fixed N, or with `target_psnr`
+        rate control, the fewest Gaussians up to `num_gaussians` whose render reaches it (tqdm shows the fit)."""
         path = Path(path)
         name = path.name
         if name.endswith(SPLAT_SUFFIXES):
@@ -144,16 +144,16 @@ class DemoBackend:
         if not 0 <= it <= MAX_ITERS:
             raise PageError(f"the iterations must be between 0 and {MAX_ITERS}, got {it}")
         overrides: dict = {}
-        if (num_gaussians, iters, target_psnr) != (
-            None,
-            None,
-            None,
-        ):  # else the processor's settings as they are
-            target = (
-                {"max_gaussians": n, "target_psnr": float(target_psnr)} if target_psnr is not None else {}
-            )
-            overrides = {"num_gaussians": n, "iters": it, "max_gaussians": None, "target_psnr": None}
-            overrides.update(target_bytes=None, **target)
+        # with none of the three given, the processor's settings as they are
+        if (num_gaussians, iters, target_psnr) != (None, None, None):
+            rate = target_psnr is not None  # rate control: N is the cap
+            overrides = {
+                "num_gaussians": n,
+                "iters": it,
+                "max_gaussians": n if rate else None,
+                "target_psnr": float(target_psnr) if rate else None,
+                "target_bytes": None,
+            }
         try:
             cfg = self.image_processor.fit_config(**overrides)
         except ValueError as e:  # a target beyond fp16's precision, say
@@ -167,9 +167,7 @@ class DemoBackend:
         seconds = time.perf_counter() - start
         how = f"fitted, {cfg.iters} iterations"
         if cfg.max_gaussians is not None:
-            target = (
-                f"{cfg.target_psnr:g} dB" if cfg.target_psnr is not None else f"{cfg.target_bytes:,} bytes"
-            )
+            target = f"{cfg.target_psnr:g} dB" if cfg.target_bytes is None else f"{cfg.target_bytes:,} bytes"
             reached = (
                 "reached" if result.target_reached else f"not reached within {cfg.max_gaussians} Gaussians"
             )

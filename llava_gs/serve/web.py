@@ -25,10 +25,8 @@ import torch
 from .session import MAX_GAUSSIANS, MAX_ITERS, DemoBackend, PageError, Picture, default_model
 
 FIXED, TARGET = "fixed N", "fewest Gaussians reaching a target PSNR"
-TARGET_RANGE = (
-    20.0,
-    50.0,
-)  # dB the page's slider spans; `gsv fit --target-psnr` takes any up to fp16's limit
+# dB the page's slider spans; `gsv fit --target-psnr` takes any up to fp16's limit
+TARGET_RANGE = (20.0, 50.0)
 DEFAULT_TARGET = 30.0
 
 __all__ = ["build_app", "examples", "main"]
@@ -143,9 +141,9 @@ def build_app(
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="a photo, a .gs.npy or a .gsq file", type="filepath", elem_id="upload")
-                target = backend.default_target_psnr
+                own_target = backend.default_target_psnr
                 mode = gr.Radio(
-                    [FIXED, TARGET], value=FIXED if target is None else TARGET, label="N", elem_id="mode"
+                    [FIXED, TARGET], value=FIXED if own_target is None else TARGET, label="N", elem_id="mode"
                 )
                 n = gr.Slider(
                     1,
@@ -156,11 +154,11 @@ def build_app(
                 )
                 psnr = gr.Slider(
                     *TARGET_RANGE,
-                    value=target or DEFAULT_TARGET,
+                    value=own_target or DEFAULT_TARGET,
                     step=0.5,
                     label="target PSNR (dB)",
                     elem_id="target",
-                    visible=target is not None,
+                    visible=own_target is not None,
                 )
                 mode.change(lambda m: gr.update(visible=m == TARGET), mode, psnr, api_name=False)
                 iters = gr.Slider(0, MAX_ITERS, value=backend.default_iters, step=1, label="fit iterations")
